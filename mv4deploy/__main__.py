@@ -1,0 +1,3 @@
+from mv4deploy.cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""The ``mv4deploy`` command line: parse, call one library function, hand the result to output.py.
+
+Exit codes: 0 ok, 1 a check failed, 2 bad input (one line on stderr naming file, field and value),
+3 an internal error (a bug: rerun with ``--debug`` for the traceback). Heavy modules are imported
+inside the commands that need them, so ``inspect``, ``profile`` and ``plan`` never import torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click import exceptions as click_errors
+
+from mv4deploy import output
+from mv4deploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, InputError
+
+EXIT_INTERNAL = 3
+_EXIT = tuple({typer.Exit, getattr(click_errors, "Exit", typer.Exit)})
+_ABORT = tuple({typer.Abort, getattr(click_errors, "Abort", typer.Abort)})
+
+app = typer.Typer(name="mv4deploy", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="Plan, quantize, export and validate DeepSeek V4-class models for the hardware you have. "
+                       "Add --debug anywhere to see a traceback on errors.")
+profile_app = typer.Typer(no_args_is_help=True, help="Hardware profiles: list, show, detect.")
+app.add_typer(profile_app, name="profile")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON with stable keys to stdout.")]
+ModelArg = Annotated[str, typer.Argument(help="A preset name, a config.json, or a checkpoint folder.")]
+ProfileArg = Annotated[str, typer.Argument(help="A shipped profile name or a YAML file.")]
+
+
+@app.command()
+def inspect(model: ModelArg = "deepseek-v4-flash", json_out: JsonOpt = False) -> int:
+    """What a model is: parameters, tensors and bytes by role, KV-cache layout, Engram tables."""
+    from mv4deploy.model.report import inspect_report
+    from mv4deploy.model.source import resolve_model
+    report = inspect_report(resolve_model(model))
+    output.print_warnings([f"unknown config key {k!r} is not modelled" for k in report["unknown_keys"]]
+                          + report["warnings"])
+    output.emit_json(report) if json_out else output.inspect_table(report)
+    if report["mismatches"]:
+        raise CheckFailed(f"{len(report['mismatches'])} tensors of {model} disagree with its config.json")
+    return EXIT_OK
+
+
+@app.command("presets")
+def presets(json_out: JsonOpt = False) -> int:
+    """List the built-in model presets."""
+    from mv4deploy.model.source import list_presets
+    names = list_presets()
+    output.emit_json(names) if json_out else output.name_list("model presets", names)
+    return EXIT_OK
+
+
+@profile_app.command("list")
+def profile_list(json_out: JsonOpt = False) -> int:
+    """List the shipped hardware profiles."""
+    from mv4deploy.hardware.profile import list_profiles
+    names = list_profiles()
+    output.emit_json(names) if json_out else output.name_list("hardware profiles", names)
+    return EXIT_OK
+
+
+@profile_app.command("show")
+def profile_show(profile: ProfileArg, json_out: JsonOpt = False) -> int:
+    """Show a profile with every figure parsed into bytes, bytes/s and FLOP/s."""
+    from mv4deploy.hardware.profile import load_profile, profile_to_dict
+    data = profile_to_dict(load_profile(profile))
+    output.emit_json(data) if json_out else output.profile_table(data)
+    return EXIT_OK
+
+
+@profile_app.command("detect")
+def profile_detect(out: Annotated[Optional[Path], typer.Option("--out", help="Write the YAML here.")] = None,
+                   name: Annotated[str, typer.Option(help="Profile name.")] = "this-machine") -> int:
+    """Describe this machine as a profile (psutil, /proc/cpuinfo, torch.cuda or nvidia-smi when present);
+    figures it cannot read are written as 'unknown', never invented."""
+    from mv4deploy.hardware.detect import detect_profile_yaml
+    from mv4deploy.fileio import write_text_atomic
+    text = detect_profile_yaml(name)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(out, text)
+        output.info(f"wrote {out}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
+
+
+def run(args: list[str]) -> int:
+    """Run one command line and return its exit code; user errors become one line on stderr."""
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="mv4deploy", standalone_mode=False)
+    except InputError as exc:
+        if debug:
+            raise
+        output.error(exc.one_line())
+        return EXIT_BAD_INPUT
+    except CheckFailed as exc:
+        output.error(str(exc))
+        return EXIT_CHECK_FAILED
+    except click_errors.NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.format_message() + "\n")
+        return EXIT_BAD_INPUT
+    except click_errors.UsageError as exc:
+        output.error(" ".join(exc.format_message().split()))
+        return EXIT_BAD_INPUT
+    except _EXIT as exc:
+        return exc.exit_code
+    except (*_ABORT, KeyboardInterrupt):
+        output.error("interrupted")
+        return 130
+    except Exception as exc:  # a bug, not a user mistake
+        if debug:
+            raise
+        output.error(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for a traceback")
+        return EXIT_INTERNAL
+    return code if isinstance(code, int) else EXIT_OK

@@ -1,0 +1,41 @@
+"""The errors a user can cause, each rendered as one line that names the file, the field and the value.
+
+Exit codes (STYLE.md): 0 ok, 1 a check failed (``CheckFailed``), 2 bad input (``InputError``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class InputError(ValueError):
+    """Bad input from the user: a file, a field in it, the offending value and what was expected."""
+
+    def __init__(self, source: str | Path | None, field: str | None, value: object, reason: str):
+        self.source = str(source) if source is not None else None
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = ": ".join(part for part in (self.source, self.field) if part)
+        value = _short(self.value)
+        head = f"{where}: " if where else ""
+        shown = f"{value}: " if value is not None else ""
+        return f"{head}{shown}{self.reason}".replace("\n", " ")
+
+
+class CheckFailed(RuntimeError):
+    """A check ran to completion and did not pass (a gate, a verification): exit code 1."""
+
+
+def _short(value: object, limit: int = 80) -> str | None:
+    if value is None:
+        return None
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

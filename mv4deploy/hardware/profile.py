@@ -1,0 +1,348 @@
+"""Hardware profile schema and loader: ``profiles/NAME.yaml`` -> a frozen ``HardwareProfile``.
+
+Every figure is parsed once here ("24GiB" -> bytes, "1008GB/s" -> bytes/s, "838TFLOPS" -> FLOP/s).
+Unknown keys, missing fields, negative or absurd sizes and unknown format names are one-line errors
+naming the file and the field. A figure nobody measured may be written ``unknown`` (``profile detect``
+does this) and loads as ``None``; the planner refuses to guess it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+
+import yaml
+
+from mv4deploy.errors import InputError
+from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops_per_s
+
+COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
+UNKNOWN = "unknown"
+
+
+class DeviceKind(str, Enum):
+    GPU = "gpu"
+    NPU = "npu"
+
+
+class LinkKind(str, Enum):
+    NONE = "none"        # a single device
+    PCIE = "pcie"
+    NVLINK = "nvlink"
+
+
+@dataclass(frozen=True)
+class GPUs:
+    kind: DeviceKind
+    model: str
+    count: int
+    memory_bytes: int                    # per device
+    usable_fraction: float               # of memory_bytes, after driver/context (phone: the app budget)
+    bandwidth_bytes_per_s: float | None  # per device
+    compute_flops_per_s: dict[str, float]  # dense, per format, per device
+    native_formats: tuple[str, ...]
+    compute_capability: str | None = None
+    unified_memory: bool = False         # memory is the host's RAM (phones, APUs)
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    kind: LinkKind = LinkKind.NONE
+    bandwidth_bytes_per_s: float | None = None  # per direction, per device pair
+    p2p: bool = False
+
+
+@dataclass(frozen=True)
+class Host:
+    memory_bytes: int
+    bandwidth_bytes_per_s: float | None
+    cores: int | None
+    isa: tuple[str, ...] = ()
+    compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostLink:
+    bandwidth_bytes_per_s: float | None           # nominal, per direction
+    pcie_gen: int | None = None
+    lanes: int | None = None
+    measured_bytes_per_s: float | None = None     # host -> device, pinned
+
+    @property
+    def effective_bytes_per_s(self) -> float | None:
+        return self.measured_bytes_per_s or self.bandwidth_bytes_per_s
+
+
+@dataclass(frozen=True)
+class Storage:
+    kind: str = "nvme"
+    read_bytes_per_s: float | None = None
+    capacity_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Achievable fraction of each peak (bandwidth or compute), per tier."""
+
+    gpu_bandwidth: float = 0.8
+    gpu_compute: float = 0.6
+    host_bandwidth: float = 0.7
+    host_compute: float = 0.5
+    host_link: float = 0.9
+    storage: float = 0.8
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    description: str
+    gpus: GPUs | None               # None: a CPU-only machine
+    host: Host
+    interconnect: Interconnect = field(default_factory=Interconnect)
+    host_link: HostLink | None = None
+    storage: Storage | None = None
+    efficiency: Efficiency = field(default_factory=Efficiency)
+    source: str = ""
+
+
+class _Section:
+    """Typed reads from one YAML mapping; leftover keys are an error (typos fail at load time)."""
+
+    def __init__(self, data: object, source: str, path: str):
+        if not isinstance(data, dict):
+            raise InputError(source, path, data, "must be a mapping")
+        self.data, self.source, self.path, self.used = data, source, path, set()
+
+    def _field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, parse, required: bool = True, default=None, allow_unknown: bool = False):
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise InputError(self.source, self._field(key), None, "required field is missing")
+            return default
+        value = self.data[key]
+        if value == UNKNOWN:
+            if not allow_unknown:
+                raise InputError(self.source, self._field(key), value, "must be known for this field")
+            return None
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as exc:
+            raise InputError(self.source, self._field(key), value, str(exc)) from None
+
+    def section(self, key: str, required: bool = True) -> "_Section | None":
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise InputError(self.source, self._field(key), None, "required section is missing")
+            return None
+        return _Section(self.data[key], self.source, self._field(key))
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise InputError(self.source, self._field(extra[0]), self.data[extra[0]], "unknown field")
+
+
+def _positive_int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _fraction(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError("must be a number in (0, 1]")
+    return float(value)
+
+
+def _positive_size(value) -> int:
+    size = parse_bytes(value)
+    if size <= 0 or size > 2**60:
+        raise ValueError("must be a size between 1 B and 1 EiB")
+    return size
+
+
+def _positive_rate(value) -> float:
+    rate = parse_bytes_per_s(value)
+    if rate <= 0 or rate > 1e16:
+        raise ValueError("must be a rate between 0 and 10 PB/s")
+    return rate
+
+
+def _formats(value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of formats from {list(COMPUTE_FORMATS)}")
+    bad = [v for v in value if v not in COMPUTE_FORMATS]
+    if bad:
+        raise ValueError(f"unknown format {bad[0]!r}; known: {', '.join(COMPUTE_FORMATS)}")
+    return tuple(value)
+
+
+def _strings(value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
+
+
+def _text(value) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ValueError("must be text")
+    return str(value)
+
+
+def _compute(section: _Section | None) -> dict[str, float]:
+    if section is None:
+        return {}
+    rates = {}
+    for fmt in list(section.data):
+        if fmt not in COMPUTE_FORMATS:
+            raise InputError(section.source, section._field(fmt), fmt,
+                             f"unknown format; known: {', '.join(COMPUTE_FORMATS)}")
+        rate = section.get(fmt, parse_flops_per_s, allow_unknown=True)
+        if rate is not None:
+            rates[fmt] = rate
+    section.done()
+    return rates
+
+
+def _enum(kind):
+    def parse(value):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"must be one of {[k.value for k in kind]}") from None
+    return parse
+
+
+def parse_profile(data: object, source: str) -> HardwareProfile:
+    top = _Section(data, source, "")
+    gpus = _gpus(top.section("gpus", required=False))
+    h = top.section("host")
+    host = Host(memory_bytes=h.get("memory", _positive_size),
+                bandwidth_bytes_per_s=h.get("bandwidth", _positive_rate, allow_unknown=True),
+                cores=h.get("cores", _positive_int, allow_unknown=True),
+                isa=h.get("isa", _strings, required=False, default=()),
+                compute_flops_per_s=_compute(h.section("compute", required=False)))
+    h.done()
+    profile = HardwareProfile(
+        name=top.get("name", _text), description=top.get("description", _text, required=False, default=""),
+        gpus=gpus, host=host, interconnect=_interconnect(top.section("interconnect", required=False)),
+        host_link=_host_link(top.section("host_link", required=False)),
+        storage=_storage(top.section("storage", required=False)),
+        efficiency=_efficiency(top.section("efficiency", required=False)), source=source)
+    top.done()
+    if gpus is not None and gpus.count > 1 and profile.interconnect.kind is LinkKind.NONE:
+        raise InputError(source, "interconnect.kind", "none", f"{gpus.count} GPUs need an interconnect (pcie/nvlink)")
+    return profile
+
+
+def _gpus(g: _Section | None) -> GPUs | None:
+    if g is None:
+        return None
+    gpus = GPUs(
+        kind=g.get("kind", _enum(DeviceKind), required=False, default=DeviceKind.GPU),
+        model=g.get("model", _text), count=g.get("count", _positive_int),
+        memory_bytes=g.get("memory", _positive_size), usable_fraction=g.get("usable_fraction", _fraction),
+        bandwidth_bytes_per_s=g.get("bandwidth", _positive_rate, allow_unknown=True),
+        compute_flops_per_s=_compute(g.section("compute", required=False)),
+        native_formats=g.get("native_formats", _formats),
+        compute_capability=g.get("compute_capability", _text, required=False, allow_unknown=True),
+        unified_memory=g.get("unified_memory", _bool, required=False, default=False))
+    g.done()
+    return gpus
+
+
+def _bool(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _interconnect(s: _Section | None) -> Interconnect:
+    if s is None:
+        return Interconnect()
+    link = Interconnect(kind=s.get("kind", _enum(LinkKind)),
+                        bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False, allow_unknown=True),
+                        p2p=s.get("p2p", _bool, required=False, default=False))
+    s.done()
+    return link
+
+
+def _host_link(s: _Section | None) -> HostLink | None:
+    if s is None:
+        return None
+    link = HostLink(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, allow_unknown=True),
+                    pcie_gen=s.get("pcie_gen", _positive_int, required=False, allow_unknown=True),
+                    lanes=s.get("lanes", _positive_int, required=False, allow_unknown=True),
+                    measured_bytes_per_s=s.get("measured", _positive_rate, required=False, allow_unknown=True))
+    s.done()
+    return link
+
+
+def _storage(s: _Section | None) -> Storage | None:
+    if s is None:
+        return None
+    storage = Storage(kind=s.get("kind", _text, required=False, default="nvme"),
+                      read_bytes_per_s=s.get("read_bandwidth", _positive_rate, allow_unknown=True),
+                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True))
+    s.done()
+    return storage
+
+
+def _efficiency(s: _Section | None) -> Efficiency:
+    if s is None:
+        return Efficiency()
+    values = {f.name: s.get(f.name, _fraction, required=False, default=f.default) for f in fields(Efficiency)}
+    s.done()
+    return Efficiency(**values)
+
+
+def profiles_dir() -> Path:
+    """Shipped profiles: inside the installed wheel, or ``profiles/`` of a source checkout."""
+    from mv4deploy.paths import data_dir
+    return data_dir("profiles")
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """A shipped profile by name, or a YAML file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
+        path = profiles_dir() / f"{text}.yaml"
+        if not path.is_file():
+            raise InputError(None, "profile", text, f"unknown profile; shipped: {', '.join(list_profiles())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, None, None, "profile file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        raise InputError(path, where, None, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_profile(data, str(path))
+
+
+def profile_to_dict(profile: HardwareProfile) -> dict:
+    """Plain data with parsed units (bytes, bytes/s, FLOP/s); enums as their values."""
+    from dataclasses import asdict
+
+    def clean(value):
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(asdict(profile))

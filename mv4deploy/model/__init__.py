@@ -1,0 +1,1 @@
+"""The model side: config readers, specs, tensor inventories and KV-cache layouts (no torch)."""

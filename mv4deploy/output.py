@@ -1,0 +1,143 @@
+"""The only place that prints. Data goes to stdout (a rich table, or JSON with ``--json``);
+errors, warnings and progress go to stderr, so ``--json`` output always parses."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.table import Table
+
+from mv4deploy.hardware.units import format_bytes
+
+
+def _stdout() -> Console:
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def _stderr() -> Console:
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def emit_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=_default) + "\n")
+
+
+def _default(value: object):
+    if hasattr(value, "value"):          # str Enums
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def error(message: str) -> None:
+    _stderr().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    _stderr().print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+
+
+def info(message: str) -> None:
+    _stderr().print(message, markup=False, highlight=False)
+
+
+@contextmanager
+def progress(description: str, total: float | None, unit_bytes: bool = True):
+    """A progress bar on stderr (bytes/s and ETA when ``unit_bytes``); yields ``advance(n)``."""
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += [DownloadColumn(), TransferSpeedColumn()] if unit_bytes else [MofNCompleteColumn()]
+    columns.append(TimeRemainingColumn())
+    with Progress(*columns, console=_stderr(), transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def print_warnings(items: list[str]) -> None:
+    for item in items:
+        warn(item)
+
+
+def inspect_table(report: dict) -> None:
+    """Human view of ``mv4deploy inspect``: parameters and bytes by role, KV pools, Engram."""
+    out = _stdout()
+    params = report["params"]
+    out.print(f"[bold]{report['model']}[/]  ({report['architecture']}, {report['source_kind']} {report['source']})")
+    out.print(f"parameters {_count(params['total'])} (+{_count(params['mtp'])} MTP), "
+              f"active per token {_count(params['active_per_token'])}; "
+              f"checkpoint {format_bytes(report['checkpoint_bytes'])} in {report['tensors']:,} tensors")
+    table = Table(title="by role", title_justify="left")
+    for column in ("role", "parameters", "bytes as stored"):
+        table.add_column(column, justify="left" if column == "role" else "right")
+    for role, count in params["by_role"].items():
+        table.add_row(role, _count(count), format_bytes(report["bytes_by_role"].get(role, 0)))
+    out.print(table)
+    kv = report["kv_cache"]
+    pools = Table(title=f"KV cache ({kv['format']}): {kv['bytes_per_token']:,.1f} B/token + "
+                        f"{format_bytes(kv['fixed_bytes_per_sequence'])} per sequence", title_justify="left")
+    for column in ("pool", "layers", "B/entry", "tokens/entry", "access", "B/token"):
+        pools.add_column(column, justify="left" if column in ("pool", "access") else "right")
+    for p in kv["pools"]:
+        per_token = f"window {p['window_tokens']}" if p["window_tokens"] else f"{p['bytes_per_token']:,.2f}"
+        pools.add_row(p["name"], str(p["layers"]), str(p["bytes_per_entry"]), str(p["tokens_per_entry"]),
+                      p["access"], per_token)
+    out.print(pools)
+    if report["engram"]:
+        e = report["engram"]
+        out.print(f"Engram: layers {e['layers']}, {sum(e['rows']):,} rows x {e['row_bytes']} B = "
+                  f"{format_bytes(e['table_bytes'])}; {e['rows_read_per_token']} rows read per token")
+    for m in report["mismatches"]:
+        warn(f"{m['name']}: {m['problem']}")
+
+
+def profile_table(profile: dict) -> None:
+    out = _stdout()
+    out.print(f"[bold]{profile['name']}[/]  {profile['description']}")
+    table = Table(show_header=True)
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in _flatten(profile):
+        if key not in ("name", "description", "source"):
+            table.add_row(key, _show(key, value))
+    out.print(table)
+
+
+def _flatten(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _show(key: str, value) -> str:
+    if value is None:
+        return "unknown"
+    if key.endswith("_bytes") and isinstance(value, (int, float)):
+        return format_bytes(value)
+    if key.endswith("_bytes_per_s") and isinstance(value, (int, float)):
+        return f"{value / 1e9:,.1f} GB/s"
+    if "flops_per_s" in key and isinstance(value, (int, float)):
+        return f"{value / 1e12:,.1f} TFLOP/s"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(getattr(value, "value", value))
+
+
+def name_list(title: str, names: list[str]) -> None:
+    out = _stdout()
+    out.print(f"[bold]{title}[/]")
+    for name in names:
+        out.print(f"  {name}")
