@@ -45,10 +45,21 @@ class QuantFormat:
             FORMATS[cls.name] = cls()
 
     def stored(self, name: str, shape: tuple[int, ...]) -> tuple[StoredTensor, ...]:
+        """The checkpoint tensors that hold logical weight ``name`` of ``shape`` (payload first)."""
         raise NotImplementedError
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         return sum(t.nbytes for t in self.stored("w.weight", tuple(shape)))
+
+    # The torch side (imported lazily inside the methods; this module must stay torch-free at import):
+    #   quantize(name, weight) -> dict[str, torch.Tensor]   keys, dtypes and shapes exactly as ``stored``
+    #   dequantize(name, tensors: dict[str, torch.Tensor], dtype) -> torch.Tensor of the logical shape
+    #   error_bound(weight) -> torch.Tensor    elementwise bound on |dequantize(quantize(w)) - w|
+    def quantize(self, name: str, weight):
+        raise NotImplementedError(f"{self.name}: quantize")
+
+    def dequantize(self, name: str, tensors: dict, dtype=None):
+        raise NotImplementedError(f"{self.name}: dequantize")
 
 
 def _base(name: str) -> str:
