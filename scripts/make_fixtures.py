@@ -1,0 +1,287 @@
+"""Train the tiny fixture models of tests/fixtures/models/ from local text, deterministically.
+
+    python scripts/make_fixtures.py all            # tokenizer, texts, train 3 models, export 4 fixtures
+    python scripts/make_fixtures.py train tiny-v4  # one stage (stages are cached under build/fixtures/)
+
+Text: the Python standard library's own top-level modules (this interpreter's), minus held-out modules
+for evaluation (tests/fixtures/eval.txt) and calibration (tests/fixtures/calib.txt). A byte-level BPE
+tokenizer is trained on the training modules with ``tokenizers``; every fixture shares it.
+
+Models (configs below): ``tiny-v4`` (sliding + CSA + HCA layers, hash-MoE then MoE, mHC, 8 experts),
+``tiny-v41`` (tiny-v4 + Engram at layers 1 and 2), ``tiny-qwen2`` (the distillate architecture).
+Each is trained in FP32 on 2 CPU threads with AdamW, then written as a native checkpoint in BF16 (F32
+where DeepSeek ships F32), and ``tiny-v4-fp8fp4`` re-stores tiny-v4's weights the way DeepSeek ships
+V4 (FP8 e4m3 128x128 UE8M0 + MXFP4 experts). A README per fixture states its held-out loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FIXTURES = REPO / "tests" / "fixtures"
+MODELS = FIXTURES / "models"
+CACHE = REPO / "build" / "fixtures"
+SEED = 1234
+VOCAB = 2048
+SPECIALS = ("<bos>", "<eos>", "<pad>")          # ids 0, 1, 2 as in DeepSeek V4 (bos 0, eos 1, pad 2)
+EVAL_MODULES = ("textwrap", "fractions", "heapq", "shlex", "calendar")
+CALIB_MODULES = ("queue", "sched", "glob", "fnmatch", "graphlib", "numbers")
+SEQ_LEN, BATCH = 256, 16
+
+V4_CONFIG = {
+    "architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4", "torch_dtype": "bfloat16",
+    "vocab_size": VOCAB, "hidden_size": 128, "moe_intermediate_size": 64, "num_hidden_layers": 4,
+    "num_nextn_predict_layers": 0, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 64,
+    "qk_rope_head_dim": 16, "q_lora_rank": 64, "o_groups": 2, "o_lora_rank": 32, "n_routed_experts": 8,
+    "n_shared_experts": 1, "num_experts_per_tok": 2, "num_hash_layers": 1, "compress_ratios": [0, 4, 128, 4],
+    "sliding_window": 64, "index_n_heads": 4, "index_head_dim": 32, "index_topk": 8, "hc_mult": 4,
+    "hc_sinkhorn_iters": 20, "hc_eps": 1e-6, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+    "rope_theta": 10000, "compress_rope_theta": 160000, "scoring_func": "sqrtsoftplus", "topk_method": "noaux_tc",
+    "routed_scaling_factor": 1.5, "norm_topk_prob": True, "swiglu_limit": 10.0, "tie_word_embeddings": False,
+    "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2,
+}
+V41_CONFIG = {**V4_CONFIG, "engram_layer_ids": [1, 2], "engram_max_ngram_size": 3, "engram_n_heads": 4,
+              "engram_head_dim": 32, "engram_vocab_size": 1999, "engram_pad_token_id": 2}
+QWEN2_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "torch_dtype": "bfloat16", "vocab_size": VOCAB,
+    "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000,
+    "hidden_act": "silu", "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 4096,
+    "max_window_layers": 4, "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
+    "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2,
+}
+# name -> (native config, training steps, peak learning rate)
+MODELS_TO_TRAIN = {"tiny-v4": (V4_CONFIG, 560, 3e-3), "tiny-v41": (V41_CONFIG, 560, 3e-3),
+                   "tiny-qwen2": (QWEN2_CONFIG, 1400, 3e-3)}
+
+
+# ---------------------------------------------------------------- text and tokenizer
+def stdlib_modules() -> dict[str, Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return {p.stem: p for p in sorted(root.glob("*.py"))}
+
+
+def make_texts() -> None:
+    """eval.txt / calib.txt from held-out modules; the training text is every other module."""
+    modules = stdlib_modules()
+    held = set(EVAL_MODULES) | set(CALIB_MODULES)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "train.txt").write_text("\n\x00\n".join(p.read_text() for n, p in modules.items() if n not in held))
+    for file, names in (("eval.txt", EVAL_MODULES), ("calib.txt", CALIB_MODULES)):
+        (FIXTURES / file).write_text("".join(f"# ---- {n}.py\n{modules[n].read_text()}\n" for n in names))
+
+
+def make_tokenizer() -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    files = (CACHE / "train.txt").read_text().split("\n\x00\n")
+    tok.train_from_iterator(files, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[1],
+                                   pad_token=SPECIALS[2], clean_up_tokenization_spaces=False)
+    fast.save_pretrained(CACHE / "tokenizer")
+
+
+def load_tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(CACHE / "tokenizer")
+
+
+def encode_file_list(tok, texts: list[str]):
+    import torch
+    ids: list[int] = []
+    for text in texts:
+        ids += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def train_tokens(tok):
+    return encode_file_list(tok, (CACHE / "train.txt").read_text().split("\n\x00\n"))
+
+
+def eval_tokens(tok):
+    return encode_file_list(tok, [(FIXTURES / "eval.txt").read_text()])
+
+
+# ---------------------------------------------------------------- models and training
+def build_model(name: str, tok):
+    import torch
+    from mv4deploy.runtime.hf_config import v4_config
+    cfg = MODELS_TO_TRAIN[name][0]
+    torch.manual_seed(SEED)
+    if cfg["model_type"] == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        return Qwen2ForCausalLM(Qwen2Config(**{k: v for k, v in cfg.items() if k not in ("architectures",)}))
+    hf = v4_config({**cfg, "router_aux_loss_coef": 0.01}, name)
+    if "engram_layer_ids" in cfg:
+        from mv4deploy.runtime.engram import compressed_token_map
+        from mv4deploy.runtime.model_v41 import DeepseekV41ForCausalLM
+        token_map, size = compressed_token_map(tok)
+        hf.engram_compressed_vocab_size = size
+        model = DeepseekV41ForCausalLM(hf)
+        model.set_token_map(token_map)
+    else:
+        from transformers import DeepseekV4ForCausalLM
+        model = DeepseekV4ForCausalLM(hf)
+    init_hash_routing(model, hf)
+    return model
+
+
+def init_hash_routing(model, hf) -> None:
+    """transformers leaves ``tid2eid`` zero (it expects a checkpoint); give each token k distinct experts."""
+    import torch
+    gen = torch.Generator().manual_seed(SEED + 1)
+    for layer in model.model.layers:
+        gate = layer.mlp.gate
+        if hasattr(gate, "tid2eid"):
+            picks = torch.rand(hf.vocab_size, hf.n_routed_experts, generator=gen).argsort(dim=-1)
+            gate.tid2eid.copy_(picks[:, : hf.num_experts_per_tok])
+
+
+def train(name: str) -> None:
+    import torch
+    torch.set_num_threads(2)
+    tok = load_tokenizer()
+    data, held = train_tokens(tok), eval_tokens(tok)
+    cfg, steps, peak_lr = MODELS_TO_TRAIN[name]
+    model = build_model(name, tok).train()
+    deepseek = cfg["model_type"] != "qwen2"
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.01)
+    gen = torch.Generator().manual_seed(SEED + 2)
+    log = (CACHE / f"{name}.log").open("w")
+    start = time.time()
+    for step in range(steps):
+        lr = peak_lr * min(1.0, (step + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        offsets = torch.randint(0, len(data) - SEQ_LEN - 1, (BATCH,), generator=gen)
+        batch = torch.stack([data[o: o + SEQ_LEN] for o in offsets.tolist()])
+        extra = {"output_router_logits": True} if deepseek else {}
+        loss = model(input_ids=batch, labels=batch, use_cache=False, **extra).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 20 == 0 or step == steps - 1:
+            log.write(f"step {step} loss {loss.item():.4f} lr {lr:.2e} t {time.time() - start:.0f}s\n")
+            log.flush()
+    model.eval()
+    nll = heldout_nll(model, held)
+    log.write(f"held-out nll {nll:.4f} ppl {math.exp(nll):.2f} after {time.time() - start:.0f}s\n")
+    log.close()
+    from safetensors.torch import save_file
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, CACHE / f"{name}.trained.safetensors")
+    (CACHE / f"{name}.trained.json").write_text(json.dumps({"heldout_nll": nll, "steps": steps,
+                                                            "train_s": round(time.time() - start)}))
+
+
+def heldout_nll(model, tokens, chunk: int = SEQ_LEN, max_chunks: int = 64) -> float:
+    """Mean next-token NLL (nats) over non-overlapping chunks of the held-out tokens."""
+    import torch
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(min(max_chunks, (len(tokens) - 1) // chunk)):
+            ids = tokens[i * chunk: (i + 1) * chunk].unsqueeze(0)
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            total += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+            count += chunk - 1
+    return total / count
+
+
+def unigram_entropy(train, held) -> tuple[float, float]:
+    """(entropy of the training unigram distribution, its cross-entropy on held-out tokens), nats."""
+    import torch
+    counts = torch.bincount(train, minlength=VOCAB).double() + 1.0
+    probs = counts / counts.sum()
+    return float(-(probs * probs.log()).sum()), float(-probs.log()[held[1:]].mean())
+
+
+# ---------------------------------------------------------------- export
+def export_all() -> None:
+    import torch
+    from safetensors.torch import load_file
+    from mv4deploy.runtime.native_save import save_native
+    tok = load_tokenizer()
+    train_ids, held = train_tokens(tok), eval_tokens(tok)
+    h_uni, ce_uni = unigram_entropy(train_ids, held)
+    for name, (cfg, _, _) in MODELS_TO_TRAIN.items():
+        stats = json.loads((CACHE / f"{name}.trained.json").read_text())
+        state = load_file(CACHE / f"{name}.trained.safetensors")
+        config = dict(cfg)
+        if "engram_layer_ids" in cfg:
+            from mv4deploy.runtime.engram import compressed_token_map
+            config["engram_compressed_vocab_size"] = compressed_token_map(tok)[1]
+        out = MODELS / name
+        save_native(state, config, out, sorted_shards=2)
+        tok.save_pretrained(out)
+        _write_readme(out, name, config, stats, h_uni, ce_uni, "bf16")
+        if name == "tiny-v4":
+            q_out = MODELS / "tiny-v4-fp8fp4"
+            q_config = {**config, "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
+                        "quant_method": "fp8", "scale_fmt": "ue8m0", "weight_block_size": [128, 128],
+                        "expert_dtype": "fp4"}}
+            save_native({k: v.to(torch.float32) for k, v in state.items()}, q_config, q_out, sorted_shards=2)
+            tok.save_pretrained(q_out)
+            _write_readme(q_out, "tiny-v4-fp8fp4", q_config, stats, h_uni, ce_uni, "fp8fp4")
+
+
+def _write_readme(out: Path, name: str, config: dict, stats: dict, h_uni: float, ce_uni: float, kind: str) -> None:
+    nll = stats["heldout_nll"]
+    stored = ("FP8 e4m3 with 128x128 UE8M0 block scales for linears, MXFP4 (e2m1 + UE8M0 per 32) for routed "
+              "experts, BF16/F32 elsewhere: the layout DeepSeek ships V4 in. Same weights as tiny-v4."
+              if kind == "fp8fp4" else "BF16 (F32 for mHC, sinks, compressor position biases, router biases).")
+    text = f"""# {name}
+
+Trained by `python scripts/make_fixtures.py all` (seed {SEED}) on the Python {sys.version.split()[0]} standard
+library's top-level modules, {stats['steps']} AdamW steps of {BATCH} x {SEQ_LEN} tokens on 2 CPU threads
+({stats['train_s']} s). Tokenizer: byte-level BPE, {VOCAB} tokens, trained on the same text.
+Architecture: `{config['model_type']}`, config.json in this folder. Stored: {stored}
+
+| held-out text (tests/fixtures/eval.txt) | nats/token | perplexity |
+|---|---|---|
+| this model (trained weights in FP32, measured at the end of training) | {nll:.3f} | {math.exp(nll):.1f} |
+| unigram model of the training tokens (cross-entropy on held-out) | {ce_uni:.3f} | {math.exp(ce_uni):.1f} |
+| entropy of the training unigram distribution | {h_uni:.3f} | {math.exp(h_uni):.1f} |
+| uniform over the vocabulary | {math.log(VOCAB):.3f} | {VOCAB} |
+
+The test suite re-measures the loaded fixture (tests/test_fixtures.py); docs/runtime.md lists the numbers.
+"""
+    (out / "README.md").write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["texts", "tokenizer", "train", "export", "all"])
+    parser.add_argument("model", nargs="?", choices=sorted(MODELS_TO_TRAIN))
+    args = parser.parse_args()
+    if args.stage in ("texts", "all"):
+        make_texts()
+    if args.stage in ("tokenizer", "all"):
+        make_tokenizer()
+    if args.stage == "train":
+        train(args.model)
+    if args.stage == "all":
+        for name in MODELS_TO_TRAIN:
+            train(name)
+    if args.stage in ("export", "all"):
+        shutil.rmtree(MODELS, ignore_errors=True)
+        export_all()
+
+
+if __name__ == "__main__":
+    main()
