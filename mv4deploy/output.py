@@ -141,3 +141,10 @@ def name_list(title: str, names: list[str]) -> None:
     out.print(f"[bold]{title}[/]")
     for name in names:
         out.print(f"  {name}")
+
+
+def generation(result: dict) -> None:
+    """``mv4deploy generate``: prompt + continuation on stdout, speed on stderr."""
+    sys.stdout.write(result["prompt"] + result["completion"] + "\n")
+    info(f"{result['new_tokens']} tokens at {result['tokens_per_s']} tokens/s on {result['device']} "
+         f"({result['model']}, loaded in {result['load_s']} s)")

@@ -61,8 +61,8 @@ QWEN2_CONFIG = {
     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2,
 }
 # name -> (native config, training steps, peak learning rate)
-MODELS_TO_TRAIN = {"tiny-v4": (V4_CONFIG, 560, 3e-3), "tiny-v41": (V41_CONFIG, 560, 3e-3),
-                   "tiny-qwen2": (QWEN2_CONFIG, 1400, 3e-3)}
+MODELS_TO_TRAIN = {"tiny-v4": (V4_CONFIG, 300, 3e-3), "tiny-v41": (V41_CONFIG, 300, 3e-3),
+                   "tiny-qwen2": (QWEN2_CONFIG, 800, 3e-3)}
 
 
 # ---------------------------------------------------------------- text and tokenizer
