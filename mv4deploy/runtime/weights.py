@@ -72,7 +72,7 @@ def encode(weight: LogicalWeight, value: torch.Tensor) -> dict[str, torch.Tensor
             raise AssertionError(f"{weight.format}.quantize({weight.name}) gave {info.name} as "
                                  f"{None if got is None else (got.dtype, tuple(got.shape))}, "
                                  f"expected {info.dtype}{list(info.shape)}")
-    return encoded
+    return {name: tensor.contiguous() for name, tensor in encoded.items()}  # safetensors needs contiguous
 
 
 def slot_view(full: torch.Tensor, expert: int | None, half: str | None) -> torch.Tensor:
