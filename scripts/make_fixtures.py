@@ -8,10 +8,12 @@ for evaluation (tests/fixtures/eval.txt) and calibration (tests/fixtures/calib.t
 tokenizer is trained on the training modules with ``tokenizers``; every fixture shares it.
 
 Models (configs below): ``tiny-v4`` (sliding + CSA + HCA layers, hash-MoE then MoE, mHC, 8 experts),
-``tiny-v41`` (tiny-v4 + Engram at layers 1 and 2), ``tiny-qwen2`` (the distillate architecture).
-Each is trained in FP32 on 2 CPU threads with AdamW, then written as a native checkpoint in BF16 (F32
-where DeepSeek ships F32), and ``tiny-v4-fp8fp4`` re-stores tiny-v4's weights the way DeepSeek ships
-V4 (FP8 e4m3 128x128 UE8M0 + MXFP4 experts). A README per fixture states its held-out loss.
+``tiny-v41`` (tiny-v4 + Engram at layers 1 and 2, continued from tiny-v4's weights), ``tiny-qwen2``
+(the distillate architecture). Training is FP32 AdamW on CPU (TRAIN_THREADS threads, default 2). Each
+is written as a native checkpoint in BF16 (F32 where DeepSeek ships F32); tiny-v4's routed experts are
+first rounded onto the MXFP4 grid (``experts_on_fp4_grid``) and ``tiny-v4-fp8fp4`` stores the same
+network the way DeepSeek ships V4 (FP8 e4m3 128x128 UE8M0 + MXFP4 experts). A README per fixture states
+its held-out loss against the unigram baseline.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import sysconfig
@@ -61,8 +64,8 @@ QWEN2_CONFIG = {
     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2,
 }
 # name -> (native config, training steps, peak learning rate)
-MODELS_TO_TRAIN = {"tiny-v4": (V4_CONFIG, 300, 3e-3), "tiny-v41": (V41_CONFIG, 300, 3e-3),
-                   "tiny-qwen2": (QWEN2_CONFIG, 800, 3e-3)}
+MODELS_TO_TRAIN = {"tiny-v4": (V4_CONFIG, 300, 3e-3), "tiny-v41": (V41_CONFIG, 100, 1e-3),
+                   "tiny-qwen2": (QWEN2_CONFIG, 500, 3e-3)}
 
 
 # ---------------------------------------------------------------- text and tokenizer
@@ -141,6 +144,17 @@ def build_model(name: str, tok):
     return model
 
 
+WARM_START = {"tiny-v41": "tiny-v4"}  # tiny-v41 = tiny-v4 + Engram: it continues from tiny-v4's weights
+
+
+def warm_start(model, source: str) -> None:
+    """Copy every parameter ``source`` has (all but the Engram ones) from its trained weights."""
+    from safetensors.torch import load_file
+    missing, unexpected = model.load_state_dict(load_file(CACHE / f"{source}.trained.safetensors"), strict=False)
+    if unexpected or any(".engram." not in key for key in missing):
+        raise RuntimeError(f"warm start from {source}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
 def init_hash_routing(model, hf) -> None:
     """transformers leaves ``tid2eid`` zero (it expects a checkpoint); give each token k distinct experts."""
     import torch
@@ -154,11 +168,13 @@ def init_hash_routing(model, hf) -> None:
 
 def train(name: str) -> None:
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
     tok = load_tokenizer()
     data, held = train_tokens(tok), eval_tokens(tok)
     cfg, steps, peak_lr = MODELS_TO_TRAIN[name]
     model = build_model(name, tok).train()
+    if name in WARM_START:
+        warm_start(model, WARM_START[name])
     deepseek = cfg["model_type"] != "qwen2"
     opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.01)
     gen = torch.Generator().manual_seed(SEED + 2)
@@ -187,6 +203,7 @@ def train(name: str) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, CACHE / f"{name}.trained.safetensors")
     (CACHE / f"{name}.trained.json").write_text(json.dumps({"heldout_nll": nll, "steps": steps,
+                                                            "threads": torch.get_num_threads(),
                                                             "train_s": round(time.time() - start)}))
 
 
@@ -212,61 +229,141 @@ def unigram_entropy(train, held) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- export
+EVAL_CHUNKS = 8  # the tests and the READMEs score the first 8 x 256 tokens of eval.txt
+
+
 def export_all() -> None:
     import torch
     from safetensors.torch import load_file
     from mv4deploy.runtime.native_save import save_native
     tok = load_tokenizer()
-    train_ids, held = train_tokens(tok), eval_tokens(tok)
-    h_uni, ce_uni = unigram_entropy(train_ids, held)
     for name, (cfg, _, _) in MODELS_TO_TRAIN.items():
-        stats = json.loads((CACHE / f"{name}.trained.json").read_text())
         state = load_file(CACHE / f"{name}.trained.safetensors")
+        if name == "tiny-v4":
+            state = experts_on_fp4_grid(state)
         config = dict(cfg)
         if "engram_layer_ids" in cfg:
             from mv4deploy.runtime.engram import compressed_token_map
             config["engram_compressed_vocab_size"] = compressed_token_map(tok)[1]
-        out = MODELS / name
-        save_native(state, config, out, sorted_shards=2)
-        tok.save_pretrained(out)
-        _write_readme(out, name, config, stats, h_uni, ce_uni, "bf16")
+        save_native(state, config, MODELS / name, sorted_shards=2)
+        tok.save_pretrained(MODELS / name)
         if name == "tiny-v4":
-            q_out = MODELS / "tiny-v4-fp8fp4"
             q_config = {**config, "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
                         "quant_method": "fp8", "scale_fmt": "ue8m0", "weight_block_size": [128, 128],
                         "expert_dtype": "fp4"}}
-            save_native({k: v.to(torch.float32) for k, v in state.items()}, q_config, q_out, sorted_shards=2)
-            tok.save_pretrained(q_out)
-            _write_readme(q_out, "tiny-v4-fp8fp4", q_config, stats, h_uni, ce_uni, "fp8fp4")
+            save_native({k: v.to(torch.float32) for k, v in state.items()}, q_config, MODELS / "tiny-v4-fp8fp4",
+                        sorted_shards=2)
+            tok.save_pretrained(MODELS / "tiny-v4-fp8fp4")
+    numbers = measure()
+    for name in numbers["nll"]:
+        source = "tiny-v4" if name == "tiny-v4-fp8fp4" else name
+        stats = json.loads((CACHE / f"{source}.trained.json").read_text())
+        config = json.loads((MODELS / name / "config.json").read_text())
+        _write_readme(MODELS / name, name, config, stats, numbers)
 
 
-def _write_readme(out: Path, name: str, config: dict, stats: dict, h_uni: float, ce_uni: float, kind: str) -> None:
-    nll = stats["heldout_nll"]
+def experts_on_fp4_grid(state: dict) -> dict:
+    """Round every routed expert onto the MXFP4 grid (e2m1 x UE8M0 per 32), in place of FP4 QAT.
+
+    DeepSeek trains V4's experts with FP4 quantization-aware training, so the experts it ships are
+    exact FP4 values; ours were trained without it. Rounding them once after training (+0.3% held-out
+    PPL) makes tiny-v4 and tiny-v4-fp8fp4 the same network in two layouts, as for the real checkpoint:
+    they then differ by the FP8 rounding of the other linears only, and the FP4 path must be exact.
+    ``measure`` also reports the unrounded case."""
+    import torch
+    from mv4deploy.quant.formats import get_format
+    fp4 = get_format("mxfp4")
+    out = dict(state)
+    for key, value in state.items():
+        if key.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            out[key] = torch.stack([fp4.dequantize("w.weight", fp4.quantize("w.weight", e.float())) for e in value])
+    return out
+
+
+def _write_readme(out: Path, name: str, config: dict, stats: dict, numbers: dict) -> None:
+    nll, (h_uni, ce_uni) = numbers["nll"][name], numbers["unigram"]
+    quantized = "quantization_config" in config
     stored = ("FP8 e4m3 with 128x128 UE8M0 block scales for linears, MXFP4 (e2m1 + UE8M0 per 32) for routed "
-              "experts, BF16/F32 elsewhere: the layout DeepSeek ships V4 in. Same weights as tiny-v4."
-              if kind == "fp8fp4" else "BF16 (F32 for mHC, sinks, compressor position biases, router biases).")
+              "experts, BF16/F32 elsewhere: the layout DeepSeek ships V4 in, made from tiny-v4's weights by "
+              "the format registry." if quantized else
+              "BF16 (F32 where DeepSeek ships F32: mHC, attention sinks, compressor position biases, router biases).")
+    if name == "tiny-v4":
+        stored += (" The routed experts were rounded onto the MXFP4 grid after training (in place of the FP4 "
+                   "quantization-aware training DeepSeek gives its experts), so tiny-v4-fp8fp4 is this network "
+                   "exactly in DeepSeek's shipped layout.")
+    extra = ""
+    if quantized:
+        agree = numbers["agreement"]
+        extra = (f"\nAgainst tiny-v4 on the same tokens: mean KL(tiny-v4 || this) {agree.kld_mean:.5f} nats/token "
+                 f"(max {agree.kld_max:.4f}), same top-1 token {100 * agree.top1:.2f}% of {agree.tokens} positions.\n")
+    origin = (f"continued from {WARM_START[name]}'s trained weights (the Engram layers start fresh) for "
+              if name in WARM_START else "")
     text = f"""# {name}
 
 Trained by `python scripts/make_fixtures.py all` (seed {SEED}) on the Python {sys.version.split()[0]} standard
-library's top-level modules, {stats['steps']} AdamW steps of {BATCH} x {SEQ_LEN} tokens on 2 CPU threads
-({stats['train_s']} s). Tokenizer: byte-level BPE, {VOCAB} tokens, trained on the same text.
-Architecture: `{config['model_type']}`, config.json in this folder. Stored: {stored}
+library's top-level modules (minus the held-out ones), {origin}{stats['steps']} AdamW steps of {BATCH} x {SEQ_LEN}
+tokens in FP32 on {stats['threads']} shared CPU thread(s) ({stats['train_s']} s wall). Tokenizer: byte-level BPE,
+{VOCAB} tokens, trained on the same text (tokenizer.json here; `AutoTokenizer.from_pretrained` loads it offline).
+Architecture: `{config['model_type']}` (config.json). Stored: {stored}
 
-| held-out text (tests/fixtures/eval.txt) | nats/token | perplexity |
+Held-out: the first {EVAL_CHUNKS} x {SEQ_LEN} tokens of tests/fixtures/eval.txt (modules never trained on),
+next-token loss of this checkpoint as `mv4deploy.runtime.load_model` loads it
+(`python scripts/make_fixtures.py measure`):
+
+| model | nats/token | perplexity |
 |---|---|---|
-| this model (trained weights in FP32, measured at the end of training) | {nll:.3f} | {math.exp(nll):.1f} |
-| unigram model of the training tokens (cross-entropy on held-out) | {ce_uni:.3f} | {math.exp(ce_uni):.1f} |
+| this checkpoint | {nll:.3f} | {math.exp(nll):.1f} |
+| unigram model of the training tokens (cross-entropy on the same tokens) | {ce_uni:.3f} | {math.exp(ce_uni):.1f} |
 | entropy of the training unigram distribution | {h_uni:.3f} | {math.exp(h_uni):.1f} |
 | uniform over the vocabulary | {math.log(VOCAB):.3f} | {VOCAB} |
-
-The test suite re-measures the loaded fixture (tests/test_fixtures.py); docs/runtime.md lists the numbers.
-"""
+{extra}"""
     (out / "README.md").write_text(text)
+
+
+def measure() -> dict:
+    """Held-out NLL of each stored fixture (as loaded, on the tokens the tests use), the unigram
+    baseline on the same tokens, and tiny-v4-fp8fp4 vs tiny-v4; printed for docs/runtime.md."""
+    import torch
+    from mv4deploy.runtime import load_model
+    from mv4deploy.runtime.evaluate import agreement, heldout_nll
+    torch.set_num_threads(2)
+    tok = load_tokenizer()
+    held = eval_tokens(tok)
+    h_uni, ce_uni = unigram_entropy(train_tokens(tok), held[: EVAL_CHUNKS * SEQ_LEN])
+    print(f"unigram: entropy {h_uni:.4f} nats, cross-entropy on held-out {ce_uni:.4f} (ppl {math.exp(ce_uni):.1f})")
+    numbers = {"unigram": (h_uni, ce_uni), "nll": {}}
+    for name in ("tiny-v4", "tiny-v41", "tiny-qwen2", "tiny-v4-fp8fp4"):
+        nll, n = heldout_nll(load_model(MODELS / name), held, SEQ_LEN, EVAL_CHUNKS)
+        numbers["nll"][name] = nll
+        print(f"{name}: held-out nll {nll:.4f} nats/token, ppl {math.exp(nll):.2f} ({n} tokens)")
+    stats = agreement(load_model(MODELS / "tiny-v4"), load_model(MODELS / "tiny-v4-fp8fp4"), held, SEQ_LEN,
+                      EVAL_CHUNKS)
+    numbers["agreement"] = stats
+    print(f"tiny-v4-fp8fp4 vs tiny-v4: KLD mean {stats.kld_mean:.6f} max {stats.kld_max:.5f} nats, "
+          f"top-1 {stats.top1:.4f} over {stats.tokens} tokens")
+    if (CACHE / "tiny-v4.trained.safetensors").is_file():
+        unrounded = _with_trained_experts(load_model(MODELS / "tiny-v4"))
+        ptq = agreement(unrounded, load_model(MODELS / "tiny-v4-fp8fp4"), held, SEQ_LEN, EVAL_CHUNKS)
+        print(f"tiny-v4-fp8fp4 vs tiny-v4 with its experts as trained (BF16, not on the FP4 grid): "
+              f"KLD mean {ptq.kld_mean:.6f} max {ptq.kld_max:.5f} nats, top-1 {ptq.top1:.4f}")
+    return numbers
+
+
+def _with_trained_experts(model):
+    """tiny-v4 with the experts it had before ``experts_on_fp4_grid`` (BF16-rounded, as stored)."""
+    import torch
+    from safetensors.torch import load_file
+    state = load_file(CACHE / "tiny-v4.trained.safetensors")
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if key.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                param.copy_(state[key].to(torch.bfloat16).float())
+    return model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["texts", "tokenizer", "train", "export", "all"])
+    parser.add_argument("stage", choices=["texts", "tokenizer", "train", "export", "measure", "all"])
     parser.add_argument("model", nargs="?", choices=sorted(MODELS_TO_TRAIN))
     args = parser.parse_args()
     if args.stage in ("texts", "all"):
@@ -281,6 +378,8 @@ def main() -> None:
     if args.stage in ("export", "all"):
         shutil.rmtree(MODELS, ignore_errors=True)
         export_all()
+    if args.stage == "measure":
+        measure()
 
 
 if __name__ == "__main__":

@@ -138,3 +138,45 @@ def test_cli_generate_json():
     assert result.code == 0, result.stderr
     data = result.json()
     assert data["new_tokens"] == 12 and data["model"] == "Qwen2ForCausalLM" and data["completion"]
+
+
+def test_fp8fp4_dequant_agrees_with_transformers_finegrained_fp8():
+    """transformers' FineGrainedFP8 dequantization (FP8 128x128 UE8M0 + MXFP4 experts) on CPU gives the
+    same weights as the format registry's, tensor for tensor."""
+    from transformers import DeepseekV4ForCausalLM, FineGrainedFP8Config
+    folder = fixture("tiny-v4-fp8fp4")
+    config = FineGrainedFP8Config(weight_block_size=[128, 128], dequantize=True, scale_fmt="ue8m0",
+                                  expert_dtype="fp4")
+    theirs, info = DeepseekV4ForCausalLM.from_pretrained(folder, dtype=torch.float32, quantization_config=config,
+                                                         output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ours = load_model(folder).state_dict()
+    theirs = theirs.state_dict()
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k].float(), theirs[k].float()) for k in ours)
+
+
+def test_reads_shard_by_shard_each_tensor_once(monkeypatch):
+    from mv4deploy.runtime import loader
+    reads = []
+    original = loader._Shards.read
+    monkeypatch.setattr(loader._Shards, "read", lambda self, file, name: reads.append((file, name))
+                        or original(self, file, name))
+    load_model(fixture("tiny-v4-fp8fp4"))
+    files = [file for file, _ in reads]
+    assert files == sorted(files) and len(set(files)) == 2
+    names = [name for _, name in reads]
+    assert len(names) == len(set(names))
+    from mv4deploy.model.safetensors_headers import read_checkpoint_headers
+    assert set(names) == {h.name for h in read_checkpoint_headers(fixture("tiny-v4-fp8fp4"))}
+
+
+def test_transformers_own_save_loads_through_from_pretrained(tmp_path):
+    """An HF-layout V4 folder (transformers' save_pretrained) takes the from_pretrained path."""
+    folder = fixture("tiny-v4")
+    native = load_model(folder)
+    native.save_pretrained(tmp_path / "hf")
+    again = load_model(tmp_path / "hf")
+    ids = ids_of(folder)
+    with torch.no_grad():
+        assert torch.equal(native(input_ids=ids).logits, again(input_ids=ids).logits)

@@ -144,7 +144,3 @@ def to_native(target: Target | str) -> str:
         raise KeyError(f"name map: target {key!r} matches {len(hits)} rows")
     return hits[0]
 
-
-def logical_name(stored_name: str, fmt_stored_names: tuple[str, ...]) -> str:
-    """The weight a stored tensor belongs to: the first (payload) name of its format's layout."""
-    return fmt_stored_names[0] if stored_name in fmt_stored_names else stored_name

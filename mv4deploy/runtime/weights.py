@@ -15,13 +15,9 @@ import torch
 
 from mv4deploy.model.inventory import RAW_FORMAT, Inventory, TensorInfo
 from mv4deploy.quant.formats import get_format
+from mv4deploy.quant.kernels import TORCH_DTYPES  # safetensors dtype name -> torch dtype
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-    "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "F8_E8M0": torch.float8_e8m0fnu,
-}
+__all__ = ["TORCH_DTYPES", "LogicalWeight", "logical_weights", "decode", "encode", "slot_view"]
 PLAIN_FORMATS = frozenset({"bf16", "f32", RAW_FORMAT})
 
 
