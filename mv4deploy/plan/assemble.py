@@ -23,7 +23,7 @@ from mv4deploy.plan.workload import Workload
 def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True) -> Plan:
     found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
-                                                         gpu_mem_util)
+                                                         gpu_mem_util, quick=not suggest)
     best, by_mode = choose(found)
     kinds: dict = {}
     for p in best.placement.placed:

@@ -135,7 +135,8 @@ REASONS = {
 }
 
 
-def reason(profile: HardwareProfile, layout: Layout, tokens_per_s_by_mode: dict[Mode, float]) -> str:
+def reason(profile: HardwareProfile, layout: Layout, others: dict[Mode, tuple[str, float]]) -> str:
+    """Why this layout: the rule, and what the other candidates came to (verdict, decode tokens/s)."""
     n = len(layout.gpus) if layout.mode is Mode.PIPELINE else layout.shards
     link = profile.interconnect
     why = ""
@@ -143,7 +144,8 @@ def reason(profile: HardwareProfile, layout: Layout, tokens_per_s_by_mode: dict[
         why = (f"; the GPUs have no P2P path ({link.kind.value} through host memory), so tensor/expert "
                f"parallel would send 2-3 collectives per layer through host RAM")
     text = REASONS[layout.mode].format(n=n, why=why, link=link.kind.value, collectives="3 per MoE layer")
-    others = [f"{m.value} {rate:,.1f} tok/s" for m, rate in tokens_per_s_by_mode.items() if m is not layout.mode]
-    if others:
-        text += f" (faster than {', '.join(others)} at this workload)"
+    rest = [f"{m.value}: {verdict}, {rate:,.1f} tok/s" for m, (verdict, rate) in others.items()
+            if m is not layout.mode]
+    if rest:
+        text += f" (the alternative, {'; '.join(rest)}, ranks lower on verdict or decode speed)"
     return text

@@ -125,8 +125,9 @@ def _best(candidates: list[Candidate]) -> Candidate:
 
 
 def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy_name: str,
-               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None):
-    """Every candidate the planner weighs, and the machine and policy they share."""
+               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, quick: bool = False):
+    """Every candidate the planner weighs, and the machine and policy they share. ``quick`` leaves out the
+    prefill-streaming candidates (they change prefill, rarely the verdict): suggestions use it."""
     grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
     machine = build_machine(profile, host_mem_bytes, gpu_mem_util)
     policy = resolve_policy(policy_name, machine.device_kind)
@@ -136,17 +137,19 @@ def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Work
         plain = _evaluate(resolved, grouping, policy, workload, machine, layout, 0)
         found.append(plain)
         offloaded = _offloaded_expert_bytes(plain)
-        if offloaded and layout.gpus and machine.host is not None and machine.host.link_bytes_per_s:
+        if offloaded and not quick and layout.gpus and machine.host is not None and machine.host.link_bytes_per_s:
             found.append(_evaluate(resolved, grouping, policy, workload, machine, layout,
                                    stream_buffer_bytes(offloaded)))
     return found, machine, policy, grouping
 
 
-def choose(found: list[Candidate]) -> tuple[Candidate, dict[Mode, float]]:
+def choose(found: list[Candidate]) -> tuple[Candidate, dict[Mode, tuple[str, float]]]:
+    """The best candidate, and per layout mode the best verdict and decode speed it reached."""
     best = _best(found)
-    by_mode: dict[Mode, float] = {}
-    for c in found:
-        by_mode[c.layout.mode] = max(by_mode.get(c.layout.mode, 0.0), c.estimates.decode_tokens_per_s)
+    by_mode: dict[Mode, tuple[str, float]] = {}
+    for mode in {c.layout.mode for c in found}:
+        top = _best([c for c in found if c.layout.mode is mode])
+        by_mode[mode] = (top.verdict.value, top.estimates.decode_tokens_per_s)
     return best, by_mode
 
 

@@ -19,6 +19,7 @@ from mv4deploy.plan.verdict import (DISTILLATE, MIN_CONTEXT, Change, Verdict, ho
 from mv4deploy.plan.workload import Workload
 
 LOWER_BIT_EXPERTS = "int4-experts"
+CONTEXT_SHARE = 0.10
 DENSE = (Arch.QWEN2, Arch.LLAMA)
 
 
@@ -27,23 +28,44 @@ def _replan(resolved, profile, workload, policy, host_mem, gpu_util):
     return make_plan(resolved, profile, workload, policy, host_mem, gpu_util, suggest=False)
 
 
+_PROFILES: dict[str, HardwareProfile] = {}
+
+
+def _profile(name: str) -> HardwareProfile:
+    if name not in _PROFILES:
+        _PROFILES[name] = load_profile(name)
+    return _PROFILES[name]
+
+
 def _host_used(plan) -> int:
     return next((d.used_bytes for d in plan.devices if d.name == "host"), 0)
 
 
-def _profiles_smallest_first(current: str) -> list[str]:
+def _profiles_smallest_first(current: str, dense_model: bool) -> list[str]:
     """Shipped profiles other than ``current``, least total accelerator memory first (the cheapest
-    machine that helps is the smallest change)."""
+    machine that helps is the smallest change). Phones only for the dense distillates."""
     sized = []
     for name in list_profiles():
         if name == current:
             continue
         try:
-            gpus = load_profile(name).gpus
+            gpus = _profile(name).gpus
         except InputError:
+            continue
+        if gpus is not None and gpus.kind.value == "npu" and not dense_model:
             continue
         sized.append((gpus.count * gpus.memory_bytes if gpus else 0, name))
     return [name for _, name in sorted(sized)]
+
+
+def _context_matters(plan, best) -> bool:
+    """A shorter context only helps when the KV cache and workspace are a real share of the GPUs
+    (at least ``CONTEXT_SHARE``) or some KV pool found no room."""
+    gpus = [d for d in plan.devices if d.kind in ("gpu", "npu")]
+    capacity = sum(d.capacity_bytes for d in gpus) or 1
+    used = sum(d.breakdown["kv_cache"] + d.breakdown["activations"] for d in gpus)
+    unplaced_kv = any(p.item.kind.value == "kv_cache" for p in best.placement.unplaced)
+    return unplaced_kv or used / capacity >= CONTEXT_SHARE
 
 
 def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str, best):
@@ -52,7 +74,7 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
     has_experts = any(g["role"] == GroupClass.ROUTED_EXPERTS.value for g in plan.groups)
     if has_experts and policy != LOWER_BIT_EXPERTS:
         changes.append(Change(f"--policy {LOWER_BIT_EXPERTS}", "policy", {"policy": LOWER_BIT_EXPERTS}))
-    context = workload.context_tokens // 2
+    context = workload.context_tokens // 2 if _context_matters(plan, best) else 0
     while context >= MIN_CONTEXT:
         changes.append(Change(f"--context {context}", "context", {"workload": replace(workload, context_tokens=context)}))
         context //= 2
@@ -61,7 +83,7 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
         current = next((d.capacity_bytes for d in plan.devices if d.name == "host"), 0)
         if host and host > current:
             changes.append(Change(f"--host-mem {host // 2**30}GiB", "host_memory", {"host_mem": host}))
-    for name in _profiles_smallest_first(profile.name):
+    for name in _profiles_smallest_first(profile.name, resolved.spec.architecture in DENSE):
         changes.append(Change(f"--profile {name}", "profile", {"profile": name}))
     if resolved.spec.architecture not in DENSE:
         changes.append(Change(f"--model {DISTILLATE}", "model", {"model": DISTILLATE}))
@@ -71,7 +93,7 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
 def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util):
     kw = change.kwargs
     try:
-        prof = load_profile(kw["profile"]) if "profile" in kw else profile
+        prof = _profile(kw["profile"]) if "profile" in kw else profile
         model = resolve_model(kw["model"]) if "model" in kw else resolved
     except InputError:
         return None
