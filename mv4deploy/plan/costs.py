@@ -88,10 +88,11 @@ def _finish(cost: Cost, mode: str, read_first_s: float) -> Cost:
 
 
 def on_nvme(work: Work, nvme: Tier, host: Tier | None, gpu: Tier | None) -> Cost:
-    """Read through the page cache at the drive's bandwidth, overlapped with executing what has arrived."""
+    """Read through the page cache at the drive's bandwidth (after one read latency), overlapped with
+    executing what has arrived."""
     if host is None:
         return UNAVAILABLE
-    read_s = work.bytes_read / nvme.bandwidth_bytes_per_s
+    read_s = nvme.latency_s + work.bytes_read / nvme.bandwidth_bytes_per_s
     return on_host(work, host, gpu, read_first_s=read_s, prefix="nvme+")
 
 

@@ -4,7 +4,8 @@
 - ``fits_with_offload``: some in host RAM (weights run on the CPU or stream to the GPU, KV pools
   fetched by top-k); Engram tables may also live on NVMe, since their few rows per token are prefetched.
 - ``does_not_fit``: a GPU's workspace and reserve alone exceed it, something has no room anywhere, or
-  weights read every step would have to come from NVMe.
+  weights read every step would have to come from NVMe (tables read a few rows per token, the
+  embedding and Engram, may live there).
 
 Suggestions are re-plans with one change each, cheapest change first (a policy is a flag, context a
 setting, RAM a purchase, another profile another machine, the distillate another model); only those
@@ -40,17 +41,22 @@ class Verdict(str, Enum):
 def verdict_of(placement: Placement, workspace_fits: bool) -> Verdict:
     if not workspace_fits or placement.unplaced:
         return Verdict.DOES_NOT_FIT
-    if any(p.option.tier.kind is TierKind.NVME and p.item.kind is not ItemKind.ENGRAM for p in placement.placed):
+    if any(p.option.tier.kind is TierKind.NVME and not row_table(p.item) for p in placement.placed):
         return Verdict.DOES_NOT_FIT
     if all(p.option.tier.kind is TierKind.GPU for p in placement.placed):
         return Verdict.FITS
     return Verdict.FITS_WITH_OFFLOAD
 
 
+def row_table(item) -> bool:
+    """An item a token reads a few rows of (Engram tables, the embedding): fine on NVMe."""
+    group = item.group
+    return item.kind is ItemKind.ENGRAM or (group is not None and group.rows and group.row_bytes == group.native_bytes)
+
+
 def host_needed_bytes(placement: Placement, host_used_bytes: int) -> int:
     """Host RAM that would hold what now sits on NVMe (Engram excepted) or nowhere."""
-    spill = sum(p.bytes for p in placement.placed
-                if p.option.tier.kind is TierKind.NVME and p.item.kind is not ItemKind.ENGRAM)
+    spill = sum(p.bytes for p in placement.placed if p.option.tier.kind is TierKind.NVME and not row_table(p.item))
     spill += sum(p.bytes for p in placement.unplaced if p.option is not None)
     return host_used_bytes + spill
 
