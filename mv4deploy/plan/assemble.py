@@ -21,9 +21,13 @@ from mv4deploy.plan.workload import Workload
 
 
 def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
-              host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True) -> Plan:
+              host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
+              prefill_stream: bool | None = None) -> Plan:
+    """The plan. ``suggest`` False skips suggestions (and weighs fewer candidates: what re-plans use);
+    ``prefill_stream`` forces streaming offloaded experts to the GPU for prefill on or off (None: choose)."""
     found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
-                                                         gpu_mem_util, quick=not suggest)
+                                                         gpu_mem_util, quick=not suggest,
+                                                         prefill_stream=prefill_stream)
     best, by_mode = choose(found)
     kinds: dict = {}
     for p in best.placement.placed:

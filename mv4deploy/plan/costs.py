@@ -71,9 +71,9 @@ def on_host(work: Work, host: Tier, gpu: Tier | None, read_first_s: float = 0.0,
         if rate:
             best = _finish(_roofline(work.bytes_read, host.bandwidth_bytes_per_s, work.flops, rate, "host"),
                            prefix + "cpu", read_first_s)
-    if gpu is not None and host.link_bytes_per_s:
+    if gpu is not None and gpu.link_bytes_per_s:
         rate, _ = gpu.rate(work.compute)
-        cost = _roofline(work.bytes_read, host.link_bytes_per_s, work.flops, rate, "host", link=True)
+        cost = _roofline(work.bytes_read, gpu.link_bytes_per_s, work.flops, rate, "host", link=True)
         limit = f"{gpu.name} compute" if cost.limit.endswith("compute") else cost.limit
         stream = _finish(Cost(cost.seconds, "", cost.compute_known, limit), prefix + "stream", read_first_s)
         if stream.seconds < best.seconds:

@@ -31,8 +31,8 @@ def lookup_s(rows: int, row_bytes: int, tier: Tier, gpu: Tier | None, host: Tier
     if tier.kind is TierKind.GPU:
         return rows * row_bytes / tier.bandwidth_bytes_per_s
     to_gpu = 0.0
-    if gpu is not None and host is not None and host.link_bytes_per_s:
-        to_gpu = host.latency_s + rows * max(row_bytes, CACHE_LINE_BYTES) / host.link_bytes_per_s
+    if gpu is not None and gpu.link_bytes_per_s:
+        to_gpu = gpu.latency_s + rows * max(row_bytes, CACHE_LINE_BYTES) / gpu.link_bytes_per_s
     elif host is not None and host.bandwidth_bytes_per_s:
         to_gpu = rows * max(row_bytes, CACHE_LINE_BYTES) / host.bandwidth_bytes_per_s
     if tier.kind is TierKind.HOST:
@@ -45,7 +45,8 @@ def engram_item(group: Group, workload: Workload, gpu: Tier | None, host: Tier |
     row_bytes = group.native_bytes // group.rows
     options = []
     for tier in (gpu, host, nvme):
-        if tier is None or (tier.kind is TierKind.HOST and not (tier.link_bytes_per_s or tier.bandwidth_bytes_per_s)):
+        reachable = gpu.link_bytes_per_s if gpu is not None else tier is not None and tier.bandwidth_bytes_per_s
+        if tier is None or (tier.kind is not TierKind.GPU and not reachable):
             continue
         decode = lookup_s(group.rows_read(workload.batch), row_bytes, tier, gpu, host)
         prefill = lookup_s(group.rows_read(workload.chunk_tokens), row_bytes, tier, gpu, host)

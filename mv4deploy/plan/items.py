@@ -97,9 +97,9 @@ def _hop(cost: Cost, host: Tier, gpu: Tier | None, activation_bytes: float) -> C
     """Add the activations' trip: to the CPU and back (2 transfers), or one latency for a stream."""
     if gpu is None or cost.mode == "unavailable":
         return cost
-    link = host.link_bytes_per_s
-    one_way = host.latency_s + (activation_bytes / link if link else 0.0)
-    return scaled(cost, 1.0, 2 * one_way if cost.mode.endswith("cpu") else host.latency_s)
+    link = gpu.link_bytes_per_s
+    one_way = gpu.latency_s + (activation_bytes / link if link else 0.0)
+    return scaled(cost, 1.0, 2 * one_way if cost.mode.endswith("cpu") else gpu.latency_s)
 
 
 def weight_item(group: Group, policy: Policy, spec, workload: Workload, gpu: Tier | None, host: Tier | None,

@@ -47,9 +47,9 @@ def _host_cost(read_bytes: float, layers: int, host: Tier, gpu: Tier | None) -> 
         if not host.bandwidth_bytes_per_s:
             return UNAVAILABLE
         return Cost(read_bytes / host.bandwidth_bytes_per_s, "cpu", limit="host bandwidth")
-    if not host.link_bytes_per_s:
+    if not gpu.link_bytes_per_s:
         return UNAVAILABLE
-    return Cost(read_bytes / host.link_bytes_per_s + layers * host.latency_s, "fetch", limit="host link (KV fetch)")
+    return Cost(read_bytes / gpu.link_bytes_per_s + layers * gpu.latency_s, "fetch", limit="host link (KV fetch)")
 
 
 def kv_item(part: PoolPart, layout: KVLayout, workload: Workload, host: Tier | None, replicas: int = 1) -> Item:

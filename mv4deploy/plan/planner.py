@@ -117,17 +117,30 @@ def _offloaded_expert_bytes(candidate: Candidate) -> int:
 
 
 def _best(candidates: list[Candidate]) -> Candidate:
-    verdict = min(c.verdict.rank for c in candidates)
-    pool = [c for c in candidates if c.verdict.rank == verdict]
-    fastest = max(c.estimates.decode_tokens_per_s for c in pool)
-    close = [c for c in pool if c.estimates.decode_tokens_per_s >= (1 - DECODE_TIE) * fastest]
-    return max(close, key=lambda c: (c.estimates.prefill_tokens_per_s or 0.0, c.estimates.decode_tokens_per_s))
+    """Per layout, streaming prefill wins over CPU prefill when its decode is within ``DECODE_TIE`` and its
+    prefill is faster (it reserves a stream buffer, so its decode is never higher); across layouts the
+    best verdict, then the fastest decode, then the fastest prefill wins."""
+    per_layout = {}
+    for c in candidates:
+        per_layout.setdefault(c.layout.mode, []).append(c)
+    finalists = []
+    for group in per_layout.values():
+        verdict = min(c.verdict.rank for c in group)
+        pool = [c for c in group if c.verdict.rank == verdict]
+        fastest = max(c.estimates.decode_tokens_per_s for c in pool)
+        close = [c for c in pool if c.estimates.decode_tokens_per_s >= (1 - DECODE_TIE) * fastest]
+        finalists.append(max(close, key=lambda c: (c.estimates.prefill_tokens_per_s or 0.0,
+                                                   c.estimates.decode_tokens_per_s)))
+    return min(finalists, key=lambda c: (c.verdict.rank, -c.estimates.decode_tokens_per_s,
+                                          -(c.estimates.prefill_tokens_per_s or 0.0)))
 
 
 def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy_name: str,
-               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, quick: bool = False):
+               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, quick: bool = False,
+               prefill_stream: bool | None = None):
     """Every candidate the planner weighs, and the machine and policy they share. ``quick`` leaves out the
-    prefill-streaming candidates (they change prefill, rarely the verdict): suggestions use it."""
+    prefill-streaming candidates (they change prefill, rarely the verdict): suggestions use it.
+    ``prefill_stream`` True / False forces streaming offloaded experts for prefill on / off (None: weigh both)."""
     grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
     machine = build_machine(profile, host_mem_bytes, gpu_mem_util)
     policy = resolve_policy(policy_name, machine.device_kind)
@@ -135,9 +148,11 @@ def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Work
     for mode in candidate_modes(profile):
         layout = build_layout(profile, mode, grouping)
         plain = _evaluate(resolved, grouping, policy, workload, machine, layout, 0)
-        found.append(plain)
         offloaded = _offloaded_expert_bytes(plain)
-        if offloaded and not quick and layout.gpus and machine.host is not None and machine.host.link_bytes_per_s:
+        can_stream = offloaded and layout.gpus and machine.host is not None and layout.gpus[0].link_bytes_per_s
+        if prefill_stream is not True or not can_stream:
+            found.append(plain)
+        if can_stream and prefill_stream is not False and not (quick and prefill_stream is None):
             found.append(_evaluate(resolved, grouping, policy, workload, machine, layout,
                                    stream_buffer_bytes(offloaded)))
     return found, machine, policy, grouping

@@ -49,8 +49,8 @@ class Tier:
     bandwidth_bytes_per_s: float | None        # achievable, summed over the tier's devices
     compute_flops_per_s: Mapping[str, float] = field(default_factory=dict)  # achievable, per format
     native_formats: frozenset[str] = frozenset()
-    link_bytes_per_s: float | None = None      # host/nvme -> the GPU (summed over GPUs for a sharded tier)
-    latency_s: float = 0.0                     # per transfer over that link
+    link_bytes_per_s: float | None = None      # GPU tiers: host -> this tier (summed over GPUs when sharded)
+    latency_s: float = 0.0                     # per transfer over that link (NVMe: per random read)
     random_read_bytes_per_s: float | None = None  # nvme: 4 KiB random reads (IOPS x 4 KiB)
 
     def rate(self, compute_format: str) -> tuple[float | None, str]:
@@ -124,14 +124,13 @@ def host_tier(profile: HardwareProfile) -> Tier | None:
     host, eff = profile.host, profile.efficiency
     native = {"fp32"} | {f for isa in host.isa for f in ISA_FORMATS.get(isa, ())}
     link = profile.host_link.effective_bytes_per_s if profile.host_link else None
-    count = profile.gpus.count if profile.gpus is not None else 1
     return Tier(name="host", kind=TierKind.HOST, devices=("host",),
                 bandwidth_bytes_per_s=host.bandwidth_bytes_per_s * eff.host_bandwidth
                 if host.bandwidth_bytes_per_s else None,
                 compute_flops_per_s=MappingProxyType({f: r * eff.host_compute
                                                       for f, r in host.compute_flops_per_s.items()}),
                 native_formats=frozenset(native),
-                link_bytes_per_s=link * eff.host_link * count if link and profile.gpus is not None else None,
+                link_bytes_per_s=link * eff.host_link if link and profile.gpus is not None else None,
                 latency_s=profile.host_link.latency_s if profile.host_link else 0.0)
 
 
