@@ -161,9 +161,14 @@ def test_roofline_and_the_cheaper_host_execution():
     cost = on_gpu(work, gpu)
     assert cost.seconds == pytest.approx(0.02) and cost.limit == "gpu:0 compute"
     # host: CPU max(1e9/50e9 = 20 ms, 1e12/1e12 = 1 s) = 1 s; stream max(1e9/50e9 = 20 ms, GPU 20 ms) = 20 ms
-    assert on_host(work, host, gpu).mode == "stream" and on_host(work, host, gpu).seconds == pytest.approx(0.02)
-    light = Work(bytes_read=1e9, flops=1e9, compute="bf16")   # CPU: max(20 ms, 1 ms); stream: 20 ms: a tie
-    assert on_host(light, host, None).mode == "cpu"
+    # + one 10 us link latency
+    streamed = on_host(work, host, gpu)
+    assert streamed.mode == "stream" and streamed.seconds == pytest.approx(0.02 + 10e-6)
+    # light work: CPU max(20 ms, 1 ms) + the activations' round trip 2 x (10 us + 8 KiB / 50 GB/s) beats the
+    # stream's 20 ms + 10 us only when the round trip is cheaper than one latency: it is not, so stream
+    light = Work(bytes_read=1e9, flops=1e9, compute="bf16")
+    assert on_host(light, host, gpu, activation_bytes=8192).mode == "stream"
+    assert on_host(light, host, None).mode == "cpu"              # no GPU: the CPU runs it, no hops
 
 
 def test_v4_attention_flops_by_hand(flash):

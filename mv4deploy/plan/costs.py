@@ -62,38 +62,54 @@ def on_gpu(work: Work, gpu: Tier) -> Cost:
     return Cost(cost.seconds, "gpu", cost.compute_known, cost.limit)
 
 
-def on_host(work: Work, host: Tier, gpu: Tier | None, read_first_s: float = 0.0, prefix: str = "") -> Cost:
-    """Cheaper of: the CPU executes it in place; it streams over the host link to ``gpu`` and runs there.
-    ``read_first_s`` is time spent bringing the bytes into RAM first (NVMe), overlapped with the rest."""
+def hops_s(gpu: Tier | None, activation_bytes: float) -> tuple[float, float]:
+    """What running off the GPU adds per call: (CPU execution: activations to the CPU and back, 2 transfers;
+    streaming: one transfer latency before the weights arrive). Nothing without a GPU."""
+    if gpu is None:
+        return 0.0, 0.0
+    link = gpu.link_bytes_per_s
+    one_way = gpu.latency_s + (activation_bytes / link if link else 0.0)
+    return 2 * one_way, gpu.latency_s
+
+
+def on_host(work: Work, host: Tier, gpu: Tier | None, read_first_s: float = 0.0, prefix: str = "",
+            activation_bytes: float = 0.0, stream_gpu: Tier | None = None) -> Cost:
+    """Cheaper of: the CPU executes it in place (plus the activations' round trip from ``gpu``); it streams
+    over the host link to ``stream_gpu`` (default ``gpu``) and runs there. ``read_first_s`` is time spent
+    bringing the bytes into RAM first (NVMe), overlapped with the rest. Hops count before comparing."""
+    stream_gpu = gpu if stream_gpu is None else stream_gpu
+    cpu_hops, stream_hops = hops_s(gpu, activation_bytes)
     best = UNAVAILABLE
     if host.can_execute:
         rate, _ = host.rate(work.compute)
         if rate:
             best = _finish(_roofline(work.bytes_read, host.bandwidth_bytes_per_s, work.flops, rate, "host"),
-                           prefix + "cpu", read_first_s)
-    if gpu is not None and gpu.link_bytes_per_s:
-        rate, _ = gpu.rate(work.compute)
-        cost = _roofline(work.bytes_read, gpu.link_bytes_per_s, work.flops, rate, "host", link=True)
-        limit = f"{gpu.name} compute" if cost.limit.endswith("compute") else cost.limit
-        stream = _finish(Cost(cost.seconds, "", cost.compute_known, limit), prefix + "stream", read_first_s)
+                           prefix + "cpu", read_first_s, cpu_hops)
+    if stream_gpu is not None and stream_gpu.link_bytes_per_s:
+        rate, _ = stream_gpu.rate(work.compute)
+        cost = _roofline(work.bytes_read, stream_gpu.link_bytes_per_s, work.flops, rate, "host", link=True)
+        limit = f"{stream_gpu.name} compute" if cost.limit.endswith("compute") else cost.limit
+        stream = _finish(Cost(cost.seconds, "", cost.compute_known, limit), prefix + "stream", read_first_s,
+                         stream_hops)
         if stream.seconds < best.seconds:
             best = stream
     return best
 
 
-def _finish(cost: Cost, mode: str, read_first_s: float) -> Cost:
+def _finish(cost: Cost, mode: str, read_first_s: float, hops: float) -> Cost:
     if read_first_s > cost.seconds:
-        return Cost(read_first_s, mode, cost.compute_known, "nvme read")
-    return Cost(cost.seconds, mode, cost.compute_known, cost.limit)
+        return Cost(read_first_s + hops, mode, cost.compute_known, "nvme read")
+    return Cost(cost.seconds + hops, mode, cost.compute_known, cost.limit)
 
 
-def on_nvme(work: Work, nvme: Tier, host: Tier | None, gpu: Tier | None) -> Cost:
+def on_nvme(work: Work, nvme: Tier, host: Tier | None, gpu: Tier | None, activation_bytes: float = 0.0,
+            stream_gpu: Tier | None = None) -> Cost:
     """Read through the page cache at the drive's bandwidth (after one read latency), overlapped with
     executing what has arrived."""
     if host is None:
         return UNAVAILABLE
     read_s = nvme.latency_s + work.bytes_read / nvme.bandwidth_bytes_per_s
-    return on_host(work, host, gpu, read_first_s=read_s, prefix="nvme+")
+    return on_host(work, host, gpu, read_s, "nvme+", activation_bytes, stream_gpu)
 
 
 # ---- attention FLOPs per token ------------------------------------------------------------------

@@ -20,6 +20,7 @@ from mv4deploy.plan.workload import Workload
 from mv4deploy.quant.formats import FORMATS
 
 ACTIVATION_BYTES = 2
+NO_LINK = Tier("no-stream", TierKind.GPU, (), None)   # a GPU tier that cannot receive streamed weights
 
 
 class ItemKind(str, Enum):
@@ -93,15 +94,6 @@ def _compute(fmt: str) -> str:
     return FORMATS[fmt].compute if fmt in FORMATS else "bf16"
 
 
-def _hop(cost: Cost, host: Tier, gpu: Tier | None, activation_bytes: float) -> Cost:
-    """Add the activations' trip: to the CPU and back (2 transfers), or one latency for a stream."""
-    if gpu is None or cost.mode == "unavailable":
-        return cost
-    link = gpu.link_bytes_per_s
-    one_way = gpu.latency_s + (activation_bytes / link if link else 0.0)
-    return scaled(cost, 1.0, 2 * one_way if cost.mode.endswith("cpu") else gpu.latency_s)
-
-
 def weight_item(group: Group, policy: Policy, spec, workload: Workload, gpu: Tier | None, host: Tier | None,
                 nvme: Tier | None, shards: int = 1, stream_prefill: bool = True, cache: dict | None = None) -> Item:
     """Options on the group's GPU, host RAM and NVMe with their roofline costs. ``shards`` > 1: the GPU
@@ -137,13 +129,13 @@ def _costs(decode: Work, prefill: Work, imbalance: float, spec, workload: Worklo
         out.append((gpu, scaled(on_gpu(decode, gpu), imbalance), on_gpu(prefill, gpu)))
     hop_d = workload.batch * spec.hidden_size * ACTIVATION_BYTES
     hop_p = workload.chunk_tokens * spec.hidden_size * ACTIVATION_BYTES
-    stream_gpu = gpu if stream_prefill else None
+    no_stream = NO_LINK if gpu is not None and not stream_prefill else None
     if host is not None:
-        out.append((host, _hop(on_host(decode, host, gpu), host, gpu, hop_d),
-                    _hop(on_host(prefill, host, stream_gpu), host, gpu, hop_p)))
+        out.append((host, on_host(decode, host, gpu, activation_bytes=hop_d),
+                    on_host(prefill, host, gpu, activation_bytes=hop_p, stream_gpu=no_stream)))
     if nvme is not None and host is not None:
-        out.append((nvme, _hop(on_nvme(decode, nvme, host, gpu), host, gpu, hop_d),
-                    _hop(on_nvme(prefill, nvme, host, stream_gpu), host, gpu, hop_p)))
+        out.append((nvme, on_nvme(decode, nvme, host, gpu, hop_d),
+                    on_nvme(prefill, nvme, host, gpu, hop_p, no_stream)))
     return tuple(c for c in out if c[1].mode != "unavailable")
 
 
