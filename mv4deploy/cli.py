@@ -121,6 +121,7 @@ def plan(profile: Annotated[str, _opt("--profile", "A shipped profile name or a 
     result = run_plan(model, profile, context, batch, prefill_chunk, policy, host_mem, gpu_mem_util,
                       expert_skew, mtp, sweep)
     data = result.plan.to_json()
+    output.print_warnings(list(result.plan.warnings))
     if result.sweep is not None:
         from mv4deploy.plan.sweep import sweep_json
         data = sweep_json(result.sweep, list(result.points))

@@ -155,7 +155,7 @@ def _rate(value: float | None, unit: str) -> str:
 
 def plan_table(plan) -> None:
     """Human view of ``mv4deploy plan``: devices, groups by class and tier, KV and Engram decisions,
-    estimates, verdict and suggestions, engine hints. Warnings go to stderr."""
+    estimates, verdict and suggestions, engine hints (the CLI prints the plan's warnings to stderr)."""
     out, w = _stdout(), plan.workload
     out.print(f"[bold]{plan.model}[/] on [bold]{plan.profile}[/]: [bold]{plan.verdict.replace('_', ' ')}[/]  "
               f"(context {w.context_tokens:,} x batch {w.batch}, prefill chunk {w.chunk_tokens:,}; "
@@ -165,7 +165,6 @@ def plan_table(plan) -> None:
     _kv_and_engram(out, plan)
     _estimates(out, plan)
     _hints(out, plan)
-    print_warnings(list(plan.warnings))
 
 
 def _devices(plan) -> Table:

@@ -59,7 +59,7 @@ def _execution_formats(best: Candidate) -> list[dict]:
     """Distinct (tier, format, how it executes) among placed weights: native, or weight-only dequant."""
     seen = {}
     for p in best.placement.placed:
-        if p.item.kind is not ItemKind.WEIGHTS or p.option.tier.kind is TierKind.NVME:
+        if p.item.kind is not ItemKind.WEIGHTS or p.option.tier.kind is TierKind.NVME or p.option.format == "raw":
             continue
         tier = p.option.tier
         if tier.kind is TierKind.HOST and p.option.decode.mode == "stream":

@@ -104,4 +104,4 @@ def _bottleneck(resources: dict[str, float], step: float, placement: Placement) 
     if not resources:
         return "none"
     name, seconds = max(sorted(resources.items()), key=lambda kv: kv[1])
-    return f"{name}: {seconds * 1e3:.2f} of {step * 1e3:.2f} ms per decode step"
+    return f"{name}: {seconds * 1e3:.3g} of {step * 1e3:.3g} ms per decode step"

@@ -75,6 +75,8 @@ def place(items: list[Item], capacity: dict[str, int]) -> Placement:
             taken[order] = start + fit
         waiting = [(o, it, taken.get(o, s), e) for o, it, s, e in waiting if taken.get(o, s) < e]
     unplaced = tuple(Placed(it, it.options[-1] if it.options else None, s, e) for _, it, s, e in waiting)
+    order = {id(item): i for i, item in enumerate(items)}          # report in model order, not fill order
+    placed.sort(key=lambda p: (order[id(p.item)], p.start))
     return Placement(tuple(placed), unplaced, free, boundary)
 
 
