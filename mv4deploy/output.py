@@ -153,10 +153,16 @@ def _rate(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:,.1f} {unit}"
 
 
+def _wide_stdout(min_width: int = 120) -> Console:
+    """The plan's tables have ten columns: never squeeze them below ``min_width`` when piped."""
+    console = _stdout()
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=max(console.width, min_width))
+
+
 def plan_table(plan) -> None:
     """Human view of ``mv4deploy plan``: devices, groups by class and tier, KV and Engram decisions,
     estimates, verdict and suggestions, engine hints (the CLI prints the plan's warnings to stderr)."""
-    out, w = _stdout(), plan.workload
+    out, w = _wide_stdout(), plan.workload
     out.print(f"[bold]{plan.model}[/] on [bold]{plan.profile}[/]: [bold]{plan.verdict.replace('_', ' ')}[/]  "
               f"(context {w.context_tokens:,} x batch {w.batch}, prefill chunk {w.chunk_tokens:,}; "
               f"policy {plan.decisions['policy']['name']})")
@@ -181,10 +187,10 @@ def _devices(plan) -> Table:
 
 
 def _groups_by_class(plan) -> Table:
-    tiers = [d.name for d in plan.devices if d.kind != "nvme" or d.used_bytes]
-    tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (not t.startswith("gpu"), t)) or tiers
+    rank = {"host": 1, "nvme": 2, "unplaced": 3}
+    tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
     by_class: dict[str, dict] = {}
-    for g in plan.groups:
+    for g in sorted(plan.groups, key=lambda g: _CLASS_ORDER.get(g["role"], 99)):
         row = by_class.setdefault(g["role"], {"formats": set(), "count": 0})
         row[g["tier"]] = row.get(g["tier"], 0) + g["bytes"]
         row["formats"].add(g["format"])
@@ -199,6 +205,11 @@ def _groups_by_class(plan) -> Table:
         table.add_row(cls, str(row["count"]), *[_gib(row[t]) if t in row else "" for t in tiers],
                       ", ".join(sorted(row["formats"])))
     return table
+
+
+_CLASS_ORDER = {name: i for i, name in enumerate(
+    ("embedding", "attention", "indexer", "compressor", "norms_mhc", "router", "hash_router", "shared_expert",
+     "dense_mlp", "routed_experts", "engram_proj", "engram_table", "head"))}
 
 
 def _kv_and_engram(out: Console, plan) -> None:
@@ -250,7 +261,7 @@ def _hints(out: Console, plan) -> None:
 
 
 def sweep_table(result) -> None:
-    out = _stdout()
+    out = _wide_stdout()
     first = result.points[0][1]
     out.print(f"[bold]{first.model}[/] on [bold]{first.profile}[/]: sweep of {result.sweep.field}")
     table = Table()

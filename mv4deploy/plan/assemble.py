@@ -6,6 +6,8 @@ given, imports no torch, probes no device and writes nothing.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.engram import engram_summary
@@ -18,24 +20,24 @@ from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, exper
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import TierKind
 from mv4deploy.plan.workload import Workload
+from mv4deploy.quant.formats import FORMATS
 
 
 def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
-              prefill_stream: bool | None = None) -> Plan:
-    """The plan. ``suggest`` False skips suggestions (and weighs fewer candidates: what re-plans use);
-    ``prefill_stream`` forces streaming offloaded experts to the GPU for prefill on or off (None: choose)."""
+              prefill_stream: bool | None = None, quick: bool = False) -> Plan:
+    """The plan. ``suggest`` False skips suggestions; ``quick`` weighs fewer candidates (no prefill
+    streaming: what suggestion re-plans use); ``prefill_stream`` forces streaming offloaded experts to the
+    GPU for prefill on or off (None: the planner chooses)."""
     found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
-                                                         gpu_mem_util, quick=not suggest,
-                                                         prefill_stream=prefill_stream)
+                                                         gpu_mem_util, quick=quick, prefill_stream=prefill_stream)
     best, by_mode = choose(found)
     kinds: dict = {}
     for p in best.placement.placed:
         kinds.setdefault(p.item.kind, []).append(p)
     engram = None
     if kinds.get(ItemKind.ENGRAM):
-        engram = engram_summary(kinds[ItemKind.ENGRAM], best.estimates.engram_windows_s,
-                                best.placement.free_bytes, workload)
+        engram = engram_summary(kinds[ItemKind.ENGRAM], best.estimates.engram_windows_s, best.placement.free_bytes)
         engram["traffic_bytes_per_s"] = engram["bytes_per_token"] * best.estimates.decode_tokens_per_s
     activations = {d.name: best.workspace.total_bytes for d in machine.devices if d.kind in ("gpu", "npu")}
     devices = device_usage(machine.devices, best.placement.placed, activations)
@@ -51,7 +53,6 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
         from mv4deploy.plan.suggest import suggestions_for
         suggestions = tuple(suggestions_for(plan, resolved, profile, workload, policy, host_mem_bytes,
                                             gpu_mem_util, best))
-    from dataclasses import replace
     return replace(plan, hints=hints, suggestions=suggestions, warnings=plan.warnings + tuple(hint_warnings))
 
 
@@ -64,7 +65,6 @@ def _execution_formats(best: Candidate) -> list[dict]:
         tier = p.option.tier
         if tier.kind is TierKind.HOST and p.option.decode.mode == "stream":
             continue
-        from mv4deploy.quant.formats import FORMATS
         compute = FORMATS[p.option.format].compute if p.option.format in FORMATS else "bf16"
         _, how = tier.rate(compute)
         seen[(tier.name, p.option.format)] = how

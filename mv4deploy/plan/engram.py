@@ -60,8 +60,7 @@ def exposed_s(lookup: float, window: float) -> float:
     return max(0.0, lookup - window)
 
 
-def engram_summary(placed: list[Placed], windows: dict[int, float], free_bytes: dict[str, int],
-                   workload: Workload) -> dict:
+def engram_summary(placed: list[Placed], windows: dict[int, float], free_bytes: dict[str, int]) -> dict:
     """The ``engram`` block: where each table lives, per-token traffic, the overlap check."""
     tables, lookup_total, exposed_total, fits = [], 0.0, 0.0, True
     for p in placed:

@@ -17,7 +17,7 @@ from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.engram import engram_item
 from mv4deploy.plan.estimates import Estimates, estimate
 from mv4deploy.plan.groups import GroupClass, Grouping, build_groups
-from mv4deploy.plan.items import Item, ItemKind, weight_item
+from mv4deploy.plan.items import Item, weight_item
 from mv4deploy.plan.kv_tiering import kv_items
 from mv4deploy.plan.multigpu import Layout, Mode, build_layout, candidate_modes, crossing_s, kv_replicas
 from mv4deploy.plan.placement import Placement, lower_bound, multipliers, place
@@ -179,13 +179,3 @@ def expert_execution(candidate: Candidate) -> dict:
             "prefill_streams_to_gpu": candidate.stream_prefill,
             "why": "each offloaded group takes the cheaper of running on the CPU beside its weights and "
                    "streaming them over the host link to the GPU, per phase"}
-
-
-def placed_kinds(candidate: Candidate) -> dict[str, list]:
-    by_kind: dict[str, list] = {}
-    for p in candidate.placement.placed:
-        by_kind.setdefault(p.item.kind.value, []).append(p)
-    return by_kind
-
-
-__all__ = ["Candidate", "Machine", "build_machine", "candidates", "choose", "expert_execution", "ItemKind"]

@@ -25,7 +25,7 @@ DENSE = (Arch.QWEN2, Arch.LLAMA)
 
 def _replan(resolved, profile, workload, policy, host_mem, gpu_util):
     from mv4deploy.plan.assemble import make_plan
-    return make_plan(resolved, profile, workload, policy, host_mem, gpu_util, suggest=False)
+    return make_plan(resolved, profile, workload, policy, host_mem, gpu_util, suggest=False, quick=True)
 
 
 _PROFILES: dict[str, HardwareProfile] = {}
