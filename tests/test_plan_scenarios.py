@@ -204,3 +204,17 @@ def test_v4_pro_on_rtx5090_with_128gib_does_not_fit_and_suggests():
     assert kinds["host_memory"]["verdict"] == "fits_with_offload"
     assert kinds["profile"]["change"] == "--profile b200x8" and kinds["profile"]["verdict"] == "fits"
     assert kinds["model"]["change"] == "--model deepseek-r1-distill-qwen-7b"
+
+
+def test_fp4_experts_on_ada_run_as_weight_only_dequant_or_int4():
+    # the RTX 4090 (sm_89) has FP8 and INT4 units but no FP4: native FP4 experts keep their 4.25-bit bytes
+    # and run as weight-only dequantization into BF16; --policy int4-experts re-quantizes them to INT4 with a
+    # BF16 scale per 128 (4.125 bits: 13,369,344 -> 12,976,176 B per expert) that Ada runs natively
+    native = plan("deepseek-v4-flash", "rtx4090x2")
+    assert {"tier": "gpu:0", "format": "mxfp4", "execution": "dequant:bf16"} in native.decisions["formats"]
+    flash = MODELS["deepseek-v4-flash"]
+    int4 = make_plan(flash, load_profile("rtx4090x2"), make_workload(), policy="int4-experts")
+    assert {"tier": "gpu:0", "format": "int4-g128", "execution": "native"} in int4.decisions["formats"]
+    experts = sum(g["bytes"] for g in int4.groups if g["role"] == "routed_experts")
+    assert experts == 43 * 256 * 3 * 4_325_392
+    assert int4.estimates.decode_tokens_per_s > native.estimates.decode_tokens_per_s   # 3% fewer bytes to read
