@@ -19,6 +19,7 @@ from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
 UNKNOWN = "unknown"
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: ~10x faster, same results
 
 # Defaults for the planner's figures when a profile does not give them. Each is an assumption unless noted.
 DEFAULT_GPU_RUNTIME_RESERVE_BYTES = 2**30   # llama.cpp's per-device fit margin, -fitt 1024 MiB (facts/peers.md §2)
@@ -362,7 +363,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         if not path.is_file():
             raise InputError(None, "profile", text, f"unknown profile; shipped: {', '.join(list_profiles())}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except FileNotFoundError:
         raise InputError(path, None, None, "profile file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -27,8 +27,8 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
               prefill_stream: bool | None = None, quick: bool = False) -> Plan:
     """The plan. ``suggest`` False skips suggestions; ``quick`` weighs fewer candidates (no prefill
-    streaming: what suggestion re-plans use); ``prefill_stream`` forces streaming offloaded experts to the
-    GPU for prefill on or off (None: the planner chooses)."""
+    streaming) and derives no engine hints: what suggestion re-plans use; ``prefill_stream`` forces
+    streaming offloaded experts to the GPU for prefill on or off (None: the planner chooses)."""
     found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
                                                          gpu_mem_util, quick=quick, prefill_stream=prefill_stream)
     best, by_mode = choose(found)
@@ -47,7 +47,7 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
                 kv_cache=kv_summary(kinds.get(ItemKind.KV, [])), engram=engram, estimates=best.estimates,
                 hints={}, suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
                 decisions=decisions, placement=best.placement)
-    hints, hint_warnings = engine_hints(plan, best, resolved, machine)
+    hints, hint_warnings = engine_hints(plan, best, resolved, machine) if not quick else ({}, [])
     suggestions = ()
     if suggest and best.verdict.value != "fits":
         from mv4deploy.plan.suggest import suggestions_for
