@@ -162,7 +162,7 @@ def choose(found: list[Candidate]) -> tuple[Candidate, dict[Mode, tuple[str, flo
     """The best candidate, and per layout mode the best verdict and decode speed it reached."""
     best = _best(found)
     by_mode: dict[Mode, tuple[str, float]] = {}
-    for mode in {c.layout.mode for c in found}:
+    for mode in dict.fromkeys(c.layout.mode for c in found):     # first-seen order: deterministic
         top = _best([c for c in found if c.layout.mode is mode])
         by_mode[mode] = (top.verdict.value, top.estimates.decode_tokens_per_s)
     return best, by_mode
