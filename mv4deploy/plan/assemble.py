@@ -16,7 +16,7 @@ from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.kv_tiering import kv_summary
 from mv4deploy.plan.multigpu import reason
 from mv4deploy.plan.plan import Plan, device_usage, group_rows
-from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, expert_execution
+from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, expert_execution, workspace_devices
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import TierKind
 from mv4deploy.plan.workload import Workload
@@ -39,7 +39,7 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
     if kinds.get(ItemKind.ENGRAM):
         engram = engram_summary(kinds[ItemKind.ENGRAM], best.estimates.engram_windows_s, best.placement.free_bytes)
         engram["traffic_bytes_per_s"] = engram["bytes_per_token"] * best.estimates.decode_tokens_per_s
-    activations = {d.name: best.workspace.total_bytes for d in machine.devices if d.kind in ("gpu", "npu")}
+    activations = dict.fromkeys(workspace_devices(machine), best.workspace.total_bytes)
     devices = device_usage(machine.devices, best.placement.placed, activations)
     decisions = _decisions(best, by_mode, machine, chosen_policy, grouping, resolved)
     plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=best.verdict.value,
