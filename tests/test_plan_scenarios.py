@@ -176,7 +176,7 @@ def test_distillate_on_the_phone_is_int4_within_the_app_budget():
     assert npu.breakdown["weights"] == 5_067_700_304
     assert npu.breakdown["kv_cache"] == 4096 * 57_344                          # 28 x 2 x 4 x 128 x 2 B per token
     assert npu.used_bytes <= 0.45 * 16 * GiB and npu.used_bytes / (16 * GiB) > 0.30
-    # decode reads everything but 151,063 embedding rows: 3,977,712,720 + KV 234,881,024 B at
+    # decode reads everything but 152,063 of the 152,064 embedding rows: 3,977,712,720 + KV 234,881,024 B at
     # 84.8 GB/s x 0.7 = 59.36 GB/s = 70.97 ms -> 14.09 tok/s; NPU compute unknown: no prefill estimate
     assert p.estimates.decode_tokens_per_s == pytest.approx(59.36e9 / (3_977_712_720 + 234_881_024))
     assert p.estimates.prefill_tokens_per_s is None
