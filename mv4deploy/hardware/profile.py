@@ -8,6 +8,7 @@ does this) and loads as ``None``; the planner refuses to guess it.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -121,7 +122,9 @@ class _Section:
         self.used.add(key)
         if key not in self.data or self.data[key] is None:
             if required:
-                raise InputError(self.source, self._field(key), None, "required field is missing")
+                near = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)], n=1)
+                hint = f" (found {near[0]!r}: a typo?)" if near and near[0] != key else ""
+                raise InputError(self.source, self._field(key), None, f"required field is missing{hint}")
             return default
         value = self.data[key]
         if value == UNKNOWN:
