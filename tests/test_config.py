@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
-from conftest import PRESETS, REPO, SHARED_CONFIGS
+from conftest import PRESETS, REPO
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.spec import Arch
 
@@ -24,10 +25,18 @@ def test_transformers_folded_form_equals_native_form():
     assert folded.unknown_keys == ()
 
 
-def test_presets_equal_the_shared_originals():
-    for preset, original in (("deepseek-v4-pro", "DeepSeek-V4-Pro"), ("deepseek-v3", "DeepSeek-V3")):
-        assert json.loads((PRESETS / f"{preset}.json").read_text()) == \
-            json.loads((SHARED_CONFIGS / original / "config.json").read_text())
+# SHA-256 of the official config.json files at the revisions in presets/SOURCES.md (HF-published hashes)
+OFFICIAL_SHA256 = {
+    "deepseek-v3": "cbf0b95dc614de208a109bb5fd4e7eed11385e9c68411d2c17db5319443035d9",
+    "deepseek-v4-flash": "b628e63398a645abc711d92207f8737dd8140f7a4ef1e0a5b3616019e0ddd818",
+    "deepseek-v4-pro": "5fe4568daee51c208cb8a79538eaeda090ae011ade1dee2c386aa95f569c810e",
+    "deepseek-v4.1-flash": "8be45ce0476004a3f529fd896115a4a2e800a129ad2d3ec05b16050f52e21879",
+}
+
+
+def test_presets_are_the_official_files_byte_for_byte():
+    for preset, digest in OFFICIAL_SHA256.items():
+        assert hashlib.sha256((PRESETS / f"{preset}.json").read_bytes()).hexdigest() == digest, preset
 
 
 def test_v41_text_config_is_flattened_and_engram_rows_match_the_prime_search():
