@@ -84,24 +84,43 @@ def make_texts() -> None:
         (FIXTURES / file).write_text("".join(f"# ---- {n}.py\n{modules[n].read_text()}\n" for n in names))
 
 
-def make_tokenizer() -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+# The pre-tokenizer AutoTokenizer forces on any `qwen2` checkpoint (Qwen2Tokenizer rebuilds it whatever
+# tokenizer.json says), so tiny-qwen2's tokenizer is trained with it; the DeepSeek fixtures keep GPT-2's.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+TOKENIZER_OF = {"tiny-qwen2": "qwen2"}   # fixture -> tokenizer kind; the rest use "bytelevel"
+
+
+def make_tokenizer(kind: str) -> None:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if kind == "qwen2":
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(SPECIALS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    files = (CACHE / "train.txt").read_text().split("\n\x00\n")
-    tok.train_from_iterator(files, trainer=trainer)
+    tok.train_from_iterator((CACHE / "train.txt").read_text().split("\n\x00\n"), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[1],
                                    pad_token=SPECIALS[2], clean_up_tokenization_spaces=False)
-    fast.save_pretrained(CACHE / "tokenizer")
+    folder = CACHE / f"tokenizer-{kind}"
+    fast.save_pretrained(folder)
+    config_path = folder / "tokenizer_config.json"   # no unk token: Qwen2Tokenizer would add one
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "unk_token": None}, indent=2))
 
 
-def load_tokenizer():
+def load_tokenizer(kind: str = "bytelevel"):
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(CACHE / "tokenizer")
+    return AutoTokenizer.from_pretrained(CACHE / f"tokenizer-{kind}")
+
+
+def tokenizer_for(name: str):
+    return load_tokenizer(TOKENIZER_OF.get(name.removesuffix("-fp8fp4"), "bytelevel"))
 
 
 def encode_file_list(tok, texts: list[str]):
@@ -169,7 +188,7 @@ def init_hash_routing(model, hf) -> None:
 def train(name: str) -> None:
     import torch
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
-    tok = load_tokenizer()
+    tok = tokenizer_for(name)
     data, held = train_tokens(tok), eval_tokens(tok)
     cfg, steps, peak_lr = MODELS_TO_TRAIN[name]
     model = build_model(name, tok).train()
@@ -232,11 +251,14 @@ def unigram_entropy(train, held) -> tuple[float, float]:
 EVAL_CHUNKS = 8  # the tests and the READMEs score the first 8 x 256 tokens of eval.txt
 
 
+FP8FP4 = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
+          "weight_block_size": [128, 128], "expert_dtype": "fp4"}
+
+
 def export_all() -> None:
     import torch
     from safetensors.torch import load_file
     from mv4deploy.runtime.native_save import save_native
-    tok = load_tokenizer()
     for name, (cfg, _, _) in MODELS_TO_TRAIN.items():
         state = load_file(CACHE / f"{name}.trained.safetensors")
         if name == "tiny-v4":
@@ -244,19 +266,19 @@ def export_all() -> None:
         config = dict(cfg)
         if "engram_layer_ids" in cfg:
             from mv4deploy.runtime.engram import compressed_token_map
-            config["engram_compressed_vocab_size"] = compressed_token_map(tok)[1]
-        save_native(state, config, MODELS / name, sorted_shards=2)
-        tok.save_pretrained(MODELS / name)
+            config["engram_compressed_vocab_size"] = compressed_token_map(tokenizer_for(name))[1]
+        outputs = [(name, config, state)]
         if name == "tiny-v4":
-            q_config = {**config, "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
-                        "quant_method": "fp8", "scale_fmt": "ue8m0", "weight_block_size": [128, 128],
-                        "expert_dtype": "fp4"}}
-            save_native({k: v.to(torch.float32) for k, v in state.items()}, q_config, MODELS / "tiny-v4-fp8fp4",
-                        sorted_shards=2)
-            tok.save_pretrained(MODELS / "tiny-v4-fp8fp4")
+            outputs.append(("tiny-v4-fp8fp4", {**config, "quantization_config": FP8FP4},
+                            {k: v.to(torch.float32) for k, v in state.items()}))
+        for out_name, out_config, out_state in outputs:
+            save_native(out_state, out_config, MODELS / out_name, sorted_shards=2)
+            kind = TOKENIZER_OF.get(name, "bytelevel")
+            for file in ("tokenizer.json", "tokenizer_config.json"):   # as trained, byte for byte
+                shutil.copy(CACHE / f"tokenizer-{kind}" / file, MODELS / out_name / file)
     numbers = measure()
     for name in numbers["nll"]:
-        source = "tiny-v4" if name == "tiny-v4-fp8fp4" else name
+        source = name.removesuffix("-fp8fp4")
         stats = json.loads((CACHE / f"{source}.trained.json").read_text())
         config = json.loads((MODELS / name / "config.json").read_text())
         _write_readme(MODELS / name, name, config, stats, numbers)
@@ -281,7 +303,9 @@ def experts_on_fp4_grid(state: dict) -> dict:
 
 
 def _write_readme(out: Path, name: str, config: dict, stats: dict, numbers: dict) -> None:
-    nll, (h_uni, ce_uni) = numbers["nll"][name], numbers["unigram"]
+    nll = numbers["nll"][name]
+    kind = TOKENIZER_OF.get(name.removesuffix("-fp8fp4"), "bytelevel")
+    h_uni, ce_uni = numbers["unigram"][kind]
     quantized = "quantization_config" in config
     stored = ("FP8 e4m3 with 128x128 UE8M0 block scales for linears, MXFP4 (e2m1 + UE8M0 per 32) for routed "
               "experts, BF16/F32 elsewhere: the layout DeepSeek ships V4 in, made from tiny-v4's weights by "
@@ -296,14 +320,18 @@ def _write_readme(out: Path, name: str, config: dict, stats: dict, numbers: dict
         agree = numbers["agreement"]
         extra = (f"\nAgainst tiny-v4 on the same tokens: mean KL(tiny-v4 || this) {agree.kld_mean:.5f} nats/token "
                  f"(max {agree.kld_max:.4f}), same top-1 token {100 * agree.top1:.2f}% of {agree.tokens} positions.\n")
+    split = (" with Qwen2's pre-tokenizer split and NFC, which AutoTokenizer imposes on every qwen2 checkpoint"
+             if kind == "qwen2" else " with GPT-2's byte-level pre-tokenizer")
     origin = (f"continued from {WARM_START[name]}'s trained weights (the Engram layers start fresh) for "
               if name in WARM_START else "")
     text = f"""# {name}
 
-Trained by `python scripts/make_fixtures.py all` (seed {SEED}) on the Python {sys.version.split()[0]} standard
-library's top-level modules (minus the held-out ones), {origin}{stats['steps']} AdamW steps of {BATCH} x {SEQ_LEN}
-tokens in FP32 on {stats['threads']} shared CPU thread(s) ({stats['train_s']} s wall). Tokenizer: byte-level BPE,
-{VOCAB} tokens, trained on the same text (tokenizer.json here; `AutoTokenizer.from_pretrained` loads it offline).
+Trained by `TRAIN_THREADS={stats['threads']} python scripts/make_fixtures.py train {name.removesuffix('-fp8fp4')}` then
+`export` (seed {SEED}; `all` runs every stage) on the Python {sys.version.split()[0]} standard library's top-level
+modules (minus the held-out ones): {origin}{stats['steps']} AdamW steps of {BATCH} x {SEQ_LEN} tokens in FP32
+on {stats['threads']} shared CPU thread(s), {stats['train_s']} s wall. Tokenizer: byte-level BPE,
+{VOCAB} tokens, trained on the same text{split} (tokenizer.json here; `AutoTokenizer.from_pretrained` loads
+it offline and tokenizes exactly as in training).
 Architecture: `{config['model_type']}` (config.json). Stored: {stored}
 
 Held-out: the first {EVAL_CHUNKS} x {SEQ_LEN} tokens of tests/fixtures/eval.txt (modules never trained on),
@@ -321,21 +349,27 @@ next-token loss of this checkpoint as `mv4deploy.runtime.load_model` loads it
 
 
 def measure() -> dict:
-    """Held-out NLL of each stored fixture (as loaded, on the tokens the tests use), the unigram
-    baseline on the same tokens, and tiny-v4-fp8fp4 vs tiny-v4; printed for docs/runtime.md."""
+    """Held-out NLL of each stored fixture, tokenized by its own folder's AutoTokenizer, on the tokens
+    the tests use; the unigram baseline of its tokenizer on the same tokens; tiny-v4-fp8fp4 vs tiny-v4.
+    Printed for docs/runtime.md."""
     import torch
     from mv4deploy.runtime import load_model
     from mv4deploy.runtime.evaluate import agreement, heldout_nll
+    from mv4deploy.runtime.generate import load_tokenizer as folder_tokenizer
     torch.set_num_threads(2)
-    tok = load_tokenizer()
-    held = eval_tokens(tok)
-    h_uni, ce_uni = unigram_entropy(train_tokens(tok), held[: EVAL_CHUNKS * SEQ_LEN])
-    print(f"unigram: entropy {h_uni:.4f} nats, cross-entropy on held-out {ce_uni:.4f} (ppl {math.exp(ce_uni):.1f})")
-    numbers = {"unigram": (h_uni, ce_uni), "nll": {}}
+    numbers = {"unigram": {}, "nll": {}}
     for name in ("tiny-v4", "tiny-v41", "tiny-qwen2", "tiny-v4-fp8fp4"):
+        kind = TOKENIZER_OF.get(name.removesuffix("-fp8fp4"), "bytelevel")
+        held = eval_tokens(folder_tokenizer(MODELS / name))
+        if kind not in numbers["unigram"]:
+            h_uni, ce_uni = unigram_entropy(train_tokens(load_tokenizer(kind)), held[: EVAL_CHUNKS * SEQ_LEN])
+            numbers["unigram"][kind] = (h_uni, ce_uni)
+            print(f"unigram ({kind} tokenizer): entropy {h_uni:.4f} nats, cross-entropy on the held-out tokens "
+                  f"{ce_uni:.4f} (ppl {math.exp(ce_uni):.1f})")
         nll, n = heldout_nll(load_model(MODELS / name), held, SEQ_LEN, EVAL_CHUNKS)
         numbers["nll"][name] = nll
         print(f"{name}: held-out nll {nll:.4f} nats/token, ppl {math.exp(nll):.2f} ({n} tokens)")
+    held = eval_tokens(folder_tokenizer(MODELS / "tiny-v4"))
     stats = agreement(load_model(MODELS / "tiny-v4"), load_model(MODELS / "tiny-v4-fp8fp4"), held, SEQ_LEN,
                       EVAL_CHUNKS)
     numbers["agreement"] = stats
@@ -369,7 +403,8 @@ def main() -> None:
     if args.stage in ("texts", "all"):
         make_texts()
     if args.stage in ("tokenizer", "all"):
-        make_tokenizer()
+        for kind in ("bytelevel", "qwen2"):
+            make_tokenizer(kind)
     if args.stage == "train":
         train(args.model)
     if args.stage == "all":

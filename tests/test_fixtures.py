@@ -20,10 +20,10 @@ FIXTURES = REPO / "tests" / "fixtures"
 MODELS = FIXTURES / "models"
 NAMES = ("tiny-v4", "tiny-v41", "tiny-qwen2", "tiny-v4-fp8fp4")
 VOCAB = 2048
-# Held-out perplexity bounds on the first 8 x 256 tokens of eval.txt. The unigram model of the training
-# tokens scores 636 there and uniform guessing 2048 (fixture READMEs); a bound 6x below unigram means
-# the model has learned context, not just token frequencies.
-PPL_BOUND = 100.0
+# Held-out perplexity bound on the first 8 x 256 tokens of eval.txt. There the unigram model of the
+# training tokens scores 755 and uniform guessing 2048; the fixtures score 86-96 (their READMEs), so a
+# model under the bound has learned context, not just token frequencies.
+PPL_BOUND = 120.0
 TOP1_BOUND = 0.95       # tiny-v4-fp8fp4 vs tiny-v4 (issue acceptance)
 
 
@@ -34,9 +34,9 @@ def fixture(name: str):
     return folder
 
 
-@pytest.fixture(scope="module")
-def eval_ids():
-    return load_tokenizer(fixture("tiny-v4"))((FIXTURES / "eval.txt").read_text(), return_tensors="pt").input_ids[0]
+def eval_ids(name: str):
+    """eval.txt as the fixture's own AutoTokenizer tokenizes it."""
+    return load_tokenizer(fixture(name))((FIXTURES / "eval.txt").read_text(), return_tensors="pt").input_ids[0]
 
 
 def test_fixtures_fit_the_size_budget():
@@ -56,9 +56,20 @@ def test_inspect_agrees_with_headers_and_tokenizer_loads_offline(name):
     assert len(tok) == VOCAB and tok.decode(tok("def f(x):")["input_ids"]) == "def f(x):"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_auto_tokenizer_tokenizes_as_trained(name):
+    """AutoTokenizer may substitute a model-specific class (it does for qwen2): the ids must still be
+    those of the tokenizer.json the model was trained with."""
+    from tokenizers import Tokenizer
+    folder = fixture(name)
+    text = (FIXTURES / "eval.txt").read_text()[:20000]
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text).ids
+    assert load_tokenizer(folder)(text)["input_ids"] == raw
+
+
 @pytest.mark.parametrize("name", ["tiny-v4", "tiny-v41", "tiny-qwen2"])
-def test_heldout_perplexity(name, eval_ids):
-    nll, tokens = heldout_nll(load_model(fixture(name)), eval_ids, chunk=256, max_chunks=8)
+def test_heldout_perplexity(name):
+    nll, tokens = heldout_nll(load_model(fixture(name)), eval_ids(name), chunk=256, max_chunks=8)
     ppl = math.exp(nll)
     print(f"{name}: held-out nll {nll:.3f} nats/token, ppl {ppl:.1f} over {tokens} tokens "
           f"(bound {PPL_BOUND}, vocab {VOCAB})")
@@ -67,17 +78,20 @@ def test_heldout_perplexity(name, eval_ids):
 
 @pytest.mark.parametrize("name", ["tiny-v4", "tiny-v41", "tiny-qwen2"])
 def test_generates_python_looking_text(name):
+    """Greedy continuation of a held-out function header (heapq.py is not in the training text): ASCII,
+    mostly non-blank, several distinct words."""
     from mv4deploy.runtime.generate import generate_text
-    result = generate_text(fixture(name), "class Parser:\n    def __init__(self, ", max_new_tokens=24)
+    result = generate_text(fixture(name), 'def heappush(heap, item):\n    """', max_new_tokens=32)
     text = result["completion"]
     print(f"{name}: {result['prompt'] + text!r}")
-    assert result["new_tokens"] == 24 and text.isascii()
-    assert re.search(r"\b(self|return|if|for|in|None|def)\b|=", text)
+    assert result["new_tokens"] == 32 and text.isascii()
+    assert len(set(re.findall(r"[A-Za-z_]{2,}", text))) >= 3
+    assert len(text.strip()) > 0.5 * len(text)
 
 
-def test_fp8fp4_reproduces_bf16_logits(eval_ids):
+def test_fp8fp4_reproduces_bf16_logits():
     reference, candidate = load_model(fixture("tiny-v4")), load_model(fixture("tiny-v4-fp8fp4"))
-    stats = agreement(reference, candidate, eval_ids, chunk=256, max_chunks=8)
+    stats = agreement(reference, candidate, eval_ids("tiny-v4"), chunk=256, max_chunks=8)
     print(f"tiny-v4-fp8fp4 vs tiny-v4 on {stats.tokens} held-out tokens: KLD mean {stats.kld_mean:.5f} "
           f"max {stats.kld_max:.4f} nats, top-1 {stats.top1:.4f}, "
           f"PPL {stats.ppl_candidate:.2f} vs {stats.ppl_reference:.2f}")

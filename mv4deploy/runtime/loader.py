@@ -177,7 +177,8 @@ class _Filler:
     """Writes decoded weights into the meta-initialized model and tracks which slots are filled."""
 
     def __init__(self, model, folder: Path, device, dtype, engram_device):
-        self.model, self.folder, self.device, self.dtype, self.engram_device = model, folder, device, dtype, engram_device
+        self.model, self.folder, self.engram_device = model, folder, engram_device
+        self.device, self.dtype = device, dtype
         self.expected = dict(model.state_dict(keep_vars=True))
         self.keep_fp32 = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ()) | set(KEEP_FP32_EXTRA)
         self.partial: dict[str, tuple[torch.Tensor, set]] = {}
