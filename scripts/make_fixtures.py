@@ -310,6 +310,7 @@ def _write_readme(out: Path, name: str, config: dict, stats: dict, numbers: dict
     stored = ("FP8 e4m3 with 128x128 UE8M0 block scales for linears, MXFP4 (e2m1 + UE8M0 per 32) for routed "
               "experts, BF16/F32 elsewhere: the layout DeepSeek ships V4 in, made from tiny-v4's weights by "
               "the format registry." if quantized else
+              "BF16, HF layout (model.* names), as the R1 distillates ship." if config["model_type"] == "qwen2" else
               "BF16 (F32 where DeepSeek ships F32: mHC, attention sinks, compressor position biases, router biases).")
     if name == "tiny-v4":
         stored += (" The routed experts were rounded onto the MXFP4 grid after training (in place of the FP4 "
