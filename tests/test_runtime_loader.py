@@ -180,3 +180,24 @@ def test_transformers_own_save_loads_through_from_pretrained(tmp_path):
     ids = ids_of(folder)
     with torch.no_grad():
         assert torch.equal(native(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def test_fp8_32x32_blocks_load(tmp_path):
+    """V4.1's 32x32 UE8M0 block layout on V4 weights: written by the format registry, read back close
+    to the BF16 network."""
+    from mv4deploy.model.safetensors_headers import read_checkpoint_headers
+    from mv4deploy.runtime.evaluate import agreement
+    from mv4deploy.runtime.native_save import save_native
+    folder = fixture("tiny-v4")
+    reference = load_model(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "scale_fmt": "ue8m0",
+                                     "weight_block_size": [32, 32]}
+    save_native(reference.state_dict(), config, tmp_path / "b32")
+    headers = {h.name: h for h in read_checkpoint_headers(tmp_path / "b32")}
+    assert headers["layers.1.attn.wq_a.scale"].shape == (2, 4)        # [64, 128] in 32x32 tiles
+    assert headers["layers.1.attn.wq_a.scale"].dtype == "F8_E8M0"
+    candidate = load_model(tmp_path / "b32")
+    text = (REPO / "tests" / "fixtures" / "eval.txt").read_text()[:6000]
+    stats = agreement(reference, candidate, ids_of(folder, text)[0], chunk=256, max_chunks=4)
+    assert stats.top1 > 0.97 and 0 < stats.kld_mean < 0.002
