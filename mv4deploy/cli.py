@@ -110,7 +110,7 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
     """Quantize a checkpoint shard by shard into a recipe's formats; re-run the same command to resume."""
     from mv4deploy.quant.run import run_quantize
     result = run_quantize(src, out, recipe=recipe, plan=plan, calib=calib, workers=workers, device=device,
-                          allow_nonfinite=allow_nonfinite, progress=output.progress)
+                          allow_nonfinite=allow_nonfinite, progress=output.progress if sys.stderr.isatty() else None)
     output.emit_json(result) if json_out else output.info(
         f"wrote {result['out']}: {result['shards']} shards, {result['out_bytes']:,} bytes "
         f"({', '.join(f'{k} x{v}' for k, v in result['formats'].items())})")

@@ -24,6 +24,8 @@ from mv4deploy.quant.recipe import Recipe
 from mv4deploy.quant.rules import LogicalWeight, assign, logical_weights
 from mv4deploy.quant.shards import Slot, source_slots
 
+STAGING = ".mv4deploy-partial"   # OUT/STAGING holds an unfinished run: staged shards + journal
+
 
 @dataclass(frozen=True)
 class WeightJob:

@@ -24,11 +24,10 @@ import torch
 from mv4deploy.errors import InputError
 from mv4deploy.fileio import write_text_atomic
 from mv4deploy.quant.formats import get_format
-from mv4deploy.quant.job import Job, ShardJob, WeightJob
+from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
 from mv4deploy.quant.kernels import NonFiniteError
 from mv4deploy.quant.shards import copy_bytes, output_layout, read_tensor, sha256_file, write_tensor
 
-STAGING = ".mv4deploy-partial"
 JOURNAL = "journal.json"
 
 
@@ -57,6 +56,9 @@ class Journal:
 
     def record(self, file: str, entry: dict) -> None:
         self.done[file] = entry
+        self.save()
+
+    def save(self) -> None:
         write_text_atomic(self.path, json.dumps({"run_key": self.run_key, "done": self.done}, indent=1,
                                                 sort_keys=True))
 
@@ -77,11 +79,15 @@ def prepare_out(job: Job) -> Journal:
     out = job.out
     if out.exists() and not out.is_dir():
         raise InputError(out, None, None, "OUT exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / STAGING / JOURNAL).is_file():
+    foreign = out.is_dir() and any(p.name != STAGING for p in out.iterdir())
+    if foreign and not (out / STAGING / JOURNAL).is_file():
         raise InputError(out, None, None, "OUT is not empty and holds no interrupted mv4deploy run; "
                                           "choose an empty or new folder")
     (out / STAGING).mkdir(parents=True, exist_ok=True)
-    return Journal(job)
+    journal = Journal(job)
+    if not journal.path.is_file():
+        journal.save()  # the marker of an interrupted run exists before anything else is written
+    return journal
 
 
 def run_shards(job: Job, journal: Journal, options: Options, advance=lambda n: None) -> None:

@@ -156,27 +156,38 @@ def _build(spec: ModelSpec, formats: StoredFormats) -> list[TensorInfo]:
 
 
 @lru_cache(maxsize=8)
-def logical_weights(spec: ModelSpec) -> tuple[LogicalWeight, ...]:
-    """Every logical weight of ``spec`` with its role, slot, native format and source tensors."""
-    native_formats = replace(spec.formats, rules=())
+def _base_weights(spec: ModelSpec) -> tuple[LogicalWeight, ...]:
+    """Logical weights with the formats of ``spec.formats`` itself (rules ignored)."""
     plain = [g[0] for g in _grouped(_build(spec, _PLAIN))]
     probe = [g[0].format for g in _grouped(_build(spec, _PROBE))]
-    native = _grouped(_build(spec, native_formats))
+    native = _grouped(_build(spec, replace(spec.formats, rules=())))
     if not len(plain) == len(probe) == len(native):
         raise AssertionError(f"inventory builds of {spec.name} disagree on the number of weights")
     return tuple(LogicalWeight(p.name, p.shape, p.role, _PROBE_SLOT[slot], n[0].format, n, p.layer, p.expert)
                  for p, slot, n in zip(plain, probe, native))
 
 
-def apply_rules(spec: ModelSpec) -> list[TensorInfo]:
-    """The inventory of a checkpoint quantized by ``spec.formats.rules`` on top of its base formats."""
-    out: list[TensorInfo] = []
-    for w in logical_weights(spec):
+@lru_cache(maxsize=8)
+def logical_weights(spec: ModelSpec) -> tuple[LogicalWeight, ...]:
+    """Every logical weight of ``spec`` with its role, slot, stored format and stored tensors. For a
+    checkpoint written by ``mv4deploy quantize`` (``spec.formats.rules``), the format each weight got
+    from its first matching rule; ``native`` is then that format."""
+    base = _base_weights(spec)
+    if not spec.formats.rules:
+        return base
+    out = []
+    for w in base:
         fmt = assign(spec.formats.rules, w, spec.architecture)
         if fmt == w.native:
-            out.extend(w.stored)
+            out.append(w)
             continue
         first = w.stored[0]
-        out.extend(TensorInfo(t.name, t.dtype, t.shape, first.role, fmt, t.params, first.layer, first.expert,
-                              first.mtp) for t in get_format(fmt).stored(w.name, w.shape))
-    return out
+        stored = tuple(TensorInfo(t.name, t.dtype, t.shape, first.role, fmt, t.params, first.layer, first.expert,
+                                  first.mtp) for t in get_format(fmt).stored(w.name, w.shape))
+        out.append(replace(w, native=fmt, stored=stored))
+    return tuple(out)
+
+
+def apply_rules(spec: ModelSpec) -> list[TensorInfo]:
+    """The inventory of a checkpoint quantized by ``spec.formats.rules`` on top of its base formats."""
+    return [t for w in logical_weights(spec) for t in w.stored]

@@ -41,6 +41,10 @@ def quantize_checkpoint(src: Path, out: Path, recipe, calibration=None, workers:
         if not report["ok"]:
             raise InputError(job.out, None, None, f"holds a finished output that fails verification "
                              f"({report['problems'][0]}); delete it to rebuild")
+        import shutil
+
+        from mv4deploy.quant.job import STAGING
+        shutil.rmtree(job.out / STAGING, ignore_errors=True)  # a run killed while cleaning up
         return _summary(job, resumed_shards=len(job.shards), already_complete=True)
     return _run(job, calibration, workers, device, allow_nonfinite, progress)
 
@@ -51,8 +55,9 @@ def _run(job, calibration, workers, device, allow_nonfinite, progress) -> dict:
     from mv4deploy.quant.manifest import finalize
     from mv4deploy.quant.pipeline import Options, prepare_out, run_shards
     options = Options(allow_nonfinite=allow_nonfinite, workers=workers, device=_device(device))
-    if workers > 1:
-        torch.set_num_threads(1)  # parallelism comes from the workers: one intra-op thread each
+    # Parallelism comes from --workers, one intra-op thread each: the kernels work on cache-sized
+    # strips, too small to split, and an OpenMP team waiting on a busy core costs ~10 ms per op.
+    torch.set_num_threads(1)
     journal = prepare_out(job)
     resumed = sum(1 for s in job.shards if s.file in journal.done)
     calibration_report = None
