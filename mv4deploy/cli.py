@@ -111,6 +111,10 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
     from mv4deploy.quant.run import run_quantize
     result = run_quantize(src, out, recipe=recipe, plan=plan, calib=calib, workers=workers, device=device,
                           allow_nonfinite=allow_nonfinite, progress=output.progress if sys.stderr.isatty() else None)
+    fallback = (result["calibration"] or {}).get("rtn_fallback", [])
+    output.print_warnings([f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
+                          + ([f"... and {len(fallback) - 20} more (quantization_manifest.json lists all)"]
+                             if len(fallback) > 20 else []))
     output.emit_json(result) if json_out else output.info(
         f"wrote {result['out']}: {result['shards']} shards, {result['out_bytes']:,} bytes "
         f"({', '.join(f'{k} x{v}' for k, v in result['formats'].items())})")

@@ -123,6 +123,10 @@ def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, a
         sources.close()
     entry = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size,
              "source_sha256": sha256_file(job.src / shard.file), "tensors": len(tensors)}
+    outcomes = getattr(options.quantizer, "outcomes", None)
+    if outcomes is not None:  # GPTQ or RTN fallback per INT4 weight, kept for the manifest
+        entry["calibration"] = {w.weight.name: outcomes[w.weight.name] for w in shard.weights
+                                if w.weight.name in outcomes}
     os.replace(tmp, staging / shard.file)
     return entry
 

@@ -29,9 +29,10 @@ def run_quantize(src: Path, out: Path, recipe: str | None = None, plan: Path | N
 
 
 def quantize_checkpoint(src: Path, out: Path, recipe, calibration=None, workers: int = 1, device: str = "auto",
-                        allow_nonfinite: bool = False, progress=None) -> dict:
+                        allow_nonfinite: bool = False, progress=None, calibration_inputs=None) -> dict:
     """``progress`` is a context-manager factory ``(description, total_bytes) -> advance(n)`` (the CLI
-    passes ``output.progress``). Returns a summary with stable keys."""
+    passes ``output.progress``). ``calibration_inputs`` = (model, token_ids) skips loading them
+    (tests; callers that hold the model already). Returns a summary with stable keys."""
     from mv4deploy.quant.job import plan_job
     from mv4deploy.quant.manifest import MANIFEST, verify_output
     extra_key = {"calibration": calibration.key()} if calibration is not None else {}
@@ -45,11 +46,11 @@ def quantize_checkpoint(src: Path, out: Path, recipe, calibration=None, workers:
 
         from mv4deploy.quant.job import STAGING
         shutil.rmtree(job.out / STAGING, ignore_errors=True)  # a run killed while cleaning up
-        return _summary(job, resumed_shards=len(job.shards), already_complete=True)
-    return _run(job, calibration, workers, device, allow_nonfinite, progress)
+        return {**_summary(job, resumed_shards=len(job.shards), already_complete=True), "calibration": None}
+    return _run(job, calibration, workers, device, allow_nonfinite, progress, calibration_inputs)
 
 
-def _run(job, calibration, workers, device, allow_nonfinite, progress) -> dict:
+def _run(job, calibration, workers, device, allow_nonfinite, progress, calibration_inputs=None) -> dict:
     import torch
 
     from mv4deploy.quant.manifest import finalize
@@ -60,16 +61,18 @@ def _run(job, calibration, workers, device, allow_nonfinite, progress) -> dict:
     torch.set_num_threads(1)
     journal = prepare_out(job)
     resumed = sum(1 for s in job.shards if s.file in journal.done)
-    calibration_report = None
+    report = None
     if calibration is not None:
-        from mv4deploy.quant.calibrate import calibrate
-        quantizer, calibration_report = calibrate(job, calibration)
+        from mv4deploy.quant.calibrate import calibrate, calibration_report
+        quantizer, tokens = calibrate(job, calibration, *(calibration_inputs or ()))
         options = Options(allow_nonfinite, workers, options.device, quantizer)
     bar = progress(f"quantize {job.src.name} -> {job.recipe.name}", job.source_bytes) if progress else nullcontext()
     with bar as advance:
         run_shards(job, journal, options, advance or (lambda n: None))
-    finalize(job, journal.dir, journal.done, calibration_report)
-    return _summary(job, resumed_shards=resumed, already_complete=False)
+    if calibration is not None:
+        report = calibration_report(calibration, tokens, journal.done)
+    finalize(job, journal.dir, journal.done, report)
+    return {**_summary(job, resumed_shards=resumed, already_complete=False), "calibration": report}
 
 
 def _device(name: str) -> str:
