@@ -8,6 +8,7 @@ does this) and loads as ``None``; the planner refuses to guess it.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,15 @@ class LinkKind(str, Enum):
 
 
 @dataclass(frozen=True)
+class Measured:
+    """Rates measured on the machine (``mv4deploy profile probe``). They are achievable rates, so the
+    planner uses them as they are, in place of nominal x efficiency."""
+
+    bandwidth_bytes_per_s: float | None = None
+    compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class GPUs:
     kind: DeviceKind
     model: str
@@ -44,6 +54,7 @@ class GPUs:
     native_formats: tuple[str, ...]
     compute_capability: str | None = None
     unified_memory: bool = False         # memory is the host's RAM (phones, APUs)
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class Host:
     cores: int | None
     isa: tuple[str, ...] = ()
     compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class Storage:
     kind: str = "nvme"
     read_bytes_per_s: float | None = None
     capacity_bytes: int | None = None
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,9 @@ class _Section:
         self.used.add(key)
         if key not in self.data or self.data[key] is None:
             if required:
-                raise InputError(self.source, self._field(key), None, "required field is missing")
+                near = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)], n=1)
+                hint = f" (found {near[0]!r}: a typo?)" if near and near[0] != key else ""
+                raise InputError(self.source, self._field(key), None, f"required field is missing{hint}")
             return default
         value = self.data[key]
         if value == UNKNOWN:
@@ -226,7 +241,8 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
                 bandwidth_bytes_per_s=h.get("bandwidth", _positive_rate, allow_unknown=True),
                 cores=h.get("cores", _positive_int, allow_unknown=True),
                 isa=h.get("isa", _strings, required=False, default=()),
-                compute_flops_per_s=_compute(h.section("compute", required=False)))
+                compute_flops_per_s=_compute(h.section("compute", required=False)),
+                measured=_measured(h.section("measured", required=False)))
     h.done()
     profile = HardwareProfile(
         name=top.get("name", _text), description=top.get("description", _text, required=False, default=""),
@@ -251,7 +267,8 @@ def _gpus(g: _Section | None) -> GPUs | None:
         compute_flops_per_s=_compute(g.section("compute", required=False)),
         native_formats=g.get("native_formats", _formats),
         compute_capability=g.get("compute_capability", _text, required=False, allow_unknown=True),
-        unified_memory=g.get("unified_memory", _bool, required=False, default=False))
+        unified_memory=g.get("unified_memory", _bool, required=False, default=False),
+        measured=_measured(g.section("measured", required=False)))
     g.done()
     return gpus
 
@@ -288,9 +305,19 @@ def _storage(s: _Section | None) -> Storage | None:
         return None
     storage = Storage(kind=s.get("kind", _text, required=False, default="nvme"),
                       read_bytes_per_s=s.get("read_bandwidth", _positive_rate, allow_unknown=True),
-                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True))
+                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True),
+                      measured=_measured(s.section("measured", required=False)))
     s.done()
     return storage
+
+
+def _measured(s: _Section | None) -> Measured:
+    if s is None:
+        return Measured()
+    measured = Measured(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False),
+                        compute_flops_per_s=_compute(s.section("compute", required=False)))
+    s.done()
+    return measured
 
 
 def _efficiency(s: _Section | None) -> Efficiency:
@@ -313,6 +340,12 @@ def list_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """A shipped profile by name, or a YAML file by path."""
+    data, path = load_profile_dict(name_or_path)
+    return parse_profile(data, str(path))
+
+
+def load_profile_dict(name_or_path: str | Path) -> tuple[object, Path]:
+    """The raw YAML data of a profile and the file it came from."""
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
@@ -329,7 +362,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise InputError(path, where, None, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_profile(data, str(path))
+    return data, path
 
 
 def profile_to_dict(profile: HardwareProfile) -> dict:
