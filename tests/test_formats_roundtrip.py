@@ -68,7 +68,9 @@ def _same_bits(a: dict, b: dict) -> bool:
 @given(w=weights())
 def test_layout_matches_stored_and_nbytes(fmt_name, w):
     fmt = get_format(fmt_name)
+    before = w.clone()
     out = fmt.quantize(NAME, w)
+    assert torch.equal(w, before), "quantize modified its input"
     stored = fmt.stored(NAME, tuple(w.shape))
     assert list(out) == [t.name for t in stored]
     for t in stored:
