@@ -123,7 +123,8 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
                                                            "int4-experts, nf4) or a recipe file.")] = None,
              plan: Annotated[Optional[Path], typer.Option(help="Derive the recipe from a plan.json.")] = None,
              calib: Annotated[Optional[Path], typer.Option(help="Calibration text: GPTQ for INT4 weights.")] = None,
-             workers: Annotated[int, typer.Option(min=1, max=64, help="Weights quantized in parallel.")] = 1,
+             workers: Annotated[int, typer.Option(min=0, max=64, help="Weights quantized in parallel "
+                                                  "(0: one per CPU, at most 4).")] = 0,
              device: Annotated[str, typer.Option(help="auto, cpu or cuda (same bits).")] = "auto",
              allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite",
                                                            help="Store NaN/Inf as 0 instead of failing.")] = False,
