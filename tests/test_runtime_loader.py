@@ -201,3 +201,22 @@ def test_fp8_32x32_blocks_load(tmp_path):
     text = (REPO / "tests" / "fixtures" / "eval.txt").read_text()[:6000]
     stats = agreement(reference, candidate, ids_of(folder, text)[0], chunk=256, max_chunks=4)
     assert stats.top1 > 0.97 and 0 < stats.kld_mean < 0.002
+
+
+@pytest.mark.parametrize("name, recipe", [("tiny-v41", "fp8"), ("tiny-qwen2", "nf4")])
+def test_loads_checkpoints_written_by_mv4deploy_quantize(tmp_path, name, recipe):
+    """`mv4deploy quantize` outputs (formats transformers cannot read) load through the same loop: an
+    FP8 Engram table stays FP8 + UE8M0 scales and is decoded per gathered row; a Qwen2 in NF4 goes
+    through the identity name map."""
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    from mv4deploy.runtime.evaluate import agreement
+    folder = fixture(name)
+    quantize_checkpoint(folder, tmp_path / "q", get_recipe(recipe))
+    candidate = load_model(tmp_path / "q")
+    if name == "tiny-v41":
+        table = candidate.model.layers[1].engram.embed
+        assert table.weight.dtype == torch.float8_e4m3fn and table.scale.shape == (table.weight.shape[0], 1)
+    text = (REPO / "tests" / "fixtures" / "eval.txt").read_text()[:6000]
+    stats = agreement(load_model(folder), candidate, ids_of(folder, text)[0], chunk=256, max_chunks=4)
+    assert stats.top1 > 0.9 and 0 < stats.kld_mean < 0.01

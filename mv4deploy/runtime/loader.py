@@ -1,6 +1,7 @@
 """Load a checkpoint folder into a transformers model, shard by shard, dequantizing as it reads.
 
-DeepSeek-native V4 checkpoints (optionally with V4.1 Engram layers) go through our own loop:
+DeepSeek-native V4 checkpoints (optionally with V4.1 Engram layers), and Qwen2/Llama checkpoints written
+by ``mv4deploy quantize`` (formats transformers cannot read), go through our own loop:
 
 1. headers vs the config-derived inventory (``model.source.resolve_model``): a missing tensor, an
    unexpected one, or a dtype/shape that contradicts config.json is an ``InputError`` naming it;
@@ -29,10 +30,11 @@ from mv4deploy.model.safetensors_headers import read_checkpoint_headers
 from mv4deploy.model.source import resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.runtime import name_map
-from mv4deploy.runtime.hf_config import check_runnable, has_engram, v4_config
+from mv4deploy.runtime.hf_config import STORAGE_KEYS, check_runnable, has_engram, v4_config
 from mv4deploy.runtime.weights import TORCH_DTYPES, LogicalWeight, decode, logical_weights, slot_view
 
 NATIVE = (Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41)
+DENSE = (Arch.QWEN2, Arch.LLAMA)
 KEEP_FP32_EXTRA = ("q_weight", "k_weight")  # Engram gate norms: the gate is computed in float32
 
 
@@ -47,11 +49,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     resolved = resolve_model(folder)
     spec = resolved.spec
     headers = read_checkpoint_headers(folder)
-    if spec.architecture in NATIVE and not any(h.name.startswith("model.") for h in headers):
-        check_runnable(spec.architecture, raw, str(folder / "config.json"))
+    native = spec.architecture in NATIVE and not any(h.name.startswith("model.") for h in headers)
+    ours = (raw.get("quantization_config") or {}).get("quant_method") == "mv4deploy"  # `mv4deploy quantize`
+    if native or (ours and spec.architecture in DENSE):
+        if native:
+            check_runnable(spec.architecture, raw, str(folder / "config.json"))
         _check_headers(folder, resolved.mismatches)
-        model = _load_native(folder, raw, spec, {h.name: h.file for h in headers}, torch.device(device), dtype,
-                             torch.device(engram_device or device))
+        model = _load_streaming(folder, raw, spec, {h.name: h.file for h in headers}, native,
+                                (torch.device(device), dtype, torch.device(engram_device or device)))
+    elif ours:
+        raise InputError(folder / "config.json", "quantization_config.quant_method", "mv4deploy",
+                         f"loading an mv4deploy-quantized {spec.architecture.value} checkpoint is not implemented; "
+                         "supported: deepseek_v4 (native names), qwen2, llama")
     else:
         if spec.architecture not in NATIVE:
             _check_headers(folder, resolved.mismatches)
@@ -76,18 +85,21 @@ def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype):
     return model
 
 
-def _build_empty(raw: dict, spec, source: str):
+def _build_empty(raw: dict, spec, source: str, native: bool):
+    """The model class config.json names, parameters on the meta device (buffers real)."""
     from accelerate import init_empty_weights
-    from transformers import DeepseekV4ForCausalLM
-    hf = v4_config(raw, source)
+    from transformers import AutoConfig, AutoModelForCausalLM, DeepseekV4ForCausalLM
     with init_empty_weights(include_buffers=False):
-        if has_engram(raw):
-            from mv4deploy.runtime.model_v41 import DeepseekV41ForCausalLM
-            model = DeepseekV41ForCausalLM(hf)
-            _shape_engram_tables(model, spec)
-        else:
-            model = DeepseekV4ForCausalLM(hf)
-    return model
+        if not native:
+            kwargs = {k: v for k, v in raw.items() if k not in STORAGE_KEYS}
+            return AutoModelForCausalLM.from_config(AutoConfig.for_model(raw["model_type"], **kwargs))
+        hf = v4_config(raw, source)
+        if not has_engram(raw):
+            return DeepseekV4ForCausalLM(hf)
+        from mv4deploy.runtime.model_v41 import DeepseekV41ForCausalLM
+        model = DeepseekV41ForCausalLM(hf)
+        _shape_engram_tables(model, spec)
+        return model
 
 
 def _shape_engram_tables(model, spec) -> None:
@@ -104,21 +116,23 @@ def _shape_engram_tables(model, spec) -> None:
                                              scale.shape[-1] if scale else 0, TORCH_DTYPES[stored.dtype])
 
 
-def _load_native(folder: Path, raw: dict, spec, file_of: dict[str, str], device: torch.device,
-                 dtype: torch.dtype, engram_device: torch.device):
-    model = _build_empty(raw, spec, str(folder / "config.json"))
+def _load_streaming(folder: Path, raw: dict, spec, file_of: dict[str, str], native: bool, placement):
+    """Our shard-by-shard loop. ``native``: DeepSeek names through the name map; otherwise (an HF-layout
+    checkpoint written by ``mv4deploy quantize``) the stored names are the parameter names."""
+    device, dtype, engram_device = placement
+    model = _build_empty(raw, spec, str(folder / "config.json"), native)
     filler = _Filler(model, folder, device, dtype, engram_device)
-    weights = sorted(logical_weights(build_inventory(spec)), key=lambda w: file_of[w.name])
+    weights = sorted(logical_weights(build_inventory(spec)), key=lambda w: file_of[w.payload])
     with _Shards(folder) as shards:
         for weight in weights:
-            target = name_map.to_target(weight.name)
+            target = name_map.to_target(weight.name) if native else name_map.Target(weight.name)
             if target is None:
                 continue  # MTP / draft / vision tensors: transformers has no module for them
             tensors = {t.name: shards.read(file_of[t.name], t.name) for t in weight.stored}
             if weight.stored[0].role is Role.ENGRAM_TABLE:
                 filler.put_table(weight, tensors)
             else:
-                filler.put(target, _decoded(folder, weight, tensors, file_of), weight.name)
+                filler.put(target, _decoded(folder / file_of[weight.payload], weight, tensors), weight.name)
     filler.finish()
     if has_engram(raw):
         from mv4deploy.runtime.model_v41 import place_engram_tables
@@ -129,10 +143,10 @@ def _load_native(folder: Path, raw: dict, spec, file_of: dict[str, str], device:
     return model
 
 
-def _decoded(folder: Path, weight: LogicalWeight, tensors: dict, file_of: dict[str, str]) -> torch.Tensor:
+def _decoded(shard: Path, weight: LogicalWeight, tensors: dict) -> torch.Tensor:
     value = decode(weight, tensors, torch.float32)
     if value.is_floating_point() and not torch.isfinite(value).all():
-        raise InputError(folder / file_of[weight.name], weight.name, None,
+        raise InputError(shard, weight.payload, None,
                          "decodes to NaN/Inf values: corrupt shard?")
     return value
 
@@ -180,6 +194,9 @@ class _Filler:
         self.model, self.folder, self.engram_device = model, folder, engram_device
         self.device, self.dtype = device, dtype
         self.expected = dict(model.state_dict(keep_vars=True))
+        self.tied = getattr(model.config, "tie_word_embeddings", False)
+        for key in (getattr(model, "_tied_weights_keys", None) or {}) if self.tied else ():
+            self.expected.pop(key, None)   # filled by tie_weights() from its source
         self.keep_fp32 = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ()) | set(KEEP_FP32_EXTRA)
         self.partial: dict[str, tuple[torch.Tensor, set]] = {}
         self.done: set[str] = set()
@@ -247,6 +264,8 @@ class _Filler:
         for name in self.expected:
             if name not in self.done:
                 raise InputError(self.folder, _native_or(name), None, "missing from checkpoint")
+        if self.tied:
+            self.model.tie_weights()
 
 
 def _native_or(name: str) -> str:

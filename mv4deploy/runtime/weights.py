@@ -23,9 +23,14 @@ PLAIN_FORMATS = frozenset({"bf16", "f32", RAW_FORMAT})
 
 @dataclass(frozen=True)
 class LogicalWeight:
-    name: str                        # the payload's stored name (the weight's native name)
+    name: str                        # the weight's logical name (what the name map and formats key on)
     format: str                      # a FORMATS name, or "raw"
     stored: tuple[TensorInfo, ...]   # payload first, then scales
+
+    @property
+    def payload(self) -> str:
+        """The first stored tensor's name (``X.weight``; ``X.weight_packed`` for INT4)."""
+        return self.stored[0].name
 
     @property
     def is_plain(self) -> bool:
@@ -43,9 +48,24 @@ def logical_weights(inventory: Inventory) -> list[LogicalWeight]:
         members = tensors[i: i + count]
         if any(t.format != head.format for t in members) or len(members) != count:
             raise AssertionError(f"inventory of {inventory.spec.name}: {head.name} is not followed by its scales")
-        groups.append(LogicalWeight(head.name, head.format, tuple(members)))
+        groups.append(LogicalWeight(_logical_name(head.format, members), head.format, tuple(members)))
         i += count
     return groups
+
+
+def _logical_name(fmt: str, members: tuple[TensorInfo, ...]) -> str:
+    """The name whose ``stored`` layout is exactly ``members`` (a payload may be named after it, as
+    ``X.weight``, or after its module, as INT4's ``X.weight_packed``)."""
+    head = members[0].name
+    if fmt == RAW_FORMAT:
+        return head
+    names = tuple(t.name for t in members)
+    layout = get_format(fmt)
+    probe = (1,) * max(layout.min_ndim, 1)   # names do not depend on the shape
+    for candidate in (head, head.rsplit(".", 1)[0] + ".weight"):
+        if tuple(t.name for t in layout.stored(candidate, probe)) == names:
+            return candidate
+    raise AssertionError(f"{head}: no logical name gives {fmt}'s stored names {names}")
 
 
 def decode(weight: LogicalWeight, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
