@@ -24,16 +24,17 @@ def default_plan():
 
 def test_default_plan_json_follows_the_contract(default_plan):
     data = default_plan.json()
-    assert CONTRACT <= set(data) and set(data) - CONTRACT == {"decisions"}
+    assert CONTRACT <= set(data) and set(data) - CONTRACT == {"decisions", "fingerprint"}
     assert data["model"] == "deepseek-v4-flash" and data["profile"] == "rtx5090"
-    assert data["workload"] == {"context_tokens": 131072, "batch": 1, "prefill_chunk": 2048}
+    assert data["workload"] == {"context_tokens": 131072, "batch": 1, "prefill_chunk": 2048,
+                                "include_mtp": False, "expert_skew": None}      # the last two: for `run`
     assert data["verdict"] in ("fits", "fits_with_offload", "does_not_fit")
     for d in data["devices"]:
         assert set(d) == {"name", "kind", "capacity_bytes", "used_bytes", "breakdown"}
         assert set(d["breakdown"]) == {"weights", "engram", "kv_cache", "activations", "reserve"}
         assert d["used_bytes"] == sum(d["breakdown"].values())
     for g in data["groups"]:
-        assert set(g) == {"name", "role", "layer", "tier", "format", "bytes"}
+        assert set(g) == {"name", "role", "layer", "tier", "format", "bytes", "execution", "experts"}
     assert set(data["kv_cache"]) == {"pools", "gpu_bytes_saved", "added_s_per_token"}
     assert all(set(p) == {"name", "tier", "bytes"} for p in data["kv_cache"]["pools"])
     assert data["engram"] is None                                  # V4-Flash has no Engram

@@ -48,6 +48,27 @@ class Measured:
 
     bandwidth_bytes_per_s: float | None = None
     compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+    # Weight bytes/s one-token matmuls stream, per compute format (the decode shape). On a CPU this is often
+    # well below the memory bandwidth (a 2-core VM: bf16 ~6-10 GB/s against ~20 GB/s for a plain read).
+    matvec_bytes_per_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuntimeOverhead:
+    """Time the engine spends beside the roofline: dispatching operators and launching kernels. An eager
+    PyTorch step of a V4 layer runs ~600 small operators (mHC Sinkhorn, norms, routing), which on a CPU
+    costs milliseconds per layer whatever the weights. Fitted per machine and engine from measured runs
+    (``benchmarks/truth.py``); zero (not modelled) unless a profile gives it."""
+
+    per_step_s: float = 0.0      # once per forward (embedding, masks, head, sampling)
+    per_layer_s: float = 0.0     # per decoder layer per forward
+    per_expert_s: float = 0.0    # per routed expert a forward calls (one per distinct expert hit)
+    engine: str = ""             # what was measured ("mv4deploy run: eager PyTorch 2.13, bf16")
+    source: str = ""             # which runs it was fitted on
+
+    @property
+    def modelled(self) -> bool:
+        return bool(self.per_step_s or self.per_layer_s or self.per_expert_s)
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ class HostLink:
     lanes: int | None = None
     measured_bytes_per_s: float | None = None     # host -> device, pinned
     latency_s: float = DEFAULT_HOST_LINK_LATENCY_S  # per transfer
+    measured_d2h_bytes_per_s: float | None = None  # device -> host, pinned
 
     @property
     def effective_bytes_per_s(self) -> float | None:
@@ -131,6 +153,7 @@ class HardwareProfile:
     storage: Storage | None = None
     efficiency: Efficiency = field(default_factory=Efficiency)
     source: str = ""
+    runtime_overhead: RuntimeOverhead = field(default_factory=RuntimeOverhead)
 
 
 class _Section:
@@ -246,6 +269,11 @@ def _text(value) -> str:
 
 
 def _compute(section: _Section | None) -> dict[str, float]:
+    return _per_format(section, parse_flops_per_s)
+
+
+def _per_format(section: _Section | None, parse) -> dict[str, float]:
+    """A mapping of compute format -> figure (FLOP/s, or bytes/s for ``matvec``)."""
     if section is None:
         return {}
     rates = {}
@@ -253,7 +281,7 @@ def _compute(section: _Section | None) -> dict[str, float]:
         if fmt not in COMPUTE_FORMATS:
             raise InputError(section.source, section._field(fmt), fmt,
                              f"unknown format; known: {', '.join(COMPUTE_FORMATS)}")
-        rate = section.get(fmt, parse_flops_per_s, allow_unknown=True)
+        rate = section.get(fmt, parse, allow_unknown=True)
         if rate is not None:
             rates[fmt] = rate
     section.done()
@@ -286,7 +314,8 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
         gpus=gpus, host=host, interconnect=_interconnect(top.section("interconnect", required=False)),
         host_link=_host_link(top.section("host_link", required=False)),
         storage=_storage(top.section("storage", required=False)),
-        efficiency=_efficiency(top.section("efficiency", required=False)), source=source)
+        efficiency=_efficiency(top.section("efficiency", required=False)), source=source,
+        runtime_overhead=_overhead(top.section("runtime_overhead", required=False)))
     top.done()
     if gpus is not None and gpus.count > 1 and profile.interconnect.kind is LinkKind.NONE:
         raise InputError(source, "interconnect.kind", "none", f"{gpus.count} GPUs need an interconnect (pcie/nvlink)")
@@ -336,7 +365,9 @@ def _host_link(s: _Section | None) -> HostLink | None:
                     pcie_gen=s.get("pcie_gen", _positive_int, required=False, allow_unknown=True),
                     lanes=s.get("lanes", _positive_int, required=False, allow_unknown=True),
                     measured_bytes_per_s=s.get("measured", _positive_rate, required=False, allow_unknown=True),
-                    latency_s=s.get("latency", _latency, required=False, default=DEFAULT_HOST_LINK_LATENCY_S))
+                    latency_s=s.get("latency", _latency, required=False, default=DEFAULT_HOST_LINK_LATENCY_S),
+                    measured_d2h_bytes_per_s=s.get("measured_d2h", _positive_rate, required=False,
+                                                   allow_unknown=True))
     s.done()
     return link
 
@@ -358,9 +389,29 @@ def _measured(s: _Section | None) -> Measured:
     if s is None:
         return Measured()
     measured = Measured(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False),
-                        compute_flops_per_s=_compute(s.section("compute", required=False)))
+                        compute_flops_per_s=_compute(s.section("compute", required=False)),
+                        matvec_bytes_per_s=_per_format(s.section("matvec", required=False), _positive_rate))
     s.done()
     return measured
+
+
+def _overhead_seconds(value) -> float:
+    seconds = parse_seconds(value)
+    if not 0 <= seconds <= 10:
+        raise ValueError("must be a duration between 0 and 10 s")
+    return seconds
+
+
+def _overhead(s: _Section | None) -> RuntimeOverhead:
+    if s is None:
+        return RuntimeOverhead()
+    overhead = RuntimeOverhead(per_step_s=s.get("per_step", _overhead_seconds, required=False, default=0.0),
+                               per_layer_s=s.get("per_layer", _overhead_seconds, required=False, default=0.0),
+                               per_expert_s=s.get("per_expert", _overhead_seconds, required=False, default=0.0),
+                               engine=s.get("engine", _text, required=False, default=""),
+                               source=s.get("source", _text, required=False, default=""))
+    s.done()
+    return overhead
 
 
 def _efficiency(s: _Section | None) -> Efficiency:

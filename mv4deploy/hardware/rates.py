@@ -1,14 +1,15 @@
 """The rates the planner uses: a measured figure where ``profile probe`` wrote one, else nominal x efficiency.
 
 Every figure says where it came from, so a plan can show which of its inputs are measured on the machine
-and which are spec-sheet peaks scaled by an assumed efficiency.
+and which are spec-sheet peaks scaled by an assumed efficiency. The engine's fixed costs per step, layer and
+expert call (``runtime_overhead``, fitted from measured runs) ride along: zero unless a profile gives them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mv4deploy.hardware.profile import HardwareProfile, Measured
+from mv4deploy.hardware.profile import HardwareProfile, Measured, RuntimeOverhead
 
 MEASURED = "measured"
 NOMINAL = "nominal x efficiency"
@@ -29,6 +30,9 @@ class AchievableRates:
     host_link: Rate
     storage_read: Rate
     interconnect: Rate = field(default_factory=lambda: Rate(None, NOMINAL))
+    host_matvec: dict[str, Rate] = field(default_factory=dict)   # bytes/s of one-token CPU matmuls, per format
+    host_link_d2h: Rate = field(default_factory=lambda: Rate(None, NOMINAL))
+    overhead: RuntimeOverhead = field(default_factory=RuntimeOverhead)
 
 
 def _rate(measured: float | None, nominal: float | None, efficiency: float) -> Rate:
@@ -57,4 +61,8 @@ def achievable_rates(profile: HardwareProfile) -> AchievableRates:
         storage_read=_rate((storage.measured if storage else none).bandwidth_bytes_per_s,
                            storage.read_bytes_per_s if storage else None, eff.storage),
         interconnect=Rate(profile.interconnect.bandwidth_bytes_per_s, NOMINAL),
+        host_matvec={f: Rate(v, MEASURED) for f, v in sorted(host.measured.matvec_bytes_per_s.items())},
+        host_link_d2h=_rate(link.measured_d2h_bytes_per_s, link.bandwidth_bytes_per_s, eff.host_link)
+        if link else Rate(None, NOMINAL),
+        overhead=profile.runtime_overhead,
     )

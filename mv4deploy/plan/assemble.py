@@ -15,7 +15,7 @@ from mv4deploy.plan.hints import engine_hints
 from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.kv_tiering import kv_summary
 from mv4deploy.plan.multigpu import reason
-from mv4deploy.plan.plan import Plan, device_usage, group_rows
+from mv4deploy.plan.plan import Plan, device_usage, group_rows, model_fingerprint, profile_fingerprint
 from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, expert_execution, workspace_devices
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import TierKind
@@ -46,7 +46,9 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
                 devices=devices, groups=tuple(group_rows(best.placement)),
                 kv_cache=kv_summary(kinds.get(ItemKind.KV, [])), engram=engram, estimates=best.estimates,
                 hints={}, suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
-                decisions=decisions, placement=best.placement)
+                decisions=decisions, placement=best.placement,
+                fingerprint={"model": model_fingerprint(resolved.inventory, grouping.groups),
+                             "profile": profile_fingerprint(profile)})
     hints, hint_warnings = engine_hints(plan, best, resolved, machine) if not quick else ({}, [])
     suggestions = ()
     if suggest and best.verdict.value != "fits":

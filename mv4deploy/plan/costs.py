@@ -6,7 +6,9 @@ either run on the CPU beside them (max(bytes / host bandwidth, FLOPs / CPU compu
 the host link to the GPU (max(bytes / link, FLOPs / GPU compute)); the cheaper is taken, per item and
 per phase, so decode and prefill may choose differently. NVMe bytes are read first (storage
 bandwidth), then go the host's way. Hops (activations crossing a link, with a latency each) are added
-per layer by ``estimates.py``; they do not belong to one item.
+per layer by ``estimates.py``; they do not belong to one item. So is the engine's own fixed time per
+forward (operator dispatch, kernel launches: ``overhead_s``), which a profile may carry once it was
+fitted on measured runs; it is the same wherever the weights are.
 
 Attention's own FLOPs grow with the context: each layer's cost per token is a sum of terms
 ``coef * min(t / r, cap)`` over the ``t`` tokens before it (window, compressed entries, top-k
@@ -83,7 +85,8 @@ def on_host(work: Work, host: Tier, gpu: Tier | None, read_first_s: float = 0.0,
     if host.can_execute:
         rate, _ = host.rate(work.compute)
         if rate:
-            best = _finish(_roofline(work.bytes_read, host.bandwidth_bytes_per_s, work.flops, rate, "host"),
+            read = host.weight_read_bytes_per_s(work.compute)
+            best = _finish(_roofline(work.bytes_read, read, work.flops, rate, "host"),
                            prefix + "cpu", read_first_s, cpu_hops)
     if stream_gpu is not None and stream_gpu.link_bytes_per_s:
         rate, _ = stream_gpu.rate(work.compute)
@@ -110,6 +113,20 @@ def on_nvme(work: Work, nvme: Tier, host: Tier | None, gpu: Tier | None, activat
         return UNAVAILABLE
     read_s = nvme.latency_s + work.bytes_read / nvme.bandwidth_bytes_per_s
     return on_host(work, host, gpu, read_s, "nvme+", activation_bytes, stream_gpu)
+
+
+# ---- the engine's fixed costs -------------------------------------------------------------------
+
+def expert_calls(groups, tokens: int) -> float:
+    """Routed experts one forward of ``tokens`` tokens calls, summed over layers: each distinct expert hit
+    is one call (E x (1 - (1 - p)^tokens) per group: top-k at one token, every expert in a long chunk)."""
+    return sum(g.experts * g.touched_fraction(tokens) for g in groups if g.experts)
+
+
+def overhead_s(overhead, layers: int, calls: float) -> float:
+    """Seconds one forward spends beside the roofline (``hardware.profile.RuntimeOverhead``): per step,
+    per decoder layer, per routed-expert call. Zero for a profile that does not model it."""
+    return overhead.per_step_s + overhead.per_layer_s * layers + overhead.per_expert_s * calls
 
 
 # ---- attention FLOPs per token ------------------------------------------------------------------

@@ -19,6 +19,7 @@ from mv4deploy.plan.items import ItemKind, Placed
 from mv4deploy.plan.placement import Placement
 
 INTERCONNECT = "GPU interconnect"
+OVERHEAD = "runtime overhead"
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def _engram_exposed(placed: list[Placed], windows: dict[int, float], prefill_s: 
 
 
 def estimate(placement: Placement, layers: int, workload, crossing_decode_s: float, crossing_prefill_s: float,
-             bound_s: float) -> Estimates:
+             bound_s: float, overhead_decode_s: float = 0.0, overhead_prefill_s: float = 0.0) -> Estimates:
+    """``overhead_*_s``: the engine's fixed time per decode step / prefill chunk (``costs.overhead_s``);
+    it adds to every placement alike, the bound included."""
     placed = list(placement.placed)
     engram = [p for p in placed if p.item.kind is ItemKind.ENGRAM]
     rest = [p for p in placed if p.item.kind is not ItemKind.ENGRAM]
@@ -73,8 +76,10 @@ def estimate(placement: Placement, layers: int, workload, crossing_decode_s: flo
         resources[p.option.decode.limit or p.option.tier.name] += p.decode_s
     if crossing_decode_s:
         resources[INTERCONNECT] += crossing_decode_s
+    if overhead_decode_s:
+        resources[OVERHEAD] += overhead_decode_s
     windows = _windows(rest, layers)
-    prefill_s = sum(p.prefill_s for p in rest) + crossing_prefill_s
+    prefill_s = sum(p.prefill_s for p in rest) + crossing_prefill_s + overhead_prefill_s
     engram_decode, engram_prefill = _engram_exposed(engram, windows, prefill_s)
     if engram_decode:
         resources[engram[0].option.decode.limit] += engram_decode
@@ -89,7 +94,7 @@ def estimate(placement: Placement, layers: int, workload, crossing_decode_s: flo
         prefill_tokens_per_s=workload.chunk_tokens / chunk if chunk else None,
         time_to_first_token_s=tokens / workload.chunk_tokens * chunk if chunk else None,
         bottleneck=_bottleneck(resources, step, placement),
-        bound_decode_tokens_per_s=_bound_tps(batch, bound_s + crossing_decode_s, placement),
+        bound_decode_tokens_per_s=_bound_tps(batch, bound_s + crossing_decode_s + overhead_decode_s, placement),
         by_resource_s=dict(resources), engram_windows_s=windows)
 
 

@@ -8,10 +8,19 @@ added_s_per_token}, engram (null or a dict), estimates{decode_tokens_per_s, pref
 time_to_first_token_s, bottleneck, bound_decode_tokens_per_s}, hints{vllm, sglang, llama_cpp,
 accelerate_device_map}, suggestions[...], warnings[...]``, plus ``decisions``: why the plan is what it is
 (parallelism, where experts execute per phase, formats and their execution, workspace, exclusions).
+
+Added for ``mv4deploy run`` (extra keys; the ones above are unchanged): each group row says how it executes
+(``execution{decode, prefill}``: "gpu", "cpu", "stream", "nvme+cpu", "nvme+stream", "lookup"; null when
+unplaced) and, for routed experts, which experts the row holds (``experts: [start, stop)``; null for other
+groups); ``workload`` also carries ``expert_skew`` and ``include_mtp`` (they change the groups); and
+``fingerprint{model{tensors, placed_bytes, groups_sha256}, profile{name, sha256}}`` lets a run refuse a
+plan made for another model or machine.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from mv4deploy.plan.estimates import Estimates
@@ -65,10 +74,33 @@ def group_rows(placement: Placement) -> list[dict]:
     for p, placed in [(p, True) for p in placement.placed] + [(p, False) for p in placement.unplaced]:
         if p.item.kind is ItemKind.KV:
             continue
+        execution = {"decode": p.option.decode.mode, "prefill": p.option.prefill.mode} if placed else None
         rows.append({"name": p.name, "role": p.item.cls, "layer": p.item.layer,
                      "tier": p.option.tier.name if placed else "unplaced",
-                     "format": p.option.format if p.option else "as-stored", "bytes": p.bytes if p.option else 0})
+                     "format": p.option.format if p.option else "as-stored", "bytes": p.bytes if p.option else 0,
+                     "execution": execution, "experts": [p.start, p.stop] if p.item.units > 1 else None})
     return rows
+
+
+def _digest(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(inventory, groups) -> dict:
+    """What a checkpoint must match to run the plan: the count of tensors its config implies, the bytes of
+    the groups the plan placed (as stored), and (name, bytes, tensor count) of every group, hashed. Summed
+    from the groups, not the 145K tensors of V4-Pro: the plan stays fast."""
+    rows = [(g.name, g.native_bytes, len(g.tensor_ids)) for g in groups]
+    return {"tensors": len(inventory.tensors), "placed_bytes": sum(g.native_bytes for g in groups),
+            "groups_sha256": _digest(rows)}
+
+
+def profile_fingerprint(profile) -> dict:
+    """The profile's name and a hash of every parsed figure (not its description or file path): a plan
+    made before a profile was re-probed or re-calibrated no longer matches it."""
+    from mv4deploy.hardware.profile import profile_to_dict
+    figures = {k: v for k, v in profile_to_dict(profile).items() if k not in ("name", "description", "source")}
+    return {"name": profile.name, "sha256": _digest(figures)}
 
 
 @dataclass(frozen=True)
@@ -87,12 +119,14 @@ class Plan:
     warnings: tuple[str, ...]
     decisions: dict
     placement: Placement = field(compare=False, repr=False)
+    fingerprint: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
             "model": self.model,
             "profile": self.profile,
-            "workload": self.workload.to_json(),
+            "workload": {**self.workload.to_json(), "include_mtp": self.workload.include_mtp,
+                         "expert_skew": _skew(self.workload.expert_skew)},
             "verdict": self.verdict,
             "devices": [d.to_json() for d in self.devices],
             "groups": list(self.groups),
@@ -103,4 +137,9 @@ class Plan:
             "suggestions": list(self.suggestions),
             "warnings": list(self.warnings),
             "decisions": self.decisions,
+            "fingerprint": self.fingerprint,
         }
+
+
+def _skew(skew) -> list[float] | None:
+    return [skew.hot_fraction, skew.hot_share] if skew is not None else None

@@ -54,6 +54,7 @@ class Tier:
     link_bytes_per_s: float | None = None      # GPU tiers: host -> this tier (summed over GPUs when sharded)
     latency_s: float = 0.0                     # per transfer over that link (NVMe: per random read)
     random_read_bytes_per_s: float | None = None  # nvme: 4 KiB random reads (IOPS x 4 KiB)
+    matvec_bytes_per_s: Mapping[str, float] = field(default_factory=dict)  # host: one-token matmul reads, per format
 
     def rate(self, compute_format: str) -> tuple[float | None, str]:
         """FLOP/s for weights whose format computes in ``compute_format``, and how: natively, or after a
@@ -65,6 +66,17 @@ class Tier:
             if fallback in self.native_formats and fallback in self.compute_flops_per_s:
                 return self.compute_flops_per_s[fallback], "native" if native else f"dequant:{fallback}"
         return None, "native" if native else "dequant"
+
+    def weight_read_bytes_per_s(self, compute_format: str) -> float | None:
+        """Bytes/s at which this tier's units stream weights computing in ``compute_format`` through a
+        one-token matmul: the measured matvec rate of the format it really computes in (native, or the
+        float format it dequantizes to), capped by the memory bandwidth; the bandwidth when none was measured."""
+        _, how = self.rate(compute_format)
+        fmt = how.split(":", 1)[1] if how.startswith("dequant:") else compute_format
+        matvec, bandwidth = self.matvec_bytes_per_s.get(fmt), self.bandwidth_bytes_per_s
+        if matvec and bandwidth:
+            return min(matvec, bandwidth)
+        return matvec or bandwidth
 
     @property
     def can_execute(self) -> bool:
@@ -131,7 +143,8 @@ def host_tier(profile: HardwareProfile) -> Tier | None:
                 compute_flops_per_s=MappingProxyType({f: r.value for f, r in rates.host_compute.items() if r.value}),
                 native_formats=frozenset(native),
                 link_bytes_per_s=link if link and profile.gpus is not None else None,
-                latency_s=profile.host_link.latency_s if profile.host_link else 0.0)
+                latency_s=profile.host_link.latency_s if profile.host_link else 0.0,
+                matvec_bytes_per_s=MappingProxyType({f: r.value for f, r in rates.host_matvec.items()}))
 
 
 def nvme_tier(profile: HardwareProfile, host: Tier | None) -> Tier | None:
