@@ -214,6 +214,28 @@ def generate(checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder
     return EXIT_OK
 
 
+# ---- mv4deploy run (mv4deploy.execute) -------------------------------------------------------------
+@app.command("run")
+def run_plan_file(
+        checkpoint: Annotated[Path, typer.Argument(help="The checkpoint folder the plan was made for.")],
+        plan: Annotated[Path, _opt("--plan", "A plan.json from `mv4deploy plan --out` (or --json).")],
+        tokens: Annotated[int, _opt("--tokens", "Decode steps timed, after the warm-up.")] = 32,
+        warmup: Annotated[int, _opt("--warmup", "Decode steps run before timing.")] = 3,
+        prompt_tokens: Annotated[Optional[int], _opt("--prompt-tokens", "Prompt length per sequence (default: "
+                                                     "the plan's context minus warm-up and tokens).")] = None,
+        profile: Annotated[Optional[str], _opt("--profile", "The profile the plan was made for, when it is not "
+                                               "a shipped one (checked against the plan's fingerprint).")] = None,
+        device_map: Annotated[Optional[list[str]], _opt("--device-map", "TIER=DEVICE, e.g. gpu:0=cpu to run a "
+                                                        "GPU plan's split on the CPU (repeatable).")] = None,
+        repeats: Annotated[int, _opt("--repeats", "Trials; the median one is compared.")] = 1,
+        json_out: JsonOpt = False) -> int:
+    """Execute a plan on a checkpoint and print measured memory and tokens/s beside the plan's predictions."""
+    from mv4deploy.execute.run import run_checkpoint
+    report = run_checkpoint(checkpoint, plan, tokens, warmup, prompt_tokens, profile, device_map, repeats)
+    output.emit_json(report) if json_out else output.run_table(report)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 

@@ -283,3 +283,35 @@ def generation(result: dict) -> None:
     sys.stdout.write(result["prompt"] + result["completion"] + "\n")
     info(f"{result['new_tokens']} tokens at {result['tokens_per_s']} tokens/s on {result['device']} "
          f"({result['model']}, loaded in {result['load_s']} s)")
+
+
+# ---- mv4deploy run ----------------------------------------------------------------------------------
+
+def _measure(value, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 2**20:,.1f} MiB" if unit == "bytes" else f"{value:,.2f} {unit}"
+
+
+def run_table(report: dict) -> None:
+    """``mv4deploy run``: measured beside predicted with the ratio; what crossed tiers; deviations."""
+    out, w = _wide_stdout(100), report["workload"]
+    out.print(f"[bold]{report['model']}[/] on [bold]{report['profile']}[/] ({', '.join(f'{t}={d}' for t, d in report['devices'].items())}): "
+              f"batch {w['batch']}, prompt {w['prompt_tokens']:,} in chunks of {w['chunk']:,}, "
+              f"{w['warmup']} warm-up + {w['tokens']} timed decode steps, {w['repeats']} trial(s)")
+    table = Table(title="predicted (plan) vs measured", title_justify="left")
+    for column in ("metric", "predicted", "measured", "measured / predicted"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in report["comparison"]:
+        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.3f}"
+        table.add_row(row["metric"], _measure(row["predicted"], row["unit"]), _measure(row["measured"], row["unit"]),
+                      ratio)
+    out.print(table)
+    spread, memory = report["decode_tokens_per_s_spread"], report["memory"]
+    out.print(f"decode tok/s over trials: min {spread['min']:,.2f}, median {spread['median']:,.2f}, "
+              f"max {spread['max']:,.2f}; process RSS before loading {_measure(memory['rss_baseline_bytes'], 'bytes')}")
+    if report["executed"]:
+        out.print("crossed tiers: " + ", ".join(f"{k} {v:,}" for k, v in report["executed"].items()))
+    out.print(f"plan's bottleneck: {report['predicted_bottleneck']}")
+    for note in report["deviations"]:
+        warn(note)
