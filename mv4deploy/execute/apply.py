@@ -65,7 +65,8 @@ def apply_placement(model, placement: ModelPlacement, devices: dict[str, torch.d
     layers = model.model.layers
     for index, layer in enumerate(layers):
         parts = placement.experts.get(index)
-        if parts:
+        run_tier = placement.layer_tier.get(index)
+        if parts and any(part.where.tier != run_tier for part in parts):     # else: in place, as loaded
             layer.mlp.experts = PlacedExperts(layer.mlp.experts, parts, devices, state)
     _move_generic(executor)
     _engram(executor)
@@ -118,7 +119,7 @@ def _hook(executor: Executor, module_name: str, leaves: list[tuple[str, Where]])
         return capable and where.mode(phase) == "cpu"
 
     def streams(phase: str) -> bool:
-        return where.mode(phase) != "gpu" and not runs_on_cpu(phase)
+        return where.mode(phase) != "resident" and not runs_on_cpu(phase)
 
     if capable:
         run_on(module, host, runs_on_cpu, executor.state)

@@ -33,13 +33,14 @@ class Where:
     prefill: str
 
     def mode(self, phase: str) -> str:
-        """"gpu" (resident where it runs), "cpu" (runs beside its weights in host RAM) or "stream"."""
+        """"resident" (runs where it lives), "cpu" (runs beside its weights in host RAM, away from the GPU
+        that runs its layer) or "stream" (copied to that GPU for each call)."""
         raw = self.decode if phase == "decode" else self.prefill
         if raw in CPU_MODES:
             return "cpu"
         if raw in STREAM_MODES:
             return "stream"
-        return "gpu"
+        return "resident"
 
     @property
     def off_gpu(self) -> bool:
