@@ -101,12 +101,15 @@ def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Wri
                   storage_dir: Annotated[Path, typer.Option(help="Where to write the temporary read-test file.")]
                   = Path("."),
                   size: Annotated[str, typer.Option(help="Bytes per memory and storage test.")] = "1GiB",
-                  name: Annotated[str, typer.Option(help="Profile name.")] = "this-machine") -> int:
+                  name: Annotated[str, typer.Option(help="Profile name.")] = "this-machine",
+                  threads: Annotated[Optional[int], typer.Option(help="CPU threads for the host figures "
+                                                                 "(default: every core); runs use as many.")] = None
+                  ) -> int:
     """Measure host memory bandwidth, CPU matmul rates, storage reads (and GPU bandwidth, host<->GPU copies,
     bf16/fp8 matmul when CUDA is present); write a profile with `measured:` beside the nominal figures."""
     from mv4deploy.hardware.probe import probe_profile_yaml
     from mv4deploy.fileio import write_text_atomic
-    text = probe_profile_yaml(name, base, storage_dir, size)
+    text = probe_profile_yaml(name, base, storage_dir, size, threads)
     if out is None:
         sys.stdout.write(text)
     else:
@@ -228,10 +231,13 @@ def run_plan_file(
         device_map: Annotated[Optional[list[str]], _opt("--device-map", "TIER=DEVICE, e.g. gpu:0=cpu to run a "
                                                         "GPU plan's split on the CPU (repeatable).")] = None,
         repeats: Annotated[int, _opt("--repeats", "Trials; the median one is compared.")] = 1,
+        threads: Annotated[Optional[int], _opt("--threads", "CPU threads (default: as many as the profile's "
+                                               "host figures were probed with).")] = None,
         json_out: JsonOpt = False) -> int:
     """Execute a plan on a checkpoint and print measured memory and tokens/s beside the plan's predictions."""
     from mv4deploy.execute.run import run_checkpoint
-    report = run_checkpoint(checkpoint, plan, tokens, warmup, prompt_tokens, profile, device_map, repeats)
+    report = run_checkpoint(checkpoint, plan, tokens, warmup, prompt_tokens, profile, device_map, repeats,
+                            threads=threads)
     output.emit_json(report) if json_out else output.run_table(report)
     return EXIT_OK
 

@@ -298,7 +298,8 @@ def run_table(report: dict) -> None:
     out, w = _wide_stdout(100), report["workload"]
     out.print(f"[bold]{report['model']}[/] on [bold]{report['profile']}[/] ({', '.join(f'{t}={d}' for t, d in report['devices'].items())}): "
               f"batch {w['batch']}, prompt {w['prompt_tokens']:,} in chunks of {w['chunk']:,}, "
-              f"{w['warmup']} warm-up + {w['tokens']} timed decode steps, {w['repeats']} trial(s)")
+              f"{w['warmup']} warm-up + {w['tokens']} timed decode steps, {w['repeats']} trial(s), "
+              f"{w['threads']} CPU thread(s)")
     table = Table(title="predicted (plan) vs measured", title_justify="left")
     for column in ("metric", "predicted", "measured", "measured / predicted"):
         table.add_column(column, justify="left" if column == "metric" else "right")

@@ -91,10 +91,11 @@ def test_bad_overhead_is_one_line_naming_the_field(field, value):
 
 def test_probe_cli_writes_matvec_figures(cli, tmp_path):
     out = tmp_path / "probed.yaml"
-    result = cli("profile", "probe", "--size", "32MiB", "--storage-dir", tmp_path, "--out", out)
+    result = cli("profile", "probe", "--size", "32MiB", "--storage-dir", tmp_path, "--threads", "1", "--out", out)
     assert result.code == 0, result.stderr
     data = yaml.safe_load(out.read_text())
     assert set(data["host"]["measured"]["matvec"]) == {"fp32", "bf16"}
+    assert data["host"]["measured"]["threads"] == 1                 # what `run` will use
     profile = parse_profile(data, str(out))
     assert all(v > 1e8 for v in profile.host.measured.matvec_bytes_per_s.values())
 

@@ -37,7 +37,7 @@ def _one_line_error(result) -> str:
 def test_run_reports_measured_beside_predicted(setup):
     tmp, profile, plan = setup
     result = run_cli("run", FIXTURES / "tiny-v4", "--plan", plan, "--profile", profile, "--tokens", "4",
-                     "--warmup", "1", "--repeats", "2", "--json")
+                     "--warmup", "1", "--repeats", "2", "--threads", "1", "--json")
     assert result.code == 0, result.stderr
     report = result.json()
     rows = {r["metric"]: r for r in report["comparison"]}
@@ -47,7 +47,7 @@ def test_run_reports_measured_beside_predicted(setup):
     for row in rows.values():
         assert row["measured"] > 0 and row["ratio"] == pytest.approx(row["measured"] / row["predicted"])
     assert report["workload"] == {"batch": 1, "prompt_tokens": 59, "chunk": 32, "tokens": 4, "warmup": 1,
-                                  "context_tokens": 64, "repeats": 2}
+                                  "context_tokens": 64, "repeats": 2, "threads": 1}
     assert len(report["trials"]) == 2 and report["trials"][0]["prefill_tokens"] == 59
     assert report["executed"] == {}                  # a CPU-only plan: nothing crosses a tier
     assert report["memory"]["rss_peak_bytes"] > report["memory"]["rss_baseline_bytes"]

@@ -49,17 +49,20 @@ def _resolve(checkpoint: str | Path, plan, profile_name: str | None):
         raise InputError(plan.path, "profile", plan.profile, "not a shipped profile: pass --profile FILE, the "
                          "profile the plan was made for") from None
     check_profile(plan, profile_fingerprint(profile), source)
-    return resolved, grouping
+    return resolved, grouping, profile
 
 
 def run_checkpoint(checkpoint: str | Path, plan_path: str | Path, tokens: int = 32, warmup: int = 3,
                    prompt_tokens: int | None = None, profile: str | None = None, device_map: list[str] | None = None,
-                   repeats: int = 1, seed: int = 0) -> dict:
+                   repeats: int = 1, seed: int = 0, threads: int | None = None) -> dict:
     """Execute ``plan_path`` on ``checkpoint`` and report measured beside predicted (see the module doc)."""
     plan = read_plan(plan_path)
     overrides = parse_device_map(device_map)
     workload = _workload(plan, tokens, warmup, prompt_tokens, repeats)
-    resolved, grouping = _resolve(checkpoint, plan, profile)
+    resolved, grouping, hardware = _resolve(checkpoint, plan, profile)
+    threads = threads or hardware.host.measured.threads             # as many as the profile was probed with
+    if threads is not None and not 1 <= threads <= 4096:
+        raise InputError(None, "--threads", threads, "must be between 1 and 4096")
     from mv4deploy.execute.placement import resolve_placement
     placement = resolve_placement(plan, resolved.inventory, grouping)
     placement.deviations += _format_notes(plan)
@@ -69,6 +72,9 @@ def run_checkpoint(checkpoint: str | Path, plan_path: str | Path, tokens: int = 
     from mv4deploy.execute.measure import cuda_devices, non_torch_bytes, rss_bytes, trial
     from mv4deploy.runtime.loader import load_model
     devices = default_devices(plan.gpu_tiers, overrides)
+    if threads:
+        torch.set_num_threads(threads)
+    workload["threads"] = torch.get_num_threads()
     baseline = _process_baseline(devices)
     model = load_model(checkpoint, device="cpu", dtype=torch.bfloat16)
     executor = apply_placement(model, placement, devices)

@@ -51,6 +51,7 @@ class Measured:
     # Weight bytes/s one-token matmuls stream, per compute format (the decode shape). On a CPU this is often
     # well below the memory bandwidth (a 2-core VM: bf16 ~6-10 GB/s against ~20 GB/s for a plain read).
     matvec_bytes_per_s: dict[str, float] = field(default_factory=dict)
+    threads: int | None = None      # CPU threads the host figures were measured with (runs use as many)
 
 
 @dataclass(frozen=True)
@@ -390,7 +391,8 @@ def _measured(s: _Section | None) -> Measured:
         return Measured()
     measured = Measured(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False),
                         compute_flops_per_s=_compute(s.section("compute", required=False)),
-                        matvec_bytes_per_s=_per_format(s.section("matvec", required=False), _positive_rate))
+                        matvec_bytes_per_s=_per_format(s.section("matvec", required=False), _positive_rate),
+                        threads=s.get("threads", _positive_int, required=False))
     s.done()
     return measured
 

@@ -1,0 +1,265 @@
+"""The GPU half of benchmarks/truth.py, ready for the lent H100: predicted vs measured GPU memory and decode
+tokens/s under four placements, calibration of profiles/h100.yaml, and quantization throughput on the GPU.
+
+Each step writes its results under --dir and fits in one 10-minute command on the lent machine:
+
+    python benchmarks/gpu_truth.py probe   --dir $OUT/gt    # profile probe --base h100 -> h100-probed.yaml
+    python benchmarks/gpu_truth.py make    --dir $OUT/gt    # synthetic V4 (~3.8B) and V4.1-style (~3.8B + Engram)
+    python benchmarks/gpu_truth.py calibrate --dir $OUT/gt  # tiny models on the GPU -> runtime_overhead,
+                                                            # all-GPU run -> runtime_reserve: h100-calibrated.yaml
+    python benchmarks/gpu_truth.py plans   --dir $OUT/gt    # the --gpu-mem-util giving each placement
+    python benchmarks/gpu_truth.py run     --dir $OUT/gt    # the four placements, calibrated profile
+    python benchmarks/gpu_truth.py quant   --dir $OUT/gt    # FP8 / INT4-RTN, cuda vs cpu, one >= 4 GB shard
+    python benchmarks/gpu_truth.py report  --dir $OUT/gt    # the tables for docs/benchmarks.md
+
+The four placements (issue 8): all on the GPU; routed experts in host RAM (CPU compute or streamed, as the
+plan chooses); Engram tables in pinned host RAM with prefetched lookups (V4.1-style checkpoint); the CSA
+entries pool in host RAM with top-k fetches (32K context). Each placement comes from the planner itself:
+`plans` lowers --gpu-mem-util until the plan puts exactly that off the GPU. Calibration uses only tiny-
+dimension models and the all-GPU placement; the other three placements are the test (say so in the doc).
+
+--dry-run runs every step on this CPU with tiny checkpoints and `--device-map gpu:0=cpu` (checks the script;
+its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import truth  # noqa: E402  (benchmarks/truth.py: cases, runs, the overhead fit, the table)
+
+GT = dict(hidden=2048, layers=12, experts=48, top_k=6, moe_inter=1024, heads=32, head_dim=512)
+BIG = {
+    "v4": dict(GT),                                                                    # ~3.8B, 7.6 GB BF16
+    "v41": dict(GT, vocab=2048, engram_layers=(1, 6), engram_vocab=4_000_000),         # + 2 x ~2 GB tables
+}
+DRY = {"v4": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64),
+       "v41": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64, engram_layers=(1,), engram_vocab=50000)}
+# name -> (checkpoint, context, predicate on the plan JSON)
+# The planner evicts the cheapest-to-lose bytes first (Engram tables, then the CSA pool, then experts), so
+# "experts on host" may come with the (small, 4K-context) CSA pool off the GPU too.
+PLACEMENTS = {
+    "all on GPU": ("v4", 32768, lambda p: not _off_gpu(p) and not _kv_off(p)),
+    "routed experts on host": ("v4", 4096, lambda p: _off_gpu(p) == {"routed_experts"}),
+    "Engram on host (prefetch)": ("v41", 32768, lambda p: _off_gpu(p) == {"engram_table"} and not _kv_off(p)),
+    "CSA KV pool on host": ("v4", 32768, lambda p: not _off_gpu(p) and _kv_off(p) == {"csa_entries"}),
+}
+CALIBRATION = [c for c in truth.CASES if c.role == "calibration"]
+
+
+def _off_gpu(plan: dict) -> set[str]:
+    return {g["role"] for g in plan["groups"] if not g["tier"].startswith("gpu")}
+
+
+def _kv_off(plan: dict) -> set[str]:
+    return {p["name"] for p in plan["kv_cache"]["pools"] if not p["tier"].startswith("gpu")}
+
+
+def _settings(args) -> argparse.Namespace:
+    """truth.measure's knobs: the lent machine is not shared, so no waiting for quiet."""
+    return argparse.Namespace(tokens=args.tokens, warmup=3, trials=args.trials, quiet_cores=1e9, max_wait_s=0)
+
+
+def _run_args(args) -> tuple:
+    return ("--device-map", "gpu:0=cpu") if args.dry_run else ()
+
+
+def step_probe(args) -> None:
+    truth.cli("profile", "probe", "--base", "h100", "--name", "h100", "--size", "512MiB" if args.dry_run else "2GiB",
+              "--storage-dir", args.dir, "--out", args.dir / "h100-probed.yaml")
+
+
+def step_make(args) -> None:
+    for key, model in (DRY if args.dry_run else BIG).items():
+        folder = args.dir / key
+        if not (folder / "config.json").is_file():
+            start = time.perf_counter()
+            truth.write_checkpoint(truth.v4_config(**model), folder, seed=0, shard_bytes=4 * 2**30)
+            print(f"{folder}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+
+
+def _case(name: str, util: float | None, args) -> truth.Case:
+    key, context, _ = PLACEMENTS[name]
+    model = (DRY if args.dry_run else BIG)[key]
+    context = 512 if args.dry_run else context
+    extra = ("--gpu-mem-util", f"{util:.6f}") if util is not None else ()
+    return truth.Case(name, "test", model, context=context, chunk=256 if args.dry_run else 2048, plan_args=extra)
+
+
+def _profile(args, kind: str) -> Path:
+    return args.dir / f"h100-{kind}.yaml"
+
+
+def _find_util(name: str, args) -> float | None:
+    """The largest --gpu-mem-util (to 1e-4) whose plan matches the placement's predicate (bisection over the
+    fraction, starting from the profile's own)."""
+    key, _, wanted = PLACEMENTS[name]
+    folder = args.dir / key
+    profile = _profile(args, "calibrated") if _profile(args, "calibrated").is_file() else _profile(args, "probed")
+    plan = json.loads(truth.cli("plan", "--model", folder, "--profile", profile, "--context",
+                                _case(name, None, args).context, "--json").stdout)
+    if wanted(plan):
+        return None                                       # the profile as it is gives this placement
+    low, high = 1e-4, 0.97
+    for _ in range(30):
+        mid = (low + high) / 2
+        case = _case(name, mid, args)
+        plan = json.loads(truth.plan_case(case, folder, profile, args.dir).read_text())
+        if wanted(plan):
+            return mid
+        everything_fits = not _off_gpu(plan) and not _kv_off(plan)
+        low, high = (low, mid) if everything_fits else (mid, high)
+        if high - low < 1e-5:
+            break
+    raise SystemExit(f"{name}: no --gpu-mem-util gives this placement (last plan: off GPU {_off_gpu(plan)}, "
+                     f"KV off {_kv_off(plan)})")
+
+
+def step_plans(args) -> None:
+    utils = {name: _find_util(name, args) for name in PLACEMENTS}
+    (args.dir / "placements.json").write_text(json.dumps(utils, indent=1))
+    print(json.dumps(utils, indent=1))
+
+
+def step_calibrate(args) -> None:
+    """runtime_overhead from tiny models on the GPU; runtime_reserve from the all-GPU run (measured peak minus
+    the plan's bytes other than the reserve), both written into h100-calibrated.yaml."""
+    settings, probed = _settings(args), _profile(args, "probed")
+    first = [truth.measure(c, truth.ensure_checkpoint(c, args.dir), probed, settings, args.dir, _run_args(args))
+             for c in CALIBRATION]
+    fit = truth.fit_overhead(first)
+    calibrated = truth.write_calibrated(probed, fit, [c.name for c in CALIBRATION], _profile(args, "calibrated"))
+    name = "all on GPU"
+    case = _case(name, None, args)
+    result = truth.measure(case, args.dir / PLACEMENTS[name][0], calibrated, settings, args.dir, _run_args(args))
+    gpu = next((r for r in result.report["comparison"] if r["metric"] == "gpu:0 peak memory"), None)
+    if gpu is not None:
+        device = result.plan["devices"][0]
+        reserve = gpu["measured"] - (device["used_bytes"] - device["breakdown"]["reserve"])
+        data = yaml.safe_load(calibrated.read_text())
+        data["gpus"]["runtime_reserve"] = f"{max(reserve, 0) // 2**20}MiB"
+        data["runtime_overhead"]["source"] += "; gpus.runtime_reserve from the all-GPU run"
+        calibrated.write_text("# runtime_overhead and gpus.runtime_reserve fitted by benchmarks/gpu_truth.py\n"
+                              + yaml.safe_dump(data, sort_keys=False))
+    (args.dir / "calibration.json").write_text(json.dumps({"fit": fit, "cases": [c.name for c in CALIBRATION]}))
+
+
+def step_run(args) -> None:
+    utils = json.loads((args.dir / "placements.json").read_text())
+    settings, profile = _settings(args), _profile(args, "calibrated")
+    results = {}
+    for name in PLACEMENTS:
+        if args.only and name not in args.only:
+            continue
+        case = _case(name, utils[name], args)
+        result = truth.measure(case, args.dir / PLACEMENTS[name][0], profile, settings, args.dir, _run_args(args))
+        results[name] = {"plan": result.plan, "report": result.report, "gpu_mem_util": utils[name]}
+    out = args.dir / "placements-results.json"
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    out.write_text(json.dumps({**previous, **results}, indent=1))
+
+
+QUANT_CHILD = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+import torch
+import mv4deploy.quant.pipeline
+from mv4deploy.quant.recipe import Recipe
+from mv4deploy.quant.rules import Rule
+from mv4deploy.quant.run import quantize_checkpoint
+recipe = Recipe({fmt!r}, (Rule("native", role="norm"), Rule("native", role="router"), Rule("native", role="mhc"),
+                          Rule({fmt!r}, slot="linear"), Rule({fmt!r}, slot="expert"), Rule("native", match=".*")))
+if {device!r} == "cuda":
+    torch.ones(1, device="cuda")          # the context is not throughput
+start = time.perf_counter()
+quantize_checkpoint({src!r}, {out!r}, recipe, workers={workers}, device={device!r})
+print(json.dumps({{"seconds": time.perf_counter() - start}}))
+"""
+
+
+def step_quant(args) -> None:
+    """FP8 (e4m3, 128x128 UE8M0 blocks) and INT4 round-to-nearest (group 128) of one >= 4 GB V4-Flash-layer
+    shard, on the GPU and on the CPU path, beside a plain copy of the same bytes (quantize_throughput.py's
+    shard and copy)."""
+    import quantize_throughput as qt
+    src = args.dir / "qsrc"
+    experts = 4 if args.dry_run else 80                   # 80 routed experts: 4.2 GB
+    size = qt.make_shard(src, experts) if not (src / "model.safetensors").is_file() else \
+        (src / "model.safetensors").stat().st_size
+    qt.read_all(src / "model.safetensors")
+    copy_s = qt.timed_copy(src / "model.safetensors", args.dir / "copy.bin")
+    (args.dir / "copy.bin").unlink()
+    rows = [{"format": "copy", "device": "-", "seconds": copy_s, "gb_per_s": size / copy_s / 1e9}]
+    devices = ("cpu",) if args.dry_run else ("cuda", "cpu")
+    for fmt in ("fp8-e4m3-block128-ue8m0", "int4-g128"):
+        for device in devices:
+            out = args.dir / "qout"
+            shutil.rmtree(out, ignore_errors=True)
+            code = QUANT_CHILD.format(repo=str(HERE.parent), fmt=fmt, src=str(src), out=str(out),
+                                      workers=min(4, os.cpu_count() or 1), device=device)
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+            rows.append({"format": fmt, "device": device, "seconds": seconds, "gb_per_s": size / seconds / 1e9})
+            print(rows[-1], file=sys.stderr)
+    shutil.rmtree(args.dir / "qout", ignore_errors=True)
+    (args.dir / "quant.json").write_text(json.dumps({"shard_bytes": size, "rows": rows}, indent=1))
+
+
+def step_report(args) -> None:
+    results = json.loads((args.dir / "placements-results.json").read_text())
+    print("| placement | --gpu-mem-util | GPU peak predicted GiB | measured | ratio | decode tok/s predicted | "
+          "measured (min-max) | ratio | fitted? |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        rows = {row["metric"]: row for row in r["report"]["comparison"]}
+        gpu, dec = rows.get("gpu:0 peak memory"), rows["decode tokens/s"]
+        spread = r["report"]["decode_tokens_per_s_spread"]
+        gib = (lambda n: f"{n / 2**30:.2f}") if gpu else (lambda n: "n/a")
+        ratio = f"{gpu['ratio']:.3f}" if gpu else "n/a"
+        print(f"| {name} | {r['gpu_mem_util'] or 'profile'} | {gib(gpu and gpu['predicted'])} | "
+              f"{gib(gpu and gpu['measured'])} | {ratio} | {dec['predicted']:.2f} | {dec['measured']:.2f} "
+              f"({spread['min']:.2f}-{spread['max']:.2f}) | {dec['ratio']:.2f} | "
+              f"{'memory reserve' if name == 'all on GPU' else 'test'} |")
+    quant = args.dir / "quant.json"
+    if quant.is_file():
+        data = json.loads(quant.read_text())
+        print(f"\nquantization of one {data['shard_bytes'] / 1e9:.2f} GB shard:\n\n| format | device | s | GB/s |\n"
+              "|---|---|---|---|")
+        for row in data["rows"]:
+            print(f"| {row['format']} | {row['device']} | {row['seconds']:.2f} | {row['gb_per_s']:.2f} |")
+
+
+STEPS = {"probe": step_probe, "make": step_make, "calibrate": step_calibrate, "plans": step_plans,
+         "run": step_run, "quant": step_quant, "report": step_report}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=[*STEPS, "all"])
+    parser.add_argument("--dir", type=Path, default=Path(os.environ.get("OUT", "/tmp")) / "gpu-truth")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="placements to run (default: all four)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny models, gpu:0 mapped to the CPU")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    for step in (STEPS if args.step == "all" else [args.step]):
+        print(f"== {step}", file=sys.stderr)
+        STEPS[step](args)
+
+
+if __name__ == "__main__":
+    main()
