@@ -182,3 +182,12 @@ def test_experts_are_split_as_the_rows_say(plans, tmp_path):
     experts = _placed("tiny-v4", plan, tmp_path).model.model.layers[0].mlp.experts
     assert [(p.experts, p.placement.where.tier) for p in experts.parts] == [((0, 1, 2), "gpu:0"),
                                                                             ((3, 4, 5, 6, 7), "host")]
+
+
+@pytest.mark.parametrize("name", ["tiny-v4", "tiny-v41"])
+def test_loaded_weights_do_not_map_the_shards(name):
+    """A tensor aliasing a memory-mapped shard (raw tid2eid, float32-as-stored mHC, an Engram table on the
+    CPU) keeps the whole file mapped and every page read counted in RSS: the loader must own its tensors."""
+    model = load_model(FIXTURES / name, dtype=torch.bfloat16)
+    loaded = model.state_dict()                                 # what came from the shards
+    assert [name for name, t in loaded.items() if not t.untyped_storage().resizable()] == []
