@@ -1,8 +1,9 @@
 """How close are the planner's predictions on this machine (CPU)? Measured decode tokens/s and RSS of
 synthetic V4-architecture checkpoints beside what `mv4deploy plan` predicts for a profile probed here.
 
-    python benchmarks/truth.py [--workdir /tmp/truth] [--profile probed.yaml] [--trials 3] [--tokens 32]
-                               [--out-profile calibrated.yaml] [--json results.json] [--quick]
+    python benchmarks/truth.py [--workdir /tmp/mv4deploy-truth] [--profile probed.yaml] [--threads 1]
+                               [--trials 3] [--tokens 32] [--out-profile calibrated.yaml] [--json results.json]
+                               [--quick]
 
 1. Profile: `mv4deploy profile probe` (host read bandwidth, CPU GEMM per format, one-token matmul bytes/s per
    format, storage), unless --profile gives one already probed.
@@ -11,8 +12,9 @@ synthetic V4-architecture checkpoints beside what `mv4deploy plan` predicts for 
    models for the test.
 3. Calibration: each tiny model is planned with the probed profile and run (`mv4deploy run`, one process
    each, --trials trials); the time the measured decode step exceeds the plan's roofline is fitted by
-   non-negative least squares to per_step + per_layer x layers + per_expert x expert calls. The fit goes
-   into the profile's `runtime_overhead` (written to --out-profile).
+   non-negative least squares to per_step + per_layer x layers + per_expert x expert calls, and the RSS
+   the run adds beyond the model's bytes (median over the runs) is the engine's own memory. Both go into
+   the profile's `runtime_overhead` (written to --out-profile).
 4. Test: every model is planned again with the calibrated profile and run; the table shows predicted vs
    measured decode and prefill tokens/s and the host RSS the model adds (the runs used for the fit are
    marked). Decode uses the median of the trials (the spread is printed beside it).
@@ -41,7 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from mv4deploy.execute.synthetic import v4_config, write_checkpoint  # noqa: E402
 
-TINY = dict(hidden=64, moe_inter=32, vocab=2048, heads=4, head_dim=64)
+# Calibration models: the test models' attention (16 heads x 128, window 128, top-64 CSA) around a tiny
+# hidden size and tiny experts, so their step is the engine's fixed cost, not weight bytes.
+TINY = dict(hidden=256, moe_inter=64, vocab=2048)
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,10 @@ def fit_overhead(results: list[Result]) -> dict:
         rows.append([1.0, r.layers, r.expert_calls])
         extra.append(measured_step - roofline_step)
     (step, layer, expert), residual = nnls(np.array(rows), np.array(extra))
-    return {"per_step_s": step, "per_layer_s": layer, "per_expert_s": expert, "residual_s": residual}
+    engine = sorted(r.row("host RSS added (model)")["measured"] - r.row("host RSS added (model)")["predicted"]
+                    for r in results)
+    return {"per_step_s": step, "per_layer_s": layer, "per_expert_s": expert, "residual_s": residual,
+            "host_bytes": max(0, engine[len(engine) // 2])}
 
 
 def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> Path:
@@ -219,7 +226,7 @@ def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> P
     import torch
     data["runtime_overhead"] = {
         "per_step": f"{fit['per_step_s'] * 1e6:.1f}us", "per_layer": f"{fit['per_layer_s'] * 1e6:.1f}us",
-        "per_expert": f"{fit['per_expert_s'] * 1e6:.1f}us",
+        "per_expert": f"{fit['per_expert_s'] * 1e6:.1f}us", "host_bytes": f"{fit['host_bytes'] // 2**20}MiB",
         "engine": f"mv4deploy run: eager PyTorch {torch.__version__}, BF16 weights, CPU",
         "source": f"benchmarks/truth.py fit on {', '.join(names)}"}
     out.write_text("# Probed by `mv4deploy profile probe`; runtime_overhead fitted by benchmarks/truth.py\n"
@@ -252,6 +259,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mv4deploy-truth"))
     parser.add_argument("--profile", type=Path, help="an already probed profile (default: probe now)")
     parser.add_argument("--probe-size", default="1GiB")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the probe and every run (on the "
+                        "2-vCPU VM of docs/benchmarks.md one thread is faster than two for BF16 one-token matmuls)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
@@ -268,7 +277,7 @@ def main() -> None:
         profile = args.workdir / "probed.yaml"
         wait_quiet(args.quiet_cores, args.max_wait_s)
         cli("profile", "probe", "--name", "truth-cpu", "--size", args.probe_size, "--storage-dir", args.workdir,
-            "--out", profile)
+            "--threads", args.threads, "--out", profile)
     checkpoints = {c.name: ensure_checkpoint(c, args.workdir) for c in cases}
     calibration = [c for c in cases if c.role == "calibration"]
     print("calibration runs (probed profile, no overhead modelled)", file=sys.stderr)

@@ -12,7 +12,8 @@ from tests.conftest import REPO, run_cli
 
 FIXTURES = REPO / "tests" / "fixtures" / "models"
 CPU = {"name": "cpu-box", "host": {"memory": "8GiB", "bandwidth": "20GB/s", "cores": 2, "isa": ["avx512_bf16"],
-                                   "compute": {"fp32": "100GFLOPS", "bf16": "100GFLOPS"}, "reserve": "1GiB"}}
+                                   "compute": {"fp32": "100GFLOPS", "bf16": "100GFLOPS"}, "reserve": "1GiB"},
+       "runtime_overhead": {"per_layer": "1ms", "host_bytes": "64MiB"}}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,9 @@ def test_run_reports_measured_beside_predicted(setup):
     assert set(rows) == {"decode tokens/s", "prefill tokens/s", "host RSS added (model)"}
     plan_data = json.loads(plan.read_text())
     assert rows["decode tokens/s"]["predicted"] == plan_data["estimates"]["decode_tokens_per_s"]
+    host = next(d for d in plan_data["devices"] if d["name"] == "host")["breakdown"]
+    model_bytes = host["weights"] + host["engram"] + host["kv_cache"] + host["activations"]
+    assert rows["host RSS added (model)"]["predicted"] == model_bytes + 64 * 2**20     # + the engine's own
     for row in rows.values():
         assert row["measured"] > 0 and row["ratio"] == pytest.approx(row["measured"] / row["predicted"])
     assert report["workload"] == {"batch": 1, "prompt_tokens": 59, "chunk": 32, "tokens": 4, "warmup": 1,

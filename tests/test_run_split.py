@@ -191,3 +191,25 @@ def test_loaded_weights_do_not_map_the_shards(name):
     model = load_model(FIXTURES / name, dtype=torch.bfloat16)
     loaded = model.state_dict()                                 # what came from the shards
     assert [name for name, t in loaded.items() if not t.untyped_storage().resizable()] == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, edit", [("tiny-v4", everything), ("tiny-v41", everything)])
+def test_split_across_cuda_and_host_gives_the_cpu_logits(name, edit, plans, reference, tmp_path):
+    """The real thing: gpu:0 is CUDA, host RAM is pinned, experts stream on a side stream, CSA entries and
+    Engram rows cross PCIe. Same logits as the unsplit model on the CPU (float32; TF32 off)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    plan = copy.deepcopy(plans[name])
+    edit(plan)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    plan_file = read_plan(path)
+    resolved = resolve_model(str(FIXTURES / name))
+    placement = resolve_placement(plan_file, resolved.inventory, build_groups(resolved.inventory))
+    executor = apply_placement(load_model(FIXTURES / name, dtype=torch.float32), placement,
+                               default_devices(plan_file.gpu_tiers))
+    tokens = _tokens(executor.model.config.vocab_size).to("cuda")
+    got = _steps(executor.model, executor.make_cache, executor.state, tokens)
+    for step, (a, b) in enumerate(zip(got, reference[name])):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3, msg=f"step {step}")
+    assert executor.state.counters["streamed_bytes"] > 0 and executor.state.counters["kv_fetched_entries"] > 0

@@ -11,8 +11,9 @@ Compared (measured / predicted):
 - per GPU, peak allocated + non-torch memory against the device's ``used_bytes`` (weights, Engram, KV,
   workspace and the runtime reserve the profile allows);
 - host: the RSS the run adds to the process (peak during the trials minus the RSS before loading) against the
-  host's weights + Engram + KV + workspace (its ``reserve`` is the OS's and the process's own allowance, so
-  it is left out; the process baseline is reported beside it).
+  host's weights + Engram + KV + workspace, plus the engine's own memory where the profile has it calibrated
+  (``runtime_overhead.host_bytes``). The host's ``reserve`` is the OS's and the process's allowance, so it is
+  left out; the process baseline (interpreter and libraries) is reported beside it.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def run_checkpoint(checkpoint: str | Path, plan_path: str | Path, tokens: int = 
                     seed + i) for i in range(repeats)]
     non_torch = {str(d): non_torch_bytes(d) for d in cuda_devices(executor)}
     return _report(plan, checkpoint, placement, devices, workload, trials, baseline, loaded, non_torch,
-                   executor.state.counters)
+                   executor.state.counters, hardware.runtime_overhead.host_bytes)
 
 
 def _workload(plan, tokens: int, warmup: int, prompt_tokens: int | None, repeats: int) -> dict:
@@ -143,20 +144,22 @@ def _row(metric: str, predicted, measured, unit: str) -> dict:
             "unit": unit}
 
 
-def _host_predicted(plan) -> int | None:
+def _host_predicted(plan, engine_bytes: int) -> int | None:
     host = plan.devices.get("host")
     if host is None:
         return None
     parts = host["breakdown"]
-    return parts["weights"] + parts["engram"] + parts["kv_cache"] + parts["activations"]
+    return parts["weights"] + parts["engram"] + parts["kv_cache"] + parts["activations"] + engine_bytes
 
 
-def _report(plan, checkpoint, placement, devices, workload, trials, baseline, loaded, non_torch, counters) -> dict:
+def _report(plan, checkpoint, placement, devices, workload, trials, baseline, loaded, non_torch, counters,
+            engine_bytes: int) -> dict:
     median = sorted(trials, key=lambda t: t.decode_tokens_per_s)[len(trials) // 2]
     rows = [_row("decode tokens/s", plan.estimates.get("decode_tokens_per_s"), median.decode_tokens_per_s, "tok/s"),
             _row("prefill tokens/s", plan.estimates.get("prefill_tokens_per_s"), median.prefill_tokens_per_s,
                  "tok/s"),
-            _row("host RSS added (model)", _host_predicted(plan), median.rss_peak_bytes - baseline, "bytes")]
+            _row("host RSS added (model)", _host_predicted(plan, engine_bytes), median.rss_peak_bytes - baseline,
+                 "bytes")]
     for tier, device in sorted(devices.items()):
         if device.type == "cuda" and tier in plan.devices:
             peak = median.gpu_peak_bytes.get(str(device), 0) + non_torch.get(str(device), 0)
@@ -168,7 +171,7 @@ def _report(plan, checkpoint, placement, devices, workload, trials, baseline, lo
         "workload": workload,
         "comparison": rows,
         "decode_tokens_per_s_spread": {"min": min(speeds), "median": statistics.median(speeds), "max": max(speeds)},
-        "memory": {"rss_baseline_bytes": baseline, "rss_after_load_bytes": loaded,
+        "memory": {"rss_baseline_bytes": baseline, "rss_after_load_bytes": loaded, "engine_bytes": engine_bytes,
                    "rss_peak_bytes": median.rss_peak_bytes, "gpu_non_torch_bytes": non_torch},
         "trials": [t.to_json() for t in trials],
         "executed": dict(sorted(counters.items())),
