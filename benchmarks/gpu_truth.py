@@ -49,23 +49,28 @@ BIG = {
 DRY = {"v4": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64),
        "v41": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64, engram_layers=(1,), engram_vocab=50000)}
 # name -> (checkpoint, context, predicate on the plan JSON)
-# The planner evicts the cheapest-to-lose bytes first (Engram tables, then the CSA pool, then experts), so
-# "experts on host" may come with the (small, 4K-context) CSA pool off the GPU too.
+# (checkpoint, context, what must be off the GPU, what may be): group roles and KV pool names. The planner evicts
+# the bytes cheapest to lose first (Engram tables, the embedding: one row per token, the CSA pool: top-k
+# reads, then experts), so a placement may come with the embedding (and, at 4K context, the small CSA pool)
+# in host RAM too.
 PLACEMENTS = {
-    "all on GPU": ("v4", 32768, lambda p: not _off_gpu(p) and not _kv_off(p)),
-    "routed experts on host": ("v4", 4096, lambda p: _off_gpu(p) == {"routed_experts"}),
-    "Engram on host (prefetch)": ("v41", 32768, lambda p: _off_gpu(p) == {"engram_table"} and not _kv_off(p)),
-    "CSA KV pool on host": ("v4", 32768, lambda p: not _off_gpu(p) and _kv_off(p) == {"csa_entries"}),
+    "all on GPU": ("v4", 32768, set(), set()),
+    "routed experts on host": ("v4", 4096, {"routed_experts"}, {"routed_experts", "embedding", "csa_entries"}),
+    "Engram on host (prefetch)": ("v41", 32768, {"engram_table"}, {"engram_table", "embedding"}),
+    "CSA KV pool on host": ("v4", 32768, {"csa_entries"}, {"csa_entries", "embedding"}),
 }
 CALIBRATION = [c for c in truth.CASES if c.role == "calibration"]
 
 
 def _off_gpu(plan: dict) -> set[str]:
-    return {g["role"] for g in plan["groups"] if not g["tier"].startswith("gpu")}
+    """Group roles and KV pools the plan keeps off the GPU."""
+    return ({g["role"] for g in plan["groups"] if not g["tier"].startswith("gpu")}
+            | {p["name"] for p in plan["kv_cache"]["pools"] if not p["tier"].startswith("gpu")})
 
 
-def _kv_off(plan: dict) -> set[str]:
-    return {p["name"] for p in plan["kv_cache"]["pools"] if not p["tier"].startswith("gpu")}
+def _state(plan: dict, required: set, allowed: set) -> str:
+    off = _off_gpu(plan)
+    return "over" if not off <= allowed else "under" if not required <= off else "wanted"
 
 
 def _settings(args) -> argparse.Namespace:
@@ -78,8 +83,13 @@ def _run_args(args) -> tuple:
 
 
 def step_probe(args) -> None:
+    out = args.dir / "h100-probed.yaml"
     truth.cli("profile", "probe", "--base", "h100", "--name", "h100", "--size", "512MiB" if args.dry_run else "2GiB",
-              "--storage-dir", args.dir, "--out", args.dir / "h100-probed.yaml")
+              "--storage-dir", args.dir, "--out", out)
+    if args.dry_run:                  # tiny models beside a 1 GiB reserve: no placement window worth the name
+        data = yaml.safe_load(out.read_text())
+        data["gpus"]["runtime_reserve"] = "1MiB"
+        out.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def step_make(args) -> None:
@@ -92,11 +102,12 @@ def step_make(args) -> None:
 
 
 def _case(name: str, util: float | None, args) -> truth.Case:
-    key, context, _ = PLACEMENTS[name]
+    key, context, _, _ = PLACEMENTS[name]
     model = (DRY if args.dry_run else BIG)[key]
-    context = 512 if args.dry_run else context
-    extra = ("--gpu-mem-util", f"{util:.6f}") if util is not None else ()
-    return truth.Case(name, "test", model, context=context, chunk=256 if args.dry_run else 2048, plan_args=extra)
+    if args.dry_run:                  # a tiny model's CSA pool only outweighs its experts at a long context
+        context = 8192 if context >= 32768 else 512
+    extra = ("--gpu-mem-util", f"{util:.9f}") if util is not None else ()
+    return truth.Case(name, "test", model, context=context, chunk=1024 if args.dry_run else 2048, plan_args=extra)
 
 
 def _profile(args, kind: str) -> Path:
@@ -104,28 +115,35 @@ def _profile(args, kind: str) -> Path:
 
 
 def _find_util(name: str, args) -> float | None:
-    """The largest --gpu-mem-util (to 1e-4) whose plan matches the placement's predicate (bisection over the
-    fraction, starting from the profile's own)."""
-    key, _, wanted = PLACEMENTS[name]
+    """The --gpu-mem-util whose plan puts exactly the placement's set off the GPU: walk down in 15% steps from
+    0.97; where a step jumps past the placement, bisect between the two last steps."""
+    key, _, required, allowed = PLACEMENTS[name]
     folder = args.dir / key
     profile = _profile(args, "calibrated") if _profile(args, "calibrated").is_file() else _profile(args, "probed")
-    plan = json.loads(truth.cli("plan", "--model", folder, "--profile", profile, "--context",
-                                _case(name, None, args).context, "--json").stdout)
-    if wanted(plan):
+
+    def state(util):
+        case = _case(name, util, args)
+        return _state(json.loads(truth.plan_case(case, folder, profile, args.dir).read_text()), required, allowed)
+
+    if state(None) == "wanted":
         return None                                       # the profile as it is gives this placement
-    low, high = 1e-4, 0.97
-    for _ in range(30):
-        mid = (low + high) / 2
-        case = _case(name, mid, args)
-        plan = json.loads(truth.plan_case(case, folder, profile, args.dir).read_text())
-        if wanted(plan):
-            return mid
-        everything_fits = not _off_gpu(plan) and not _kv_off(plan)
-        low, high = (low, mid) if everything_fits else (mid, high)
-        if high - low < 1e-5:
+    above, util = 0.97, 0.97
+    while util > (1e-9 if args.dry_run else 1e-4):
+        found = state(util)
+        if found == "wanted":
+            return util
+        if found == "over":
+            low, high = util, above
+            for _ in range(40):
+                mid = (low + high) / 2
+                found = state(mid)
+                if found == "wanted":
+                    return mid
+                low, high = (mid, high) if found == "over" else (low, mid)
             break
-    raise SystemExit(f"{name}: no --gpu-mem-util gives this placement (last plan: off GPU {_off_gpu(plan)}, "
-                     f"KV off {_kv_off(plan)})")
+        above, util = util, util * 0.85
+    raise SystemExit(f"{name}: no --gpu-mem-util puts exactly {sorted(required)} (and at most {sorted(allowed)}) "
+                     f"off the GPU")
 
 
 def step_plans(args) -> None:
@@ -196,7 +214,7 @@ def step_quant(args) -> None:
     shard and copy)."""
     import quantize_throughput as qt
     src = args.dir / "qsrc"
-    experts = 4 if args.dry_run else 80                   # 80 routed experts: 4.2 GB
+    experts = 8 if args.dry_run else 80                   # 80 routed experts: 4.2 GB
     size = qt.make_shard(src, experts) if not (src / "model.safetensors").is_file() else \
         (src / "model.safetensors").stat().st_size
     qt.read_all(src / "model.safetensors")
@@ -229,7 +247,8 @@ def step_report(args) -> None:
         spread = r["report"]["decode_tokens_per_s_spread"]
         gib = (lambda n: f"{n / 2**30:.2f}") if gpu else (lambda n: "n/a")
         ratio = f"{gpu['ratio']:.3f}" if gpu else "n/a"
-        print(f"| {name} | {r['gpu_mem_util'] or 'profile'} | {gib(gpu and gpu['predicted'])} | "
+        util = f"{r['gpu_mem_util']:.4g}" if r['gpu_mem_util'] else 'profile'
+        print(f"| {name} | {util} | {gib(gpu and gpu['predicted'])} | "
               f"{gib(gpu and gpu['measured'])} | {ratio} | {dec['predicted']:.2f} | {dec['measured']:.2f} "
               f"({spread['min']:.2f}-{spread['max']:.2f}) | {dec['ratio']:.2f} | "
               f"{'memory reserve' if name == 'all on GPU' else 'test'} |")

@@ -131,6 +131,7 @@ def _engram(executor: Executor) -> None:
     model, placement = executor.model, executor.placement
     if not placement.engram:
         return
+    model.model.engram_row_devices = {layer: executor.devices[placement.layer_tier[layer]] for layer in placement.engram}
     from mv4deploy.runtime.model_v41 import place_engram_tables
     tiers = {where.tier for where in placement.engram.values()}
     if len(tiers) == 1:

@@ -5,7 +5,7 @@ the plan's prefill chunk (``chunk`` tokens in all: ``chunk // batch`` per sequen
 steps run untimed and ``tokens`` decode steps are timed one by one (greedy: the argmax feeds the next step;
 CUDA is synchronized around each step). Logits are kept for the last position only, as serving engines do.
 
-Memory: host RSS is sampled every ``RSS_INTERVAL_S`` on a thread from before the prefill to the end of the
+Memory: host RSS is sampled every ``RSS_INTERVAL_S`` (25 ms) on a thread from before the prefill to the end of the
 decode (its peak), and read before the model was loaded (the process baseline: Python, torch, transformers,
 the CUDA context). On CUDA, each device's ``max_memory_allocated`` (reset once the model is placed, so it
 starts at the weights) plus what the device uses outside torch's allocator at the end (context, cuBLAS and
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-RSS_INTERVAL_S = 0.01
+RSS_INTERVAL_S = 0.025
 
 
 def rss_bytes() -> int:

@@ -97,11 +97,11 @@ class DeepseekV41Model(_EngramInit, DeepseekV4Model):
         and every Engram layer's rows, started on their way to the model's device."""
         ids = context_ids if context_ids is not None else input_ids
         hashes = engram_indices(ids, self.engram_hasher)[:, -input_ids.shape[1]:]   # [B, T, layers, columns]
-        device = self.embed_tokens.weight.device
-        side = None
+        sides: dict = {}
         fetched = {}
         for layer_id in self.engram_cfg.layer_ids:
             engram = self.layers[layer_id].engram
+            device = self.row_device(layer_id)
             rows, scales = engram.embed.gather(hashes[:, :, engram.layer_index])
             if rows.device == device:
                 fetched[layer_id] = FetchedRows(rows, scales)
@@ -109,9 +109,16 @@ class DeepseekV41Model(_EngramInit, DeepseekV4Model):
             if device.type != "cuda":
                 fetched[layer_id] = FetchedRows(rows.to(device), None if scales is None else scales.to(device))
                 continue
-            side = side or torch.cuda.Stream(device)
-            fetched[layer_id] = _copy_on_stream(rows, scales, device, side)
+            if device not in sides:
+                sides[device] = torch.cuda.Stream(device)
+            fetched[layer_id] = _copy_on_stream(rows, scales, device, sides[device])
         return fetched
+
+    def row_device(self, layer_id: int) -> torch.device:
+        """Where Engram layer ``layer_id`` runs, so its rows go there: ``engram_row_devices`` when an executor
+        placed the model (its embedding or Engram weights may sit in host RAM), else its ``wkv``'s device."""
+        placed = getattr(self, "engram_row_devices", None)
+        return placed[layer_id] if placed else self.layers[layer_id].engram.wkv.weight.device
 
 
 def _copy_on_stream(rows, scales, device, stream) -> FetchedRows:
