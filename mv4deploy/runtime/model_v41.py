@@ -96,6 +96,9 @@ class DeepseekV41Model(_EngramInit, DeepseekV4Model):
         """Hash ids of the last ``input_ids.shape[1]`` positions of ``context_ids`` (default: input_ids)
         and every Engram layer's rows, started on their way to the model's device."""
         ids = context_ids if context_ids is not None else input_ids
+        # the last T positions only look back max_ngram_size - 1 tokens: hash no more of the history than that
+        # (a decode step would otherwise re-hash the whole context)
+        ids = ids[:, -(input_ids.shape[1] + self.engram_cfg.max_ngram_size - 1):]
         hashes = engram_indices(ids, self.engram_hasher)[:, -input_ids.shape[1]:]   # [B, T, layers, columns]
         sides: dict = {}
         fetched = {}
