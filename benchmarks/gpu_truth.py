@@ -14,7 +14,7 @@ Each step writes its results under --dir and fits in one 10-minute command on th
 
 The four placements (issue 8): all on the GPU; routed experts in host RAM (CPU compute or streamed, as the
 plan chooses); Engram tables in pinned host RAM with prefetched lookups (V4.1-style checkpoint); the CSA
-entries pool in host RAM with top-k fetches (32K context). Each placement comes from the planner itself:
+entries pool in host RAM with top-k fetches (16K context). Each placement comes from the planner itself:
 `plans` lowers --gpu-mem-util until the plan puts exactly that off the GPU. Calibration uses only tiny-
 dimension models and the all-GPU placement; the other three placements are the test (say so in the doc).
 
@@ -53,12 +53,16 @@ DRY = {"v4": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64),
 # the bytes cheapest to lose first (Engram tables, the embedding: one row per token, the CSA pool: top-k
 # reads, then experts), so a placement may come with the embedding (and, at 4K context, the small CSA pool)
 # in host RAM too.
+# Contexts stay at 16K and prefill chunks at 256 tokens: transformers' eager V4 attention materializes fp32
+# scores over window + chunk + every compressed entry per head ([32, 2048, 10K] = 2.7 GB at 32K / 2048), a
+# transient no fused engine has and the plan's workspace does not count.
 PLACEMENTS = {
-    "all on GPU": ("v4", 32768, set(), set()),
+    "all on GPU": ("v4", 16384, set(), set()),
     "routed experts on host": ("v4", 4096, {"routed_experts"}, {"routed_experts", "embedding", "csa_entries"}),
-    "Engram on host (prefetch)": ("v41", 32768, {"engram_table"}, {"engram_table", "embedding"}),
-    "CSA KV pool on host": ("v4", 32768, {"csa_entries"}, {"csa_entries", "embedding"}),
+    "Engram on host (prefetch)": ("v41", 16384, {"engram_table"}, {"engram_table", "embedding"}),
+    "CSA KV pool on host": ("v4", 16384, {"csa_entries"}, {"csa_entries", "embedding"}),
 }
+CHUNK = 256
 CALIBRATION = [c for c in truth.CASES if c.role == "calibration"]
 
 
@@ -105,9 +109,9 @@ def _case(name: str, util: float | None, args) -> truth.Case:
     key, context, _, _ = PLACEMENTS[name]
     model = (DRY if args.dry_run else BIG)[key]
     if args.dry_run:                  # a tiny model's CSA pool only outweighs its experts at a long context
-        context = 8192 if context >= 32768 else 512
+        context = 8192 if context >= 16384 else 512
     extra = ("--gpu-mem-util", f"{util:.9f}") if util is not None else ()
-    return truth.Case(name, "test", model, context=context, chunk=1024 if args.dry_run else 2048, plan_args=extra)
+    return truth.Case(name, "test", model, context=context, chunk=1024 if args.dry_run else CHUNK, plan_args=extra)
 
 
 def _profile(args, kind: str) -> Path:

@@ -12,9 +12,10 @@ synthetic V4-architecture checkpoints beside what `mv4deploy plan` predicts for 
 3. Calibration on the tiny models and on the 0.95B model at batch 1 and 4 (the engine's per-expert cost and
    memory at real dimensions): each is planned with the probed profile and run (`mv4deploy run`, one process
    each, --trials trials); the time the measured decode step exceeds the plan's roofline is fitted by
-   non-negative least squares to per_step + per_layer x layers + per_expert x expert calls, and the largest
-   RSS a run adds beyond the model's bytes is the engine's own memory. Both go into the profile's
-   `runtime_overhead` (written to --out-profile).
+   non-negative least squares to per_step + per_layer x layers + per_expert x expert calls; a prefill chunk's
+   measured time to roofline / prefill_efficiency + prefill_per_layer x layers; and the largest RSS a run
+   adds beyond the model's bytes is the engine's own memory. All go into the profile's `runtime_overhead`
+   (written to --out-profile).
 4. Test: every model is planned again with the calibrated profile and run; the table shows predicted vs
    measured decode and prefill tokens/s and the host RSS the model adds (the runs used for the fit are
    marked). Speeds are the best of the trials (interference only slows a run; the probe's figures are best
@@ -213,20 +214,26 @@ def _structure(checkpoint: Path, batch: int) -> tuple[int, float, int]:
 
 
 def fit_overhead(results: list[Result]) -> dict:
-    """per_step, per_layer, per_expert (s) >= 0 minimizing the squared error of measured - roofline step."""
+    """From runs planned with a profile that models no overhead (so the plan's figures are the roofline):
+    per_step, per_layer, per_expert (s) >= 0 minimizing the squared error of measured - roofline decode
+    step; for prefill, measured chunk = roofline chunk / efficiency + prefill_per_layer x layers."""
     import numpy as np
     from scipy.optimize import nnls
-    rows, extra = [], []
+    rows, extra, chunk_rows, chunks = [], [], [], []
     for r in results:
         measured_step = r.case.batch / r.best("decode_tokens_per_s")
         roofline_step = r.case.batch / r.row("decode tokens/s")["predicted"]
         rows.append([1.0, r.layers, r.expert_calls])
         extra.append(measured_step - roofline_step)
+        chunk_rows.append([r.case.chunk / r.row("prefill tokens/s")["predicted"], r.layers])
+        chunks.append(r.case.chunk / r.best("prefill_tokens_per_s"))
     (step, layer, expert), residual = nnls(np.array(rows), np.array(extra))
+    (slowdown, prefill_layer), prefill_residual = nnls(np.array(chunk_rows), np.array(chunks))
     engine = max(r.row("host RSS added (model)")["measured"] - r.row("host RSS added (model)")["predicted"]
                  for r in results)
     return {"per_step_s": step, "per_layer_s": layer, "per_expert_s": expert, "residual_s": residual,
-            "host_bytes": max(0, engine)}
+            "prefill_per_layer_s": prefill_layer, "prefill_efficiency": min(1.0, 1 / slowdown) if slowdown else 1.0,
+            "prefill_residual_s": prefill_residual, "host_bytes": max(0, engine)}
 
 
 def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> Path:
@@ -234,7 +241,9 @@ def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> P
     import torch
     data["runtime_overhead"] = {
         "per_step": f"{fit['per_step_s'] * 1e6:.1f}us", "per_layer": f"{fit['per_layer_s'] * 1e6:.1f}us",
-        "per_expert": f"{fit['per_expert_s'] * 1e6:.1f}us", "host_bytes": f"{fit['host_bytes'] // 2**20}MiB",
+        "per_expert": f"{fit['per_expert_s'] * 1e6:.1f}us",
+        "prefill_per_layer": f"{fit['prefill_per_layer_s'] * 1e6:.1f}us",
+        "prefill_efficiency": round(fit["prefill_efficiency"], 4), "host_bytes": f"{fit['host_bytes'] // 2**20}MiB",
         "engine": f"mv4deploy run: eager PyTorch {torch.__version__}, BF16 weights, CPU",
         "source": f"benchmarks/truth.py fit on {', '.join(names)}"}
     out.write_text("# Probed by `mv4deploy profile probe`; runtime_overhead fitted by benchmarks/truth.py\n"
@@ -300,7 +309,10 @@ def main() -> None:
     print(f"profile: {calibrated}")
     print(f"fitted runtime_overhead: per_step {fit['per_step_s'] * 1e3:.3f} ms, per_layer "
           f"{fit['per_layer_s'] * 1e3:.3f} ms, per_expert {fit['per_expert_s'] * 1e3:.3f} ms "
-          f"(residual {fit['residual_s'] * 1e3:.3f} ms) on {len(calibration)} runs")
+          f"(residual {fit['residual_s'] * 1e3:.3f} ms); prefill: efficiency {fit['prefill_efficiency']:.3f}, "
+          f"per_layer {fit['prefill_per_layer_s'] * 1e3:.3f} ms per chunk (residual "
+          f"{fit['prefill_residual_s'] * 1e3:.1f} ms); engine memory {fit['host_bytes'] / 2**20:,.0f} MiB; on "
+          f"{len(calibration)} runs")
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps({"fit": fit, "results": [

@@ -67,22 +67,24 @@ def test_cpu_weights_are_read_at_the_matvec_rate_of_their_compute_format():
 
 def test_runtime_overhead_adds_per_step_layer_and_expert_call():
     """tiny-deepseek-v4: 4 layers, 4 MoE layers of 8 experts, top-2. Decode at batch 1 calls 2 experts per
-    layer (8 calls): 1 ms + 4 x 2 ms + 8 x 0.1 ms = 9.8 ms more per step. A prefill chunk of 64 tokens hits
-    each expert with probability 1 - (6/8)^64 ~ 1: 32 calls, 1 + 8 + 3.2 = 12.2 ms more per chunk."""
+    layer (8 calls): 1 ms + 4 x 2 ms + 8 x 0.1 ms = 9.8 ms more per step. A prefill chunk has its own terms:
+    its roofline at half efficiency takes twice as long, plus 4 x 3 ms."""
     model, workload = resolve_model("tiny-deepseek-v4"), make_workload(context=256, prefill_chunk=64)
     plain = make_plan(model, _profile(), workload, suggest=False)
-    overhead = {"per_step": "1ms", "per_layer": "2ms", "per_expert": "100us", "engine": "test", "source": "test"}
+    overhead = {"per_step": "1ms", "per_layer": "2ms", "per_expert": "100us", "prefill_per_layer": "3ms",
+                "prefill_efficiency": 0.5, "engine": "test", "source": "test"}
     slow = make_plan(model, _profile(runtime_overhead=overhead), workload, suggest=False)
     step = 1 / plain.estimates.decode_tokens_per_s
     assert 1 / slow.estimates.decode_tokens_per_s == pytest.approx(step + 9.8e-3, rel=1e-9)
-    assert slow.estimates.prefill_chunk_s == pytest.approx(plain.estimates.prefill_chunk_s + 12.2e-3, rel=1e-6)
+    assert slow.estimates.prefill_chunk_s == pytest.approx(2 * plain.estimates.prefill_chunk_s + 12e-3, rel=1e-6)
     assert slow.decisions["decode_seconds_by_resource"]["runtime overhead"] == pytest.approx(9.8e-3)
     assert slow.estimates.bound_decode_tokens_per_s <= slow.estimates.decode_tokens_per_s * (1 + 1e-9)
     assert plain.fingerprint["profile"]["sha256"] != slow.fingerprint["profile"]["sha256"]
 
 
 @pytest.mark.parametrize("field, value", [("per_layer", "-1ms"), ("per_step", "20s"), ("per_expert", "fast"),
-                                          ("per_lyaer", "1ms")])
+                                          ("per_lyaer", "1ms"), ("prefill_efficiency", 1.5),
+                                          ("prefill_per_layer", "-2ms")])
 def test_bad_overhead_is_one_line_naming_the_field(field, value):
     with pytest.raises(InputError) as err:
         _profile(runtime_overhead={field: value})

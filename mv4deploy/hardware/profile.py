@@ -58,7 +58,9 @@ class Measured:
 class RuntimeOverhead:
     """Time the engine spends beside the roofline: dispatching operators and launching kernels. An eager
     PyTorch step of a V4 layer runs ~600 small operators (mHC Sinkhorn, norms, routing), which on a CPU
-    costs milliseconds per layer whatever the weights. Fitted per machine and engine from measured runs
+    costs milliseconds per layer whatever the weights. A prefill chunk has its own fixed cost per layer and
+    runs its GEMMs at a fraction of the probed rate (a chunk splits into small per-expert matmuls; eager
+    attention materializes its scores). Fitted per machine and engine from measured runs
     (``benchmarks/truth.py``); zero (not modelled) unless a profile gives it. ``host_bytes`` is the RSS the
     engine adds beside the model's bytes (oneDNN's kernel cache, heap kept after prefill): part of what
     ``host.reserve`` sets aside, and what ``mv4deploy run`` adds to the plan's host bytes to predict RSS."""
@@ -66,13 +68,16 @@ class RuntimeOverhead:
     per_step_s: float = 0.0      # once per forward (embedding, masks, head, sampling)
     per_layer_s: float = 0.0     # per decoder layer per forward
     per_expert_s: float = 0.0    # per routed expert a forward calls (one per distinct expert hit)
+    prefill_per_layer_s: float = 0.0   # per decoder layer per prefill chunk (in place of the three above)
+    prefill_efficiency: float = 1.0    # the fraction of the roofline a prefill chunk reaches (small GEMMs)
     host_bytes: int = 0          # the engine's resident memory besides the model (kernel caches, retained heap)
     engine: str = ""             # what was measured ("mv4deploy run: eager PyTorch 2.13, bf16")
     source: str = ""             # which runs it was fitted on
 
     @property
     def modelled(self) -> bool:
-        return bool(self.per_step_s or self.per_layer_s or self.per_expert_s)
+        return bool(self.per_step_s or self.per_layer_s or self.per_expert_s or self.prefill_per_layer_s
+                    or self.prefill_efficiency != 1.0)
 
 
 @dataclass(frozen=True)
@@ -413,6 +418,9 @@ def _overhead(s: _Section | None) -> RuntimeOverhead:
     overhead = RuntimeOverhead(per_step_s=s.get("per_step", _overhead_seconds, required=False, default=0.0),
                                per_layer_s=s.get("per_layer", _overhead_seconds, required=False, default=0.0),
                                per_expert_s=s.get("per_expert", _overhead_seconds, required=False, default=0.0),
+                               prefill_per_layer_s=s.get("prefill_per_layer", _overhead_seconds, required=False,
+                                                         default=0.0),
+                               prefill_efficiency=s.get("prefill_efficiency", _fraction, required=False, default=1.0),
                                host_bytes=s.get("host_bytes", _size, required=False, default=0),
                                engine=s.get("engine", _text, required=False, default=""),
                                source=s.get("source", _text, required=False, default=""))

@@ -124,9 +124,14 @@ def expert_calls(groups, tokens: int) -> float:
 
 
 def overhead_s(overhead, layers: int, calls: float) -> float:
-    """Seconds one forward spends beside the roofline (``hardware.profile.RuntimeOverhead``): per step,
+    """Seconds one decode step spends beside the roofline (``hardware.profile.RuntimeOverhead``): per step,
     per decoder layer, per routed-expert call. Zero for a profile that does not model it."""
     return overhead.per_step_s + overhead.per_layer_s * layers + overhead.per_expert_s * calls
+
+
+def prefill_overhead_s(overhead, layers: int) -> float:
+    """Seconds one prefill chunk spends beside its (efficiency-scaled) roofline: per decoder layer."""
+    return overhead.prefill_per_layer_s * layers
 
 
 # ---- attention FLOPs per token ------------------------------------------------------------------

@@ -65,9 +65,11 @@ def _engram_exposed(placed: list[Placed], windows: dict[int, float], prefill_s: 
 
 
 def estimate(placement: Placement, layers: int, workload, crossing_decode_s: float, crossing_prefill_s: float,
-             bound_s: float, overhead_decode_s: float = 0.0, overhead_prefill_s: float = 0.0) -> Estimates:
-    """``overhead_*_s``: the engine's fixed time per decode step / prefill chunk (``costs.overhead_s``);
-    it adds to every placement alike, the bound included."""
+             bound_s: float, overhead_decode_s: float = 0.0, overhead_prefill_s: float = 0.0,
+             prefill_efficiency: float = 1.0) -> Estimates:
+    """``overhead_*_s``: the engine's fixed time per decode step / prefill chunk (``costs.overhead_s``,
+    ``costs.prefill_overhead_s``); it adds to every placement alike, the bound included. A prefill chunk's
+    roofline is divided by ``prefill_efficiency`` (the fraction of it the engine reaches)."""
     placed = list(placement.placed)
     engram = [p for p in placed if p.item.kind is ItemKind.ENGRAM]
     rest = [p for p in placed if p.item.kind is not ItemKind.ENGRAM]
@@ -79,7 +81,7 @@ def estimate(placement: Placement, layers: int, workload, crossing_decode_s: flo
     if overhead_decode_s:
         resources[OVERHEAD] += overhead_decode_s
     windows = _windows(rest, layers)
-    prefill_s = sum(p.prefill_s for p in rest) + crossing_prefill_s + overhead_prefill_s
+    prefill_s = (sum(p.prefill_s for p in rest) + crossing_prefill_s) / prefill_efficiency + overhead_prefill_s
     engram_decode, engram_prefill = _engram_exposed(engram, windows, prefill_s)
     if engram_decode:
         resources[engram[0].option.decode.limit] += engram_decode

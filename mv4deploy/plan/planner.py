@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
-from mv4deploy.plan.costs import expert_calls, overhead_s
+from mv4deploy.plan.costs import expert_calls, overhead_s, prefill_overhead_s
 from mv4deploy.plan.engram import engram_item
 from mv4deploy.plan.estimates import Estimates, estimate
 from mv4deploy.plan.groups import GroupClass, Grouping, build_groups
@@ -114,8 +114,9 @@ def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buff
     cross_p = crossing_s(machine.profile, layout, spec, workload.chunk_tokens, moe_layers, len(layers))
     overhead = machine.profile.runtime_overhead
     over_d = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.batch))
-    over_p = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.chunk_tokens))
-    est = estimate(placement, len(layers), workload, cross_d, cross_p, bound, over_d, over_p)
+    over_p = prefill_overhead_s(overhead, len(layers))
+    est = estimate(placement, len(layers), workload, cross_d, cross_p, bound, over_d, over_p,
+                   overhead.prefill_efficiency)
     return Candidate(layout, stream_buffer > 0, tuple(items), capacity, placement, est,
                      verdict_of(placement, ws_fits, bool(layout.gpus)), ws, ws_fits)
 
