@@ -93,6 +93,10 @@ class TopK:
     def count(self) -> int:
         return int(self.ids.shape[0])
 
+    def rows(self, start: int, stop: int) -> "TopK":
+        return TopK(self.ids[start:stop], self.logp[start:stop], self.tail_logmass[start:stop],
+                    self.target_logp[start:stop])
+
     @staticmethod
     def concat(parts: list["TopK"]) -> "TopK":
         return TopK(*(torch.cat([getattr(p, f).cpu() for p in parts])

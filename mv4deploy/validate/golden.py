@@ -1,0 +1,152 @@
+"""Golden files: the reference's next-token distributions on an eval text, so CI can check a candidate
+without loading the reference model.
+
+One safetensors file (no pickle), written under a temporary name and renamed when complete:
+
+| tensor          | dtype          | shape    | meaning                                              |
+|-----------------|----------------|----------|------------------------------------------------------|
+| tokens          | int32          | [C, N]   | the eval chunks, BOS already in place                |
+| topk_ids        | int16 or int32 | [S, k]   | the k most likely tokens per scored position (int16 when V <= 32767) |
+| topk_logprobs   | float32        | [S, k]   | their natural-log probabilities, descending          |
+| tail_logmass    | float32        | [S]      | ln of the probability of every other token           |
+| target_logprob  | float32        | [S]      | ln P(token that came next)                           |
+
+``S = C * (N - 1 - N//2)``. The header (safetensors ``__metadata__["mv4deploy_golden"]``, JSON) names the
+model, the tokenizer fingerprint, the eval text's sha256 and the chunking, and is checked before a
+candidate is scored against the file. At the default k = 128 a position costs 6 * 128 + 8 bytes with int16
+ids (8 * 128 + 8 with int32): 2 chunks of 256 tokens are about 200 KB. A larger k tightens the tail
+approximation (docs/validation.md has measured errors against k).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mv4deploy import __version__
+from mv4deploy.errors import InputError
+from mv4deploy.fileio import atomic_path
+from mv4deploy.validate.evaltext import Chunking, EvalTokens
+from mv4deploy.validate.metrics import TopK
+
+FORMAT = "mv4deploy-golden/1"
+HEADER_KEY = "mv4deploy_golden"
+DEFAULT_TOPK = 128
+INT16_MAX_VOCAB = 32767
+
+
+@dataclass(frozen=True)
+class GoldenHeader:
+    model: str                 # the reference's folder name
+    model_kind: str            # backend that produced it: runtime | transformers | onnx | onnx-genai
+    tokenizer_sha256: str      # evaltext.tokenizer_fingerprint of the reference's tokenizer
+    eval_name: str
+    eval_sha256: str           # of the eval text's bytes
+    chunk_tokens: int
+    chunks: int
+    scored_per_chunk: int
+    topk: int
+    vocab_size: int            # width of the reference's logits
+    bos_id: int | None
+    format: str = FORMAT
+    tool_version: str = __version__
+
+
+@dataclass(frozen=True)
+class Golden:
+    header: GoldenHeader
+    tokens: torch.Tensor       # [C, N] int64
+    reference: TopK            # S positions
+
+    def eval_tokens(self) -> EvalTokens:
+        h = self.header
+        return EvalTokens(self.tokens, Chunking(h.chunk_tokens), h.eval_name, h.eval_sha256,
+                          h.chunks * h.chunk_tokens, h.bos_id)
+
+
+def write_golden(path: Path, golden: Golden) -> None:
+    from safetensors.torch import save_file
+    h, ref = golden.header, golden.reference
+    id_dtype = torch.int16 if h.vocab_size <= INT16_MAX_VOCAB else torch.int32
+    tensors = {"tokens": golden.tokens.to(torch.int32).contiguous(),
+               "topk_ids": ref.ids.to(id_dtype).contiguous(),
+               "topk_logprobs": ref.logp.to(torch.float32).contiguous(),
+               "tail_logmass": ref.tail_logmass.to(torch.float32).contiguous(),
+               "target_logprob": ref.target_logp.to(torch.float32).contiguous()}
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(asdict(h), sort_keys=True)})
+
+
+def read_golden(path: Path) -> Golden:
+    """Read and check a golden file; any inconsistency is an ``InputError`` naming the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, None, "golden file not found")
+    tensors, metadata = _load(path)
+    header = _header(path, metadata)
+    _check_shapes(path, header, tensors)
+    ids = tensors["topk_ids"].to(torch.int64)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= header.vocab_size):
+        raise InputError(path, "topk_ids", int(ids.max()), f"ids must lie in [0, {header.vocab_size})")
+    reference = TopK(ids, tensors["topk_logprobs"], tensors["tail_logmass"], tensors["target_logprob"])
+    return Golden(header, tensors["tokens"].to(torch.int64), reference)
+
+
+def _load(path: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, None, None, f"not a readable safetensors file: {exc}") from exc
+    return tensors, metadata
+
+
+def _header(path: Path, metadata: dict) -> GoldenHeader:
+    if HEADER_KEY not in metadata:
+        raise InputError(path, "__metadata__", sorted(metadata), f"no {HEADER_KEY!r} header: not a golden file")
+    try:
+        raw = json.loads(metadata[HEADER_KEY])
+    except json.JSONDecodeError as exc:
+        raise InputError(path, HEADER_KEY, None, f"header is not JSON ({exc.msg})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else raw
+        raise InputError(path, "format", found, f"expected {FORMAT!r}")
+    fields = GoldenHeader.__dataclass_fields__
+    missing = sorted(set(fields) - set(raw))
+    unknown = sorted(set(raw) - set(fields))
+    if missing or unknown:
+        raise InputError(path, HEADER_KEY, missing or unknown, "missing header fields" if missing else "unknown header fields")
+    for name in ("chunk_tokens", "chunks", "scored_per_chunk", "topk", "vocab_size"):
+        if not isinstance(raw[name], int) or isinstance(raw[name], bool) or raw[name] < 1:
+            raise InputError(path, name, raw[name], "must be a positive integer")
+    header = GoldenHeader(**raw)
+    if header.scored_per_chunk != Chunking(header.chunk_tokens).scored_per_chunk:
+        raise InputError(path, "scored_per_chunk", header.scored_per_chunk,
+                         f"chunks of {header.chunk_tokens} tokens score {Chunking(header.chunk_tokens).scored_per_chunk}")
+    return header
+
+
+def _check_shapes(path: Path, h: GoldenHeader, tensors: dict) -> None:
+    s = h.chunks * h.scored_per_chunk
+    k = min(h.topk, h.vocab_size)
+    expected = {"tokens": ((h.chunks, h.chunk_tokens), (torch.int32,)),
+                "topk_ids": ((s, k), (torch.int16, torch.int32)),
+                "topk_logprobs": ((s, k), (torch.float32,)),
+                "tail_logmass": ((s,), (torch.float32,)),
+                "target_logprob": ((s,), (torch.float32,))}
+    for name, (shape, dtypes) in expected.items():
+        if name not in tensors:
+            raise InputError(path, name, None, "tensor missing")
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise InputError(path, name, list(t.shape), f"shape must be {list(shape)} from the header")
+        if t.dtype not in dtypes:
+            raise InputError(path, name, str(t.dtype), f"dtype must be one of {[str(d) for d in dtypes]}")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise InputError(path, "tensors", extra, "unexpected tensors in a golden file")
