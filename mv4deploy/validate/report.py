@@ -14,7 +14,7 @@ from pathlib import Path
 from mv4deploy.fileio import atomic_path, write_text_atomic
 from mv4deploy.validate.table import STAT_SECTIONS, format_row
 
-KLD_FLOOR = 1e-10   # KLDs at or below this (0 for identical tokens, tiny negatives from rounding) share the first bin
+KLD_FLOOR = 1e-10   # the lowest edge the log axis goes down to (identical tokens give 0, rounding tiny negatives)
 HISTOGRAM_BINS = 60
 
 
@@ -31,17 +31,19 @@ def plot_kld_histogram(kld, path: Path, title: str) -> None:
     import numpy as np
     values = np.asarray(kld, dtype=np.float64)
     values = values[np.isfinite(values)]
-    clipped = np.maximum(values, KLD_FLOOR)
-    top = max(float(clipped.max()) if clipped.size else KLD_FLOOR, KLD_FLOOR * 10)
-    bins = np.logspace(np.log10(KLD_FLOOR), np.log10(top) + 1e-9, HISTOGRAM_BINS)
+    positive = values[values > KLD_FLOOR]
+    low = max(KLD_FLOOR, float(positive.min()) / 2) if positive.size else KLD_FLOOR
+    clipped = np.maximum(values, low)
+    top = max(float(clipped.max()) if clipped.size else low, low * 10)
+    bins = np.logspace(np.log10(low), np.log10(top) + 1e-9, HISTOGRAM_BINS)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     ax.hist(clipped, bins=bins, color="#4878d0", edgecolor="white", linewidth=0.3)
     ax.set_xscale("log")
     if values.size:
         for value, style, name in ((values.mean(), "-", "mean"), (np.percentile(values, 99), "--", "99%")):
-            ax.axvline(max(value, KLD_FLOOR), color="#d65f5f", linestyle=style, label=f"{name} {value:.3g}")
+            ax.axvline(max(value, low), color="#d65f5f", linestyle=style, label=f"{name} {value:.3g}")
         ax.legend(loc="upper right")
-    ax.set_xlabel(f"KL divergence per scored token (nats; <= {KLD_FLOOR:g} shown at {KLD_FLOOR:g})")
+    ax.set_xlabel(f"KL divergence per scored token (nats; values <= {low:.2g}, 0 included, in the first bin)")
     ax.set_ylabel("tokens")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -69,7 +71,7 @@ def markdown(data: dict, plot: Path | None, report: Path) -> str:
     if plot is not None:
         link = os.path.relpath(Path(plot).resolve(), Path(report).resolve().parent)
         lines += ["## KLD per scored token", "", f"![KLD histogram]({link})", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _gate_lines(gate: dict | None) -> list[str]:

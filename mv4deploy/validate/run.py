@@ -196,6 +196,8 @@ def _check_request(req: ValidateRequest) -> None:
     for broken, option, reason in rules:
         if broken:
             raise InputError(None, option, None, reason)
+    if req.eval_path is not None and not Path(req.eval_path).is_file():
+        raise InputError(req.eval_path, None, None, "eval text not found")
     if req.golden_out is not None and not Path(req.golden_out).parent.is_dir():
         raise InputError(req.golden_out, None, None, "its folder does not exist")
 
