@@ -122,3 +122,12 @@ def test_request_rules(kw, option):
     with pytest.raises(InputError) as err:
         validate(ValidateRequest(**kw))
     assert err.value.field == option
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_cpu_statistics(tiny):
+    cpu = _run(tiny, tiny.fp8).summary
+    gpu = _run(tiny, tiny.fp8, device="cuda").summary
+    assert gpu["tokens_scored"] == cpu["tokens_scored"]
+    assert gpu["kld_mean"] == pytest.approx(cpu["kld_mean"], rel=1e-2)
+    assert abs(gpu["same_top1"] - cpu["same_top1"]) <= 2 / cpu["tokens_scored"]
