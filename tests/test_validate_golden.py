@@ -36,7 +36,8 @@ def test_round_trip_is_exact(tmp_path):
     assert back.header == g.header
     assert torch.equal(back.tokens, g.tokens)
     for name in ("ids", "logp", "tail_logmass", "target_logp"):
-        assert torch.equal(getattr(back.reference, name), getattr(g.reference, name).to(getattr(back.reference, name).dtype))
+        stored = getattr(back.reference, name)
+        assert torch.equal(stored, getattr(g.reference, name).to(stored.dtype))
     assert not list(tmp_path.glob("*.tmp"))
 
 

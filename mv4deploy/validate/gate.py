@@ -53,7 +53,8 @@ class Check:
 
     def describe(self) -> str:
         shown = "n/a" if self.measured is None else f"{self.measured:.6g}"
-        op = ("<=" if self.limit.bound == "max" else ">=") if self.passed else (">" if self.limit.bound == "max" else "<")
+        ops = {("max", True): "<=", ("min", True): ">=", ("max", False): ">", ("min", False): "<"}
+        op = ops[(self.limit.bound, self.passed)]
         return f"{self.limit.metric} {shown} {op} {self.limit.key} {self.limit.value:g}"
 
 

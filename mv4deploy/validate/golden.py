@@ -120,14 +120,16 @@ def _header(path: Path, metadata: dict) -> GoldenHeader:
     missing = sorted(set(fields) - set(raw))
     unknown = sorted(set(raw) - set(fields))
     if missing or unknown:
-        raise InputError(path, HEADER_KEY, missing or unknown, "missing header fields" if missing else "unknown header fields")
+        reason = "missing header fields" if missing else "unknown header fields"
+        raise InputError(path, HEADER_KEY, missing or unknown, reason)
     for name in ("chunk_tokens", "chunks", "scored_per_chunk", "topk", "vocab_size"):
         if not isinstance(raw[name], int) or isinstance(raw[name], bool) or raw[name] < 1:
             raise InputError(path, name, raw[name], "must be a positive integer")
     header = GoldenHeader(**raw)
-    if header.scored_per_chunk != Chunking(header.chunk_tokens).scored_per_chunk:
+    scored = Chunking(header.chunk_tokens).scored_per_chunk
+    if header.scored_per_chunk != scored:
         raise InputError(path, "scored_per_chunk", header.scored_per_chunk,
-                         f"chunks of {header.chunk_tokens} tokens score {Chunking(header.chunk_tokens).scored_per_chunk}")
+                         f"chunks of {header.chunk_tokens} tokens score {scored}")
     return header
 
 

@@ -121,7 +121,8 @@ def _against_golden(req: ValidateRequest, gate: Gate | None, progress: Progress)
     h = golden.header
     if req.eval_path is not None and file_sha256(req.eval_path) != h.eval_sha256:
         raise InputError(req.eval_path, "sha256", file_sha256(req.eval_path)[:12],
-                         f"differs from the eval text the golden file was made from ({h.eval_name}, {h.eval_sha256[:12]})")
+                         f"differs from the eval text the golden file was made from "
+                         f"({h.eval_name}, {h.eval_sha256[:12]})")
     cand = open_source(req.candidate, req.device, role="candidate")
     cand_info = ModelInfo(str(req.candidate), cand.kind, fingerprint(cand))
     _same_tokenizer(req.candidate, cand_info.tokenizer_sha256, h.tokenizer_sha256, f"the golden file's ({req.golden})")
@@ -149,7 +150,8 @@ def _result(req, gate, ref_info, cand_info, et, parts, start, loaded) -> Validat
     confidence = gate.confidence if gate else 0.95
     summary = summarize(positions, confidence) if positions is not None else None
     done = time.perf_counter()
-    seconds = {"load_s": round(loaded - start, 3), "score_s": round(done - loaded, 3), "total_s": round(done - start, 3)}
+    seconds = {"load_s": round(loaded - start, 3), "score_s": round(done - loaded, 3),
+               "total_s": round(done - start, 3)}
     return ValidationResult(ref_info, cand_info, et, str(req.golden) if req.golden else None,
                             str(req.golden_out) if req.golden_out else None, summary,
                             check_gate(gate, summary) if gate and summary else None, positions, seconds)
