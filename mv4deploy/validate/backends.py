@@ -11,7 +11,7 @@ interchangeable as reference or candidate. ``BACKENDS`` is an ordered table: the
 | onnx-genai   | genai_config.json                               | onnxruntime-genai                  |
 | onnx         | *.onnx                                          | onnxruntime (empty past KV inputs) |
 | runtime      | safetensors with DeepSeek-native names (no      | mv4deploy.runtime.load_model       |
-|              | ``model.`` prefix), or an mv4deploy quant config |                                    |
+|              | ``model.`` prefix), or quant_method "mv4deploy" |                                    |
 | transformers | config.json + weights (HF names)                | AutoModelForCausalLM, offline      |
 """
 
@@ -28,7 +28,7 @@ from torch import Tensor
 from mv4deploy.errors import InputError
 from mv4deploy.validate.evaltext import _first_line, load_tokenizer, tokenizer_fingerprint
 
-RUNTIME_MARKER = "mv4deploy"   # key in config.json's quantization_config written by our quantize pipeline
+RUNTIME_QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of `mv4deploy quantize` outputs
 
 
 class LogitsSource(Protocol):
@@ -91,7 +91,7 @@ def _is_native(folder: Path) -> bool:
     from mv4deploy.model.safetensors_headers import read_checkpoint_headers
     names = [h.name for h in read_checkpoint_headers(folder)]
     quant = _read_config(folder).get("quantization_config") or {}
-    marked = isinstance(quant, dict) and RUNTIME_MARKER in quant
+    marked = isinstance(quant, dict) and quant.get("quant_method") == RUNTIME_QUANT_METHOD
     return marked or bool(names) and not any(name.startswith("model.") for name in names)
 
 
