@@ -43,12 +43,17 @@ def test_backend_table_order_and_detection(tiny, onnx_folders):
         assert next(b.kind for b in BACKENDS if b.matches(folder)) == kind
 
 
-def test_native_deepseek_names_route_to_the_runtime(tmp_path):
+@pytest.mark.parametrize("names,config,kind", [
+    (("embed.weight", "layers.0.attn.wq_a.weight"), '{"model_type": "deepseek_v4"}', "runtime"),
+    (("model.embed_tokens.weight",), '{"model_type": "qwen2", "quantization_config": {"quant_method": "mv4deploy"}}',
+     "runtime"),
+    (("model.embed_tokens.weight",), '{"model_type": "qwen2"}', "transformers"),
+])
+def test_native_names_and_our_quantized_outputs_route_to_the_runtime(tmp_path, names, config, kind):
     from safetensors.torch import save_file
-    (tmp_path / "config.json").write_text('{"model_type": "deepseek_v4"}')
-    save_file({"embed.weight": torch.zeros(2, 2), "layers.0.attn.wq_a.weight": torch.zeros(2, 2)},
-              str(tmp_path / "model.safetensors"))
-    assert next(b.kind for b in BACKENDS if b.matches(tmp_path)) == "runtime"
+    (tmp_path / "config.json").write_text(config)
+    save_file({name: torch.zeros(2, 2) for name in names}, str(tmp_path / "model.safetensors"))
+    assert next(b.kind for b in BACKENDS if b.matches(tmp_path)) == kind
 
 
 @pytest.mark.parametrize("which", [0, 1])
