@@ -111,6 +111,8 @@ def validate(
                                                 "here.")] = None,
     topk: Annotated[Optional[int], typer.Option("--topk", help="Tokens per position kept in --golden-out "
                                                 "(default 128).")] = None,
+    tail_samples: Annotated[Optional[int], typer.Option("--tail-samples", help="Tail tokens sampled per position "
+                                                        "in --golden-out (default 64).")] = None,
     gate: Annotated[PathOpt, typer.Option("--gate", help="YAML limits; exit 1 if any fails.")] = None,
     report: Annotated[PathOpt, typer.Option("--report", help="Write a Markdown report here.")] = None,
     plot: Annotated[PathOpt, typer.Option("--plot", help="Write the KLD histogram (PNG) here.")] = None,
@@ -129,7 +131,7 @@ def validate(
             raise InputError(path, option, None, "its folder does not exist")
     request = ValidateRequest(reference=reference, candidate=candidate, eval_path=eval_path, chunk_tokens=chunk,
                               max_chunks=max_chunks, golden=golden, golden_out=golden_out, gate=gate, device=device,
-                              **({"topk": topk} if topk is not None else {}))
+                              **{k: v for k, v in (("topk", topk), ("tail_samples", tail_samples)) if v is not None})
     result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
     data = result.to_json()
     if report is not None or plot is not None:

@@ -11,9 +11,10 @@ from safetensors.torch import save_file
 
 from mv4deploy.errors import InputError
 from mv4deploy.validate.golden import (FORMAT, HEADER_KEY, Golden, GoldenHeader, read_golden, write_golden)
-from mv4deploy.validate.metrics import log_probs, top_k
+from mv4deploy.validate.compressed import compress
+from mv4deploy.validate.metrics import log_probs
 
-CHUNKS, N, K, V = 2, 16, 5, 40
+CHUNKS, N, K, M, V = 2, 16, 5, 3, 40
 S = CHUNKS * (N - 1 - N // 2)   # 7 scored positions per chunk
 
 
@@ -24,8 +25,8 @@ def _golden(vocab: int = V) -> Golden:
     targets = torch.cat([tokens[c, N // 2 + 1:] for c in range(CHUNKS)])
     header = GoldenHeader(model="tiny", model_kind="transformers", tokenizer_sha256="ab" * 32, eval_name="eval.txt",
                           eval_sha256="cd" * 32, chunk_tokens=N, chunks=CHUNKS, scored_per_chunk=N - 1 - N // 2,
-                          topk=K, vocab_size=vocab, bos_id=None)
-    return Golden(header, tokens, top_k(logp, targets, K))
+                          topk=K, tail_samples=M, sample_seed=0, vocab_size=vocab, bos_id=None)
+    return Golden(header, tokens, compress(logp, targets, K, M, torch.Generator().manual_seed(0)))
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -35,7 +36,7 @@ def test_round_trip_is_exact(tmp_path):
     back = read_golden(path)
     assert back.header == g.header
     assert torch.equal(back.tokens, g.tokens)
-    for name in ("ids", "logp", "tail_logmass", "target_logp"):
+    for name in ("ids", "logp", "tail_logmass", "target_logp", "sample_ids", "sample_logp"):
         stored = getattr(back.reference, name)
         assert torch.equal(stored, getattr(g.reference, name).to(stored.dtype))
     assert not list(tmp_path.glob("*.tmp"))
@@ -52,8 +53,8 @@ def test_layout_is_compact_and_ids_narrow_for_small_vocabularies(tmp_path):
     with safe_open(str(large), "pt") as f:
         assert f.get_slice("topk_ids").get_dtype() == "I32"
     assert header["format"] == FORMAT and header["eval_sha256"] == "cd" * 32 and header["chunk_tokens"] == N
-    # payload: tokens 2*16*4 + ids 7*2*5*2 + logprobs 7*2*5*4 + 2 * 14*4 = 128 + 140 + 280 + 112 = 660 bytes
-    assert small.stat().st_size < 660 + 1500
+    # payload: tokens 2*16*4 + ids 14*(5+3)*2 + logprobs 14*(5+3)*4 + 2 * 14*4 = 128 + 224 + 448 + 112 = 912
+    assert small.stat().st_size < 912 + 1500
 
 
 def _write_raw(path, tensors, header):
@@ -63,7 +64,8 @@ def _write_raw(path, tensors, header):
 def _parts():
     g = _golden()
     tensors = {"tokens": g.tokens.int(), "topk_ids": g.reference.ids.short(), "topk_logprobs": g.reference.logp,
-               "tail_logmass": g.reference.tail_logmass, "target_logprob": g.reference.target_logp}
+               "tail_logmass": g.reference.tail_logmass, "target_logprob": g.reference.target_logp,
+               "sample_ids": g.reference.sample_ids.short(), "sample_logprobs": g.reference.sample_logp}
     return tensors, asdict(g.header)
 
 
@@ -78,6 +80,9 @@ def _parts():
     (lambda t, h: t.pop("tail_logmass"), "tail_logmass"),
     (lambda t, h: t.update(stray=torch.zeros(1)), "tensors"),
     (lambda t, h: t["topk_ids"].__setitem__((0, 0), V + 3), "topk_ids"),
+    (lambda t, h: t["sample_ids"].__setitem__((0, 0), -1), "sample_ids"),
+    (lambda t, h: h.update(tail_samples=4), "sample_ids"),
+    (lambda t, h: h.update(sample_seed=-1), "sample_seed"),
 ])
 def test_inconsistent_files_are_bad_input(tmp_path, mutate, field):
     tensors, header = _parts()

@@ -10,12 +10,14 @@ One safetensors file (no pickle), written under a temporary name and renamed whe
 | topk_logprobs   | float32        | [S, k]   | their natural-log probabilities, descending          |
 | tail_logmass    | float32        | [S]      | ln of the probability of every other token           |
 | target_logprob  | float32        | [S]      | ln P(token that came next)                           |
+| sample_ids      | int16 or int32 | [S, m]   | tail tokens drawn in proportion to P (compressed.py) |
+| sample_logprobs | float32        | [S, m]   | their ln P                                           |
 
 ``S = C * (N - 1 - N//2)``. The header (safetensors ``__metadata__["mv4deploy_golden"]``, JSON) names the
 model, the tokenizer fingerprint, the eval text's sha256 and the chunking, and is checked before a
-candidate is scored against the file. At the default k = 128 a position costs 6 * 128 + 8 bytes with int16
-ids (8 * 128 + 8 with int32): 2 chunks of 256 tokens are about 200 KB. A larger k tightens the tail
-approximation (docs/validation.md has measured errors against k).
+candidate is scored against the file. At the defaults (k = 128, m = 64) a position costs 6 * 192 + 8 bytes
+with int16 ids (8 * 192 + 8 with int32): 2 chunks of 256 tokens are about 300 KB. docs/validation.md has
+the measured error of the golden route against the full one for several k and m.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import torch
 from mv4deploy import __version__
 from mv4deploy.errors import InputError
 from mv4deploy.fileio import atomic_path
+from mv4deploy.validate.compressed import CompressedRef
 from mv4deploy.validate.evaltext import Chunking, EvalTokens
-from mv4deploy.validate.metrics import TopK
 
 FORMAT = "mv4deploy-golden/1"
 HEADER_KEY = "mv4deploy_golden"
 DEFAULT_TOPK = 128
+DEFAULT_TAIL_SAMPLES = 64
 INT16_MAX_VOCAB = 32767
 
 
@@ -48,7 +51,9 @@ class GoldenHeader:
     chunk_tokens: int
     chunks: int
     scored_per_chunk: int
-    topk: int
+    topk: int                  # head tokens per position (min(k, V))
+    tail_samples: int          # tail tokens drawn per position (0 when the head covers the vocabulary)
+    sample_seed: int           # seed of the generator that placed the samples
     vocab_size: int            # width of the reference's logits
     bos_id: int | None
     format: str = FORMAT
@@ -59,7 +64,7 @@ class GoldenHeader:
 class Golden:
     header: GoldenHeader
     tokens: torch.Tensor       # [C, N] int64
-    reference: TopK            # S positions
+    reference: CompressedRef   # S positions
 
     def eval_tokens(self) -> EvalTokens:
         h = self.header
@@ -75,7 +80,9 @@ def write_golden(path: Path, golden: Golden) -> None:
                "topk_ids": ref.ids.to(id_dtype).contiguous(),
                "topk_logprobs": ref.logp.to(torch.float32).contiguous(),
                "tail_logmass": ref.tail_logmass.to(torch.float32).contiguous(),
-               "target_logprob": ref.target_logp.to(torch.float32).contiguous()}
+               "target_logprob": ref.target_logp.to(torch.float32).contiguous(),
+               "sample_ids": ref.sample_ids.to(id_dtype).contiguous(),
+               "sample_logprobs": ref.sample_logp.to(torch.float32).contiguous()}
     with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(asdict(h), sort_keys=True)})
 
@@ -88,10 +95,12 @@ def read_golden(path: Path) -> Golden:
     tensors, metadata = _load(path)
     header = _header(path, metadata)
     _check_shapes(path, header, tensors)
-    ids = tensors["topk_ids"].to(torch.int64)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= header.vocab_size):
-        raise InputError(path, "topk_ids", int(ids.max()), f"ids must lie in [0, {header.vocab_size})")
-    reference = TopK(ids, tensors["topk_logprobs"], tensors["tail_logmass"], tensors["target_logprob"])
+    ids = {name: tensors[name].to(torch.int64) for name in ("topk_ids", "sample_ids")}
+    for name, t in ids.items():
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= header.vocab_size):
+            raise InputError(path, name, int(t.max()), f"ids must lie in [0, {header.vocab_size})")
+    reference = CompressedRef(ids["topk_ids"], tensors["topk_logprobs"], tensors["tail_logmass"],
+                              tensors["target_logprob"], ids["sample_ids"], tensors["sample_logprobs"])
     return Golden(header, tensors["tokens"].to(torch.int64), reference)
 
 
@@ -122,9 +131,10 @@ def _header(path: Path, metadata: dict) -> GoldenHeader:
     if missing or unknown:
         reason = "missing header fields" if missing else "unknown header fields"
         raise InputError(path, HEADER_KEY, missing or unknown, reason)
-    for name in ("chunk_tokens", "chunks", "scored_per_chunk", "topk", "vocab_size"):
-        if not isinstance(raw[name], int) or isinstance(raw[name], bool) or raw[name] < 1:
-            raise InputError(path, name, raw[name], "must be a positive integer")
+    for name, least in (("chunk_tokens", 1), ("chunks", 1), ("scored_per_chunk", 1), ("topk", 1),
+                        ("vocab_size", 1), ("tail_samples", 0), ("sample_seed", 0)):
+        if not isinstance(raw[name], int) or isinstance(raw[name], bool) or raw[name] < least:
+            raise InputError(path, name, raw[name], f"must be an integer >= {least}")
     header = GoldenHeader(**raw)
     scored = Chunking(header.chunk_tokens).scored_per_chunk
     if header.scored_per_chunk != scored:
@@ -140,7 +150,9 @@ def _check_shapes(path: Path, h: GoldenHeader, tensors: dict) -> None:
                 "topk_ids": ((s, k), (torch.int16, torch.int32)),
                 "topk_logprobs": ((s, k), (torch.float32,)),
                 "tail_logmass": ((s,), (torch.float32,)),
-                "target_logprob": ((s,), (torch.float32,))}
+                "target_logprob": ((s,), (torch.float32,)),
+                "sample_ids": ((s, h.tail_samples), (torch.int16, torch.int32)),
+                "sample_logprobs": ((s, h.tail_samples), (torch.float32,))}
     for name, (shape, dtypes) in expected.items():
         if name not in tensors:
             raise InputError(path, name, None, "tensor missing")

@@ -19,13 +19,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from mv4deploy.errors import InputError
 from mv4deploy.validate.backends import LogitsSource, fingerprint, label, open_source
 from mv4deploy.validate.evaltext import EvalTokens, file_sha256, tokenize_eval
 from mv4deploy.validate.gate import Gate, GateResult, check_gate, load_gate
-from mv4deploy.validate.golden import DEFAULT_TOPK, Golden, GoldenHeader, read_golden, write_golden
-from mv4deploy.validate.metrics import (PositionStats, TopK, log_probs, position_stats, position_stats_topk,
-                                        top_k)
+from mv4deploy.validate.golden import (DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, Golden, GoldenHeader, read_golden,
+                                       write_golden)
+from mv4deploy.validate.compressed import CompressedRef, compress, position_stats_compressed
+from mv4deploy.validate.metrics import PositionStats, log_probs, position_stats
 from mv4deploy.validate.stats import summarize, summary_keys
 
 DEFAULT_CHUNK_TOKENS = 256
@@ -42,6 +45,8 @@ class ValidateRequest:
     golden: Path | None = None
     golden_out: Path | None = None
     topk: int = DEFAULT_TOPK
+    tail_samples: int = DEFAULT_TAIL_SAMPLES
+    sample_seed: int = 0
     gate: Path | None = None
     device: str = "cpu"
 
@@ -96,22 +101,24 @@ def _against_reference(req: ValidateRequest, gate: Gate | None, progress: Progre
         cand_info = ModelInfo(str(req.candidate), cand.kind, fingerprint(cand))
         _same_tokenizer(req.candidate, cand_info.tokenizer_sha256, ref_info.tokenizer_sha256, "the reference's")
     loaded = time.perf_counter()
-    parts, topks, vocab = [], [], 0
+    parts, compressed, vocab = [], [], 0
+    generator = torch.Generator().manual_seed(req.sample_seed)
     with progress("scoring chunks", et.chunks) as advance:
         for chunk in et.tokens:
             targets = et.chunking.targets(chunk)
             lp = _log_probs(ref, chunk, et)
             vocab = lp.shape[-1]
             if req.golden_out is not None:
-                topks.append(top_k(lp, targets, req.topk))
+                compressed.append(compress(lp, targets, req.topk, req.tail_samples, generator))
             if cand is not None:
                 lq = _log_probs(cand, chunk, et)
                 _same_width(req.candidate, lq.shape[-1], vocab)
                 parts.append(position_stats(lp, lq, targets))
             advance(1)
     if req.golden_out is not None:
-        header = _golden_header(ref_info, label(ref), et, topks[0].ids.shape[1], vocab)
-        write_golden(req.golden_out, Golden(header, et.tokens, TopK.concat(topks)))
+        rows = CompressedRef.concat(compressed)
+        header = _golden_header(ref_info, label(ref), et, rows, vocab, req.sample_seed)
+        write_golden(req.golden_out, Golden(header, et.tokens, rows))
     return _result(req, gate, ref_info, cand_info, et, parts, start, loaded)
 
 
@@ -138,8 +145,8 @@ def _against_golden(req: ValidateRequest, gate: Gate | None, progress: Progress)
             chunk = et.tokens[i]
             lq = _log_probs(cand, chunk, et)
             _same_width(req.candidate, lq.shape[-1], h.vocab_size)
-            parts.append(position_stats_topk(golden.reference.rows(i * per, (i + 1) * per), lq,
-                                             et.chunking.targets(chunk)))
+            parts.append(position_stats_compressed(golden.reference.rows(i * per, (i + 1) * per), lq,
+                                                   et.chunking.targets(chunk)))
             advance(1)
     ref_info = ModelInfo(h.model, f"golden ({h.model_kind})", h.tokenizer_sha256)
     return _result(req, gate, ref_info, cand_info, et, parts, start, loaded)
@@ -163,11 +170,13 @@ def _log_probs(source: LogitsSource, chunk, et: EvalTokens):
     return log_probs(logits[:-1])
 
 
-def _golden_header(info: ModelInfo, name: str, et: EvalTokens, k: int, vocab: int) -> GoldenHeader:
+def _golden_header(info: ModelInfo, name: str, et: EvalTokens, rows: CompressedRef, vocab: int,
+                   seed: int) -> GoldenHeader:
     return GoldenHeader(model=name, model_kind=info.kind, tokenizer_sha256=info.tokenizer_sha256,
                         eval_name=et.name, eval_sha256=et.sha256, chunk_tokens=et.chunking.chunk_tokens,
-                        chunks=et.chunks, scored_per_chunk=et.chunking.scored_per_chunk, topk=k,
-                        vocab_size=vocab, bos_id=et.bos_id)
+                        chunks=et.chunks, scored_per_chunk=et.chunking.scored_per_chunk, topk=rows.ids.shape[1],
+                        tail_samples=rows.sample_ids.shape[1], sample_seed=seed, vocab_size=vocab,
+                        bos_id=et.bos_id)
 
 
 def _same_tokenizer(path: Path, found: str, expected: str, whose: str) -> None:
@@ -193,6 +202,7 @@ def _check_request(req: ValidateRequest) -> None:
          "nothing to do: add --candidate and/or --golden-out"),
         (req.gate is not None and req.candidate is None, "--gate", "needs --candidate"),
         (req.topk < 1, "--topk", "must be at least 1"),
+        (req.tail_samples < 0, "--tail-samples", "must be at least 0"),
         (req.max_chunks is not None and req.max_chunks < 1, "--max-chunks", "must be at least 1"),
     )
     for broken, option, reason in rules:
