@@ -13,7 +13,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "mv4deploy" / "model" / "presets"
-SHARED_CONFIGS = REPO.parent / "shared" / "configs"
 
 
 @dataclass

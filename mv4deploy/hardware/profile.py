@@ -8,6 +8,7 @@ does this) and loads as ``None``; the planner refuses to guess it.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -15,10 +16,18 @@ from pathlib import Path
 import yaml
 
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops_per_s
+from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops_per_s, parse_iops, parse_seconds
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
 UNKNOWN = "unknown"
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: ~10x faster, same results
+
+# Defaults for the planner's figures when a profile does not give them. Each is an assumption unless noted.
+DEFAULT_GPU_RUNTIME_RESERVE_BYTES = 2**30   # llama.cpp's per-device fit margin, -fitt 1024 MiB (facts/peers.md §2)
+DEFAULT_HOST_RESERVE_BYTES = 6 * 2**30      # assumption: OS, desktop session and the engine process itself
+DEFAULT_HOST_LINK_LATENCY_S = 10e-6         # assumption: one small host<->device copy (launch + DMA setup)
+DEFAULT_INTERCONNECT_LATENCY_S = 10e-6      # assumption: one small-message collective or peer copy
+DEFAULT_STORAGE_LATENCY_S = 80e-6           # assumption: one NVMe 4 KiB random read at low queue depth
 
 
 class DeviceKind(str, Enum):
@@ -33,6 +42,15 @@ class LinkKind(str, Enum):
 
 
 @dataclass(frozen=True)
+class Measured:
+    """Rates measured on the machine (``mv4deploy profile probe``). They are achievable rates, so the
+    planner uses them as they are, in place of nominal x efficiency."""
+
+    bandwidth_bytes_per_s: float | None = None
+    compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class GPUs:
     kind: DeviceKind
     model: str
@@ -44,6 +62,8 @@ class GPUs:
     native_formats: tuple[str, ...]
     compute_capability: str | None = None
     unified_memory: bool = False         # memory is the host's RAM (phones, APUs)
+    runtime_reserve_bytes: int = DEFAULT_GPU_RUNTIME_RESERVE_BYTES  # per device: allocator slack, workspaces
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class Interconnect:
     kind: LinkKind = LinkKind.NONE
     bandwidth_bytes_per_s: float | None = None  # per direction, per device pair
     p2p: bool = False
+    latency_s: float = DEFAULT_INTERCONNECT_LATENCY_S  # per hop (a peer copy or one collective step)
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,8 @@ class Host:
     cores: int | None
     isa: tuple[str, ...] = ()
     compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+    reserve_bytes: int = DEFAULT_HOST_RESERVE_BYTES  # left to the OS and the serving process
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,7 @@ class HostLink:
     pcie_gen: int | None = None
     lanes: int | None = None
     measured_bytes_per_s: float | None = None     # host -> device, pinned
+    latency_s: float = DEFAULT_HOST_LINK_LATENCY_S  # per transfer
 
     @property
     def effective_bytes_per_s(self) -> float | None:
@@ -79,6 +103,9 @@ class Storage:
     kind: str = "nvme"
     read_bytes_per_s: float | None = None
     capacity_bytes: int | None = None
+    random_read_iops: float | None = None          # 4 KiB random reads at high queue depth
+    latency_s: float = DEFAULT_STORAGE_LATENCY_S    # one random read
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -121,7 +148,9 @@ class _Section:
         self.used.add(key)
         if key not in self.data or self.data[key] is None:
             if required:
-                raise InputError(self.source, self._field(key), None, "required field is missing")
+                near = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)], n=1)
+                hint = f" (found {near[0]!r}: a typo?)" if near and near[0] != key else ""
+                raise InputError(self.source, self._field(key), None, f"required field is missing{hint}")
             return default
         value = self.data[key]
         if value == UNKNOWN:
@@ -170,6 +199,28 @@ def _positive_rate(value) -> float:
     rate = parse_bytes_per_s(value)
     if rate <= 0 or rate > 1e16:
         raise ValueError("must be a rate between 0 and 10 PB/s")
+    return rate
+
+
+def _size(value) -> int:
+    """A size that may be zero (a reserve)."""
+    size = parse_bytes(value)
+    if size > 2**60:
+        raise ValueError("must be a size below 1 EiB")
+    return size
+
+
+def _latency(value) -> float:
+    seconds = parse_seconds(value)
+    if not 0 < seconds <= 1:
+        raise ValueError("must be a latency between 0 and 1 s")
+    return seconds
+
+
+def _positive_iops(value) -> float:
+    rate = parse_iops(value)
+    if not 0 < rate <= 1e10:
+        raise ValueError("must be an operation rate between 0 and 10G IOPS")
     return rate
 
 
@@ -226,7 +277,9 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
                 bandwidth_bytes_per_s=h.get("bandwidth", _positive_rate, allow_unknown=True),
                 cores=h.get("cores", _positive_int, allow_unknown=True),
                 isa=h.get("isa", _strings, required=False, default=()),
-                compute_flops_per_s=_compute(h.section("compute", required=False)))
+                compute_flops_per_s=_compute(h.section("compute", required=False)),
+                reserve_bytes=h.get("reserve", _size, required=False, default=DEFAULT_HOST_RESERVE_BYTES),
+                measured=_measured(h.section("measured", required=False)))
     h.done()
     profile = HardwareProfile(
         name=top.get("name", _text), description=top.get("description", _text, required=False, default=""),
@@ -251,7 +304,10 @@ def _gpus(g: _Section | None) -> GPUs | None:
         compute_flops_per_s=_compute(g.section("compute", required=False)),
         native_formats=g.get("native_formats", _formats),
         compute_capability=g.get("compute_capability", _text, required=False, allow_unknown=True),
-        unified_memory=g.get("unified_memory", _bool, required=False, default=False))
+        unified_memory=g.get("unified_memory", _bool, required=False, default=False),
+        runtime_reserve_bytes=g.get("runtime_reserve", _size, required=False,
+                                    default=DEFAULT_GPU_RUNTIME_RESERVE_BYTES),
+        measured=_measured(g.section("measured", required=False)))
     g.done()
     return gpus
 
@@ -267,7 +323,8 @@ def _interconnect(s: _Section | None) -> Interconnect:
         return Interconnect()
     link = Interconnect(kind=s.get("kind", _enum(LinkKind)),
                         bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False, allow_unknown=True),
-                        p2p=s.get("p2p", _bool, required=False, default=False))
+                        p2p=s.get("p2p", _bool, required=False, default=False),
+                        latency_s=s.get("latency", _latency, required=False, default=DEFAULT_INTERCONNECT_LATENCY_S))
     s.done()
     return link
 
@@ -278,7 +335,8 @@ def _host_link(s: _Section | None) -> HostLink | None:
     link = HostLink(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, allow_unknown=True),
                     pcie_gen=s.get("pcie_gen", _positive_int, required=False, allow_unknown=True),
                     lanes=s.get("lanes", _positive_int, required=False, allow_unknown=True),
-                    measured_bytes_per_s=s.get("measured", _positive_rate, required=False, allow_unknown=True))
+                    measured_bytes_per_s=s.get("measured", _positive_rate, required=False, allow_unknown=True),
+                    latency_s=s.get("latency", _latency, required=False, default=DEFAULT_HOST_LINK_LATENCY_S))
     s.done()
     return link
 
@@ -288,9 +346,21 @@ def _storage(s: _Section | None) -> Storage | None:
         return None
     storage = Storage(kind=s.get("kind", _text, required=False, default="nvme"),
                       read_bytes_per_s=s.get("read_bandwidth", _positive_rate, allow_unknown=True),
-                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True))
+                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True),
+                      random_read_iops=s.get("random_read_iops", _positive_iops, required=False, allow_unknown=True),
+                      latency_s=s.get("latency", _latency, required=False, default=DEFAULT_STORAGE_LATENCY_S),
+                      measured=_measured(s.section("measured", required=False)))
     s.done()
     return storage
+
+
+def _measured(s: _Section | None) -> Measured:
+    if s is None:
+        return Measured()
+    measured = Measured(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False),
+                        compute_flops_per_s=_compute(s.section("compute", required=False)))
+    s.done()
+    return measured
 
 
 def _efficiency(s: _Section | None) -> Efficiency:
@@ -313,6 +383,12 @@ def list_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """A shipped profile by name, or a YAML file by path."""
+    data, path = load_profile_dict(name_or_path)
+    return parse_profile(data, str(path))
+
+
+def load_profile_dict(name_or_path: str | Path) -> tuple[object, Path]:
+    """The raw YAML data of a profile and the file it came from."""
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
@@ -320,7 +396,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         if not path.is_file():
             raise InputError(None, "profile", text, f"unknown profile; shipped: {', '.join(list_profiles())}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except FileNotFoundError:
         raise InputError(path, None, None, "profile file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -329,7 +405,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise InputError(path, where, None, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_profile(data, str(path))
+    return data, path
 
 
 def profile_to_dict(profile: HardwareProfile) -> dict:

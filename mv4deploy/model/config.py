@@ -37,6 +37,8 @@ GENERIC_KEYS = frozenset({
     "router_jitter_noise", "mlp_bias", "text_config", "return_dict", "output_hidden_states",
     "output_attentions", "tie_word_embeddings", "max_position_embeddings", "vocab_size",
     "hidden_size", "num_hidden_layers", "num_nextn_predict_layers", "attention_bias",
+    # written by transformers' save_pretrained
+    "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "problem_type",
 })
 ROUTER_KEYS = frozenset({"scoring_func", "topk_method", "routed_scaling_factor", "norm_topk_prob",
                          "n_group", "topk_group", "ep_size", "aux_loss_alpha", "seq_aux"})
