@@ -278,6 +278,13 @@ def sweep_table(result) -> None:
     out.print(table)
 
 
+def generation(result: dict) -> None:
+    """``mv4deploy generate``: prompt + continuation on stdout, speed on stderr."""
+    sys.stdout.write(result["prompt"] + result["completion"] + "\n")
+    info(f"{result['new_tokens']} tokens at {result['tokens_per_s']} tokens/s on {result['device']} "
+         f"({result['model']}, loaded in {result['load_s']} s)")
+
+
 def validation_table(data: dict) -> None:
     """Human view of ``mv4deploy validate``: llama.cpp's statistics with their ±, then the gate."""
     from mv4deploy.validate.table import STAT_SECTIONS, format_row
