@@ -14,6 +14,15 @@ from mv4deploy.quant.formats import get_format
 
 NAME = "layers.3.attn.wq_a.weight"
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Kernels run one intra-op thread each (as the pipeline runs them); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 
 def _weight(*shape, seed=0, dtype=torch.bfloat16):
     return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
@@ -166,3 +175,16 @@ def test_nf4_matches_bitsandbytes(shape):
     assert torch.equal(get_format("nf4").dequantize(NAME, ours, torch.bfloat16), flat.reshape(shape))
     if shape[-1] % 64 == 0:  # bitsandbytes' own 2-D CPU dequant agrees where its kernel is right
         assert torch.equal(get_format("nf4").dequantize(NAME, ours, torch.bfloat16), bnb.dequantize_4bit(packed, qs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_e2m1_table_agrees_with_the_reference_rounding(dtype):
+    """The 64K bf16 table (float32 narrowed by round-to-odd first) rounds exactly like bucketize
+    over the midpoints, including values a hair either side of each tie."""
+    from mv4deploy.quant.kernels import e2m1_codes
+    from mv4deploy.quant.kernels_fp import e2m1_codes_fast
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+    near = torch.cat([ties, torch.nextafter(ties, torch.zeros(7)), torch.nextafter(ties, torch.full((7,), 9.0))])
+    v = torch.cat([near, -near, torch.empty(20000).uniform_(-6, 6, generator=torch.Generator().manual_seed(3)),
+                   torch.tensor([0.0, -0.0, 6.0, -6.0, 1e-30])]).to(dtype)
+    assert torch.equal(e2m1_codes_fast(v), e2m1_codes(v.float()))

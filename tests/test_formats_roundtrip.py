@@ -21,6 +21,15 @@ NAME = "layers.0.ffn.experts.3.w1.weight"
 ALL = sorted(FORMATS)
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Kernels run one intra-op thread each (as the pipeline runs them); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 
 @st.composite
 def weights(draw, min_ndim: int = 2):
@@ -59,12 +68,15 @@ def _same_bits(a: dict, b: dict) -> bool:
 @given(w=weights())
 def test_layout_matches_stored_and_nbytes(fmt_name, w):
     fmt = get_format(fmt_name)
+    before = w.clone()
     out = fmt.quantize(NAME, w)
+    assert torch.equal(w, before), "quantize modified its input"
     stored = fmt.stored(NAME, tuple(w.shape))
     assert list(out) == [t.name for t in stored]
     for t in stored:
         assert out[t.name].dtype == TORCH_DTYPES[t.dtype], t.name
         assert tuple(out[t.name].shape) == t.shape, t.name
+        assert out[t.name].is_contiguous(), t.name  # safetensors writers need contiguous tensors
     packed = sum(v.numel() * v.element_size() for v in out.values())
     assert fmt.nbytes(tuple(w.shape)) == packed == sum(tensor_nbytes(t.dtype, t.shape) for t in stored)
 

@@ -46,9 +46,18 @@ class NonFiniteError(ValueError):
 
 
 def finite_or_zero(name: str, x: torch.Tensor, allow_nonfinite: bool) -> torch.Tensor:
-    """Refuse NaN/Inf (naming the tensor) unless allowed; allowed ones are stored as 0."""
-    if not x.is_floating_point():
+    """Refuse NaN/Inf (naming the tensor) unless allowed; allowed ones are stored as 0.
+
+    The common case costs one integer max over the magnitude bits (NaN and Inf have the largest
+    magnitude bits of their format); only a tensor that has some pays for ``isfinite``."""
+    if not x.is_floating_point() or x.numel() == 0:
         return x
+    limit = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000)}
+    spec = limit.get(x.dtype)
+    if spec is not None and x.is_contiguous():
+        bits, step = x.view(-1).view(spec[0]), CHUNK_BYTES // x.element_size()
+        if max(int((bits[i:i + step] & spec[1]).max()) for i in range(0, bits.numel(), step)) < spec[2]:
+            return x
     bad = ~torch.isfinite(x)
     if not bool(bad.any()):
         return x
@@ -127,21 +136,24 @@ E4M3 = Grid(E4M3_MAX, round_e4m3,
 E2M1 = Grid(E2M1_MAX, round_e2m1, lambda device: torch.tensor(E2M1_VALUES, dtype=torch.float64, device=device))
 
 
-def block_exponent(amax: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-block exponent e and clamp limit L (scaled values are clamped to [-L, L] before rounding).
+def block_exponent(amax: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Per-block exponent e, clamp limit L, and whether any block needs the clamp at all.
 
     e starts as the smallest with amax <= qmax * 2**e, and is lowered by one where the block's largest
     value would round down to qmax/2 (e4m3: 230 -> 224; e2m1: 3.2 -> 3). Why: re-quantizing such a
     block would pick e-1, so its bytes would not survive a dequantize/quantize round trip; with e-1
     up front the block max clamps to qmax (within half a step) and ``quantize(dequantize(q)) == q``.
     L is qmax, except for blocks so large (|w| near 2**128) that qmax * 2**e would overflow float32:
-    there it is the largest grid value whose product with 2**e is finite."""
+    there it is the largest grid value whose product with 2**e is finite. Without lowered or limited
+    blocks every scaled value is already within [-qmax, qmax] and the clamp pass can be skipped."""
     e = pow2_exponent(amax, grid.qmax)
     limit = _grid_limit(e, grid)
     top = grid.round(torch.minimum(amax.float() * pow2(-e), limit))
     lower = (top <= grid.qmax / 2) & (e > MIN_EXP) & (amax > 0)
+    if not bool(lower.any()):
+        return e, limit, not bool((limit >= grid.qmax).all())
     e = e - lower.to(torch.int32)
-    return e, _grid_limit(e, grid)
+    return e, _grid_limit(e, grid), True
 
 
 def _grid_limit(e: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -181,3 +193,33 @@ def group_amax(x: torch.Tensor, group: int) -> torch.Tensor:
 def expand_groups(scale: torch.Tensor, group: int, cols: int) -> torch.Tensor:
     """[..., G] -> [..., cols]: each group's value repeated over its columns."""
     return scale.repeat_interleave(group, dim=-1)[..., :cols]
+
+
+# ---------------------------------------------------------------- strips of rows (cache-sized work units)
+CHUNK_BYTES = 4 << 20  # input bytes per strip: each elementwise pass over a strip stays in cache
+
+
+def row_strips(x: torch.Tensor, align: int = 1, chunk_bytes: int = CHUNK_BYTES):
+    """(start, stop) row ranges of a 2-D ``x``, about ``chunk_bytes`` each and a multiple of ``align``
+    rows (so 128x128 tiles never straddle two strips). Working strip by strip, writing straight into
+    the preallocated outputs, keeps every pass in cache: that is what brings the kernels near copy
+    speed on a CPU."""
+    rows = x.shape[0]
+    row_bytes = max(1, x.shape[-1] * x.element_size())
+    step = max(align, chunk_bytes // row_bytes // align * align)
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def abs_max(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """max |x| over ``dims`` as float32. For bf16 / float32 it reduces the magnitude bits as integers
+    (same order as the values for finite inputs), which CPUs vectorize far better than float max."""
+    bits = {torch.bfloat16: (torch.int16, 0x7FFF), torch.float32: (torch.int32, 0x7FFFFFFF)}.get(x.dtype)
+    if bits is None:
+        out = x.abs()
+        for d in sorted(dims, reverse=True):
+            out = out.amax(dim=d)
+        return out.float()
+    mag = x.view(bits[0]) & bits[1]
+    for d in sorted(dims, reverse=True):
+        mag = mag.amax(dim=d)
+    return mag.view(x.dtype).float()
