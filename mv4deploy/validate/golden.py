@@ -23,6 +23,7 @@ the measured error of the golden route against the full one for several k and m.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def write_golden(path: Path, golden: Golden) -> None:
                "sample_logprobs": ref.sample_logp.to(torch.float32).contiguous()}
     with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(asdict(h), sort_keys=True)})
+        os.chmod(tmp, 0o644)   # safetensors creates 0600; a golden file is meant to be committed and shared
 
 
 def read_golden(path: Path) -> Golden:
