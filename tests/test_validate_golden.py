@@ -24,7 +24,7 @@ def _golden(vocab: int = V) -> Golden:
     logp = log_probs(torch.randn(S, vocab, generator=g) * 3)
     targets = torch.cat([tokens[c, N // 2 + 1:] for c in range(CHUNKS)])
     header = GoldenHeader(model="tiny", model_kind="transformers", tokenizer_sha256="ab" * 32, eval_name="eval.txt",
-                          eval_sha256="cd" * 32, chunk_tokens=N, chunks=CHUNKS, scored_per_chunk=N - 1 - N // 2,
+                          eval_sha256="cd" * 32, eval_tokens=CHUNKS * N + 5, chunk_tokens=N, chunks=CHUNKS, scored_per_chunk=N - 1 - N // 2,
                           topk=K, tail_samples=M, sample_seed=0, vocab_size=vocab, bos_id=None)
     return Golden(header, tokens, compress(logp, targets, K, M, torch.Generator().manual_seed(0)))
 
@@ -120,3 +120,4 @@ def test_eval_tokens_come_back_from_the_header(tmp_path):
     write_golden(path, replace(g, header=replace(g.header, bos_id=3)))
     et = read_golden(path).eval_tokens()
     assert et.chunks == CHUNKS and et.chunking.chunk_tokens == N and et.bos_id == 3 and et.positions == S
+    assert et.total_tokens == CHUNKS * N + 5

@@ -49,6 +49,7 @@ class GoldenHeader:
     tokenizer_sha256: str      # evaltext.tokenizer_fingerprint of the reference's tokenizer
     eval_name: str
     eval_sha256: str           # of the eval text's bytes
+    eval_tokens: int           # the whole text's tokens (the chunks hold the first chunks * chunk_tokens)
     chunk_tokens: int
     chunks: int
     scored_per_chunk: int
@@ -69,8 +70,8 @@ class Golden:
 
     def eval_tokens(self) -> EvalTokens:
         h = self.header
-        return EvalTokens(self.tokens, Chunking(h.chunk_tokens), h.eval_name, h.eval_sha256,
-                          h.chunks * h.chunk_tokens, h.bos_id)
+        return EvalTokens(self.tokens, Chunking(h.chunk_tokens), h.eval_name, h.eval_sha256, h.eval_tokens,
+                          h.bos_id)
 
 
 def write_golden(path: Path, golden: Golden) -> None:
@@ -133,7 +134,7 @@ def _header(path: Path, metadata: dict) -> GoldenHeader:
     if missing or unknown:
         reason = "missing header fields" if missing else "unknown header fields"
         raise InputError(path, HEADER_KEY, missing or unknown, reason)
-    for name, least in (("chunk_tokens", 1), ("chunks", 1), ("scored_per_chunk", 1), ("topk", 1),
+    for name, least in (("chunk_tokens", 1), ("chunks", 1), ("eval_tokens", 1), ("scored_per_chunk", 1), ("topk", 1),
                         ("vocab_size", 1), ("tail_samples", 0), ("sample_seed", 0)):
         if not isinstance(raw[name], int) or isinstance(raw[name], bool) or raw[name] < least:
             raise InputError(path, name, raw[name], f"must be an integer >= {least}")

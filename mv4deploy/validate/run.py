@@ -173,7 +173,8 @@ def _log_probs(source: LogitsSource, chunk, et: EvalTokens):
 def _golden_header(info: ModelInfo, name: str, et: EvalTokens, rows: CompressedRef, vocab: int,
                    seed: int) -> GoldenHeader:
     return GoldenHeader(model=name, model_kind=info.kind, tokenizer_sha256=info.tokenizer_sha256,
-                        eval_name=et.name, eval_sha256=et.sha256, chunk_tokens=et.chunking.chunk_tokens,
+                        eval_name=et.name, eval_sha256=et.sha256, eval_tokens=et.total_tokens,
+                        chunk_tokens=et.chunking.chunk_tokens,
                         chunks=et.chunks, scored_per_chunk=et.chunking.scored_per_chunk, topk=rows.ids.shape[1],
                         tail_samples=rows.sample_ids.shape[1], sample_seed=seed, vocab_size=vocab,
                         bos_id=et.bos_id)
