@@ -2,7 +2,7 @@
 
     python benchmarks/validate_speed.py                     # tests/fixtures/models/tiny-v4 (+ -fp8fp4)
     python benchmarks/validate_speed.py --chunks 8 --repeat 3
-    python benchmarks/validate_speed.py --synthetic         # tiny Qwen2 from tests/validate_fixtures.py
+    python benchmarks/validate_speed.py --qwen2             # tiny-qwen2 vs its FP8-rounded copy (transformers)
 
 Each case runs as a user runs it, a fresh ``python -m mv4deploy validate`` process (interpreter start,
 torch import, tokenizer and model loading all count), with OMP_NUM_THREADS=2. Printed per case: median
@@ -40,7 +40,7 @@ def run(args: list[str]) -> tuple[float, dict]:
     return wall, json.loads(proc.stdout)
 
 
-def synthetic(root: Path) -> tuple[Path, Path, Path]:
+def qwen2(root: Path) -> tuple[Path, Path, Path]:
     sys.path.insert(0, str(REPO / "tests"))
     from validate_fixtures import build_tiny_models
     tiny = build_tiny_models(root / "tiny")
@@ -55,13 +55,13 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--chunks", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--synthetic", action="store_true", help="use the tiny Qwen2 test models instead")
+    parser.add_argument("--qwen2", action="store_true", help="tiny-qwen2 and its FP8-rounded copy instead")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ref, cand, text = synthetic(Path(tmp)) if opts.synthetic else (opts.reference, opts.candidate, opts.eval)
+        ref, cand, text = qwen2(Path(tmp)) if opts.qwen2 else (opts.reference, opts.candidate, opts.eval)
         for path in (ref, cand, text):
             if not path.exists():
-                sys.exit(f"{path} is missing (fixtures not built?); try --synthetic")
+                sys.exit(f"{path} is missing")
         golden = Path(tmp) / "golden.safetensors"
         base = ["--eval", str(text), "--chunk", str(opts.chunk), "--max-chunks", str(opts.chunks)]
         cases = {"self": ["--reference", str(ref), "--candidate", str(ref), *base],

@@ -42,6 +42,8 @@ def test_only_the_second_half_of_each_chunk_is_scored(tiny):
     tok = AutoTokenizer.from_pretrained(str(tiny.ref))
     ids = tok(tiny.eval_text.read_text(), add_special_tokens=False, verbose=False)["input_ids"]
     chunk = torch.tensor(ids[CHUNK:2 * CHUNK]).view(1, -1)
+    if tok.bos_token_id is not None and tok("a")["input_ids"][0] == tok.bos_token_id:
+        chunk[0, 0] = tok.bos_token_id   # llama.cpp's rule: a tokenizer that adds BOS gets it at each chunk start
     logps = []
     for folder in (tiny.ref, tiny.fp8):
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
