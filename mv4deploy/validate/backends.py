@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mv4deploy.errors import InputError
-from mv4deploy.validate.evaltext import _first_line, load_tokenizer, tokenizer_fingerprint
+from mv4deploy.validate.evaltext import first_line, load_tokenizer, tokenizer_fingerprint
 
 RUNTIME_QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of `mv4deploy quantize` outputs
 
@@ -115,7 +115,7 @@ def _open_transformers(folder: Path, device: str) -> TorchSource:
         model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
                                                      dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(folder, "config.json", None, f"transformers cannot load it: {_first_line(exc)}") from exc
+        raise InputError(folder, "config.json", None, f"transformers cannot load it: {first_line(exc)}") from exc
     return TorchSource("transformers", folder, model.eval().to(device), tokenizer, device)
 
 

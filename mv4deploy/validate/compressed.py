@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from mv4deploy.validate.metrics import NEG_INF, PositionStats, _check_targets
+from mv4deploy.validate.metrics import NEG_INF, PositionStats, check_targets
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class CompressedRef:
 def compress(logp_base: Tensor, targets: Tensor, k: int, samples: int, generator: torch.Generator) -> CompressedRef:
     """Compress full log-probs ``[S, V]``: top ``min(k, V)`` tokens, tail mass, ``samples`` tail draws.
     ``generator`` (CPU) picks each position's random start; pass one generator through every chunk."""
-    _check_targets(targets, logp_base)
+    check_targets(targets, logp_base)
     if k < 1 or samples < 0:
         raise ValueError(f"need k >= 1 and samples >= 0, got k={k}, samples={samples}")
     k = min(k, logp_base.shape[-1])
@@ -121,7 +121,7 @@ def kl_divergence_compressed(ref: CompressedRef, logp_q: Tensor) -> Tensor:
 
 def position_stats_compressed(ref: CompressedRef, logp_q: Tensor, targets: Tensor) -> PositionStats:
     """``metrics.position_stats`` against a compressed reference; nll, Δp and top-1 are exact."""
-    _check_targets(targets, logp_q)
+    check_targets(targets, logp_q)
     index = targets.view(-1, 1).to(device=logp_q.device, dtype=torch.int64)
     return PositionStats(
         kld=kl_divergence_compressed(ref, logp_q).cpu(),

@@ -79,7 +79,7 @@ def load_tokenizer(folder: Path):
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(folder, "tokenizer", None, f"cannot be loaded: {_first_line(exc)}") from exc
+        raise InputError(folder, "tokenizer", None, f"cannot be loaded: {first_line(exc)}") from exc
 
 
 def bos_id(tokenizer) -> int | None:
@@ -139,6 +139,6 @@ def read_text(path: Path) -> str:
         raise InputError(path, None, None, f"not UTF-8 text (byte {exc.start})") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -63,7 +63,7 @@ def kl_divergence(logp_base: Tensor, logp_q: Tensor) -> Tensor:
 def position_stats(logp_base: Tensor, logp_q: Tensor, targets: Tensor) -> PositionStats:
     """Full-vocabulary statistics at S positions; ``targets[s]`` is the token that followed position s."""
     _check_pair(logp_base, logp_q)
-    _check_targets(targets, logp_base)
+    check_targets(targets, logp_base)
     index = targets.view(-1, 1).to(device=logp_base.device, dtype=torch.int64)
     return PositionStats(
         kld=kl_divergence(logp_base, logp_q),
@@ -78,6 +78,6 @@ def _check_pair(logp_base: Tensor, logp_q: Tensor) -> None:
         raise ValueError(f"log-probs must both be [S, V]; got {tuple(logp_base.shape)} and {tuple(logp_q.shape)}")
 
 
-def _check_targets(targets: Tensor, logp: Tensor) -> None:
+def check_targets(targets: Tensor, logp: Tensor) -> None:
     if targets.dim() != 1 or targets.shape[0] != logp.shape[0]:
         raise ValueError(f"targets must be [S] with S = {logp.shape[0]}; got {tuple(targets.shape)}")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mv4deploy.errors import InputError
-from mv4deploy.validate.evaltext import _first_line, load_tokenizer
+from mv4deploy.validate.evaltext import first_line, load_tokenizer
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bfloat16)": np.float32}
@@ -70,7 +70,7 @@ class OrtSource:
         try:
             session = ort.InferenceSession(str(model), providers=_providers(device))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types; all mean a bad file
-            raise InputError(model, None, None, f"onnxruntime cannot load it: {_first_line(exc)}") from exc
+            raise InputError(model, None, None, f"onnxruntime cannot load it: {first_line(exc)}") from exc
         if "logits" not in [o.name for o in session.get_outputs()]:
             raise InputError(model, "outputs", [o.name for o in session.get_outputs()], "no 'logits' output")
         return cls("onnx", folder, session, tokenizer, _head_size(folder))
@@ -127,7 +127,7 @@ class GenaiSource:
             model = og.Model(str(folder))
         except Exception as exc:  # onnxruntime-genai raises plain RuntimeError/OrtException for bad folders
             raise InputError(folder, "genai_config.json", None, f"onnxruntime-genai cannot load it: "
-                                                                f"{_first_line(exc)}") from exc
+                                                                f"{first_line(exc)}") from exc
         return cls("onnx-genai", folder, model, tokenizer)
 
     def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
