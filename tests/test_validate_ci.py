@@ -26,12 +26,7 @@ GOLDEN = REPO / "tests" / "golden"
 GATES = REPO / "tests" / "gates"
 CHUNK, CHUNKS = 256, 8
 SCORED = CHUNKS * (CHUNK - 1 - CHUNK // 2)   # 1016 tokens
-# The runtime names a compressed-tensors INT4 weight by its payload (``...w1.weight_packed``) and finds no
-# name-map row for it: loading any int4 checkpoint fails. The gate's baseline was measured around that
-# (see tests/gates/tiny-v4-int4-experts.yaml); strict, so the day the runtime loads it this test says so.
-KNOWN_GAPS = {"int4-experts": pytest.mark.xfail(raises=KeyError, strict=True,
-                                                reason="runtime cannot load int4 (weight_packed) checkpoints")}
-RECIPES = [pytest.param(name, marks=KNOWN_GAPS.get(name, ())) for name in sorted(PRESETS)]
+RECIPES = sorted(PRESETS)
 
 
 def golden(model: str) -> Path:
