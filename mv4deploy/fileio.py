@@ -33,6 +33,15 @@ def atomic_path(path: Path):
             tmp.unlink()
 
 
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the temporary files an interrupted run left in ``folder`` (``.NAME.PID.tmp``)."""
+    stale = [p for p in Path(folder).glob(f".*{TMP_SUFFIX}")
+             if p.is_file() and p.name[1:-len(TMP_SUFFIX)].rsplit(".", 1)[-1].isdigit()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)

@@ -156,6 +156,19 @@ def test_resume_redoes_a_staged_shard_whose_bytes_changed(bf16_src, tmp_path):
     assert verify_output(out)["ok"]
 
 
+def test_resume_removes_temporary_files_a_killed_run_left(bf16_src, tmp_path):
+    from mv4deploy.quant.job import plan_job
+    from mv4deploy.quant.pipeline import Options, prepare_out, run_shards
+    out = tmp_path / "out"
+    job = plan_job(bf16_src, out, get_recipe("fp8"))
+    run_shards(job, prepare_out(job), Options())
+    stale = out / ".quantization_manifest.json.4242.tmp"   # killed while writing the manifest
+    stale.write_text('{"half": ')
+    quantize_checkpoint(bf16_src, out, get_recipe("fp8"))
+    assert not stale.exists() and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert verify_output(out)["ok"]
+
+
 def test_verify_reports_a_corrupted_shard(bf16_src, tmp_path):
     out = tmp_path / "out"
     quantize_checkpoint(bf16_src, out, get_recipe("fp8"))
