@@ -141,3 +141,28 @@ def name_list(title: str, names: list[str]) -> None:
     out.print(f"[bold]{title}[/]")
     for name in names:
         out.print(f"  {name}")
+
+
+def export_table(report: dict) -> None:
+    """Human view of ``mv4deploy export onnx``: where it went, sizes, and the validation numbers."""
+    out = _stdout()
+    v, s, g = report["validation"], report["validation"]["stats"], report["validation"]["greedy"]
+    verdict = "[green]passed[/]" if v["passed"] else "[red]FAILED[/]: " + "; ".join(v["failures"])
+    out.print(f"[bold]{report['model']}[/] -> {report['out']}  (target {report['target']}, "
+              f"{report['weights']['format']}, {report['runtime']})")
+    out.print(f"model files {format_bytes(report['sizes']['model_bytes'])}; validated on {report['runner']}: {verdict}")
+    table = Table(title=f"vs PyTorch fp32 on {v['eval']['text']} ({s['tokens_scored']} tokens scored)",
+                  title_justify="left")
+    for column in ("statistic", "value", "limit"):
+        table.add_column(column, justify="left" if column == "statistic" else "right")
+    limits = v["limits"]
+    table.add_row("mean KLD (nats)", f"{s['kld_mean']:.3g} ± {s['kld_mean_unc']:.2g}", f"<= {limits['kld_mean_max']:g}")
+    table.add_row("99% KLD / max KLD", f"{s['kld_p99']:.3g} / {s['kld_max']:.3g}", "")
+    table.add_row("same top-1", f"{s['same_top1']:.4f} (Wilson low {s['same_top1_wilson_low']:.4f})",
+                  f">= {limits['top1_min']:g}")
+    table.add_row("PPL ratio", f"{s['ppl_ratio']:.4f}", "")
+    table.add_row("greedy agreeing tokens", f"{g['agreeing_prefix']} of {g['new_tokens']} "
+                  f"(mean {g['agreeing_prefix_mean']:.1f})", f">= {limits['greedy_prefix_mean_min']:g}")
+    out.print(table)
+    for note in report["notes"]:
+        out.print(f"graph change: {note}")

@@ -162,6 +162,69 @@ class Int4G32(Int4Group):
     name, compute, bits, group = "int4-g32", "int4", 4, 32
 
 
+@dataclass(frozen=True)
+class MatMulNBits4(QuantFormat, register=False):
+    """onnxruntime's MatMulNBits (bits=4), as the onnxruntime-genai builder and MatMulNBitsQuantizer store
+    a weight [N, K] (torch Linear layout): ``B`` U8 [N, ceil(K/block), block/2] (two values per byte, low
+    nibble first), ``scales`` [N, ceil(K/block)] in the model's I/O float type, and for asymmetric
+    quantization ``zero_points`` U8 [N, ceil(ceil(K/block)/2)] (4-bit, packed). Symmetric int4 block 32 with
+    F32 scales (the builder's CPU default) is 4 + 32/32 = 5 bits per weight. The embedding table quantized
+    by the builder's ``GatherBlockQuantized`` (INT4 [V, H] + F32 scales [V, H/block]) has the same bytes.
+    Checked against the initializers of real exports in tests/test_export_formats.py."""
+
+    block: ClassVar[int]
+    scale_dtype: ClassVar[str]
+    zero_points: ClassVar[bool]
+
+    def stored(self, name, shape):
+        *lead, rows, cols = shape
+        blocks = ceil(cols / self.block)
+        base = _base(name)
+        out = [StoredTensor(base + ".weight_Q4", "U8", (*lead, rows, blocks, self.block // 2), prod(shape)),
+               StoredTensor(base + ".weight_scales", self.scale_dtype, (*lead, rows, blocks), 0)]
+        if self.zero_points:
+            out.append(StoredTensor(base + ".weight_zp", "U8", (*lead, rows, ceil(blocks / 2)), 0))
+        return tuple(out)
+
+
+class MatMulNBits4B32(MatMulNBits4):
+    name, compute, bits = "mnb-int4-b32", "int4", 4
+    block, scale_dtype, zero_points = 32, "F32", False
+
+
+class MatMulNBits4B128ZP(MatMulNBits4):
+    name, compute, bits = "mnb-int4-b128-zp", "int4", 4
+    block, scale_dtype, zero_points = 128, "F32", True
+
+
+@dataclass(frozen=True)
+class QDQPerChannel(QuantFormat, register=False):
+    """A QDQ weight as onnxruntime's static quantizer stores it for the QNN HTP (a Gemm weight [N, K],
+    one scale per output channel, axis 0): payload [N, K] (ONNX packs INT4 two per byte across the whole
+    tensor; written here as U8 rows of K/2 bytes), scale F32 [N] and zero point [N] of the payload type."""
+
+    payload_bits: ClassVar[int]
+
+    def stored(self, name, shape):
+        *lead, rows, cols = shape
+        base = _base(name)
+        if self.payload_bits == 8:
+            payload = StoredTensor(base + ".weight_quantized", "U8", tuple(shape), prod(shape))
+            zero = StoredTensor(base + ".weight_zero_point", "U8", (*lead, rows), 0)
+        else:
+            payload = StoredTensor(base + ".weight_quantized", "U8", (*lead, rows, ceil(cols / 2)), prod(shape))
+            zero = StoredTensor(base + ".weight_zero_point", "U8", (*lead, ceil(rows / 2)), 0)
+        return payload, StoredTensor(base + ".weight_scale", "F32", (*lead, rows), 0), zero
+
+
+class QDQUInt8Channel(QDQPerChannel):
+    name, compute, bits, payload_bits = "qdq-u8-channel", "int8", 8, 8
+
+
+class QDQInt4Channel(QDQPerChannel):
+    name, compute, bits, payload_bits = "qdq-i4-channel", "int4", 4, 4
+
+
 def get_format(name: str) -> QuantFormat:
     try:
         return FORMATS[name]
