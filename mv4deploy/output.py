@@ -58,6 +58,29 @@ def progress(description: str, total: float | None, unit_bytes: bool = True):
         yield lambda n=1: bar.advance(task, n)
 
 
+@contextmanager
+def library_noise_to_stderr():
+    """While heavy libraries run: anything native code writes to file descriptor 1 goes to stderr (the QNN
+    HTP library prints a banner on stdout, which would break ``--json``), and their Python logging below
+    ERROR and their warnings are dropped. Our own progress lines still reach stderr through ``info``."""
+    import logging
+    import os
+    import warnings
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        logging.disable(logging.WARNING)      # levels alone fail: onnxruntime's quantizer calls basicConfig(INFO)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        logging.disable(logging.NOTSET)
+
+
 def _count(n: float) -> str:
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:

@@ -81,7 +81,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     try:
-        report, max_length = _build_and_verify(source, target, work, tokens, calib)
+        with output.library_noise_to_stderr():
+            report, max_length = _build_and_verify(source, target, work, tokens, calib)
         report["seconds"]["total"] = round(time.perf_counter() - started, 1)
         report["out"] = str(out if report["validation"]["passed"] else out.with_name(out.name + ".rejected"))
         how_to_run = usage(target, Path(report["out"]), source.spec, max_length)

@@ -121,6 +121,7 @@ def htp_session(path: Path):
     import onnxruntime as ort
     backend = _register_qnn()
     options = ort.SessionOptions()
+    options.log_severity_level = 3        # errors only: the EP warns about Windows-only features at every open
     devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
     options.add_provider_for_devices(devices, {"backend_path": backend})
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
