@@ -69,9 +69,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
     """Export, validate and publish; returns the report (also written to OUT/export.json)."""
     started = time.perf_counter()
     target = load_target(target_name)
-    source = check_source(model_dir)
     out = Path(out)
     _check_out(out, overwrite)
+    source = check_source(model_dir)
     tol = target.tolerance
     tokens = tokenize(read_text(eval_path, DEFAULT_EVAL_MODULES), source.tokenizer, tol.chunk_tokens,
                       tol.max_chunks, "--eval")
