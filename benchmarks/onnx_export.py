@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TARGETS = ("cpu-fp32", "cpu-int4", "onnx-int4", "snapdragon-qnn")
+TARGETS = ("cpu-fp32", "cpu-int4", "onnx-int4", "snapdragon-qnn", "snapdragon-qnn-w4")
 
 
 def export(model: Path, out: Path, target: str) -> dict:
