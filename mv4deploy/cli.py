@@ -129,6 +129,52 @@ def export_targets(json_out: JsonOpt = False) -> int:
     return EXIT_OK
 
 
+# ---- mv4deploy plan ---------------------------------------------------------------------------------
+
+def _opt(flag: str, text: str):
+    return typer.Option(flag, help=text)
+
+
+@app.command("plan")
+def plan(profile: Annotated[str, _opt("--profile", "A shipped profile name or a YAML file.")],
+         model: Annotated[str, _opt("--model", "A preset, a config.json, or a checkpoint folder.")] = "deepseek-v4-flash",
+         context: Annotated[str, _opt("--context", "Context tokens per sequence (131072, 128k, 1m).")] = "131072",
+         batch: Annotated[str, _opt("--batch", "Sequences decoded together.")] = "1",
+         prefill_chunk: Annotated[str, _opt("--prefill-chunk", "Tokens per prefill step.")] = "2048",
+         policy: Annotated[str, _opt("--policy", "auto, native, fp8, int4-experts, int4, mobile-int4.")] = "auto",
+         host_mem: Annotated[Optional[str], _opt("--host-mem", "Host RAM instead of the profile's (256GiB).")] = None,
+         gpu_mem_util: Annotated[Optional[str], _opt("--gpu-mem-util", "Fraction of GPU memory to use.")] = None,
+         expert_skew: Annotated[Optional[str], _opt("--expert-skew", "HOT:SHARE, e.g. 0.2:0.6.")] = None,
+         mtp: Annotated[bool, _opt("--mtp", "Place the MTP / draft layers too.")] = False,
+         sweep: Annotated[Optional[str], _opt("--sweep", "FIELD=V1,V2 (context, batch, prefill-chunk, "
+                                                         "host-mem).")] = None,
+         plot: Annotated[Optional[Path], _opt("--plot", "Draw memory per device (and the sweep) to a PNG.")] = None,
+         out: Annotated[Optional[Path], _opt("--out", "Also write the plan JSON here.")] = None,
+         json_out: JsonOpt = False) -> int:
+    """Where every tensor group, KV pool and Engram table goes, in which format, and how fast it runs."""
+    from mv4deploy.plan.command import run_plan
+    result = run_plan(model, profile, context, batch, prefill_chunk, policy, host_mem, gpu_mem_util,
+                      expert_skew, mtp, sweep)
+    data = result.plan.to_json()
+    output.print_warnings(list(result.plan.warnings))
+    if result.sweep is not None:
+        from mv4deploy.plan.sweep import sweep_json
+        data = sweep_json(result.sweep, list(result.points))
+        output.emit_json(data) if json_out else output.sweep_table(result)
+    else:
+        output.emit_json(data) if json_out else output.plan_table(result.plan)
+    if out is not None:
+        import json
+        from mv4deploy.fileio import write_text_atomic
+        write_text_atomic(out, json.dumps(data, indent=2) + "\n")
+        output.info(f"wrote {out}")
+    if plot is not None:
+        from mv4deploy.plan.sweep import plot as draw
+        draw(plot, result.plan, list(result.points) or None)
+        output.info(f"wrote {plot}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 

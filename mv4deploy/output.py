@@ -189,3 +189,138 @@ def export_table(report: dict) -> None:
     out.print(table)
     for note in report["notes"]:
         out.print(f"graph change: {note}")
+
+
+# ---- mv4deploy plan ---------------------------------------------------------------------------------
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:,.2f}"
+
+
+def _rate(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:,.1f} {unit}"
+
+
+def _wide_stdout(min_width: int = 120) -> Console:
+    """The plan's tables have ten columns: never squeeze them below ``min_width`` when piped."""
+    console = _stdout()
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=max(console.width, min_width))
+
+
+def plan_table(plan) -> None:
+    """Human view of ``mv4deploy plan``: devices, groups by class and tier, KV and Engram decisions,
+    estimates, verdict and suggestions, engine hints (the CLI prints the plan's warnings to stderr)."""
+    out, w = _wide_stdout(), plan.workload
+    out.print(f"[bold]{plan.model}[/] on [bold]{plan.profile}[/]: [bold]{plan.verdict.replace('_', ' ')}[/]  "
+              f"(context {w.context_tokens:,} x batch {w.batch}, prefill chunk {w.chunk_tokens:,}; "
+              f"policy {plan.decisions['policy']['name']})")
+    out.print(_devices(plan))
+    out.print(_groups_by_class(plan))
+    _kv_and_engram(out, plan)
+    _estimates(out, plan)
+    _hints(out, plan)
+
+
+def _devices(plan) -> Table:
+    table = Table(title="memory per device (GiB)", title_justify="left")
+    for column in ("device", "kind", "capacity", "weights", "engram", "kv cache", "activations", "reserve",
+                   "used", "headroom"):
+        table.add_column(column, justify="left" if column in ("device", "kind") else "right")
+    for d in plan.devices:
+        b = d.breakdown
+        table.add_row(d.name, d.kind, _gib(d.capacity_bytes), _gib(b["weights"]), _gib(b["engram"]),
+                      _gib(b["kv_cache"]), _gib(b["activations"]), _gib(b["reserve"]), _gib(d.used_bytes),
+                      _gib(d.headroom_bytes))
+    return table
+
+
+def _groups_by_class(plan) -> Table:
+    rank = {"host": 1, "nvme": 2, "unplaced": 3}
+    tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
+    by_class: dict[str, dict] = {}
+    for g in sorted(plan.groups, key=lambda g: _CLASS_ORDER.get(g["role"], 99)):
+        row = by_class.setdefault(g["role"], {"formats": set(), "count": 0})
+        row[g["tier"]] = row.get(g["tier"], 0) + g["bytes"]
+        row["formats"].add(g["format"])
+        row["count"] += 1
+    table = Table(title="weights by group class and tier (GiB)", title_justify="left")
+    table.add_column("class")
+    table.add_column("groups", justify="right")
+    for tier in tiers:
+        table.add_column(tier, justify="right")
+    table.add_column("formats")
+    for cls, row in by_class.items():
+        table.add_row(cls, str(row["count"]), *[_gib(row[t]) if t in row else "" for t in tiers],
+                      ", ".join(sorted(row["formats"])))
+    return table
+
+
+_CLASS_ORDER = {name: i for i, name in enumerate(
+    ("embedding", "attention", "indexer", "compressor", "norms_mhc", "router", "hash_router", "shared_expert",
+     "dense_mlp", "routed_experts", "engram_proj", "engram_table", "head"))}
+
+
+def _kv_and_engram(out: Console, plan) -> None:
+    kv = plan.kv_cache
+    pools = ", ".join(f"{p['name']} {format_bytes(p['bytes'])} on {p['tier']}" for p in kv["pools"])
+    out.print(f"KV cache: {pools}")
+    if kv["gpu_bytes_saved"]:
+        out.print(f"  top-k pools in host RAM save {format_bytes(kv['gpu_bytes_saved'])} of GPU memory and add "
+                  f"{kv['added_s_per_token'] * 1e3:.2f} ms per decode step")
+    e = plan.engram
+    if e:
+        tables = ", ".join(f"layer {t['layer']} {format_bytes(t['bytes'])} on {t['tier']}" for t in e["tables"])
+        out.print(f"Engram: {tables}; {e['rows_per_token']} rows x {e['row_bytes']} B = {e['bytes_per_token']:,} B "
+                  f"per token; lookups {e['lookup_s_per_token'] * 1e6:,.0f} us, "
+                  f"{'hidden behind earlier layers' if e['fits_overlap_window'] else 'partly exposed'} "
+                  f"(exposed {e['exposed_s_per_token'] * 1e6:,.0f} us)")
+        if e["page_cache_bytes"]:
+            out.print(f"  page cache for hot rows: {format_bytes(e['page_cache_bytes'])} of free host RAM")
+
+
+def _estimates(out: Console, plan) -> None:
+    est, d = plan.estimates, plan.decisions
+    gap = d.get("bound_gap")
+    out.print(f"decode {_rate(est.decode_tokens_per_s, 'tok/s')} (bound {_rate(est.bound_decode_tokens_per_s, 'tok/s')}"
+              + (f", plan at {100 / gap:.1f}% of it" if gap else "") + f"); prefill "
+              f"{_rate(est.prefill_tokens_per_s, 'tok/s')}; time to first token "
+              f"{_rate(est.time_to_first_token_s, 's')} for a {plan.workload.context_tokens:,}-token prompt")
+    out.print(f"bottleneck: {est.bottleneck}")
+    out.print(f"layout: {d['parallelism']['reason']}")
+    experts = d["routed_experts"]
+    if experts["offloaded_decode"]:
+        out.print(f"offloaded experts: decode {', '.join(experts['offloaded_decode'])}; prefill "
+                  f"{', '.join(experts['offloaded_prefill'])}")
+    ws = d["workspace"]
+    out.print(f"workspace per GPU {format_bytes(ws['total_bytes'])} (largest transient: {ws['largest_transient']} "
+              f"{format_bytes(ws['largest_transient_bytes'])}; stream buffer {format_bytes(ws['stream_buffer_bytes'])})")
+    for s in plan.suggestions:
+        out.print(f"suggestion: {s['change']} -> {s['verdict'].replace('_', ' ')}, "
+                  f"{s['decode_tokens_per_s']:,.1f} tok/s ({s['why']})")
+
+
+def _hints(out: Console, plan) -> None:
+    for engine in ("vllm", "sglang", "llama_cpp"):
+        if plan.hints.get(engine):
+            out.print(f"{engine}: {plan.hints[engine]}", soft_wrap=True)
+    device_map = plan.hints.get("accelerate_device_map")
+    if device_map:
+        out.print(f"accelerate device_map: {len(device_map)} modules (full map with --json)")
+
+
+def sweep_table(result) -> None:
+    out = _wide_stdout()
+    first = result.points[0][1]
+    out.print(f"[bold]{first.model}[/] on [bold]{first.profile}[/]: sweep of {result.sweep.field}")
+    table = Table()
+    for column in ("value", "verdict", "GPU used GiB", "host used GiB", "decode tok/s", "prefill tok/s",
+                   "TTFT s", "KV saved GiB"):
+        table.add_column(column, justify="left" if column in ("value", "verdict") else "right")
+    for label, plan in result.points:
+        gpu = sum(d.used_bytes for d in plan.devices if d.kind in ("gpu", "npu"))
+        host = sum(d.used_bytes for d in plan.devices if d.kind == "host")
+        est = plan.estimates
+        table.add_row(label, plan.verdict, _gib(gpu), _gib(host), f"{est.decode_tokens_per_s:,.1f}",
+                      _rate(est.prefill_tokens_per_s, ""), _rate(est.time_to_first_token_s, ""),
+                      _gib(plan.kv_cache["gpu_bytes_saved"]))
+    out.print(table)

@@ -16,10 +16,17 @@ from pathlib import Path
 import yaml
 
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops_per_s
+from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops_per_s, parse_iops, parse_seconds
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
 UNKNOWN = "unknown"
+
+# Defaults for the planner's figures when a profile does not give them. Each is an assumption unless noted.
+DEFAULT_GPU_RUNTIME_RESERVE_BYTES = 2**30   # llama.cpp's per-device fit margin, -fitt 1024 MiB (facts/peers.md §2)
+DEFAULT_HOST_RESERVE_BYTES = 6 * 2**30      # assumption: OS, desktop session and the engine process itself
+DEFAULT_HOST_LINK_LATENCY_S = 10e-6         # assumption: one small host<->device copy (launch + DMA setup)
+DEFAULT_INTERCONNECT_LATENCY_S = 10e-6      # assumption: one small-message collective or peer copy
+DEFAULT_STORAGE_LATENCY_S = 80e-6           # assumption: one NVMe 4 KiB random read at low queue depth
 
 
 class DeviceKind(str, Enum):
@@ -45,6 +52,7 @@ class GPUs:
     native_formats: tuple[str, ...]
     compute_capability: str | None = None
     unified_memory: bool = False         # memory is the host's RAM (phones, APUs)
+    runtime_reserve_bytes: int = DEFAULT_GPU_RUNTIME_RESERVE_BYTES  # per device: allocator slack, workspaces
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Interconnect:
     kind: LinkKind = LinkKind.NONE
     bandwidth_bytes_per_s: float | None = None  # per direction, per device pair
     p2p: bool = False
+    latency_s: float = DEFAULT_INTERCONNECT_LATENCY_S  # per hop (a peer copy or one collective step)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Host:
     cores: int | None
     isa: tuple[str, ...] = ()
     compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+    reserve_bytes: int = DEFAULT_HOST_RESERVE_BYTES  # left to the OS and the serving process
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class HostLink:
     pcie_gen: int | None = None
     lanes: int | None = None
     measured_bytes_per_s: float | None = None     # host -> device, pinned
+    latency_s: float = DEFAULT_HOST_LINK_LATENCY_S  # per transfer
 
     @property
     def effective_bytes_per_s(self) -> float | None:
@@ -80,6 +91,8 @@ class Storage:
     kind: str = "nvme"
     read_bytes_per_s: float | None = None
     capacity_bytes: int | None = None
+    random_read_iops: float | None = None          # 4 KiB random reads at high queue depth
+    latency_s: float = DEFAULT_STORAGE_LATENCY_S    # one random read
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,28 @@ def _positive_rate(value) -> float:
     return rate
 
 
+def _size(value) -> int:
+    """A size that may be zero (a reserve)."""
+    size = parse_bytes(value)
+    if size > 2**60:
+        raise ValueError("must be a size below 1 EiB")
+    return size
+
+
+def _latency(value) -> float:
+    seconds = parse_seconds(value)
+    if not 0 < seconds <= 1:
+        raise ValueError("must be a latency between 0 and 1 s")
+    return seconds
+
+
+def _positive_iops(value) -> float:
+    rate = parse_iops(value)
+    if not 0 < rate <= 1e10:
+        raise ValueError("must be an operation rate between 0 and 10G IOPS")
+    return rate
+
+
 def _formats(value) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"must be a non-empty list of formats from {list(COMPUTE_FORMATS)}")
@@ -229,7 +264,8 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
                 bandwidth_bytes_per_s=h.get("bandwidth", _positive_rate, allow_unknown=True),
                 cores=h.get("cores", _positive_int, allow_unknown=True),
                 isa=h.get("isa", _strings, required=False, default=()),
-                compute_flops_per_s=_compute(h.section("compute", required=False)))
+                compute_flops_per_s=_compute(h.section("compute", required=False)),
+                reserve_bytes=h.get("reserve", _size, required=False, default=DEFAULT_HOST_RESERVE_BYTES))
     h.done()
     profile = HardwareProfile(
         name=top.get("name", _text), description=top.get("description", _text, required=False, default=""),
@@ -254,7 +290,9 @@ def _gpus(g: _Section | None) -> GPUs | None:
         compute_flops_per_s=_compute(g.section("compute", required=False)),
         native_formats=g.get("native_formats", _formats),
         compute_capability=g.get("compute_capability", _text, required=False, allow_unknown=True),
-        unified_memory=g.get("unified_memory", _bool, required=False, default=False))
+        unified_memory=g.get("unified_memory", _bool, required=False, default=False),
+        runtime_reserve_bytes=g.get("runtime_reserve", _size, required=False,
+                                    default=DEFAULT_GPU_RUNTIME_RESERVE_BYTES))
     g.done()
     return gpus
 
@@ -270,7 +308,8 @@ def _interconnect(s: _Section | None) -> Interconnect:
         return Interconnect()
     link = Interconnect(kind=s.get("kind", _enum(LinkKind)),
                         bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False, allow_unknown=True),
-                        p2p=s.get("p2p", _bool, required=False, default=False))
+                        p2p=s.get("p2p", _bool, required=False, default=False),
+                        latency_s=s.get("latency", _latency, required=False, default=DEFAULT_INTERCONNECT_LATENCY_S))
     s.done()
     return link
 
@@ -281,7 +320,8 @@ def _host_link(s: _Section | None) -> HostLink | None:
     link = HostLink(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, allow_unknown=True),
                     pcie_gen=s.get("pcie_gen", _positive_int, required=False, allow_unknown=True),
                     lanes=s.get("lanes", _positive_int, required=False, allow_unknown=True),
-                    measured_bytes_per_s=s.get("measured", _positive_rate, required=False, allow_unknown=True))
+                    measured_bytes_per_s=s.get("measured", _positive_rate, required=False, allow_unknown=True),
+                    latency_s=s.get("latency", _latency, required=False, default=DEFAULT_HOST_LINK_LATENCY_S))
     s.done()
     return link
 
@@ -291,7 +331,9 @@ def _storage(s: _Section | None) -> Storage | None:
         return None
     storage = Storage(kind=s.get("kind", _text, required=False, default="nvme"),
                       read_bytes_per_s=s.get("read_bandwidth", _positive_rate, allow_unknown=True),
-                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True))
+                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True),
+                      random_read_iops=s.get("random_read_iops", _positive_iops, required=False, allow_unknown=True),
+                      latency_s=s.get("latency", _latency, required=False, default=DEFAULT_STORAGE_LATENCY_S))
     s.done()
     return storage
 

@@ -64,3 +64,44 @@ def format_bytes(n_bytes: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+_TOKENS = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*([kKmM]?)\s*$")
+_TOKEN_PREFIX = {"": 1, "k": 2**10, "K": 2**10, "m": 2**20, "M": 2**20}
+
+
+def parse_tokens(text: object) -> int:
+    """A token count: '131072', '128k' -> 131072, '1m' -> 1048576 (k and m are powers of 1024, as
+    context lengths are quoted: "128K" = 131072). Must be a whole number; the sign is kept so the caller
+    can say "must be positive" rather than "not a number"."""
+    if isinstance(text, bool):
+        raise ValueError("expected a token count, got a boolean")
+    if isinstance(text, int):
+        return text
+    match = _TOKENS.match(str(text))
+    if not match:
+        raise ValueError("expected a token count like 131072, '128k' or '1m'")
+    value = float(match.group(1)) * _TOKEN_PREFIX[match.group(2)]
+    if not value.is_integer():
+        raise ValueError("must be a whole number of tokens")
+    return int(value)
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(s|ms|us|µs|ns)\s*$")
+_DURATION_DIVISOR = {"s": 1.0, "ms": 1e3, "us": 1e6, "µs": 1e6, "ns": 1e9}
+
+
+def parse_seconds(text: object) -> float:
+    """'10us' -> 1e-05; a latency must carry its unit (s, ms, us, ns)."""
+    match = _DURATION.match(str(text)) if not isinstance(text, bool) else None
+    if not match:
+        raise ValueError("expected a duration like '10us', '0.08ms' or '1s'")
+    return float(match.group(1)) / _DURATION_DIVISOR[match.group(2)]
+
+
+def parse_iops(text: object) -> float:
+    """'1.4M IOPS' or 1400000 -> 1.4e6 operations per second."""
+    return _split(text, {"IOPS", ""}, "an operation rate")
+
+
+_EXAMPLE["an operation rate"] = "'1.4M IOPS'"

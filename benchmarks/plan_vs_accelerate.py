@@ -1,0 +1,248 @@
+"""Our plan vs accelerate's ``infer_auto_device_map`` for DeepSeek-V4-Flash on rtx5090 and rtx4090x2.
+
+For each profile:
+1. Our planner places V4-Flash; our cost model predicts its decode tokens/s.
+2. transformers' ``DeepseekV4ForCausalLM`` is built on the meta device from the full V4-Flash config and
+   accelerate's ``infer_auto_device_map`` places it under the same memory limits: each GPU gets what our
+   plan leaves for weights + KV (capacity - runtime reserve - workspace), the CPU gets host RAM - reserve,
+   the rest may go to disk. Parameter sizes are given as stored (experts 4-bit, attention/shared FP8, the
+   rest BF16); accelerate counts no scales, so if its map overflows a GPU in true bytes the GPU budget is
+   shrunk and the map recomputed until it fits.
+3. Our cost model evaluates accelerate's placement, twice: (a) generously, each offloaded module runs
+   where our model says it is cheapest (CPU beside its weights, or streamed), KV on the GPU; (b) as
+   accelerate's hooks run it, every offloaded module's weights copied to the GPU at every step.
+4. Wall time of both planners: in-process (imports done) and as a fresh process (imports included).
+
+Prints both ratios (predicted decode speed, planning time). Run:
+    PYTHONPATH=. python benchmarks/plan_vs_accelerate.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mv4deploy.hardware.profile import load_profile  # noqa: E402
+from mv4deploy.model.source import resolve_model  # noqa: E402
+from mv4deploy.plan import planner  # noqa: E402
+from mv4deploy.plan.assemble import make_plan  # noqa: E402
+from mv4deploy.plan.estimates import estimate  # noqa: E402
+from mv4deploy.plan.groups import build_groups  # noqa: E402
+from mv4deploy.plan.hints import MHC_MODULES, MODULES  # noqa: E402
+from mv4deploy.plan.items import ItemKind, Placed  # noqa: E402
+from mv4deploy.plan.multigpu import Layout, Mode, build_layout, crossing_s  # noqa: E402
+from mv4deploy.plan.placement import Placement  # noqa: E402
+from mv4deploy.plan.policy import resolve_policy  # noqa: E402
+from mv4deploy.plan.tiers import TierKind  # noqa: E402
+from mv4deploy.plan.workload import make_workload  # noqa: E402
+
+MODEL = "deepseek-v4-flash"
+PROFILES = ("rtx5090", "rtx4090x2")
+FP8_PARAMS = (".self_attn.q_a_proj.", ".self_attn.q_b_proj.", ".self_attn.kv_proj.", ".self_attn.o_a_proj.",
+              ".self_attn.o_b_proj.", ".mlp.shared_experts.", ".indexer.q_b_proj.")
+ACCELERATE_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+from accelerate import init_empty_weights, infer_auto_device_map
+from transformers.models.deepseek_v4 import DeepseekV4Config, DeepseekV4ForCausalLM
+cfg = json.loads(sys.argv[1]); memory = {int(k) if k.isdigit() else k: v for k, v in json.loads(sys.argv[2]).items()}
+with init_empty_weights():
+    model = DeepseekV4ForCausalLM(DeepseekV4Config(**cfg))
+infer_auto_device_map(model, max_memory=memory, no_split_module_classes=model._no_split_modules, dtype=torch.bfloat16)
+print(time.perf_counter() - t0)
+"""
+
+
+def transformers_config() -> dict:
+    cfg = json.loads((REPO / "mv4deploy/model/presets" / f"{MODEL}.json").read_text())
+    for key in ("quantization_config", "architectures", "model_type", "auto_map", "torch_dtype", "transformers_version"):
+        cfg.pop(key, None)
+    return cfg
+
+
+def build_meta_model(cfg: dict):
+    from accelerate import init_empty_weights
+    from transformers.models.deepseek_v4 import DeepseekV4Config, DeepseekV4ForCausalLM
+    with init_empty_weights():
+        return DeepseekV4ForCausalLM(DeepseekV4Config(**cfg))
+
+
+def stored_dtypes(model) -> dict:
+    """Parameter name -> dtype as the checkpoint stores it (experts 4-bit, FP8 linears), for accelerate."""
+    import torch
+    from accelerate.utils.modeling import CustomDtype
+    special = {}
+    for name, _ in model.named_parameters():
+        if ".mlp.experts." in name:
+            special[name] = CustomDtype.INT4
+        elif any(part in name for part in FP8_PARAMS) and name.endswith("weight"):
+            special[name] = torch.float8_e4m3fn
+    return special
+
+
+def accelerate_map(model, memory: dict, special: dict) -> dict:
+    import torch
+    from accelerate import infer_auto_device_map
+    return infer_auto_device_map(model, max_memory=memory, no_split_module_classes=model._no_split_modules,
+                                 dtype=torch.bfloat16, special_dtypes=special)
+
+
+def device_of(module: str, device_map: dict):
+    """accelerate's device for a module: the longest mapped prefix."""
+    while module:
+        if module in device_map:
+            return device_map[module]
+        module = module.rpartition(".")[0]
+    return device_map.get("", "cpu")
+
+
+def group_device(group, device_map: dict, hc: bool):
+    templates = MODULES[group.cls] + (MHC_MODULES.get(group.cls, ()) if hc else ())
+    devices = [device_of(t.format(l=group.layer), device_map) for t in templates]
+    rank = {"disk": 2, "cpu": 1}
+    return max(devices, key=lambda d: rank.get(d, 0) if isinstance(d, str) else 0)
+
+
+def our_capacity(candidate) -> dict:
+    return dict(candidate.capacity)
+
+
+def evaluate_accelerate(resolved, profile, device_map: dict, workload):
+    """Our cost model on accelerate's placement: (generous decode tok/s, as-executed tok/s, bytes per tier)."""
+    grouping = build_groups(resolved.inventory)
+    machine = planner.build_machine(profile)
+    policy = resolve_policy("auto", machine.device_kind)
+    base = build_layout(profile, Mode.SINGLE if profile.gpus.count == 1 else Mode.PIPELINE, grouping)
+    stages = {}
+    for g in grouping.groups:
+        if g.layer is not None:
+            d = group_device(g, device_map, resolved.spec.hc_mult > 1)
+            stages[g.layer] = d if isinstance(d, int) else 0     # offloaded layers execute on the main GPU
+    layout = Layout(base.mode, base.gpus, stages if base.mode is Mode.PIPELINE else {})
+    items = planner._items(resolved, grouping, policy, workload, layout, machine, stream_prefill=False)
+    by_group = {g.name: g for g in grouping.groups}
+    placed, streamed_s = [], 0.0
+    for item in items:
+        if item.kind is ItemKind.KV:
+            option = item.option(TierKind.GPU)                  # generous: KV on the GPU
+        else:
+            d = group_device(by_group[item.name], device_map, resolved.spec.hc_mult > 1)
+            kind = TierKind.GPU if isinstance(d, int) else (TierKind.HOST if d == "cpu" else TierKind.NVME)
+            option = item.option(kind)
+            if kind is not TierKind.GPU:                        # accelerate's hooks copy the whole module
+                link = layout.gpu_for(item.layer, item.group.cls).link_bytes_per_s
+                read = option.bytes / machine.nvme.bandwidth_bytes_per_s if kind is TierKind.NVME else 0.0
+                streamed_s += max(option.bytes / link, read) - option.decode.seconds
+        placed.append(Placed(item, option, 0, item.units))
+    placement = Placement(tuple(placed), (), {}, {})
+    layers = len({g.layer for g in grouping.groups if g.layer is not None})
+    moe = len({g.layer for g in grouping.groups if g.cls.value == "routed_experts"})
+    cross = crossing_s(profile, layout, resolved.spec, workload.batch, moe, layers)
+    est = estimate(placement, layers, workload, cross, 0.0, 0.0)
+    per_tier = {}
+    for p in placed:
+        per_tier[p.option.tier.name] = per_tier.get(p.option.tier.name, 0) + p.bytes
+    as_run = workload.batch / (est.decode_step_s + streamed_s)
+    return est.decode_tokens_per_s, as_run, per_tier
+
+
+def fit_accelerate(model, special, resolved, profile, workload, best):
+    """accelerate's map under our limits, shrinking GPU budgets until its map fits in true bytes."""
+    capacity = our_capacity(best)
+    gpus = [t for t in best.layout.gpus]
+    host_free = capacity.get("host", 0)
+    budgets = {i: capacity[t.name] for i, t in enumerate(gpus)} if best.layout.mode is not Mode.TENSOR_EXPERT \
+        else {i: capacity[gpus[0].name] // profile.gpus.count for i in range(profile.gpus.count)}
+    scale, rounds = 1.0, 0
+    while True:
+        rounds += 1
+        memory = {i: int(b * scale) for i, b in budgets.items()}
+        memory["cpu"] = host_free
+        device_map = accelerate_map(model, memory, special)
+        generous, as_run, per_tier = evaluate_accelerate(resolved, profile, device_map, workload)
+        over = [t for t, b in per_tier.items() if t.startswith("gpu") and b > capacity.get(t, 0)]
+        if not over or rounds > 20:
+            return device_map, generous, as_run, per_tier, rounds, scale
+        scale *= 0.97
+
+
+def median_time(fn, repeat: int) -> tuple[float, float]:
+    """(median wall s, median CPU s) of ``fn()`` in this process."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def subprocess_time(args: list[str], repeat: int) -> tuple[float, float]:
+    """(median wall s, median CPU s, user + system) of a fresh process running ``args``."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(args, check=True, capture_output=True, cwd=REPO,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        walls.append(time.perf_counter() - start)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def accelerate_once(cfg: dict) -> None:
+    model = build_meta_model(cfg)
+    accelerate_map(model, {0: 25 * 2**30, "cpu": 120 * 2**30}, stored_dtypes(model))
+
+
+def main() -> None:
+    workload = make_workload()
+    resolved = resolve_model(MODEL)
+    cfg = transformers_config()
+    model = build_meta_model(cfg)
+    special = stored_dtypes(model)
+    print(f"{MODEL}, context {workload.context_tokens}, batch {workload.batch}; predicted decode tokens/s by our "
+          f"cost model")
+    for name in PROFILES:
+        profile = load_profile(name)
+        plan = make_plan(resolved, profile, workload)
+        found, *_ = planner.candidates(resolved, profile, workload, "auto", prefill_stream=False)
+        best, _ = planner.choose(found)
+        device_map, generous, as_run, per_tier, rounds, scale = fit_accelerate(model, special, resolved, profile,
+                                                                               workload, best)
+        ours = plan.estimates.decode_tokens_per_s
+        ours_same = best.estimates.decode_tokens_per_s          # same prefill mode as accelerate (no buffer)
+        gib = {t: round(b / 2**30, 1) for t, b in sorted(per_tier.items())}
+        print(f"\n[{name}] accelerate map: {len(device_map)} entries, GPU budget x{scale:.2f} after {rounds} "
+              f"round(s); true GiB per tier {gib}")
+        print(f"  ours {ours:.2f} tok/s (plan as printed), {ours_same:.2f} tok/s (without the prefill stream buffer)")
+        print(f"  accelerate's placement: {generous:.2f} tok/s with our execution choices, "
+              f"{as_run:.3f} tok/s as its hooks run it (offloaded modules copied to the GPU each step)")
+        print(f"  ratio ours / accelerate: {ours / generous:.2f}x (generous), {ours / as_run:.0f}x (as run)")
+
+    cfg_json = json.dumps(cfg)
+    ours_in = median_time(lambda: make_plan(resolve_model(MODEL), load_profile("rtx5090"), workload), 5)
+    acc_in = median_time(lambda: accelerate_once(cfg), 3)
+    memory = json.dumps({"0": 25 * 2**30, "cpu": 120 * 2**30})
+    ours_proc = subprocess_time([sys.executable, "-m", "mv4deploy", "plan", "--profile", "rtx5090", "--json"], 5)
+    acc_proc = subprocess_time([sys.executable, "-c", ACCELERATE_SCRIPT, cfg_json, memory], 3)
+    print("\nplanning time, median (wall s / CPU s; the machine is shared, so CPU time is the steadier figure):")
+    print(f"  in-process, imports done: ours {ours_in[0]:.3f} / {ours_in[1]:.3f} (config -> inventory -> plan with "
+          f"suggestions), accelerate {acc_in[0]:.3f} / {acc_in[1]:.3f} (meta model -> infer_auto_device_map) -> "
+          f"{acc_in[0] / ours_in[0]:.1f}x wall, {acc_in[1] / ours_in[1]:.1f}x CPU")
+    print(f"  fresh process, imports included: ours {ours_proc[0]:.3f} / {ours_proc[1]:.3f} "
+          f"(`mv4deploy plan --profile rtx5090 --json`), accelerate {acc_proc[0]:.3f} / {acc_proc[1]:.3f} -> "
+          f"{acc_proc[0] / ours_proc[0]:.1f}x wall, {acc_proc[1] / ours_proc[1]:.1f}x CPU")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``make_plan``: weigh the candidates, keep the best, and assemble the ``Plan`` a user reads.
+
+This is the planner's entry point. It is pure: it reads the resolved model and the profile it is
+given, imports no torch, probes no device and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mv4deploy.hardware.profile import HardwareProfile
+from mv4deploy.model.source import ResolvedModel
+from mv4deploy.plan.engram import engram_summary
+from mv4deploy.plan.hints import engine_hints
+from mv4deploy.plan.items import ItemKind
+from mv4deploy.plan.kv_tiering import kv_summary
+from mv4deploy.plan.multigpu import reason
+from mv4deploy.plan.plan import Plan, device_usage, group_rows
+from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, expert_execution
+from mv4deploy.plan.policy import AUTO, Policy
+from mv4deploy.plan.tiers import TierKind
+from mv4deploy.plan.workload import Workload
+from mv4deploy.quant.formats import FORMATS
+
+
+def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
+              host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
+              prefill_stream: bool | None = None, quick: bool = False) -> Plan:
+    """The plan. ``suggest`` False skips suggestions; ``quick`` weighs fewer candidates (no prefill
+    streaming: what suggestion re-plans use); ``prefill_stream`` forces streaming offloaded experts to the
+    GPU for prefill on or off (None: the planner chooses)."""
+    found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
+                                                         gpu_mem_util, quick=quick, prefill_stream=prefill_stream)
+    best, by_mode = choose(found)
+    kinds: dict = {}
+    for p in best.placement.placed:
+        kinds.setdefault(p.item.kind, []).append(p)
+    engram = None
+    if kinds.get(ItemKind.ENGRAM):
+        engram = engram_summary(kinds[ItemKind.ENGRAM], best.estimates.engram_windows_s, best.placement.free_bytes)
+        engram["traffic_bytes_per_s"] = engram["bytes_per_token"] * best.estimates.decode_tokens_per_s
+    activations = {d.name: best.workspace.total_bytes for d in machine.devices if d.kind in ("gpu", "npu")}
+    devices = device_usage(machine.devices, best.placement.placed, activations)
+    decisions = _decisions(best, by_mode, machine, chosen_policy, grouping, resolved)
+    plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=best.verdict.value,
+                devices=devices, groups=tuple(group_rows(best.placement)),
+                kv_cache=kv_summary(kinds.get(ItemKind.KV, [])), engram=engram, estimates=best.estimates,
+                hints={}, suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
+                decisions=decisions, placement=best.placement)
+    hints, hint_warnings = engine_hints(plan, best, resolved, machine)
+    suggestions = ()
+    if suggest and best.verdict.value != "fits":
+        from mv4deploy.plan.suggest import suggestions_for
+        suggestions = tuple(suggestions_for(plan, resolved, profile, workload, policy, host_mem_bytes,
+                                            gpu_mem_util, best))
+    return replace(plan, hints=hints, suggestions=suggestions, warnings=plan.warnings + tuple(hint_warnings))
+
+
+def _execution_formats(best: Candidate) -> list[dict]:
+    """Distinct (tier, format, how it executes) among placed weights: native, or weight-only dequant."""
+    seen = {}
+    for p in best.placement.placed:
+        if p.item.kind is not ItemKind.WEIGHTS or p.option.tier.kind is TierKind.NVME or p.option.format == "raw":
+            continue
+        tier = p.option.tier
+        if tier.kind is TierKind.HOST and p.option.decode.mode == "stream":
+            continue
+        compute = FORMATS[p.option.format].compute if p.option.format in FORMATS else "bf16"
+        _, how = tier.rate(compute)
+        seen[(tier.name, p.option.format)] = how
+    return [{"tier": t, "format": f, "execution": how} for (t, f), how in sorted(seen.items())]
+
+
+def _decisions(best: Candidate, by_mode, machine: Machine, policy: Policy, grouping, resolved) -> dict:
+    excluded = [{"reason": why, "tensors": len(ids),
+                 "bytes": sum(resolved.inventory.tensors[i].nbytes for i in ids)} for why, ids in grouping.excluded]
+    placement, est = best.placement, best.estimates
+    return {
+        "policy": {"name": policy.name, "description": policy.description},
+        "parallelism": {"mode": best.layout.mode.value, "reason": reason(machine.profile, best.layout, by_mode)},
+        "routed_experts": expert_execution(best),
+        "formats": _execution_formats(best),
+        "workspace": best.workspace.to_json(),
+        "excluded": excluded,
+        "unplaced": [{"name": p.name, "bytes": p.bytes if p.option else 0} for p in placement.unplaced],
+        "bound_gap": (est.bound_decode_tokens_per_s / est.decode_tokens_per_s
+                      if est.decode_tokens_per_s else None),
+        "decode_seconds_by_resource": dict(sorted(est.by_resource_s.items())),
+    }
+
+
+def _warnings(best: Candidate, machine: Machine, resolved: ResolvedModel, workload: Workload) -> list[str]:
+    profile, notes = machine.profile, []
+    spec = resolved.spec
+    if workload.context_tokens > spec.max_position_embeddings:
+        notes.append(f"context {workload.context_tokens:,} exceeds the model's max_position_embeddings "
+                     f"{spec.max_position_embeddings:,}")
+    if machine.host is not None and not machine.host.can_execute:
+        notes.append(f"{profile.name}: host bandwidth or compute unknown, so the CPU is not considered to "
+                     f"execute weights (measure with `mv4deploy profile probe`)")
+    if profile.gpus is not None and not profile.gpus.compute_flops_per_s:
+        notes.append(f"{profile.name}: {profile.gpus.kind.value.upper()} compute unknown: decode is estimated "
+                     f"from memory bandwidth alone and prefill is not estimated")
+    if profile.storage is not None and machine.nvme is None:
+        notes.append(f"{profile.name}: storage read bandwidth unknown: NVMe is not used")
+    if not best.workspace_fits:
+        notes.append("a GPU's reserve and workspace alone exceed its memory: shorten --prefill-chunk or --context")
+    engram = [p for p in best.placement.placed if p.item.kind is ItemKind.ENGRAM]
+    windows = best.estimates.engram_windows_s
+    late = [p.item.layer for p in engram if p.option.decode.seconds > windows.get(p.item.layer, 0.0)]
+    if late:
+        notes.append(f"Engram lookups of layers {late} outlast the layers before them: part of their time adds "
+                     f"to each step")
+    return notes

@@ -1,0 +1,141 @@
+"""Greedy placement by access density, and the fractional bound it is measured against.
+
+Tiers are filled fastest first: GPUs, then host RAM, then NVMe. For a tier, each item still waiting is
+scored by the decode time it saves per byte if it lands here rather than in the next tier down
+(seconds per byte: its *access density*), and items are taken in that order while they fit; an item
+that does not fit is skipped (a divisible one, routed experts, is cut at an expert boundary to fill the
+tier exactly). Ties break on the item order (embedding, layers in order, head), so the result is
+deterministic. Whatever no tier can hold is left unplaced (the plan does not fit).
+
+The bound relaxes the problem to fractional placement and prices each tier's bytes with a multiplier
+lambda >= 0 (Lagrangian / LP weak duality):
+    LB(lambda) = sum_i min_t (c_it + lambda_t * b_it) - sum_t lambda_t * capacity_t
+is at most the decode time of *any* placement that respects the capacities, the greedy one included.
+The multipliers start at the access density where each tier filled up and are improved by a short
+coordinate search; ``gap`` is how far the plan is from that bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import inf, isfinite
+
+from mv4deploy.plan.items import Item, Option, Placed
+from mv4deploy.plan.tiers import TierKind
+
+PASSES = (TierKind.GPU, TierKind.HOST, TierKind.NVME)
+
+
+@dataclass(frozen=True)
+class Placement:
+    placed: tuple[Placed, ...]
+    unplaced: tuple[Placed, ...]            # what no tier could hold (the remaining units of each item)
+    free_bytes: dict[str, int]              # per tier, after placement
+    boundary: dict[str, Item]               # per tier: the first item that did not (wholly) fit there
+
+    def on(self, tier_name: str) -> list[Placed]:
+        return [p for p in self.placed if p.option.tier.name == tier_name]
+
+
+def _fallback_s(item: Item, after: TierKind) -> float:
+    """Decode cost of the item's best option below ``after`` (inf when it has none)."""
+    later = [o.decode.seconds for o in item.options if PASSES.index(o.tier.kind) > PASSES.index(after)]
+    return min(later, default=inf)
+
+
+def _density(option: Option, fallback_s: float) -> float:
+    gain = fallback_s - option.decode.seconds
+    return gain / max(option.bytes, 1) if isfinite(gain) else inf
+
+
+def place(items: list[Item], capacity: dict[str, int]) -> Placement:
+    """``capacity``: free bytes per tier name (GPU tiers after workspace and reserve)."""
+    free = dict(capacity)
+    waiting = [(i, item, 0, item.units) for i, item in enumerate(items)]  # (order, item, start, stop)
+    placed, boundary = [], {}
+    for kind in PASSES:
+        scored = []
+        for order, item, start, stop in waiting:
+            option = item.option(kind)
+            if option is None:
+                continue
+            scored.append((-_density(option, _fallback_s(item, kind)), order, item, option, start, stop))
+        scored.sort(key=lambda s: (s[0], s[1]))
+        taken = {}
+        for neg_density, order, item, option, start, stop in scored:
+            tier, available = option.tier.name, free.get(option.tier.name, 0)
+            fit = _units_that_fit(option.bytes, item.units, start, stop, available)
+            if fit < stop - start:
+                boundary.setdefault(tier, item)
+            if fit <= 0:
+                continue
+            piece = Placed(item, option, start, start + fit)
+            free[tier] -= piece.bytes
+            placed.append(piece)
+            taken[order] = start + fit
+        waiting = [(o, it, taken.get(o, s), e) for o, it, s, e in waiting if taken.get(o, s) < e]
+    unplaced = tuple(Placed(it, it.options[-1] if it.options else None, s, e) for _, it, s, e in waiting)
+    order = {id(item): i for i, item in enumerate(items)}          # report in model order, not fill order
+    placed.sort(key=lambda p: (order[id(p.item)], p.start))
+    return Placement(tuple(placed), unplaced, free, boundary)
+
+
+def _units_that_fit(item_bytes: int, units: int, start: int, stop: int, available: int) -> int:
+    """How many of units [start, stop) (``units`` sharing ``item_bytes``) fit in ``available`` bytes."""
+    def size(n: int) -> int:
+        return item_bytes * (start + n) // units - item_bytes * start // units
+    if size(stop - start) <= available:
+        return stop - start
+    if units == 1:
+        return 0
+    fit = min(stop - start, available * units // max(item_bytes, 1))
+    while fit > 0 and size(fit) > available:
+        fit -= 1
+    return fit
+
+
+def multipliers(placement: Placement, capacity: dict[str, int]) -> dict[str, float]:
+    """Starting prices per byte, slowest tier first: a full tier is worth, per byte, what its boundary
+    item would lose by going to its best option below (that option's cost plus the price of its bytes)."""
+    lam: dict[str, float] = {}
+    for kind in reversed(PASSES):
+        for tier, item in placement.boundary.items():
+            here = next((o for o in item.options if o.tier.name == tier), None)
+            if here is None or here.tier.kind is not kind:
+                continue
+            below = [o.bound_decode_s + lam.get(o.tier.name, 0.0) * o.bytes for o in item.options
+                     if PASSES.index(o.tier.kind) > PASSES.index(kind)]
+            lam[tier] = max(0.0, (min(below) - here.bound_decode_s) / max(here.bytes, 1)) if below else 0.0
+    return lam
+
+
+def lower_bound(items: list[Item], capacity: dict[str, int], start: dict[str, float]) -> float:
+    """Best Lagrangian bound found from the multipliers ``start`` (tier name -> seconds per byte)."""
+    tiers = sorted(capacity)
+    index = {tier: i for i, tier in enumerate(tiers)}
+    counts: dict = {}
+    for item in items:
+        row = tuple((index[o.tier.name], o.bound_decode_s, o.bytes) for o in item.options if o.tier.name in index)
+        if not row:
+            return 0.0                                   # an item with nowhere to go: no finite bound
+        counts[row] = counts.get(row, 0) + 1             # repeated layers price alike: count them once
+    rows = list(counts.items())
+    caps = [capacity[tier] for tier in tiers]
+    lam = [start.get(tier, 0.0) if isfinite(start.get(tier, 0.0)) else 0.0 for tier in tiers]
+    best = _lagrangian(rows, caps, lam)
+    for _ in range(2):                                   # coordinate search: scale each multiplier
+        for i in range(len(tiers)):
+            base = lam[i]
+            for factor in (0.0, 0.25, 0.5, 0.8, 0.95, 1.05, 1.25, 2.0, 4.0):
+                trial = lam[:i] + [base * factor] + lam[i + 1:]
+                value = _lagrangian(rows, caps, trial)
+                if value > best:
+                    best, lam = value, trial
+    return best
+
+
+def _lagrangian(rows, caps: list[int], lam: list[float]) -> float:
+    total = -sum(l * c for l, c in zip(lam, caps))
+    for row, count in rows:
+        total += count * min(cost + lam[t] * nbytes for t, cost, nbytes in row)
+    return max(total, 0.0)

@@ -1,0 +1,106 @@
+"""The ``Plan``: a typed result with the same shape every time, and its JSON contract.
+
+``Plan.to_json()`` keys (stable; other tools read them):
+``model, profile, workload{context_tokens, batch, prefill_chunk}, verdict,
+devices[{name, kind, capacity_bytes, used_bytes, breakdown{weights, engram, kv_cache, activations, reserve}}],
+groups[{name, role, layer, tier, format, bytes}], kv_cache{pools[{name, tier, bytes}], gpu_bytes_saved,
+added_s_per_token}, engram (null or a dict), estimates{decode_tokens_per_s, prefill_tokens_per_s,
+time_to_first_token_s, bottleneck, bound_decode_tokens_per_s}, hints{vllm, sglang, llama_cpp,
+accelerate_device_map}, suggestions[...], warnings[...]``, plus ``decisions``: why the plan is what it is
+(parallelism, where experts execute per phase, formats and their execution, workspace, exclusions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mv4deploy.plan.estimates import Estimates
+from mv4deploy.plan.items import ItemKind, Placed
+from mv4deploy.plan.placement import Placement
+from mv4deploy.plan.tiers import Device
+from mv4deploy.plan.workload import Workload
+
+BREAKDOWN = ("weights", "engram", "kv_cache", "activations", "reserve")
+CATEGORY = {ItemKind.WEIGHTS: "weights", ItemKind.ENGRAM: "engram", ItemKind.KV: "kv_cache"}
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    name: str
+    kind: str
+    capacity_bytes: int
+    breakdown: dict[str, int]
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self.breakdown.values())
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.capacity_bytes - self.used_bytes
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "capacity_bytes": self.capacity_bytes,
+                "used_bytes": self.used_bytes, "breakdown": dict(self.breakdown)}
+
+
+def device_usage(devices: tuple[Device, ...], placed: tuple[Placed, ...],
+                 activations: dict[str, int]) -> tuple[DeviceUse, ...]:
+    """Bytes per device and category; a tier sharded over several devices splits each item evenly."""
+    use = {d.name: dict.fromkeys(BREAKDOWN, 0) for d in devices}
+    for d in devices:
+        use[d.name]["reserve"] = d.reserve_bytes
+        use[d.name]["activations"] = activations.get(d.name, 0)
+    for p in placed:
+        members = p.option.tier.devices
+        share, rest = divmod(p.bytes, len(members))
+        for i, name in enumerate(members):
+            use[name][CATEGORY[p.item.kind]] += share + (rest if i == 0 else 0)
+    return tuple(DeviceUse(d.name, d.kind, d.capacity_bytes, use[d.name]) for d in devices)
+
+
+def group_rows(placement: Placement) -> list[dict]:
+    """One row per placed weight group or Engram table (a cut group gives one row per piece)."""
+    rows = []
+    for p, placed in [(p, True) for p in placement.placed] + [(p, False) for p in placement.unplaced]:
+        if p.item.kind is ItemKind.KV:
+            continue
+        rows.append({"name": p.name, "role": p.item.cls, "layer": p.item.layer,
+                     "tier": p.option.tier.name if placed else "unplaced",
+                     "format": p.option.format if p.option else "as-stored", "bytes": p.bytes if p.option else 0})
+    return rows
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    profile: str
+    workload: Workload
+    verdict: str
+    devices: tuple[DeviceUse, ...]
+    groups: tuple[dict, ...]
+    kv_cache: dict
+    engram: dict | None
+    estimates: Estimates
+    hints: dict
+    suggestions: tuple[dict, ...]
+    warnings: tuple[str, ...]
+    decisions: dict
+    placement: Placement = field(compare=False, repr=False)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "profile": self.profile,
+            "workload": self.workload.to_json(),
+            "verdict": self.verdict,
+            "devices": [d.to_json() for d in self.devices],
+            "groups": list(self.groups),
+            "kv_cache": self.kv_cache,
+            "engram": self.engram,
+            "estimates": self.estimates.to_json(),
+            "hints": self.hints,
+            "suggestions": list(self.suggestions),
+            "warnings": list(self.warnings),
+            "decisions": self.decisions,
+        }

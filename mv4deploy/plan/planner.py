@@ -1,0 +1,181 @@
+"""``make_plan(model, profile, workload, policy)``: the planner, pure (no torch, no device probing).
+
+For each way the GPUs can share the model (``multigpu``) and each prefill mode (CPU-side, or streaming
+offloaded experts to the GPU, which needs a stream buffer there), it builds the items with their costs,
+places them (``placement``), bounds the result, estimates speeds and judges the fit; the best candidate
+wins: the best verdict, then the fastest decode, where a decode within ``DECODE_TIE`` of the fastest
+counts as a tie broken by prefill speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mv4deploy.hardware.profile import HardwareProfile
+from mv4deploy.model.kv import kv_layout
+from mv4deploy.model.source import ResolvedModel
+from mv4deploy.plan.engram import engram_item
+from mv4deploy.plan.estimates import Estimates, estimate
+from mv4deploy.plan.groups import GroupClass, Grouping, build_groups
+from mv4deploy.plan.items import Item, weight_item
+from mv4deploy.plan.kv_tiering import kv_items
+from mv4deploy.plan.multigpu import Layout, Mode, build_layout, candidate_modes, crossing_s, kv_replicas
+from mv4deploy.plan.placement import Placement, lower_bound, multipliers, place
+from mv4deploy.plan.policy import Policy, resolve_policy
+from mv4deploy.plan.tiers import Device, Tier, TierKind, build_devices, host_tier, nvme_tier
+from mv4deploy.plan.verdict import Verdict, verdict_of
+from mv4deploy.plan.workload import Workload
+from mv4deploy.plan.workspace import Workspace, stream_buffer_bytes, workspace
+
+DECODE_TIE = 0.03
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A profile turned into devices and tiers, with the user's overrides applied."""
+
+    profile: HardwareProfile
+    devices: tuple[Device, ...]
+    host: Tier | None
+    nvme: Tier | None
+
+    @property
+    def device_kind(self) -> str:
+        return self.profile.gpus.kind.value if self.profile.gpus is not None else "cpu"
+
+
+def build_machine(profile: HardwareProfile, host_mem_bytes: int | None = None,
+                  gpu_mem_util: float | None = None) -> Machine:
+    devices = build_devices(profile, host_mem_bytes, gpu_mem_util)
+    host = host_tier(profile)
+    nvme = nvme_tier(profile, host) if any(d.name == "nvme" for d in devices) else None
+    return Machine(profile, devices, host, nvme)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layout: Layout
+    stream_prefill: bool
+    items: tuple[Item, ...]
+    capacity: dict[str, int]
+    placement: Placement
+    estimates: Estimates
+    verdict: Verdict
+    workspace: Workspace
+    workspace_fits: bool
+
+
+def _items(resolved: ResolvedModel, grouping: Grouping, policy: Policy, workload: Workload, layout: Layout,
+           machine: Machine, stream_prefill: bool) -> list[Item]:
+    spec, items, cache = resolved.spec, [], {}
+    for group in grouping.groups:
+        gpu = layout.gpu_for(group.layer, group.cls)
+        if group.cls is GroupClass.ENGRAM_TABLE:
+            items.append(engram_item(group, workload, gpu, machine.host, machine.nvme))
+        else:
+            items.append(weight_item(group, policy, spec, workload, gpu, machine.host, machine.nvme, layout.shards,
+                                     stream_prefill, cache))
+    layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
+    items += kv_items(kv_layout(spec), workload, layout.stage_layers(layers), machine.host,
+                      kv_replicas(spec, layout))
+    return items
+
+
+def _capacity(machine: Machine, layout: Layout, ws: Workspace) -> tuple[dict[str, int], bool]:
+    """Free bytes per tier once reserves and (on GPUs) the workspace are set aside."""
+    free = {d.name: d.capacity_bytes - d.reserve_bytes - (ws.total_bytes if d.kind in ("gpu", "npu") else 0)
+            for d in machine.devices}
+    fits = all(v >= 0 for v in free.values())
+    capacity = {t.name: max(0, sum(free[d] for d in t.devices)) for t in layout.gpus}
+    for tier in (machine.host, machine.nvme):
+        if tier is not None:
+            capacity[tier.name] = max(0, free[tier.name])
+    return capacity, fits
+
+
+def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buffer: int) -> Candidate:
+    spec = resolved.spec
+    ws = workspace(spec, workload, stream_buffer)
+    items = _items(resolved, grouping, policy, workload, layout, machine, stream_prefill=stream_buffer > 0)
+    capacity, ws_fits = _capacity(machine, layout, ws)
+    placement = place(items, capacity)
+    bound = lower_bound(items, capacity, multipliers(placement, capacity))
+    layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
+    moe_layers = len({g.layer for g in grouping.groups if g.cls is GroupClass.ROUTED_EXPERTS})
+    cross_d = crossing_s(machine.profile, layout, spec, workload.batch, moe_layers, len(layers))
+    cross_p = crossing_s(machine.profile, layout, spec, workload.chunk_tokens, moe_layers, len(layers))
+    est = estimate(placement, len(layers), workload, cross_d, cross_p, bound)
+    return Candidate(layout, stream_buffer > 0, tuple(items), capacity, placement, est,
+                     verdict_of(placement, ws_fits), ws, ws_fits)
+
+
+def _offloaded_expert_bytes(candidate: Candidate) -> int:
+    """Largest routed-expert group left off the GPUs (0: nothing to stream)."""
+    sizes = [p.item.options[0].bytes for p in candidate.placement.placed
+             if p.item.cls == GroupClass.ROUTED_EXPERTS.value and p.option.tier.kind is not TierKind.GPU]
+    return max(sizes, default=0)
+
+
+def _best(candidates: list[Candidate]) -> Candidate:
+    """Per layout, streaming prefill wins over CPU prefill when its decode is within ``DECODE_TIE`` and its
+    prefill is faster (it reserves a stream buffer, so its decode is never higher); across layouts the
+    best verdict, then the fastest decode, then the fastest prefill wins."""
+    per_layout = {}
+    for c in candidates:
+        per_layout.setdefault(c.layout.mode, []).append(c)
+    finalists = []
+    for group in per_layout.values():
+        verdict = min(c.verdict.rank for c in group)
+        pool = [c for c in group if c.verdict.rank == verdict]
+        fastest = max(c.estimates.decode_tokens_per_s for c in pool)
+        close = [c for c in pool if c.estimates.decode_tokens_per_s >= (1 - DECODE_TIE) * fastest]
+        finalists.append(max(close, key=lambda c: (c.estimates.prefill_tokens_per_s or 0.0,
+                                                   c.estimates.decode_tokens_per_s)))
+    return min(finalists, key=lambda c: (c.verdict.rank, -c.estimates.decode_tokens_per_s,
+                                          -(c.estimates.prefill_tokens_per_s or 0.0)))
+
+
+def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy_name: str,
+               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, quick: bool = False,
+               prefill_stream: bool | None = None):
+    """Every candidate the planner weighs, and the machine and policy they share. ``quick`` leaves out the
+    prefill-streaming candidates (they change prefill, rarely the verdict): suggestions use it.
+    ``prefill_stream`` True / False forces streaming offloaded experts for prefill on / off (None: weigh both)."""
+    grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
+    machine = build_machine(profile, host_mem_bytes, gpu_mem_util)
+    policy = resolve_policy(policy_name, machine.device_kind)
+    found = []
+    for mode in candidate_modes(profile):
+        layout = build_layout(profile, mode, grouping)
+        plain = _evaluate(resolved, grouping, policy, workload, machine, layout, 0)
+        offloaded = _offloaded_expert_bytes(plain)
+        can_stream = offloaded and layout.gpus and machine.host is not None and layout.gpus[0].link_bytes_per_s
+        if prefill_stream is not True or not can_stream:
+            found.append(plain)
+        if can_stream and prefill_stream is not False and not (quick and prefill_stream is None):
+            found.append(_evaluate(resolved, grouping, policy, workload, machine, layout,
+                                   stream_buffer_bytes(offloaded)))
+    return found, machine, policy, grouping
+
+
+def choose(found: list[Candidate]) -> tuple[Candidate, dict[Mode, tuple[str, float]]]:
+    """The best candidate, and per layout mode the best verdict and decode speed it reached."""
+    best = _best(found)
+    by_mode: dict[Mode, tuple[str, float]] = {}
+    for mode in {c.layout.mode for c in found}:
+        top = _best([c for c in found if c.layout.mode is mode])
+        by_mode[mode] = (top.verdict.value, top.estimates.decode_tokens_per_s)
+    return best, by_mode
+
+
+def expert_execution(candidate: Candidate) -> dict:
+    """Where offloaded routed experts execute, per phase, from the modes their costs chose."""
+    decode, prefill = set(), set()
+    for p in candidate.placement.placed:
+        if p.item.cls == GroupClass.ROUTED_EXPERTS.value and p.option.tier.kind is not TierKind.GPU:
+            decode.add(p.option.decode.mode)
+            prefill.add(p.option.prefill.mode)
+    return {"offloaded_decode": sorted(decode), "offloaded_prefill": sorted(prefill),
+            "prefill_streams_to_gpu": candidate.stream_prefill,
+            "why": "each offloaded group takes the cheaper of running on the CPU beside its weights and "
+                   "streaming them over the host link to the GPU, per phase"}

@@ -1,0 +1,86 @@
+"""Precision policies as a table: which format each group's weights take in the plan.
+
+A policy is an ordered list of rules (group classes, target format), first match wins, anything
+unmatched stays as stored. ``auto`` picks a policy by the kind of the machine's accelerator: GPUs keep
+the native formats (a GPU that lacks a format's compute, e.g. FP4 experts on Ada, runs it as
+weight-only dequantization: the bytes stay 4.25 bits, the math runs in BF16/FP8; ``int4-experts`` is
+the re-quantized alternative), phones' NPUs run INT4 weights. Norms, mHC mixes and Engram tables are
+never converted (``groups.FIXED_ROLES``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mv4deploy.errors import InputError
+from mv4deploy.plan.groups import GroupClass
+from mv4deploy.quant.formats import get_format
+
+LINEAR = frozenset({GroupClass.ATTENTION, GroupClass.INDEXER, GroupClass.SHARED_EXPERT, GroupClass.DENSE_MLP,
+                    GroupClass.ROUTED_EXPERTS, GroupClass.ENGRAM_PROJ})
+
+
+@dataclass(frozen=True)
+class Rule:
+    classes: frozenset[GroupClass]
+    target: str                                  # a name in mv4deploy.quant.formats.FORMATS
+    unless_compute: frozenset[str] = frozenset()  # leave weights that already compute in one of these
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    description: str
+    rules: tuple[Rule, ...] = ()
+
+    def target(self, cls: GroupClass, stored: str) -> str:
+        for rule in self.rules:
+            if cls in rule.classes and get_format(stored).compute not in rule.unless_compute:
+                return rule.target
+        return stored
+
+
+# The phone's deployment format: what `onnxruntime_genai.models.builder -p int4` emits, MatMulNBits with
+# block_size 32 (its default) and symmetric weights (is_symmetric default true), every MatMul including
+# the LM head, the embedding Gather left unquantized. Our int4-g32 stores a BF16 scale per 32 weights;
+# the builder's scale dtype follows the model's io dtype, so the ONNX-export issue checks these bytes
+# against a real export and changes this one entry if they differ.
+MOBILE_INT4_FORMAT = "int4-g32"
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    Policy("native", "keep every weight as stored; a tier that lacks the compute format dequantizes "
+                     "weight-only"),
+    Policy("fp8", "linear weights in FP8 e4m3 with 128x128 UE8M0 block scales (FP4 experts grow 1.9x)",
+           (Rule(LINEAR, "fp8-e4m3-block128-ue8m0", frozenset({"fp8"})),)),
+    Policy("int4-experts", "routed experts re-quantized to INT4, one BF16 scale per 128 (W4A16); the rest "
+                           "as stored", (Rule(frozenset({GroupClass.ROUTED_EXPERTS}), "int4-g128"),)),
+    Policy("int4", "every linear weight and the LM head in INT4, one BF16 scale per 128 (W4A16)",
+           (Rule(LINEAR | {GroupClass.HEAD}, "int4-g128", frozenset({"int4"})),)),
+    Policy("mobile-int4", "INT4 block 32 for every linear weight and the LM head, embedding as stored "
+                          "(the onnxruntime-genai int4 export)",
+           (Rule(LINEAR | {GroupClass.HEAD}, MOBILE_INT4_FORMAT),)),
+)}
+
+AUTO = "auto"
+AUTO_BY_DEVICE_KIND = {"gpu": "native", "npu": "mobile-int4", "cpu": "native"}
+
+
+def policy_names() -> list[str]:
+    return [AUTO, *POLICIES]
+
+
+def resolve_policy(name: str, device_kind: str) -> Policy:
+    """The policy a plan uses; ``device_kind`` is the accelerator's kind ("gpu", "npu") or "cpu"."""
+    if name == AUTO:
+        return POLICIES[AUTO_BY_DEVICE_KIND[device_kind]]
+    if name not in POLICIES:
+        raise InputError(None, "--policy", name, f"unknown policy; known: {', '.join(policy_names())}")
+    return POLICIES[name]
+
+
+def main_format(group, policy: Policy) -> str:
+    """The format of most of a group's bytes under ``policy`` (what the plan reports per group)."""
+    stored = group.main_format
+    if any(fmt == stored for _, fmt, _ in group.weights):
+        return policy.target(group.cls, stored)
+    return stored

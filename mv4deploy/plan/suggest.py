@@ -1,0 +1,136 @@
+"""Suggestions: re-plan with one change each and keep the changes that help (``verdict.improves``).
+
+Cheapest change first: a lower-bit expert policy, a shorter context, more host RAM, another shipped
+profile, the distillate. Each re-plan is the full planner without suggestions of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mv4deploy.errors import InputError
+from mv4deploy.hardware.profile import HardwareProfile, list_profiles, load_profile
+from mv4deploy.hardware.units import format_bytes
+from mv4deploy.model.source import ResolvedModel, resolve_model
+from mv4deploy.model.spec import Arch
+from mv4deploy.plan.groups import GroupClass
+from mv4deploy.plan.verdict import (DISTILLATE, MIN_CONTEXT, Change, Verdict, host_needed_bytes, improves,
+                                    round_up_host, suggestion)
+from mv4deploy.plan.workload import Workload
+
+LOWER_BIT_EXPERTS = "int4-experts"
+CONTEXT_SHARE = 0.10
+DENSE = (Arch.QWEN2, Arch.LLAMA)
+
+
+def _replan(resolved, profile, workload, policy, host_mem, gpu_util):
+    from mv4deploy.plan.assemble import make_plan
+    return make_plan(resolved, profile, workload, policy, host_mem, gpu_util, suggest=False, quick=True)
+
+
+_PROFILES: dict[str, HardwareProfile] = {}
+
+
+def _profile(name: str) -> HardwareProfile:
+    if name not in _PROFILES:
+        _PROFILES[name] = load_profile(name)
+    return _PROFILES[name]
+
+
+def _host_used(plan) -> int:
+    return next((d.used_bytes for d in plan.devices if d.name == "host"), 0)
+
+
+def _profiles_smallest_first(current: str, dense_model: bool) -> list[str]:
+    """Shipped profiles other than ``current``, least total accelerator memory first (the cheapest
+    machine that helps is the smallest change). Phones only for the dense distillates."""
+    sized = []
+    for name in list_profiles():
+        if name == current:
+            continue
+        try:
+            gpus = _profile(name).gpus
+        except InputError:
+            continue
+        if gpus is not None and gpus.kind.value == "npu" and not dense_model:
+            continue
+        sized.append((gpus.count * gpus.memory_bytes if gpus else 0, name))
+    return [name for _, name in sorted(sized)]
+
+
+def _context_matters(plan, best) -> bool:
+    """A shorter context only helps when the KV cache and workspace are a real share of the GPUs
+    (at least ``CONTEXT_SHARE``) or some KV pool found no room."""
+    gpus = [d for d in plan.devices if d.kind in ("gpu", "npu")]
+    capacity = sum(d.capacity_bytes for d in gpus) or 1
+    used = sum(d.breakdown["kv_cache"] + d.breakdown["activations"] for d in gpus)
+    unplaced_kv = any(p.item.kind.value == "kv_cache" for p in best.placement.unplaced)
+    return unplaced_kv or used / capacity >= CONTEXT_SHARE
+
+
+def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str, best):
+    """The candidate changes, cheapest first; each is (Change, thunk returning a Plan)."""
+    changes = []
+    has_experts = any(g["role"] == GroupClass.ROUTED_EXPERTS.value for g in plan.groups)
+    if has_experts and policy != LOWER_BIT_EXPERTS:
+        changes.append(Change(f"--policy {LOWER_BIT_EXPERTS}", "policy", {"policy": LOWER_BIT_EXPERTS}))
+    context = workload.context_tokens // 2 if _context_matters(plan, best) else 0
+    while context >= MIN_CONTEXT:
+        changes.append(Change(f"--context {context}", "context", {"workload": replace(workload, context_tokens=context)}))
+        context //= 2
+    if best.placement.unplaced or plan.verdict == Verdict.DOES_NOT_FIT.value:
+        host = round_up_host(host_needed_bytes(best.placement, _host_used(plan)) + profile.host.reserve_bytes)
+        current = next((d.capacity_bytes for d in plan.devices if d.name == "host"), 0)
+        if host and host > current:
+            changes.append(Change(f"--host-mem {host // 2**30}GiB", "host_memory", {"host_mem": host}))
+    for name in _profiles_smallest_first(profile.name, resolved.spec.architecture in DENSE):
+        changes.append(Change(f"--profile {name}", "profile", {"profile": name}))
+    if resolved.spec.architecture not in DENSE:
+        changes.append(Change(f"--model {DISTILLATE}", "model", {"model": DISTILLATE}))
+    return changes
+
+
+def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util):
+    kw = change.kwargs
+    try:
+        prof = _profile(kw["profile"]) if "profile" in kw else profile
+        model = resolve_model(kw["model"]) if "model" in kw else resolved
+    except InputError:
+        return None
+    host = kw.get("host_mem", host_mem if "profile" not in kw else None)
+    return _replan(model, prof, kw.get("workload", workload), kw.get("policy", policy), host,
+                   gpu_util if "profile" not in kw else None)
+
+
+def _why(change: Change, plan, new) -> str:
+    if change.kind == "host_memory":
+        return f"holds every weight read per token in RAM instead of NVMe ({new.verdict})"
+    if change.kind == "policy":
+        weights = sum(g["bytes"] for g in new.groups)
+        return f"routed experts in INT4: weights {format_bytes(weights)}"
+    if change.kind == "context":
+        return f"KV cache and workspace shrink with the context ({new.verdict})"
+    return f"{new.verdict} at {new.estimates.decode_tokens_per_s:,.1f} tok/s"
+
+
+def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best) -> list[dict]:
+    """Helpful changes, at most one per kind: the first (smallest) that helps, except for profiles, where
+    the one with the best verdict wins and the smallest machine breaks ties."""
+    base_verdict = Verdict(plan.verdict)
+    base_tps = plan.estimates.decode_tokens_per_s
+    found: dict[str, tuple] = {}
+    for change in _changes(plan, resolved, profile, workload, policy, best):
+        settled = change.kind in found and (change.kind != "profile" or found[change.kind][1] is Verdict.FITS)
+        if settled:
+            continue
+        new = _apply(change, resolved, profile, workload, policy, host_mem, gpu_util)
+        if new is None:
+            continue
+        verdict, tps = Verdict(new.verdict), new.estimates.decode_tokens_per_s
+        if not improves(base_verdict, base_tps, verdict, tps):
+            continue
+        if change.kind in found and verdict.rank >= found[change.kind][1].rank:
+            continue
+        found[change.kind] = (change, verdict, tps, _why(change, plan, new))
+    return [suggestion(*found[kind]) for kind in ("policy", "context", "host_memory", "profile", "model")
+            if kind in found]

@@ -1,0 +1,146 @@
+"""Devices and tiers from a ``HardwareProfile``: where bytes can live, how fast they are read, what executes.
+
+A *device* is a memory with a budget (``gpu:0``, ``host``, ``nvme``); a *tier* is what the placement
+sees: one or more devices with an achievable bandwidth (peak x the profile's efficiency), achievable
+compute per format, the formats its units execute natively and the link that joins it to the GPU.
+Figures a profile marks ``unknown`` stay ``None``: the planner then leaves out what needs them (CPU
+execution without host bandwidth and compute, the NVMe tier without a read bandwidth) and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Mapping
+
+from mv4deploy.errors import InputError
+from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
+
+PAGE_BYTES = 4096                 # one NVMe / page-cache read unit
+FLOAT_FALLBACK = ("bf16", "fp16", "fp32")  # what weight-only dequantization computes in, best first
+# What a CPU's ISA extensions let it compute natively (fp32 always); everything else is dequantized.
+ISA_FORMATS = {"avx512_bf16": ("bf16",), "amx_bf16": ("bf16",), "avx512_fp16": ("fp16",), "neon": ("fp16",),
+               "avx512_vnni": ("int8",), "avx_vnni": ("int8",), "amx_int8": ("int8",)}
+
+
+class TierKind(str, Enum):
+    GPU = "gpu"     # a GPU or NPU (its own memory, or the app budget of a phone's shared RAM)
+    HOST = "host"   # CPU RAM: holds weights; the CPU may execute them, or they stream over the host link
+    NVME = "nvme"   # storage read through the page cache: holds weights, never executes them
+
+
+@dataclass(frozen=True)
+class Device:
+    """One memory with a budget. ``capacity_bytes``: GPU memory x usable fraction (or --gpu-mem-util),
+    host RAM (or --host-mem), drive capacity. ``reserve_bytes`` is held back inside that budget."""
+
+    name: str
+    kind: str            # "gpu" | "npu" | "host" | "nvme"
+    capacity_bytes: int
+    reserve_bytes: int
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str                                  # "gpu:0", "gpu:0-7" (sharded over 8), "host", "nvme"
+    kind: TierKind
+    devices: tuple[str, ...]
+    bandwidth_bytes_per_s: float | None        # achievable, summed over the tier's devices
+    compute_flops_per_s: Mapping[str, float] = field(default_factory=dict)  # achievable, per format
+    native_formats: frozenset[str] = frozenset()
+    link_bytes_per_s: float | None = None      # GPU tiers: host -> this tier (summed over GPUs when sharded)
+    latency_s: float = 0.0                     # per transfer over that link (NVMe: per random read)
+    random_read_bytes_per_s: float | None = None  # nvme: 4 KiB random reads (IOPS x 4 KiB)
+
+    def rate(self, compute_format: str) -> tuple[float | None, str]:
+        """FLOP/s for weights whose format computes in ``compute_format``, and how: natively, or after a
+        weight-only dequantization into the best float format this tier runs ("dequant:bf16")."""
+        native = compute_format in self.native_formats
+        if native and compute_format in self.compute_flops_per_s:
+            return self.compute_flops_per_s[compute_format], "native"
+        for fallback in FLOAT_FALLBACK:
+            if fallback in self.native_formats and fallback in self.compute_flops_per_s:
+                return self.compute_flops_per_s[fallback], "native" if native else f"dequant:{fallback}"
+        return None, "native" if native else "dequant"
+
+    @property
+    def can_execute(self) -> bool:
+        """GPUs always; the CPU only when the profile knows its bandwidth and compute (no guessing)."""
+        if self.kind is TierKind.GPU:
+            return True
+        return self.kind is TierKind.HOST and bool(self.bandwidth_bytes_per_s and self.compute_flops_per_s)
+
+
+def _gpu_capacity(profile: HardwareProfile, gpu_mem_util: float | None) -> int:
+    fraction = gpu_mem_util if gpu_mem_util is not None else profile.gpus.usable_fraction
+    return int(profile.gpus.memory_bytes * fraction)
+
+
+def build_devices(profile: HardwareProfile, host_mem_bytes: int | None = None,
+                  gpu_mem_util: float | None = None) -> tuple[Device, ...]:
+    """Every memory of the machine. A unified-memory device (a phone) has no separate host tier: its
+    app budget is the whole of what the model may use."""
+    devices = []
+    gpus = profile.gpus
+    if gpus is not None:
+        kind = "npu" if gpus.kind is DeviceKind.NPU else "gpu"
+        devices += [Device(f"gpu:{i}", kind, _gpu_capacity(profile, gpu_mem_util), gpus.runtime_reserve_bytes)
+                    for i in range(gpus.count)]
+    if gpus is None or not gpus.unified_memory:
+        memory = host_mem_bytes if host_mem_bytes is not None else profile.host.memory_bytes
+        devices.append(Device("host", "host", memory, min(profile.host.reserve_bytes, memory)))
+    storage = profile.storage
+    if storage is not None and storage.read_bytes_per_s and storage.capacity_bytes:
+        devices.append(Device("nvme", "nvme", storage.capacity_bytes, 0))
+    return tuple(devices)
+
+
+def gpu_tiers(profile: HardwareProfile, sharded: bool) -> tuple[Tier, ...]:
+    """One tier per GPU, or one tier sharded over all GPUs (tensor / expert parallel)."""
+    gpus = profile.gpus
+    if gpus is None:
+        return ()
+    if gpus.bandwidth_bytes_per_s is None:
+        raise InputError(profile.source, "gpus.bandwidth", "unknown",
+                         "the planner needs the GPU memory bandwidth; write it in the profile")
+    eff = profile.efficiency
+    link = profile.host_link.effective_bytes_per_s if profile.host_link else None
+    latency = profile.host_link.latency_s if profile.host_link else 0.0
+    count = gpus.count if sharded else 1
+    compute = MappingProxyType({f: r * eff.gpu_compute * count for f, r in gpus.compute_flops_per_s.items()})
+    common = dict(kind=TierKind.GPU, bandwidth_bytes_per_s=gpus.bandwidth_bytes_per_s * eff.gpu_bandwidth * count,
+                  compute_flops_per_s=compute, native_formats=frozenset(gpus.native_formats),
+                  link_bytes_per_s=link * eff.host_link * count if link else None, latency_s=latency)
+    if sharded:
+        names = tuple(f"gpu:{i}" for i in range(gpus.count))
+        return (Tier(name=f"gpu:0-{gpus.count - 1}", devices=names, **common),)
+    return tuple(Tier(name=f"gpu:{i}", devices=(f"gpu:{i}",), **common) for i in range(gpus.count))
+
+
+def host_tier(profile: HardwareProfile) -> Tier | None:
+    if profile.gpus is not None and profile.gpus.unified_memory:
+        return None
+    host, eff = profile.host, profile.efficiency
+    native = {"fp32"} | {f for isa in host.isa for f in ISA_FORMATS.get(isa, ())}
+    link = profile.host_link.effective_bytes_per_s if profile.host_link else None
+    return Tier(name="host", kind=TierKind.HOST, devices=("host",),
+                bandwidth_bytes_per_s=host.bandwidth_bytes_per_s * eff.host_bandwidth
+                if host.bandwidth_bytes_per_s else None,
+                compute_flops_per_s=MappingProxyType({f: r * eff.host_compute
+                                                      for f, r in host.compute_flops_per_s.items()}),
+                native_formats=frozenset(native),
+                link_bytes_per_s=link * eff.host_link if link and profile.gpus is not None else None,
+                latency_s=profile.host_link.latency_s if profile.host_link else 0.0)
+
+
+def nvme_tier(profile: HardwareProfile, host: Tier | None) -> Tier | None:
+    """Storage read through the page cache into host RAM, then to the CPU or over the host link."""
+    storage = profile.storage
+    if storage is None or not storage.read_bytes_per_s or not storage.capacity_bytes:
+        return None
+    read = storage.read_bytes_per_s * profile.efficiency.storage
+    random = min(read, storage.random_read_iops * PAGE_BYTES) if storage.random_read_iops else None
+    link = host.link_bytes_per_s if host is not None else None
+    return Tier(name="nvme", kind=TierKind.NVME, devices=("nvme",), bandwidth_bytes_per_s=read,
+                link_bytes_per_s=link, latency_s=storage.latency_s, random_read_bytes_per_s=random)

@@ -1,0 +1,243 @@
+"""Planner building blocks, each against a hand-worked value.
+
+Arithmetic is written beside each expected value; the shapes are those of the shipped configs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mv4deploy.errors import InputError
+from mv4deploy.hardware.profile import parse_profile
+from mv4deploy.hardware.units import parse_seconds, parse_tokens
+from mv4deploy.model.source import resolve_model
+from mv4deploy.plan.costs import Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu, on_host
+from mv4deploy.plan.groups import GroupClass, build_groups
+from mv4deploy.plan.items import Item, ItemKind, Option
+from mv4deploy.plan.placement import lower_bound, multipliers, place
+from mv4deploy.plan.policy import POLICIES, resolve_policy
+from mv4deploy.plan.tiers import Tier, TierKind, build_devices, gpu_tiers, host_tier, nvme_tier
+from mv4deploy.plan.workload import ExpertSkew, make_workload
+from mv4deploy.plan.workspace import workspace
+
+GiB = 2**30
+
+
+@pytest.fixture(scope="module")
+def flash():
+    return resolve_model("deepseek-v4-flash")
+
+
+@pytest.fixture(scope="module")
+def flash_groups(flash):
+    return build_groups(flash.inventory)
+
+
+def by_name(grouping, name):
+    return next(g for g in grouping.groups if g.name == name)
+
+
+# ---- workload ---------------------------------------------------------------------------------------
+
+def test_workload_parses_token_counts():
+    w = make_workload("128k", "4", "8k")
+    assert (w.context_tokens, w.batch, w.prefill_chunk) == (131072, 4, 8192)   # k = 1024 tokens
+    assert parse_tokens("1m") == 1048576
+    assert make_workload(1000, 1, 4096).chunk_tokens == 1000                    # chunk clamped to the context
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"context": -5}, "--context"), ({"context": "0"}, "--context"), ({"batch": 0}, "--batch"),
+    ({"batch": "two"}, "--batch"), ({"prefill_chunk": "1.5"}, "--prefill-chunk"),
+    ({"expert_skew": "0.5:0.3"}, "--expert-skew"), ({"context": "12q"}, "--context"),
+])
+def test_workload_rejects_bad_input_naming_the_option(kwargs, field):
+    with pytest.raises(InputError) as err:
+        make_workload(**kwargs)
+    assert err.value.field == field
+    assert "\n" not in err.value.one_line()
+
+
+def test_latency_units():
+    assert parse_seconds("10us") == 1e-5
+    assert parse_seconds("0.08ms") == pytest.approx(8e-5)
+    with pytest.raises(ValueError):
+        parse_seconds("10")                                 # a latency must carry its unit
+
+
+# ---- groups -----------------------------------------------------------------------------------------
+
+def test_routed_expert_group_bytes_and_access(flash_groups):
+    g = by_name(flash_groups, "layers.3.routed_experts")
+    # one expert: w1, w3 [2048, 4096] and w2 [4096, 2048] in MXFP4:
+    #   payload 2048*4096/2 = 4,194,304 B + UE8M0 scales 2048*4096/32 = 262,144 B = 4,456,448 B per matrix
+    #   x 3 = 13,369,344 B; 256 experts = 3,422,552,064 B per layer
+    assert g.experts == 256 and g.native_bytes == 256 * 3 * 4_456_448 == 3_422_552_064
+    assert g.expert_probability == 6 / 256                    # top-6 of 256
+    assert g.touched_fraction(1) == pytest.approx(6 / 256)
+    assert g.touched_fraction(4) == pytest.approx(1 - (250 / 256) ** 4)
+    # INT4 with a BF16 scale per 128: 2048*4096/2 + 2048*(4096/128)*2 + 16 (weight_shape) = 4,325,392 per matrix
+    int4 = POLICIES["int4-experts"].target
+    assert g.resident_bytes(int4) == 256 * 3 * 4_325_392
+
+
+def test_embedding_reads_one_row_per_token(flash_groups):
+    g = by_name(flash_groups, "embedding")
+    assert g.native_bytes == 129280 * 4096 * 2                # BF16 [vocab, hidden]
+    assert g.touched_fraction(1) == pytest.approx(1 / 129280)
+    assert g.flops_per_token == 0
+
+
+def test_every_flash_tensor_is_in_one_group_or_excluded(flash, flash_groups):
+    ids = [i for g in flash_groups.groups for i in g.tensor_ids] + [i for _, ids in flash_groups.excluded for i in ids]
+    assert sorted(ids) == list(range(len(flash.inventory.tensors)))
+    # MTP excluded by default: 3.35 GiB of the 148.65 GiB checkpoint
+    assert sum(g.native_bytes for g in flash_groups.groups) == flash.inventory.checkpoint_bytes - 3_593_787_756
+
+
+def test_skew_splits_each_layer_into_hot_and_cold(flash):
+    grouping = build_groups(flash.inventory, skew=ExpertSkew(0.2, 0.6))
+    hot, cold = by_name(grouping, "layers.3.routed_experts.hot"), by_name(grouping, "layers.3.routed_experts.cold")
+    # hot = round(0.2 * 256) = 51 experts take 60% of 6 routes: p = 0.6 * 6 / 51; cold: 0.4 * 6 / 205
+    assert (hot.experts, cold.experts) == (51, 205)
+    assert hot.expert_probability == pytest.approx(0.6 * 6 / 51)
+    assert cold.expert_probability == pytest.approx(0.4 * 6 / 205)
+
+
+# ---- policy -----------------------------------------------------------------------------------------
+
+def test_auto_policy_by_device_kind_and_unknown_names():
+    assert resolve_policy("auto", "gpu").name == "native"
+    assert resolve_policy("auto", "npu").name == "mobile-int4"  # phones run INT4 (MatMulNBits block 32)
+    with pytest.raises(InputError):
+        resolve_policy("int3", "gpu")
+
+
+def test_fp8_policy_leaves_fp8_weights_alone():
+    fp8 = POLICIES["fp8"]
+    assert fp8.target(GroupClass.ATTENTION, "fp8-e4m3-block128") == "fp8-e4m3-block128"
+    assert fp8.target(GroupClass.ROUTED_EXPERTS, "mxfp4") == "fp8-e4m3-block128-ue8m0"
+    assert fp8.target(GroupClass.NORMS_MHC, "bf16") == "bf16"
+
+
+# ---- tiers and costs ----------------------------------------------------------------------------------
+
+TINY_PROFILE = {
+    "name": "tiny", "gpus": {"model": "t", "count": 1, "memory": "10GiB", "usable_fraction": 0.9,
+                             "bandwidth": "1000GB/s", "compute": {"bf16": "100TFLOPS", "fp8": "200TFLOPS"},
+                             "native_formats": ["bf16", "fp8"], "runtime_reserve": "1GiB"},
+    "host": {"memory": "64GiB", "bandwidth": "100GB/s", "cores": 8, "isa": ["avx512_bf16"],
+             "compute": {"bf16": "2TFLOPS"}, "reserve": "4GiB"},
+    "host_link": {"bandwidth": "50GB/s", "latency": "10us"},
+    "storage": {"read_bandwidth": "5GB/s", "capacity": "1TB", "random_read_iops": "1M IOPS", "latency": "100us"},
+    "efficiency": {"gpu_bandwidth": 0.5, "gpu_compute": 0.5, "host_bandwidth": 0.5, "host_compute": 0.5,
+                   "host_link": 1.0, "storage": 1.0},
+}
+
+
+def test_tiers_apply_usable_fraction_reserve_and_efficiency():
+    profile = parse_profile(TINY_PROFILE, "tiny")
+    devices = {d.name: d for d in build_devices(profile)}
+    assert devices["gpu:0"].capacity_bytes == int(10 * GiB * 0.9) and devices["gpu:0"].reserve_bytes == GiB
+    assert devices["host"].capacity_bytes == 64 * GiB and devices["host"].reserve_bytes == 4 * GiB
+    assert build_devices(profile, host_mem_bytes=8 * GiB)[1].capacity_bytes == 8 * GiB   # --host-mem
+    assert build_devices(profile, gpu_mem_util=0.5)[0].capacity_bytes == 5 * GiB          # --gpu-mem-util
+    (gpu,) = gpu_tiers(profile, sharded=False)
+    host = host_tier(profile)
+    assert gpu.bandwidth_bytes_per_s == 500e9 and gpu.compute_flops_per_s["fp8"] == 100e12   # x 0.5
+    assert host.bandwidth_bytes_per_s == 50e9 and host.link_bytes_per_s == 50e9
+    assert gpu.rate("fp4") == (50e12, "dequant:bf16")        # no FP4 units: weight-only dequant into BF16
+    nvme = nvme_tier(profile, host)
+    assert nvme.random_read_bytes_per_s == min(5e9, 1e6 * 4096)
+
+
+def test_roofline_and_the_cheaper_host_execution():
+    profile = parse_profile(TINY_PROFILE, "tiny")
+    (gpu,), host = gpu_tiers(profile, sharded=False), host_tier(profile)
+    work = Work(bytes_read=1e9, flops=1e12, compute="bf16")
+    # GPU: max(1e9 / 500e9 = 2 ms, 1e12 / 50e12 = 20 ms) = 20 ms, compute bound
+    cost = on_gpu(work, gpu)
+    assert cost.seconds == pytest.approx(0.02) and cost.limit == "gpu:0 compute"
+    # host: CPU max(1e9/50e9 = 20 ms, 1e12/1e12 = 1 s) = 1 s; stream max(1e9/50e9 = 20 ms, GPU 20 ms) = 20 ms
+    # + one 10 us link latency
+    streamed = on_host(work, host, gpu)
+    assert streamed.mode == "stream" and streamed.seconds == pytest.approx(0.02 + 10e-6)
+    # light work: CPU max(20 ms, 1 ms) + the activations' round trip 2 x (10 us + 8 KiB / 50 GB/s) beats the
+    # stream's 20 ms + 10 us only when the round trip is cheaper than one latency: it is not, so stream
+    light = Work(bytes_read=1e9, flops=1e9, compute="bf16")
+    assert on_host(light, host, gpu, activation_bytes=8192).mode == "stream"
+    assert on_host(light, host, None).mode == "cpu"              # no GPU: the CPU runs it, no hops
+
+
+def test_v4_attention_flops_by_hand(flash):
+    spec = flash.spec
+    # layer 2 is CSA (ratio 4): per attended entry 4 * 64 heads * 512 = 131,072 FLOPs;
+    # entries at t = 131,072: window 128 + top-512 of 32,768 compressed; indexer 2 * 64 * 128 * 32,768
+    expected = 131_072 * (128 + 512) + 2 * 64 * 128 * 32_768
+    assert attention_flops(spec, 2, 131_072) == expected
+    # layer 3 is HCA (ratio 128): every compressed entry, 1,024 of them, no indexer
+    assert attention_flops(spec, 3, 131_072) == 131_072 * (128 + 1024)
+    # mean over a prefill: window saturates at 128 (mean 128 * (1 - 128 / (2 N))), HCA grows linearly (N / 256)
+    n = 131_072
+    assert mean_attention_flops(spec, 3, n) == pytest.approx(131_072 * (128 * (1 - 128 / (2 * n)) + n / 256))
+
+
+def test_expert_parallel_imbalance_matches_a_count():
+    # 2 balls in 2 bins: max load 2 with probability 1/2, else 1 -> E[max] = 1.5; mean load 1
+    assert ep_imbalance(2, 2) == pytest.approx(1.5)
+    assert ep_imbalance(6, 1) == 1.0
+    assert 2.8 < ep_imbalance(6, 8) < 3.0                     # simulated: 2.903 (200k trials)
+
+
+def test_workspace_of_v4_flash(flash):
+    ws = workspace(flash.spec, make_workload())
+    # residual: 2 copies x 2048 tokens x 4096 x hc_mult 4 x 2 B = 134,217,728
+    assert ws.residual_bytes == 2 * 2048 * 4096 * 4 * 2
+    # indexer logits: 2048 queries x 131072/4 keys x 4 B = 268,435,456 (bigger than the 128 MiB queries)
+    assert (ws.largest_transient, ws.largest_transient_bytes) == ("indexer logits", 2048 * 32768 * 4)
+
+
+# ---- placement and bound --------------------------------------------------------------------------------
+
+def _tier(name, kind):
+    return Tier(name=name, kind=kind, devices=(name,), bandwidth_bytes_per_s=1.0)
+
+
+def _item(name, gpu_bytes, gpu_s, host_s, units=1, order_tiers=None):
+    gpu, host = order_tiers
+    return Item(name, ItemKind.WEIGHTS, "x", None,
+                (Option(gpu, "f", gpu_bytes, Cost(gpu_s, "gpu"), Cost(0, "gpu"), gpu_s),
+                 Option(host, "f", gpu_bytes, Cost(host_s, "cpu"), Cost(0, "cpu"), host_s)), units)
+
+
+def test_greedy_by_density_cuts_divisible_items_and_meets_the_bound():
+    gpu, host = _tier("gpu:0", TierKind.GPU), _tier("host", TierKind.HOST)
+    tiers = (gpu, host)
+    # densities (host - gpu seconds per GPU byte): A (5-1)/60 = 0.067, B (2-1)/50 = 0.02, C (11-1)/100 = 0.1
+    items = [_item("A", 60, 1.0, 5.0, order_tiers=tiers), _item("B", 50, 1.0, 2.0, order_tiers=tiers),
+             _item("C", 100, 1.0, 11.0, units=10, order_tiers=tiers)]
+    capacity = {"gpu:0": 130, "host": 1000}
+    placement = place(items, capacity)
+    where = {p.name: p.option.tier.name for p in placement.placed}
+    # C (densest) takes 100 B; A needs 60 of the 30 left: host; B needs 50: host
+    assert where == {"C": "gpu:0", "A": "host", "B": "host"}
+    decode = sum(p.decode_s for p in placement.placed)
+    assert decode == pytest.approx(1 + 5 + 2)
+    # the fractional optimum puts C whole and half of A on the GPU: 1 + (1 + 5)/2 + 2 = 6 <= 8
+    bound = lower_bound(items, capacity, multipliers(placement, capacity))
+    assert bound <= decode + 1e-12 and bound == pytest.approx(6.0)
+    # with 95 B the divisible C is cut at a unit (10 B each): 9 units on the GPU, 1 on the host
+    cut = place(items, {"gpu:0": 95, "host": 1000})
+    pieces = sorted((p.name, p.option.tier.name) for p in cut.placed if p.item.name == "C")
+    assert pieces == [("C[0:9]", "gpu:0"), ("C[9:10]", "host")]
+    assert sum(p.decode_s for p in cut.placed if p.item.name == "C") == pytest.approx(0.9 * 1 + 0.1 * 11)
+
+
+def test_nothing_fits_leaves_items_unplaced():
+    gpu, host = _tier("gpu:0", TierKind.GPU), _tier("host", TierKind.HOST)
+    items = [_item("A", 60, 1.0, 5.0, order_tiers=(gpu, host))]
+    placement = place(items, {"gpu:0": 10, "host": 10})
+    assert not placement.placed and [p.name for p in placement.unplaced] == ["A"]
+    assert math.isclose(lower_bound(items, {"gpu:0": 10, "host": 10}, {}), 1.0)
