@@ -93,8 +93,9 @@ def test_footprint_of_tiny_qwen2_cpu_int4_by_hand():
     assert sum(i.nbytes for i in items) == expected
     fp = footprint(spec, target, context_tokens=1000)
     assert fp.kv_bytes_per_token == 2 * 2 * 2 * 32 * 4                  # K and V, 2 layers, 2 heads x 32, fp32
-    embed = mnb(512, 128)
-    assert fp.read_bytes_per_token == expected - embed + embed // 512 + 1000 * fp.kv_bytes_per_token
+    embed, rope = mnb(512, 128), 2 * 2048 * 16 * 4
+    # a decode step reads one row of the embedding and of each rope table (16 x 4 B), everything else once
+    assert fp.read_bytes_per_token == expected - embed + embed // 512 - rope + 2 * 64 + 1000 * fp.kv_bytes_per_token
 
 
 def test_footprint_counts_each_builder_layout():

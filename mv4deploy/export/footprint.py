@@ -91,12 +91,15 @@ def _rope_items(spec: DenseSpec, target, builder: str) -> list[Item]:
     return [Item("inv_freq", "rope", (half,), "f32", 0)]
 
 
+ROW_READ = ("embedding", "rope")     # indexed by token id / position: one row read per decoded token
+
+
 @dataclass(frozen=True)
 class Footprint:
     weight_bytes: int
     kv_bytes_per_token: int
     context_tokens: int
-    read_bytes_per_token: int        # one decode step at a full context: weights (one embedding row) + KV
+    read_bytes_per_token: int        # one decode step at a full context: weights + KV; tables give one row
 
     @property
     def kv_bytes(self) -> int:
@@ -117,9 +120,9 @@ def footprint(spec: DenseSpec, target, context_tokens: int | None = None) -> Foo
     context = context_tokens or target.context_tokens
     kv_per_token = 2 * spec.num_hidden_layers * spec.num_key_value_heads * spec.head_dim * \
         target.kv_cache.bytes_per_element
-    embedding = next(i for i in items if i.kind == "embedding")
     weights = sum(i.nbytes for i in items)
-    read = weights - embedding.nbytes + embedding.nbytes // spec.vocab_size + kv_per_token * context
+    tables = [i for i in items if i.kind in ROW_READ]          # a decode step reads one row of each
+    read = weights - sum(t.nbytes - t.nbytes // t.shape[0] for t in tables) + kv_per_token * context
     return Footprint(weights, kv_per_token, context, read)
 
 
