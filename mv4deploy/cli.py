@@ -172,6 +172,44 @@ def plan(profile: Annotated[str, _opt("--profile", "A shipped profile name or a 
         from mv4deploy.plan.sweep import plot as draw
         draw(plot, result.plan, list(result.points) or None)
         output.info(f"wrote {plot}")
+
+# ---------------------------------------------------------------- quantize / verify (mv4deploy.quant)
+@app.command()
+def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config.json + safetensors.")],
+             out: Annotated[Path, typer.Argument(help="Output folder (new, empty, or an interrupted run).")],
+             recipe: Annotated[Optional[str], typer.Option(help="A preset (native, fp8, fp8-fp4-experts, "
+                                                           "int4-experts, nf4) or a recipe file.")] = None,
+             plan: Annotated[Optional[Path], typer.Option(help="Derive the recipe from a plan.json.")] = None,
+             calib: Annotated[Optional[Path], typer.Option(help="Calibration text: GPTQ for INT4 weights.")] = None,
+             workers: Annotated[int, typer.Option(min=1, max=64, help="Weights quantized in parallel.")] = 1,
+             device: Annotated[str, typer.Option(help="auto, cpu or cuda (same bits).")] = "auto",
+             allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite",
+                                                           help="Store NaN/Inf as 0 instead of failing.")] = False,
+             json_out: JsonOpt = False) -> int:
+    """Quantize a checkpoint shard by shard into a recipe's formats; re-run the same command to resume."""
+    from mv4deploy.quant.run import run_quantize
+    result = run_quantize(src, out, recipe=recipe, plan=plan, calib=calib, workers=workers, device=device,
+                          allow_nonfinite=allow_nonfinite, progress=output.progress if sys.stderr.isatty() else None)
+    fallback = (result["calibration"] or {}).get("rtn_fallback", [])
+    output.print_warnings([f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
+                          + ([f"... and {len(fallback) - 20} more (quantization_manifest.json lists all)"]
+                             if len(fallback) > 20 else []))
+    output.emit_json(result) if json_out else output.info(
+        f"wrote {result['out']}: {result['shards']} shards, {result['out_bytes']:,} bytes "
+        f"({', '.join(f'{k} x{v}' for k, v in result['formats'].items())})")
+    return EXIT_OK
+
+
+@app.command()
+def verify(out: Annotated[Path, typer.Argument(help="A finished `mv4deploy quantize` output folder.")],
+           json_out: JsonOpt = False) -> int:
+    """Check a quantized output against its manifest (sha256 per shard, index, headers vs config)."""
+    from mv4deploy.quant.manifest import verify_output
+    report = verify_output(out)
+    output.emit_json(report) if json_out else output.info(
+        f"{report['out']}: {'ok' if report['ok'] else 'FAILED'} ({report['shards']} shards, {report['weights']} weights)")
+    if not report["ok"]:
+        raise CheckFailed(f"{out}: {len(report['problems'])} problems, first: {report['problems'][0]}")
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ from mv4deploy.export.footprint import export_items
 from mv4deploy.export.report import initializers
 from mv4deploy.export.targets import load_target
 from mv4deploy.model.config import read_config
-from mv4deploy.quant.formats import get_format
+from mv4deploy.export.layouts import get_layout
 
 TARGETS = ("cpu-fp32", "cpu-int4", "onnx-int4", "snapdragon-qnn")
 
@@ -144,7 +144,7 @@ def test_genai_initializers_match_the_footprint_byte_for_byte(exports, model_dir
 def test_each_quantized_weight_has_the_format_bytes(exports, target, op):
     import onnx
     _report(exports, target)
-    fmt = get_format(load_target(target).weights.format)
+    fmt = get_layout(load_target(target).weights.format)
     graph = "prefill.onnx" if target == "snapdragon-qnn" else "model.onnx"
     path = exports[target][1] / graph
     sizes = {i.name: i for i in initializers(path)}
@@ -179,3 +179,29 @@ def test_missing_the_tolerance_exits_1_with_numbers_and_keeps_the_folder(model_d
     assert "mean KLD" in result.stderr and "> 0" in result.stderr
     assert not out.exists() and (tmp_path / "out.rejected" / "README.md").is_file()
     assert "FAILED" in (tmp_path / "out.rejected" / "README.md").read_text()
+
+
+def test_format_torch_side_reproduces_the_exported_int4_bytes(exports, model_dir):
+    """The bytes the genai builder wrote for each MatMulNBits weight are exactly what
+    ``mnb-int4-b32``'s quantize makes of the PyTorch weight (o_proj, MLP, LM head: not fused)."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.torch import load_file
+    _report(exports, "cpu-int4")
+    fmt = get_layout("mnb-int4-b32")
+    weights = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        weights.update(load_file(shard))
+    model = onnx.load(str(exports["cpu-int4"][1] / "model.onnx"))
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    checked = 0
+    for name, tensor in weights.items():
+        if not name.endswith(("o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight",
+                              "lm_head.weight")):
+            continue
+        onnx_base = name.replace("self_attn", "attn")[: -len(".weight")] + ".MatMul.weight"
+        ours = fmt.quantize(name, tensor.float())
+        assert (stored[onnx_base + "_Q4"] == ours[name[:-7] + ".weight_Q4"].numpy()).all(), name
+        assert (stored[onnx_base + "_scales"].view("u4") == ours[name[:-7] + ".weight_scales"].numpy().view("u4")).all()
+        checked += 1
+    assert checked == 4 * _spec(model_dir).num_hidden_layers + 1

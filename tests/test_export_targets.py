@@ -16,7 +16,7 @@ from mv4deploy.errors import InputError
 from mv4deploy.export.footprint import export_items, footprint
 from mv4deploy.export.targets import Builder, list_targets, load_target, parse_target, targets_dir
 from mv4deploy.model.config import read_config
-from mv4deploy.quant.formats import FORMATS, get_format
+from mv4deploy.export.layouts import get_layout, layout_names
 
 REQUIRED = {"cpu-int4", "cpu-fp32", "onnx-int4", "snapdragon-qnn"}
 
@@ -26,7 +26,7 @@ def test_shipped_targets_parse_and_name_known_formats():
     for name in list_targets():
         t = load_target(name)
         assert t.name == name
-        assert t.weights.format in FORMATS
+        assert t.weights.format in layout_names()
         assert t.tolerance.chunk_tokens <= t.context_tokens
     qnn = load_target("snapdragon-qnn")
     assert (qnn.shapes, qnn.builder, qnn.activations) == ("static", Builder.QNN_STATIC, "uint16")
@@ -62,20 +62,20 @@ def test_unknown_target_lists_known_ones():
 
 def test_matmulnbits_layout_by_hand():
     # [N=256, K=128], block 32: 4 blocks per row; B 256*4*16 = 16384 B, scales 256*4*4 = 4096 B -> 5 bits/weight
-    sym = get_format("mnb-int4-b32")
+    sym = get_layout("mnb-int4-b32")
     assert [t.shape for t in sym.stored("w.weight", (256, 128))] == [(256, 4, 16), (256, 4)]
     assert sym.nbytes((256, 128)) == 16384 + 4096
     # block 128 asymmetric, K=300: 3 blocks (last padded); B 10*3*64, scales 10*3*4, zero points 10*ceil(3/2)
-    zp = get_format("mnb-int4-b128-zp")
+    zp = get_layout("mnb-int4-b128-zp")
     assert [t.shape for t in zp.stored("w.weight", (10, 300))] == [(10, 3, 64), (10, 3), (10, 2)]
     assert zp.nbytes((10, 300)) == 1920 + 120 + 20
 
 
 def test_qdq_per_channel_layout_by_hand():
     # uint8: payload 64*128, F32 scale and uint8 zero point per row: 8192 + 256 + 64
-    assert get_format("qdq-u8-channel").nbytes((64, 128)) == 8192 + 256 + 64
+    assert get_layout("qdq-u8-channel").nbytes((64, 128)) == 8192 + 256 + 64
     # int4: payload packed two per byte, zero points packed too: 4096 + 256 + 32
-    assert get_format("qdq-i4-channel").nbytes((64, 128)) == 4096 + 256 + 32
+    assert get_layout("qdq-i4-channel").nbytes((64, 128)) == 4096 + 256 + 32
 
 
 def _spec(preset: str):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from math import prod
 
 from mv4deploy.model.spec import DenseSpec
-from mv4deploy.quant.formats import get_format
+from mv4deploy.export.layouts import get_layout
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Item:
     name: str           # the logical weight (transformers name) or the builder's own tensor
     kind: str           # matmul | embedding | head | bias | norm | rope
     shape: tuple[int, ...]
-    format: str         # a FORMATS name, or "u16-tensor" (QDQ activation-typed tensor, one scale)
+    format: str         # a layout name (export.layouts) or one of QDQ_LAYOUTS
     nbytes: int
 
 
@@ -48,7 +48,7 @@ def _fmt_bytes(fmt: str, shape: tuple[int, ...]) -> int:
     if fmt in QDQ_LAYOUTS:
         per_element, fixed = QDQ_LAYOUTS[fmt]
         return per_element * prod(shape) + fixed
-    return get_format(fmt).nbytes(shape)
+    return get_layout(fmt).nbytes(shape)
 
 
 def export_items(spec: DenseSpec, target) -> list[Item]:

@@ -1,7 +1,7 @@
 """Export targets as data: ``exporters/NAME.yaml`` -> a frozen ``ExportTarget``.
 
 A target says what an ONNX export means for one runtime: which builder makes it, the weight precision
-and its exact stored format (a name in ``mv4deploy.quant.formats.FORMATS``, so the planner can count the
+and its exact stored layout (a name in ``quant.formats.FORMATS`` or ``export.layouts``, so the planner can count the
 same bytes), block size and accuracy level, activation precision, static or dynamic shapes, the KV-cache
 layout, the execution provider, and the tolerance its self-validation must meet. Unknown keys, missing
 fields and out-of-range values are one-line errors naming the file and the field (the profile loader's
@@ -41,7 +41,7 @@ class Precision(str, Enum):
 @dataclass(frozen=True)
 class Weights:
     precision: Precision
-    format: str                    # FORMATS name of the linear weights as the export stores them
+    format: str                    # layout of the linear weights as the export stores them (export.layouts)
     block_size: int | None = None  # int4 MatMulNBits: values per scale along K
     symmetric: bool = True         # False: zero points are stored too
     accuracy_level: int | None = None   # MatMulNBits: 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
@@ -129,10 +129,12 @@ def parse_target(data: object, source: str) -> ExportTarget:
 
 
 def _weights(s: _Section) -> Weights:
-    from mv4deploy.quant.formats import FORMATS
+    from mv4deploy.export.layouts import get_layout, layout_names
     fmt = s.get("format", _text)
-    if fmt not in FORMATS:
-        raise InputError(s.source, "weights.format", fmt, f"unknown format; known: {', '.join(sorted(FORMATS))}")
+    try:
+        get_layout(fmt)
+    except KeyError:
+        raise InputError(s.source, "weights.format", fmt, f"unknown layout; known: {', '.join(layout_names())}") from None
     w = Weights(precision=s.get("precision", _enum(Precision)), format=fmt,
                 block_size=s.get("block_size", _block_size, required=False),
                 symmetric=s.get("symmetric", _bool, required=False, default=True),

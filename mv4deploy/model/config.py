@@ -367,8 +367,10 @@ def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
     source = f"{r.source}: quantization_config"
     if not isinstance(q, dict):
         raise InputError(r.source, "quantization_config", q, "must be an object")
+    if q.get("quant_method") == "mv4deploy":
+        return _mv4deploy_formats(r, arch, q, source)
     if q.get("quant_method") != "fp8":
-        raise InputError(source, "quant_method", q.get("quant_method"), "unsupported; supported: fp8")
+        raise InputError(source, "quant_method", q.get("quant_method"), "unsupported; supported: fp8, mv4deploy")
     block = q.get("weight_block_size")
     if block not in ([128, 128], [32, 32]):
         raise InputError(source, "weight_block_size", block, "supported: [128, 128] or [32, 32]")
@@ -388,6 +390,17 @@ def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
     table = "fp8-rows-ue8m0" if arch is Arch.DEEPSEEK_V41 else plain
     norm = "f32" if arch is Arch.DEEPSEEK_V32 else "bf16"  # V3.2 ships its RMSNorm weights in F32
     return StoredFormats(linear=linear, expert=expert, engram_table=table, plain="bf16", norm=norm)
+
+
+def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFormats:
+    """A checkpoint written by ``mv4deploy quantize``: ``base`` is the source's quantization_config
+    (null for a BF16/FP32 source) and gives the native formats; ``rules`` assign each weight's format."""
+    from mv4deploy.quant.rules import rules_from_json
+    base = q.get("base")
+    if base is not None and (not isinstance(base, dict) or base.get("quant_method") == "mv4deploy"):
+        raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")
+    native = _stored_formats(_Reader({**r.cfg, "quantization_config": base}, r.source), arch)
+    return replace(native, rules=rules_from_json(q.get("rules"), source))
 
 
 def _with_unknown(spec: ModelSpec, r: _Reader, arch: Arch) -> ModelSpec:

@@ -30,6 +30,9 @@ class StoredFormats:
     engram_table: str = "bf16"  # Engram embedding rows (V4.1)
     plain: str = "bf16"         # embeddings, head and other tensors stored unquantized
     norm: str = "bf16"          # RMSNorm weights (V3.2 ships them in F32)
+    # A checkpoint written by ``mv4deploy quantize``: ordered per-weight rules (``quant.rules.Rule``)
+    # applied on top of the fields above, which then describe the source ("native") layout.
+    rules: tuple = ()
 
 
 @dataclass(frozen=True, kw_only=True)

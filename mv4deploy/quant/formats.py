@@ -5,10 +5,15 @@ payload plus its scales, each with a safetensors dtype and shape. ``nbytes`` is 
 layout, so it counts scales and padding exactly (FP4 with a UE8M0 scale per 32 values is 4.25 bits;
 FP8 with a 128x128 F32 block scale adds 4 bytes per 16,384 values). This module imports no torch:
 the planner uses it. A new format is one class with ``name=...``; tests loop over ``FORMATS``.
+
+Each format also carries its torch side (``quantize``, ``dequantize``, ``error_bound``): torch is
+imported inside those methods only; the kernels live in ``kernels_fp.py`` and ``kernels_int.py``.
+Byte layouts and error bounds are tabulated in docs/quantization.md.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from math import ceil, prod
 from typing import ClassVar
@@ -16,6 +21,8 @@ from typing import ClassVar
 from mv4deploy.model.safetensors_headers import tensor_nbytes
 
 FORMATS: dict[str, "QuantFormat"] = {}
+NF4_BLOCK = 64          # bitsandbytes' default blocksize (transformers' BitsAndBytesConfig uses it too)
+NF4_DTYPE = "bfloat16"  # NF4 quantizes the bf16 weight, as transformers' load_in_4bit does
 
 
 @dataclass(frozen=True)
@@ -33,11 +40,19 @@ class StoredTensor:
 @dataclass(frozen=True)
 class QuantFormat:
     """Base: a format named in ``FORMATS``. ``compute`` is the precision a device must run natively
-    to execute it without conversion (matched against a hardware profile's ``native_formats``)."""
+    to execute it without conversion (matched against a hardware profile's ``native_formats``).
+
+    The torch side (torch imported lazily; same bits on CPU and CUDA):
+      quantize(name, weight) -> dict[str, Tensor]   keys, dtypes and shapes exactly as ``stored``
+      dequantize(name, tensors, dtype) -> Tensor     the logical weight (default float32: exact)
+      error_bound(weight) -> Tensor                  elementwise bound on |dequantize(quantize(w)) - w|
+    """
 
     name: ClassVar[str]
     compute: ClassVar[str]
     bits: ClassVar[float]  # nominal bits per value of the payload, without scales
+    min_ndim: ClassVar[int] = 2     # block and group formats need [*lead, rows, cols]
+    lossless: ClassVar[bool] = False  # bf16/f32 keep NaN/Inf as they are; the others refuse them
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -51,14 +66,36 @@ class QuantFormat:
     def nbytes(self, shape: tuple[int, ...]) -> int:
         return sum(t.nbytes for t in self.stored("w.weight", tuple(shape)))
 
-    # The torch side (imported lazily inside the methods; this module must stay torch-free at import):
-    #   quantize(name, weight) -> dict[str, torch.Tensor]   keys, dtypes and shapes exactly as ``stored``
-    #   dequantize(name, tensors: dict[str, torch.Tensor], dtype) -> torch.Tensor of the logical shape
-    #   error_bound(weight) -> torch.Tensor    elementwise bound on |dequantize(quantize(w)) - w|
-    def quantize(self, name: str, weight):
+    def quantize(self, name: str, weight, allow_nonfinite: bool = False) -> dict:
+        """Quantize one logical weight. NaN/Inf raise ``kernels.NonFiniteError`` naming ``name``
+        unless ``allow_nonfinite`` (then they are stored as 0)."""
+        from mv4deploy.quant.kernels import finite_or_zero
+        if weight.ndim < self.min_ndim:
+            raise ValueError(f"{name}: {self.name} needs at least {self.min_ndim} dims, got shape "
+                             f"{list(weight.shape)}")
+        if not self.lossless:
+            weight = finite_or_zero(name, weight, allow_nonfinite)
+        stored = self.stored(name, tuple(weight.shape))
+        return {t.name: value for t, value in zip(stored, self._quantize(weight))}
+
+    def dequantize(self, name: str, tensors: dict, dtype=None, shape: tuple[int, ...] | None = None):
+        """The logical weight from its stored tensors. ``shape`` is needed only where the packing
+        hides it (MXFP4 with an odd K); the other formats read it from their tensors."""
+        import torch
+        names = [t.name for t in self.stored(name, (1,) * max(self.min_ndim, 1))]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise KeyError(f"{name}: {self.name} needs stored tensor {missing[0]!r}")
+        return self._dequantize([tensors[n] for n in names], shape, dtype or torch.float32)
+
+    def error_bound(self, weight):
+        """Elementwise bound (float32) on |dequantize(quantize(w), float32) - w|."""
+        raise NotImplementedError(f"{self.name}: error_bound")
+
+    def _quantize(self, weight) -> tuple:
         raise NotImplementedError(f"{self.name}: quantize")
 
-    def dequantize(self, name: str, tensors: dict, dtype=None):
+    def _dequantize(self, stored: list, shape, dtype):
         raise NotImplementedError(f"{self.name}: dequantize")
 
 
@@ -67,26 +104,64 @@ def _base(name: str) -> str:
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
+def _half_ulp(weight, mantissa_bits: int, min_exponent: int):
+    """Half a unit in the last place of ``weight`` in a float format with ``mantissa_bits`` explicit
+    bits whose smallest normal is 2**min_exponent (subnormal spacing below it)."""
+    import torch
+    w = weight.float().abs()
+    floor = 2.0 ** (min_exponent - mantissa_bits - 1)
+    return torch.maximum(w * 2.0 ** -(mantissa_bits + 1), torch.full_like(w, floor))
+
+
 @dataclass(frozen=True)
 class Plain(QuantFormat, register=False):
+    """Stored as is in ``dtype`` (round-to-nearest-even cast)."""
+
     dtype: ClassVar[str]
+    min_ndim: ClassVar[int] = 0
+    lossless: ClassVar[bool] = True
 
     def stored(self, name, shape):
         return (StoredTensor(name, self.dtype, tuple(shape), prod(shape)),)
 
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels import TORCH_DTYPES
+        return (weight.to(TORCH_DTYPES[self.dtype]).contiguous(),)
+
+    def _dequantize(self, stored, shape, dtype):
+        return stored[0].to(dtype)
+
 
 class BF16(Plain):
+    """Error: half an ulp, |w| * 2**-8 (2**-134 for subnormals); 0 for bf16 inputs."""
+
     name, compute, bits, dtype = "bf16", "bf16", 16, "BF16"
+
+    def error_bound(self, weight):
+        import torch
+        if weight.dtype == torch.bfloat16:
+            return torch.zeros_like(weight, dtype=torch.float32)
+        return _half_ulp(weight, 7, -126)
 
 
 class F32(Plain):
+    """Exact for bf16/f16/f32 inputs."""
+
     name, compute, bits, dtype = "f32", "bf16", 32, "F32"
+
+    def error_bound(self, weight):
+        import torch
+        return torch.zeros_like(weight, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
 class FP8Block(QuantFormat, register=False):
     """e4m3 payload with one scale per ``block`` x ``block`` tile; edge tiles are partial (the
-    reference zero-pads them for the scale computation, so the scale grid is ceil(out/b) x ceil(in/b))."""
+    reference zero-pads them for the scale computation, so the scale grid is ceil(out/b) x ceil(in/b)).
+    Dequant (DeepSeek's formula, transformers' Fp8Dequantize): w = e4m3 * scale of its tile.
+
+    Error: with v = |w| / s, half an e4m3 ulp: max(|w| * 2**-4, s * 2**-10) (subnormal spacing 2**-9),
+    plus |w| * 2**-20 for the F32 scale's division."""
 
     block: ClassVar[int]
     scale_dtype: ClassVar[str]     # F32 (V3 `weight_scale_inv`) or F8_E8M0 (V4 `.scale`)
@@ -98,6 +173,24 @@ class FP8Block(QuantFormat, register=False):
         scale_name = (name + "_scale_inv") if self.scale_suffix == "_scale_inv" else _base(name) + ".scale"
         return (StoredTensor(name, "F8_E4M3", tuple(shape), prod(shape)),
                 StoredTensor(scale_name, self.scale_dtype, grid, 0))
+
+    @property
+    def ue8m0(self) -> bool:
+        return self.scale_dtype == "F8_E8M0"
+
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels_fp import fp8_block_quant
+        return fp8_block_quant(weight, self.block, self.ue8m0)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.quant.kernels_fp import fp8_block_dequant
+        return fp8_block_dequant(stored[0], stored[1], self.block, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.quant.kernels_fp import fp8_block_scale_per_element
+        s = fp8_block_scale_per_element(weight, self.block, self.ue8m0)
+        bound = (weight.float().abs() * 2.0**-4).maximum(s * 2.0**-10)
+        return bound if self.ue8m0 else bound + weight.float().abs() * 2.0**-20
 
 
 class FP8Block128(FP8Block):
@@ -116,19 +209,37 @@ class FP8Block32UE8M0(FP8Block):
 
 
 class FP8RowsUE8M0(QuantFormat):
-    """Engram table rows: e4m3 values with one UE8M0 scale per 32 along the row (256 + 8 = 264 B/row)."""
+    """Engram table rows: e4m3 values with one UE8M0 scale per 32 along the row (256 + 8 = 264 B/row).
+    Error as FP8Block with the group's scale: max(|w| * 2**-4, s * 2**-10)."""
 
     name, compute, bits = "fp8-rows-ue8m0", "fp8", 8
     group = 32
+    min_ndim = 1
 
     def stored(self, name, shape):
         *lead, cols = shape
         return (StoredTensor(name, "F8_E4M3", tuple(shape), prod(shape)),
                 StoredTensor(_base(name) + ".scale", "F8_E8M0", (*lead, ceil(cols / self.group)), 0))
 
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels_fp import fp8_rows_quant
+        return fp8_rows_quant(weight, self.group)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.quant.kernels_fp import fp8_rows_dequant
+        return fp8_rows_dequant(stored[0], stored[1], self.group, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.quant.kernels import E4M3
+        from mv4deploy.quant.kernels_fp import group_scale_per_element
+        s = group_scale_per_element(weight, self.group, E4M3)
+        return (weight.float().abs() * 2.0**-4).maximum(s * 2.0**-10)
+
 
 class MXFP4(QuantFormat):
-    """e2m1 values packed two per byte (low nibble first) along K, one UE8M0 scale per 32 along K."""
+    """e2m1 values packed two per byte (low nibble first) along K, one UE8M0 scale per 32 along K.
+    Error: with v = |w| / s, half the e2m1 spacing (0.5 below 2, 1 below 4, 2 up to 6):
+    max(s / 4, |w| / 4)."""
 
     name, compute, bits = "mxfp4", "fp4", 4
     group = 32
@@ -138,11 +249,27 @@ class MXFP4(QuantFormat):
         return (StoredTensor(name, "I8", (*lead, rows, ceil(cols / 2)), prod(shape)),
                 StoredTensor(_base(name) + ".scale", "F8_E8M0", (*lead, rows, ceil(cols / self.group)), 0))
 
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels_fp import mxfp4_quant
+        return mxfp4_quant(weight, self.group)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.quant.kernels_fp import mxfp4_dequant
+        cols = shape[-1] if shape else 2 * stored[0].shape[-1]
+        return mxfp4_dequant(stored[0], stored[1], cols, self.group, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.quant.kernels import E2M1
+        from mv4deploy.quant.kernels_fp import group_scale_per_element
+        s = group_scale_per_element(weight, self.group, E2M1)
+        return (weight.float().abs() / 4).maximum(s / 4)
+
 
 @dataclass(frozen=True)
 class Int4Group(QuantFormat, register=False):
     """Symmetric INT4 with one BF16 scale per ``group`` along K, packed eight per int32 as
-    compressed-tensors' pack-quantized W4A16 (``weight_packed``, ``weight_scale``, ``weight_shape``)."""
+    compressed-tensors' pack-quantized W4A16 (``weight_packed``, ``weight_scale``, ``weight_shape``).
+    Error: half a step, s / 2 with s = bf16(amax / 7) of the group."""
 
     group: ClassVar[int]
 
@@ -152,6 +279,28 @@ class Int4Group(QuantFormat, register=False):
         return (StoredTensor(base + ".weight_packed", "I32", (*lead, rows, ceil(cols / 8)), prod(shape)),
                 StoredTensor(base + ".weight_scale", "BF16", (*lead, rows, ceil(cols / self.group)), 0),
                 StoredTensor(base + ".weight_shape", "I64", (len(shape),), 0))
+
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels_int import int4_quant
+        q, scale = int4_quant(weight, self.group)
+        return self.pack(q, scale)
+
+    def pack(self, q, scale) -> tuple:
+        """Stored tensors from integer codes and scales (also used by GPTQ)."""
+        import torch
+        from mv4deploy.quant.kernels_int import int4_pack
+        return int4_pack(q), scale.to(torch.bfloat16), torch.tensor(tuple(q.shape), dtype=torch.int64)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.quant.kernels_int import int4_dequant
+        packed, scale, logical = stored
+        return int4_dequant(packed, scale, int(logical[-1]), self.group, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.quant.kernels import expand_groups
+        from mv4deploy.quant.kernels_int import int4_group_scales
+        s = expand_groups(int4_group_scales(weight, self.group).float(), self.group, weight.shape[-1])
+        return s * (0.5 + 2.0**-20)
 
 
 class Int4G128(Int4Group):
@@ -165,64 +314,80 @@ class Int4G32(Int4Group):
 @dataclass(frozen=True)
 class MatMulNBits4(QuantFormat, register=False):
     """onnxruntime's MatMulNBits (bits=4), as the onnxruntime-genai builder and MatMulNBitsQuantizer store
-    a weight [N, K] (torch Linear layout): ``B`` U8 [N, ceil(K/block), block/2] (two values per byte, low
-    nibble first), ``scales`` [N, ceil(K/block)] in the model's I/O float type, and for asymmetric
-    quantization ``zero_points`` U8 [N, ceil(ceil(K/block)/2)] (4-bit, packed). Symmetric int4 block 32 with
-    F32 scales (the builder's CPU default) is 4 + 32/32 = 5 bits per weight. The embedding table quantized
-    by the builder's ``GatherBlockQuantized`` (INT4 [V, H] + F32 scales [V, H/block]) has the same bytes.
-    Checked against the initializers of real exports in tests/test_export_formats.py."""
+    a weight [N, K] (torch Linear layout): ``B`` U8 [N, ceil(K/block), block/2] (two codes per byte, low
+    nibble first), ``scales`` F32 [N, ceil(K/block)], and when asymmetric ``zero_points`` U8
+    [N, ceil(ceil(K/block)/2)] (4-bit, packed). Symmetric block 32 (the builder's CPU default) is
+    4 + 32/32 = 5 bits per weight; the builder's ``GatherBlockQuantized`` embedding has the same bytes.
+    The torch side reproduces onnxruntime's kernel bit for bit (``kernels_mnb``). Error: half a step, one
+    step for values clamped from code 16 (symmetric). Checked against real exports in tests/test_export.py."""
 
     block: ClassVar[int]
-    scale_dtype: ClassVar[str]
-    zero_points: ClassVar[bool]
+    symmetric: ClassVar[bool] = True
 
     def stored(self, name, shape):
         *lead, rows, cols = shape
         blocks = ceil(cols / self.block)
         base = _base(name)
         out = [StoredTensor(base + ".weight_Q4", "U8", (*lead, rows, blocks, self.block // 2), prod(shape)),
-               StoredTensor(base + ".weight_scales", self.scale_dtype, (*lead, rows, blocks), 0)]
-        if self.zero_points:
+               StoredTensor(base + ".weight_scales", "F32", (*lead, rows, blocks), 0)]
+        if not self.symmetric:
             out.append(StoredTensor(base + ".weight_zp", "U8", (*lead, rows, ceil(blocks / 2)), 0))
         return tuple(out)
 
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels_mnb import mnb4_quantize
+        return mnb4_quantize(weight, self.block, self.symmetric)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.quant.kernels_mnb import mnb4_dequantize
+        zero = None if self.symmetric else stored[2]
+        return mnb4_dequantize(stored[0], stored[1], zero, shape[-1] if shape else None, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.quant.kernels_mnb import mnb4_error_bound
+        if not self.symmetric:
+            raise NotImplementedError(f"{self.name}: error_bound (asymmetric)")
+        return mnb4_error_bound(weight, self.block)
+
 
 class MatMulNBits4B32(MatMulNBits4):
-    name, compute, bits = "mnb-int4-b32", "int4", 4
-    block, scale_dtype, zero_points = 32, "F32", False
+    name, compute, bits, block = "mnb-int4-b32", "int4", 4, 32
 
 
-class MatMulNBits4B128ZP(MatMulNBits4):
-    name, compute, bits = "mnb-int4-b128-zp", "int4", 4
-    block, scale_dtype, zero_points = 128, "F32", True
+def nf4_state_json(shape: tuple[int, ...]) -> bytes:
+    """The JSON bitsandbytes packs into ``quant_state.bitsandbytes__nf4`` (same keys, order, spacing)."""
+    return json.dumps({"quant_type": "nf4", "blocksize": NF4_BLOCK, "dtype": NF4_DTYPE,
+                       "shape": list(shape)}).encode()
 
 
-@dataclass(frozen=True)
-class QDQPerChannel(QuantFormat, register=False):
-    """A QDQ weight as onnxruntime's static quantizer stores it for the QNN HTP (a Gemm weight [N, K],
-    one scale per output channel, axis 0): payload [N, K] (ONNX packs INT4 two per byte across the whole
-    tensor; written here as U8 rows of K/2 bytes), scale F32 [N] and zero point [N] of the payload type."""
+class NF4(QuantFormat):
+    """bitsandbytes NF4 as transformers saves a ``Linear4bit`` (blocksize 64, no double quant): the
+    flattened weight's codes two per byte ``[ceil(n/2), 1]`` U8, F32 ``absmax`` per 64, the 16-entry
+    F32 ``quant_map`` and the packed JSON quant state. Quantized and dequantized by bitsandbytes.
+    Error: half the widest NF4 gap (0.1385) times the block absmax, plus bf16 roundings."""
 
-    payload_bits: ClassVar[int]
+    name, compute, bits = "nf4", "bf16", 4
+    min_ndim = 1
 
     def stored(self, name, shape):
-        *lead, rows, cols = shape
-        base = _base(name)
-        if self.payload_bits == 8:
-            payload = StoredTensor(base + ".weight_quantized", "U8", tuple(shape), prod(shape))
-            zero = StoredTensor(base + ".weight_zero_point", "U8", (*lead, rows), 0)
-        else:
-            payload = StoredTensor(base + ".weight_quantized", "U8", (*lead, rows, ceil(cols / 2)), prod(shape))
-            zero = StoredTensor(base + ".weight_zero_point", "U8", (*lead, ceil(rows / 2)), 0)
-        return payload, StoredTensor(base + ".weight_scale", "F32", (*lead, rows), 0), zero
+        n = prod(shape)
+        return (StoredTensor(name, "U8", ((n + 1) // 2, 1), n),
+                StoredTensor(name + ".absmax", "F32", (ceil(n / NF4_BLOCK),), 0),
+                StoredTensor(name + ".quant_map", "F32", (16,), 0),
+                StoredTensor(name + ".quant_state.bitsandbytes__nf4", "U8", (len(nf4_state_json(shape)),), 0))
 
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels_int import nf4_quant
+        return nf4_quant(weight)
 
-class QDQUInt8Channel(QDQPerChannel):
-    name, compute, bits, payload_bits = "qdq-u8-channel", "int8", 8, 8
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.quant.kernels_int import nf4_dequant
+        state = json.loads(bytes(stored[3].tolist()))
+        return nf4_dequant(stored[0], stored[1], stored[2], tuple(state["shape"]), dtype)
 
-
-class QDQInt4Channel(QDQPerChannel):
-    name, compute, bits, payload_bits = "qdq-i4-channel", "int4", 4, 4
+    def error_bound(self, weight):
+        from mv4deploy.quant.kernels_int import nf4_error_bound
+        return nf4_error_bound(weight)
 
 
 def get_format(name: str) -> QuantFormat:

@@ -1,0 +1,112 @@
+"""Integer and lookup-table 4-bit kernels: symmetric INT4 groups packed as compressed-tensors'
+pack-quantized W4A16, and NF4 through bitsandbytes. Imported lazily (torch)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from mv4deploy.quant.formats import NF4_BLOCK, NF4_DTYPE, nf4_state_json
+from mv4deploy.quant.kernels import pad_last
+
+INT4_QMAX = 7          # symmetric: q in [-7, 7] (the int4 range [-8, 7] is clamped to, never reached)
+
+
+# ---------------------------------------------------------------- INT4, symmetric, one scale per group along K
+# Largest bf16 scale with 7 * s finite in float32 (float32 bits truncated to bf16: rounds down).
+INT4_SCALE_MAX = float(torch.tensor(torch.finfo(torch.float32).max / INT4_QMAX).view(torch.int32)
+                       .bitwise_and(~0xFFFF).view(torch.float32))
+
+
+def int4_scale(amax: torch.Tensor) -> torch.Tensor:
+    """amax / 7 rounded to bf16 (the stored scale); zero (or underflowing) groups get 1.0."""
+    s = (amax.float() / INT4_QMAX).to(torch.bfloat16).clamp_(max=INT4_SCALE_MAX)
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def int4_group_scales(x: torch.Tensor, group: int) -> torch.Tensor:
+    groups = pad_last(x, group).unflatten(-1, (-1, group))
+    return int4_scale(groups.abs().amax(dim=-1))
+
+
+def int4_quant(x: torch.Tensor, group: int, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., C] -> (q int8 in [-8, 7] [..., C], bf16 scale [..., ceil(C/group)]).
+
+    q = round_half_even(x / s): with s = bf16(amax / 7) the largest element maps to 7 (bf16 rounding
+    moves it by < 0.03), so q stays in [-7, 7] and re-quantizing q * s gives back the same s and q.
+    GPTQ passes its own ``scale``."""
+    cols = x.shape[-1]
+    s = int4_group_scales(x, group) if scale is None else scale
+    groups = pad_last(x, group).unflatten(-1, (-1, group)).float()
+    q = torch.round(groups / s.float()[..., None]).clamp_(-8, 7).to(torch.int8)
+    return q.flatten(-2)[..., :cols], s
+
+
+def int4_pack(q: torch.Tensor) -> torch.Tensor:
+    """int8 [..., C] in [-8, 7] -> int32 [..., ceil(C/8)]: element i at bits 4*(i % 8) of word i // 8,
+    stored as q + 8; padding nibbles are 0. This is compressed-tensors' ``pack_to_int32(q, 4)``."""
+    if sys.byteorder != "little":
+        raise RuntimeError("INT4 packing assumes a little-endian host")
+    u = pad_last((q.to(torch.int16) + 8).to(torch.uint8), 8)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).contiguous().view(torch.int32)
+
+
+def int4_unpack(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    u = packed.contiguous().view(torch.uint8)
+    nibbles = torch.stack((u & 0xF, u >> 4), dim=-1).flatten(-2)[..., :cols]
+    return nibbles.to(torch.int8) - 8
+
+
+def int4_dequant(packed: torch.Tensor, scale: torch.Tensor, cols: int, group: int,
+                 dtype=torch.float32) -> torch.Tensor:
+    """q * s, computed exactly in float32 then rounded once to ``dtype`` (compressed-tensors multiplies
+    in the scale's bf16, which is the same single rounding of the same exact product)."""
+    q = pad_last(int4_unpack(packed, cols).float(), group).unflatten(-1, (-1, group))
+    q.mul_(scale.float()[..., None])
+    return q.flatten(-2)[..., :cols].to(dtype)
+
+
+# ---------------------------------------------------------------- NF4 through bitsandbytes
+def _bnb():
+    import logging
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU import warns about optional kernels
+    import bitsandbytes.functional as bnb_functional
+    return bnb_functional
+
+
+def nf4_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed uint8 [ceil(n/2), 1], absmax f32 [ceil(n/64)], quant_map f32 [16], state uint8 [json])."""
+    q, state = _bnb().quantize_4bit(x.to(torch.bfloat16).contiguous(), blocksize=NF4_BLOCK, quant_type="nf4",
+                                    compress_statistics=False)
+    packed_state = torch.tensor(list(nf4_state_json(tuple(x.shape))), dtype=torch.uint8)
+    return q, state.absmax.float(), state.code.float(), packed_state
+
+
+def nf4_dequant(q: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor, shape: tuple[int, ...],
+                dtype=torch.float32) -> torch.Tensor:
+    """Dequantized as one flat row: bitsandbytes 0.50's CPU kernel mis-assigns absmax blocks for a 2-D
+    shape whose last dim is not a multiple of 64 (its quantizer always blocks the flattened weight)."""
+    bnb = _bnb()
+    numel = int(torch.Size(shape).numel())
+    state = bnb.QuantState(absmax=absmax, shape=torch.Size([numel]), code=quant_map, blocksize=NF4_BLOCK,
+                           quant_type="nf4", dtype=torch.bfloat16)
+    return bnb.dequantize_4bit(q, state).reshape(shape).to(dtype)
+
+
+def nf4_levels() -> torch.Tensor:
+    return _bnb().get_4bit_type("nf4", device="cpu").float()
+
+
+def nf4_error_bound(x: torch.Tensor) -> torch.Tensor:
+    """Half the widest gap between NF4 levels times the block absmax (of the bf16 weight), plus the
+    bf16 roundings on the way in and out. Blocks whose absmax is subnormal are flushed to zero by
+    bitsandbytes' CPU kernel (it multiplies by 1 / absmax), so their bound is the absmax itself."""
+    levels = nf4_levels()
+    half_gap = float((levels[1:] - levels[:-1]).max()) / 2
+    xb = x.to(torch.bfloat16).float()
+    flat = pad_last(xb.reshape(-1), NF4_BLOCK).unflatten(-1, (-1, NF4_BLOCK))
+    absmax = flat.abs().amax(dim=-1).repeat_interleave(NF4_BLOCK)[: x.numel()].reshape(x.shape)
+    into = (x.float() - xb).abs()
+    flushed = torch.where(absmax < torch.finfo(torch.float32).tiny, absmax, torch.zeros_like(absmax))
+    return absmax * half_gap * (1 + 2.0**-7) + xb.abs() * 2.0**-7 + into + flushed

@@ -1,0 +1,213 @@
+"""``mv4deploy quantize``: stream a checkpoint shard by shard into the recipe's formats, resumably.
+
+Per source shard: the output header is computed first (every format knows its stored dtypes and
+shapes), then each logical weight is read (``pread``, no mmap), dequantized if the source stores it
+quantized, quantized into its target format and written at its offset. Peak memory is a few weights
+in flight, not a shard. Completed shards are written under a temporary name, fsynced, hashed and
+renamed into ``OUT/.mv4deploy-partial/``; a journal there records them. A re-run of the same command
+verifies the journal's shards by sha256 and continues with the rest. Only when every shard is done
+are the shards moved to their final names, then config.json, the manifest and — last — the index are
+written; so a killed run never leaves a complete-looking file with partial data, and a bad input
+mid-run (NaN weights) leaves nothing under OUT's final names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mv4deploy.errors import InputError
+from mv4deploy.fileio import write_text_atomic
+from mv4deploy.quant.formats import get_format
+from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
+from mv4deploy.quant.kernels import NonFiniteError
+from mv4deploy.quant.shards import copy_bytes, output_layout, read_tensor, sha256_file, write_tensor
+
+JOURNAL = "journal.json"
+
+
+@dataclass(frozen=True)
+class Options:
+    allow_nonfinite: bool = False
+    workers: int = 1
+    device: str = "cpu"            # "cpu" or "cuda": same bits either way
+    quantizer: object = None       # callable(WeightJob, tensor) -> dict | None (GPTQ); None: round to nearest
+
+
+class Journal:
+    """Completed shards of an interrupted run, kept in OUT/.mv4deploy-partial/journal.json."""
+
+    def __init__(self, job: Job):
+        self.dir = job.out / STAGING
+        self.path = self.dir / JOURNAL
+        self.run_key = job.run_key
+        self.done: dict[str, dict] = {}
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            if data.get("run_key") != job.run_key:
+                raise InputError(job.out, STAGING, None, "holds an interrupted run of a different recipe, source or "
+                                 "tool version; use another OUT or delete it")
+            self.done = data.get("done", {})
+
+    def record(self, file: str, entry: dict) -> None:
+        self.done[file] = entry
+        self.save()
+
+    def save(self) -> None:
+        write_text_atomic(self.path, json.dumps({"run_key": self.run_key, "done": self.done}, indent=1,
+                                                sort_keys=True))
+
+    def verified(self, file: str, out: Path) -> bool:
+        """A journal shard counts as done only if its bytes still hash to what was recorded."""
+        entry = self.done.get(file)
+        if entry is None:
+            return False
+        for place in (self.dir / file, out / file):
+            if place.is_file() and place.stat().st_size == entry["bytes"] and sha256_file(place) == entry["sha256"]:
+                return True
+        del self.done[file]
+        return False
+
+
+def prepare_out(job: Job) -> Journal:
+    """Create OUT (or reuse an interrupted run of the same job); refuse a foreign non-empty folder."""
+    out = job.out
+    if out.exists() and not out.is_dir():
+        raise InputError(out, None, None, "OUT exists and is not a folder")
+    foreign = out.is_dir() and any(p.name != STAGING for p in out.iterdir())
+    if foreign and not (out / STAGING / JOURNAL).is_file():
+        raise InputError(out, None, None, "OUT is not empty and holds no interrupted mv4deploy run; "
+                                          "choose an empty or new folder")
+    (out / STAGING).mkdir(parents=True, exist_ok=True)
+    journal = Journal(job)
+    if not journal.path.is_file():
+        journal.save()  # the marker of an interrupted run exists before anything else is written
+    return journal
+
+
+def run_shards(job: Job, journal: Journal, options: Options, advance=lambda n: None) -> None:
+    """Process every shard not already verified in the journal."""
+    for shard in job.shards:
+        if journal.verified(shard.file, job.out):
+            advance(shard.source_bytes)
+            continue
+        entry = _process_shard(job, shard, journal.dir, options, advance)
+        journal.record(shard.file, entry)
+
+
+def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, advance) -> dict:
+    tensors = [(t.name, t.dtype, t.shape) for w in shard.weights for t in w.outputs]
+    header, slots = output_layout(tensors, shard_metadata(job, shard))
+    by_name = {s.name: s for s in slots}
+    tmp = staging / f"{shard.file}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sources = _SourceFiles(job.src)
+    try:
+        os.pwrite(fd, header, 0)
+        os.ftruncate(fd, slots[-1].offset + slots[-1].nbytes if slots else len(header))
+        work = lambda w: (_process_weight(w, sources, fd, by_name, options), advance(w.source_bytes))  # noqa: E731
+        if options.workers > 1:
+            with ThreadPoolExecutor(options.workers) as pool:
+                list(pool.map(work, shard.weights))
+        else:
+            for w in shard.weights:
+                work(w)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        sources.close()
+    entry = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size,
+             "source_sha256": sha256_file(job.src / shard.file), "tensors": len(tensors)}
+    outcomes = getattr(options.quantizer, "outcomes", None)
+    if outcomes is not None:  # GPTQ or RTN fallback per INT4 weight, kept for the manifest
+        entry["calibration"] = {w.weight.name: outcomes[w.weight.name] for w in shard.weights
+                                if w.weight.name in outcomes}
+    os.replace(tmp, staging / shard.file)
+    return entry
+
+
+class _SourceFiles:
+    """Open source shards by name, shared by the workers (pread is safe across threads)."""
+
+    def __init__(self, src: Path):
+        self.src, self.fds = src, {}
+
+    def fd(self, file: str) -> int:
+        if file not in self.fds:
+            self.fds[file] = os.open(self.src / file, os.O_RDONLY)
+        return self.fds[file]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def _process_weight(w: WeightJob, sources: _SourceFiles, fd: int, slots: dict, options: Options) -> None:
+    if w.passthrough:
+        for (file, src_slot), out in zip(w.sources, w.outputs):
+            check = None if options.allow_nonfinite else _finite_check(w.weight.name, file, src_slot)
+            copy_bytes(sources.fd(file), src_slot, fd, slots[out.name], sources.src / file, check)
+        return
+    x = _load_logical(w, sources)
+    try:
+        q = options.quantizer(w, x) if options.quantizer else None
+        if q is None:
+            q = get_format(w.target).quantize(w.weight.name, x.to(options.device), options.allow_nonfinite)
+    except NonFiniteError as exc:
+        raise _nonfinite(exc, sources.src / w.sources[0][0]) from None
+    for out in w.outputs:
+        write_tensor(fd, slots[out.name], q[out.name])
+
+
+def _load_logical(w: WeightJob, sources: _SourceFiles) -> torch.Tensor:
+    """The logical weight in a float dtype that holds it exactly (bf16 where possible: half the traffic)."""
+    stored = {slot.name: read_tensor(sources.fd(file), slot, sources.src / file) for file, slot in w.sources}
+    native = get_format(w.weight.native)
+    if native.lossless:
+        return next(iter(stored.values()))
+    dtype = torch.bfloat16 if _bf16_exact(stored) else torch.float32
+    return native.dequantize(w.weight.name, stored, dtype, shape=w.weight.shape)
+
+
+def _bf16_exact(stored: dict) -> bool:
+    """FP8/FP4 values times UE8M0 scales are exact in bf16 unless a scale is below 2**-110 (the
+    product could then fall under bf16's smallest subnormal); F32 scales need float32."""
+    scales = [t for t in stored.values() if t.dtype == torch.float8_e8m0fnu]
+    if not scales or any(t.dtype == torch.float32 for t in stored.values()):
+        return False
+    return all(int(s.view(torch.uint8).min()) >= 127 - 110 for s in scales if s.numel())
+
+
+def _finite_check(name: str, file: str, slot):
+    """A callback that refuses NaN/Inf in a float tensor copied unchanged (None for integer data)."""
+    from mv4deploy.quant.kernels import TORCH_DTYPES
+    dtype = TORCH_DTYPES[slot.dtype]
+    if not dtype.is_floating_point:
+        return None
+
+    def check(piece: memoryview, path: Path) -> None:
+        values = torch.frombuffer(piece, dtype=torch.uint8).view(dtype)
+        values = values.float() if values.element_size() == 1 else values
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:
+            raise InputError(path, slot.name, f"{bad} NaN/Inf values", "non-finite weights; pass --allow-nonfinite "
+                             "to keep them")
+    return check
+
+
+def _nonfinite(exc: NonFiniteError, path: Path) -> InputError:
+    return InputError(path, exc.name, f"{exc.count} of {exc.total} values", "are NaN or Inf; pass "
+                      "--allow-nonfinite to store them as 0")
+
+
+def shard_metadata(job: Job, shard: ShardJob) -> dict[str, str]:
+    """safetensors ``__metadata__``: the checkpoint describes itself (strings only)."""
+    formats = {w.weight.name: w.target for w in shard.weights}
+    return {"format": "pt", "quantized_by": job.run_key["tool"], "recipe": job.recipe.name,
+            "formats": json.dumps(formats, separators=(",", ":"))}
+

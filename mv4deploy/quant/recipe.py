@@ -1,0 +1,111 @@
+"""Recipes: named, ordered rule lists (first match wins, explicit catch-all last), and the recipe a
+planner plan implies. Pure Python; the matching itself lives in ``rules.py``.
+
+Every preset starts with the same guard: norms, router weights and biases, mHC parameters and the
+Engram gating weights stay as the source stores them. Formats are applied by *slot* (see rules.py):
+``linear`` is what DeepSeek ships in FP8, ``expert`` the routed experts, ``engram_table`` the V4.1
+tables; ``fp8`` resolves to the family's own FP8 layout (V3: 128x128 F32 scales, V4: 128x128 UE8M0,
+V4.1: 32x32 UE8M0).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mv4deploy.errors import InputError
+from mv4deploy.model.inventory import Role
+from mv4deploy.model.spec import ModelSpec
+from mv4deploy.quant.rules import NATIVE, Rule, assign, logical_weights, resolve_format, rules_from_json
+
+KEEP_HIGH_PRECISION = (
+    Rule(NATIVE, role=Role.NORM.value),
+    Rule(NATIVE, role=Role.ROUTER.value),
+    Rule(NATIVE, role=Role.HASH_ROUTER.value),
+    Rule(NATIVE, role=Role.MHC.value),
+    Rule(NATIVE, match=r"(^|\.)engram\.(q_weight|k_weight)$"),  # Engram gating (per-stream norm weights)
+)
+CATCH_ALL = Rule(NATIVE, match=".*")
+
+PRESETS: dict[str, tuple[Rule, ...]] = {
+    "native": (CATCH_ALL,),
+    "fp8": KEEP_HIGH_PRECISION + (
+        Rule("fp8", slot="linear"), Rule("fp8", slot="expert"), Rule("fp8-rows-ue8m0", slot="engram_table"),
+        CATCH_ALL),
+    "fp8-fp4-experts": KEEP_HIGH_PRECISION + (  # the V4 shipping layout
+        Rule("mxfp4", slot="expert"), Rule("fp8", slot="linear"), Rule("fp8-rows-ue8m0", slot="engram_table"),
+        CATCH_ALL),
+    "int4-experts": KEEP_HIGH_PRECISION + (     # GPUs without FP4 (Ada) or experts in host RAM
+        Rule("int4-g128", slot="expert"), Rule("fp8", slot="linear"), Rule("fp8-rows-ue8m0", slot="engram_table"),
+        CATCH_ALL),
+    "nf4": KEEP_HIGH_PRECISION + (              # transformers + bitsandbytes users
+        Rule("nf4", slot="expert"), Rule("nf4", slot="linear"), CATCH_ALL),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    rules: tuple[Rule, ...]
+    source: str = "preset"   # "preset", a recipe file, or a plan file
+
+    def formats(self, spec: ModelSpec) -> dict[str, str]:
+        """Logical weight name -> the format this recipe gives it on ``spec`` (in inventory order)."""
+        return {w.name: assign(self.rules, w, spec.architecture) for w in logical_weights(spec)}
+
+    def resolved_rules(self, spec: ModelSpec) -> list[dict]:
+        """The rules as written into the output's config.json: aliases resolved for this family."""
+        return [{**r.to_json(), "format": resolve_format(r.format, spec.architecture)} for r in self.rules]
+
+
+def get_recipe(name_or_file: str) -> Recipe:
+    """A preset name, or a JSON/YAML file ``{"name": ..., "rules": [...]}``."""
+    if name_or_file in PRESETS:
+        return Recipe(name_or_file, PRESETS[name_or_file])
+    path = Path(name_or_file)
+    if not path.is_file():
+        raise InputError(None, "--recipe", name_or_file,
+                         f"not a preset or a recipe file; presets: {', '.join(PRESETS)}")
+    data = _load(path)
+    if not isinstance(data, dict):
+        raise InputError(path, None, type(data).__name__, "a recipe file must be an object with 'rules'")
+    return Recipe(str(data.get("name") or path.stem), rules_from_json(data.get("rules"), str(path)), str(path))
+
+
+def _load(path: Path):
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from exc
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except ValueError as exc:  # json.JSONDecodeError and yaml.YAMLError's parse errors
+        raise InputError(path, None, None, f"not valid {path.suffix.lstrip('.') or 'JSON'} ({exc.__class__.__name__})") from exc
+
+
+def recipe_from_plan(path: Path) -> Recipe:
+    """The recipe a planner plan implies: one rule per group whose chosen format is not native
+    (``groups: [{name, role, layer, tier, format, bytes}]``, the planner's JSON contract), then
+    the high-precision guard and the catch-all. Group roles are inventory roles; layer may be null.
+    The plan's rules come first: a plan that explicitly picks a format for a guarded group wins."""
+    path = Path(path)
+    data = _load(path) if path.is_file() else None
+    if data is None:
+        raise InputError(path, None, None, "plan file not found")
+    groups = data.get("groups") if isinstance(data, dict) else None
+    if not isinstance(groups, list):
+        raise InputError(path, "groups", groups, "must be the planner's list of tensor groups")
+    rules = []
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict):
+            raise InputError(path, f"groups[{i}]", group, "must be an object")
+        if group.get("format") in (None, NATIVE):
+            continue
+        raw = {"format": group["format"], "role": group.get("role"), "layer": group.get("layer")}
+        rules.append({k: v for k, v in raw.items() if v is not None})
+    checked = rules_from_json(rules + [CATCH_ALL.to_json()], str(path))
+    return Recipe(f"plan:{path.name}", checked[:-1] + KEEP_HIGH_PRECISION + (CATCH_ALL,), str(path))

@@ -1,0 +1,96 @@
+"""The ``quantize`` command's library entry: recipe and options from the CLI, then plan -> resume
+or start -> process -> finalize. Planning (every input check) runs before torch is imported, so a bad
+input fails in a fraction of a second with nothing written."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+from mv4deploy.errors import InputError
+from mv4deploy.model.safetensors_headers import INDEX_NAME
+
+
+def run_quantize(src: Path, out: Path, recipe: str | None = None, plan: Path | None = None,
+                 calib: Path | None = None, workers: int = 1, device: str = "auto",
+                 allow_nonfinite: bool = False, progress=None) -> dict:
+    from mv4deploy.quant.recipe import get_recipe, recipe_from_plan
+    if (recipe is None) == (plan is None):
+        raise InputError(None, "--recipe/--plan", None, "give exactly one of --recipe NAME or --plan plan.json")
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(None, "--device", device, "must be auto, cpu or cuda")
+    chosen = get_recipe(recipe) if recipe is not None else recipe_from_plan(Path(plan))
+    calibration = None
+    if calib is not None:
+        from mv4deploy.quant.calibrate import CalibrationSpec
+        calibration = CalibrationSpec.from_file(Path(calib))
+    return quantize_checkpoint(Path(src), Path(out), chosen, calibration=calibration, workers=workers,
+                               device=device, allow_nonfinite=allow_nonfinite, progress=progress)
+
+
+def quantize_checkpoint(src: Path, out: Path, recipe, calibration=None, workers: int = 1, device: str = "auto",
+                        allow_nonfinite: bool = False, progress=None, calibration_inputs=None) -> dict:
+    """``progress`` is a context-manager factory ``(description, total_bytes) -> advance(n)`` (the CLI
+    passes ``output.progress``). ``calibration_inputs`` = (model, token_ids) skips loading them
+    (tests; callers that hold the model already). Returns a summary with stable keys."""
+    from mv4deploy.quant.job import plan_job
+    from mv4deploy.quant.manifest import MANIFEST, verify_output
+    extra_key = {"calibration": calibration.key()} if calibration is not None else {}
+    job = plan_job(src, out, recipe, extra_key)
+    if (job.out / INDEX_NAME).is_file() and (job.out / MANIFEST).is_file():
+        report = verify_output(job.out)
+        if not report["ok"]:
+            raise InputError(job.out, None, None, f"holds a finished output that fails verification "
+                             f"({report['problems'][0]}); delete it to rebuild")
+        import shutil
+
+        from mv4deploy.quant.job import STAGING
+        shutil.rmtree(job.out / STAGING, ignore_errors=True)  # a run killed while cleaning up
+        return {**_summary(job, resumed_shards=len(job.shards), already_complete=True), "calibration": None}
+    return _run(job, calibration, workers, device, allow_nonfinite, progress, calibration_inputs)
+
+
+def _run(job, calibration, workers, device, allow_nonfinite, progress, calibration_inputs=None) -> dict:
+    import torch
+
+    from mv4deploy.quant.manifest import finalize
+    from mv4deploy.quant.pipeline import Options, prepare_out, run_shards
+    options = Options(allow_nonfinite=allow_nonfinite, workers=workers, device=_device(device))
+    # Parallelism comes from --workers, one intra-op thread each: the kernels work on cache-sized
+    # strips, too small to split, and an OpenMP team waiting on a busy core costs ~10 ms per op.
+    torch.set_num_threads(1)
+    journal = prepare_out(job)
+    resumed = sum(1 for s in job.shards if s.file in journal.done)
+    report = None
+    if calibration is not None:
+        from mv4deploy.quant.calibrate import calibrate, calibration_report
+        quantizer, tokens = calibrate(job, calibration, *(calibration_inputs or ()))
+        options = Options(allow_nonfinite, workers, options.device, quantizer)
+    bar = progress(f"quantize {job.src.name} -> {job.recipe.name}", job.source_bytes) if progress else nullcontext()
+    with bar as advance:
+        run_shards(job, journal, options, advance or (lambda n: None))
+    if calibration is not None:
+        report = calibration_report(calibration, tokens, journal.done)
+    finalize(job, journal.dir, journal.done, report)
+    return {**_summary(job, resumed_shards=resumed, already_complete=False), "calibration": report}
+
+
+def _device(name: str) -> str:
+    if name == "cpu":
+        return "cpu"
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    if name == "cuda":
+        raise InputError(None, "--device", name, "CUDA is not available on this machine")
+    return "cpu"
+
+
+def _summary(job, resumed_shards: int, already_complete: bool) -> dict:
+    from collections import Counter
+    formats = Counter(w.target for s in job.shards for w in s.weights)
+    out_bytes = sum(p.stat().st_size for p in (job.out / s.file for s in job.shards) if p.is_file())
+    return {"source": str(job.src), "out": str(job.out), "recipe": job.recipe.name,
+            "shards": len(job.shards), "resumed_shards": resumed_shards, "already_complete": already_complete,
+            "source_bytes": job.source_bytes, "out_bytes": out_bytes, "weights": sum(formats.values()),
+            "formats": dict(sorted(formats.items()))}

@@ -1,0 +1,127 @@
+"""Safetensors I/O for the pipeline without mmap: tensors are read with ``pread`` into fresh buffers
+and written with ``pwrite`` at offsets fixed by a header computed up front.
+
+Why not ``safe_open`` / ``save_file``: an mmap'd shard counts every touched page in the process RSS
+(a 5 GB shard shows up as 5 GB), and ``save_file`` needs every output tensor in memory at once. Here
+the header is known before any data is produced (each format gives its stored dtypes and shapes), so
+tensors are written as they are quantized, in any order, by any number of workers, and the bytes
+come out the same every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from mv4deploy.errors import InputError
+from mv4deploy.model.safetensors_headers import read_header, tensor_nbytes
+
+COPY_BYTES = 64 << 20   # pass-through copies move this much per read/write
+HASH_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one tensor's bytes live in a safetensors file (absolute offsets)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def source_slots(path: Path) -> dict[str, Slot]:
+    """Validated header of a source shard (``read_header`` checks offsets against the file size),
+    with each tensor's absolute data offset."""
+    read_header(path)  # raises InputError for truncated files and lying headers
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    base = 8 + length
+    return {name: Slot(name, e["dtype"], tuple(e["shape"]), base + e["data_offsets"][0],
+                       e["data_offsets"][1] - e["data_offsets"][0]) for name, e in header.items()}
+
+
+def read_tensor(fd: int, slot: Slot, path: Path):
+    """One tensor from an open file descriptor, into a new CPU tensor (no mmap)."""
+    import torch
+    from mv4deploy.quant.kernels import TORCH_DTYPES
+    buf = torch.empty(slot.nbytes, dtype=torch.uint8)
+    view, done = memoryview(buf.numpy()), 0
+    while done < slot.nbytes:
+        n = os.preadv(fd, [view[done:]], slot.offset + done)
+        if n <= 0:
+            raise InputError(path, slot.name, slot.offset + done, "file ended inside this tensor (truncated?)")
+        done += n
+    if slot.dtype == "F4":
+        raise InputError(path, slot.name, slot.dtype, "F4 storage is not supported; FP4 is read as packed I8")
+    return buf.view(TORCH_DTYPES[slot.dtype]).reshape(slot.shape)
+
+
+def output_layout(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> tuple[bytes, list[Slot]]:
+    """The header bytes of an output shard and each tensor's slot, in the given order.
+
+    The JSON is padded with spaces to a multiple of 8 bytes (as the safetensors library does), so
+    every tensor starts 8-byte aligned when the tensors before it are multiples of 8 long."""
+    entries, slots, offset = {"__metadata__": metadata}, [], 0
+    for name, dtype, shape in tensors:
+        nbytes = tensor_nbytes(dtype, shape)
+        entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        slots.append((name, dtype, shape, offset, nbytes))
+        offset += nbytes
+    raw = json.dumps(entries, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    header = struct.pack("<Q", len(raw)) + raw
+    return header, [Slot(n, d, s, len(header) + o, b) for n, d, s, o, b in slots]
+
+
+def write_tensor(fd: int, slot: Slot, tensor) -> None:
+    """Write one tensor's bytes at its slot (checks dtype and shape against the header)."""
+    import torch
+    from mv4deploy.quant.kernels import TORCH_DTYPES
+    if tensor.dtype != TORCH_DTYPES[slot.dtype] or tuple(tensor.shape) != slot.shape:
+        raise AssertionError(f"{slot.name}: got {tensor.dtype}{list(tensor.shape)}, header says "
+                             f"{slot.dtype}{list(slot.shape)}")
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    _pwrite_all(fd, memoryview(data), slot.offset)
+
+
+def copy_bytes(src_fd: int, src: Slot, dst_fd: int, dst: Slot, path: Path, check=None) -> None:
+    """Pass-through: copy a tensor's bytes unchanged, COPY_BYTES at a time (any size, little memory).
+    ``check(piece, path)`` sees each piece first (pieces are whole elements: COPY_BYTES is a multiple
+    of every element size)."""
+    buf = bytearray(min(COPY_BYTES, max(src.nbytes, 1)))
+    done = 0
+    while done < src.nbytes:
+        size = min(len(buf), src.nbytes - done)
+        piece = memoryview(buf)[:size]
+        got = 0
+        while got < size:
+            n = os.preadv(src_fd, [piece[got:]], src.offset + done + got)
+            if n <= 0:
+                raise InputError(path, src.name, src.offset + done + got, "file ended inside this tensor (truncated?)")
+            got += n
+        if check is not None:
+            check(piece, path)
+        _pwrite_all(dst_fd, piece, dst.offset + done)
+        done += size
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,27 @@
+"""The CUDA path gives the same bits as the CPU path (FP8 block, FP8 rows, MXFP4, INT4 RTN)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mv4deploy.quant.formats import get_format
+
+GPU_FORMATS = ["fp8-e4m3-block128", "fp8-e4m3-block128-ue8m0", "fp8-e4m3-block32-ue8m0", "fp8-rows-ue8m0",
+               "mxfp4", "int4-g128", "int4-g32"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt_name", GPU_FORMATS)
+@pytest.mark.parametrize("shape,dtype", [((512, 1024), torch.bfloat16), ((3, 130, 257), torch.float32)])
+def test_cuda_quantize_is_bit_identical_to_cpu(fmt_name, shape, dtype):
+    fmt = get_format(fmt_name)
+    w = (torch.randn(*shape, generator=torch.Generator().manual_seed(7)) * 0.03).to(dtype)
+    w.view(-1)[::97] *= 300  # outliers spread the scales
+    cpu = fmt.quantize("x.weight", w)
+    gpu = fmt.quantize("x.weight", w.cuda())
+    for key in cpu:
+        assert gpu[key].is_cuda
+        assert torch.equal(cpu[key].view(-1).view(torch.uint8), gpu[key].cpu().view(-1).view(torch.uint8)), key
+    back_gpu = fmt.dequantize("x.weight", gpu, torch.float32, shape=shape).cpu()
+    assert torch.equal(fmt.dequantize("x.weight", cpu, torch.float32, shape=shape), back_gpu)

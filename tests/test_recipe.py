@@ -1,0 +1,135 @@
+"""Recipes and rules: first match wins, explicit catch-all last, presets as a table that resolves
+per family, plans turned into recipes, and the rules a quantized config.json carries."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from mv4deploy.errors import InputError
+from mv4deploy.model.config import read_config
+from mv4deploy.model.inventory import build_inventory
+from mv4deploy.quant.recipe import KEEP_HIGH_PRECISION, PRESETS, get_recipe, recipe_from_plan
+from mv4deploy.quant.rules import Rule, assign, logical_weights, rules_from_json
+from quant_synth import preset_config
+
+
+def _spec(name: str, **kw):
+    return read_config(preset_config(name, **kw), name)
+
+
+def test_first_match_wins_and_catch_all_is_required():
+    spec = _spec("tiny-deepseek-v4")
+    w = next(w for w in logical_weights(spec) if w.name == "layers.2.ffn.experts.3.w2.weight")
+    rules = (Rule("int4-g32", match=r"experts\.3\."), Rule("mxfp4", slot="expert"), Rule("native", match=".*"))
+    assert assign(rules, w, spec.architecture) == "int4-g32"
+    assert assign(rules[1:], w, spec.architecture) == "mxfp4"
+    with pytest.raises(InputError, match="catch-all"):
+        rules_from_json([{"slot": "expert", "format": "mxfp4"}], "r.json")
+
+
+@pytest.mark.parametrize("data,needle", [
+    ([{"format": "fp5", "match": ".*"}], "unknown format"),
+    ([{"format": "fp8", "match": "(unclosed"}], "not a regular expression"),
+    ([{"format": "fp8", "role": "expertz"}, {"format": "native"}], "rules[0].role"),
+    ([{"format": "fp8", "slot": "linear", "colour": "red"}, {"format": "native"}], "unknown rule key"),
+    ([{"format": "fp8", "layer": -1}, {"format": "native"}], "layer"),
+    ("fp8", "non-empty list"),
+])
+def test_rule_validation_names_the_field(data, needle):
+    with pytest.raises(InputError) as info:
+        rules_from_json(data, "recipe.yaml")
+    assert needle in str(info.value) and "recipe.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_never_touch_norms_routers_mhc_or_engram_gating(preset):
+    spec = _spec("tiny-deepseek-v4.1")
+    formats = get_recipe(preset).formats(spec)
+    for w in logical_weights(spec):
+        if w.role.value in ("norm", "router", "hash_router", "mhc") or w.name.endswith(("q_weight", "k_weight")):
+            assert formats[w.name] == w.native, (preset, w.name)
+        if len(w.shape) == 1:
+            assert formats[w.name] == w.native, (preset, w.name)
+
+
+@pytest.mark.parametrize("model,fp8", [("tiny-deepseek-v3", "fp8-e4m3-block128"),
+                                       ("tiny-deepseek-v4", "fp8-e4m3-block128-ue8m0"),
+                                       ("tiny-deepseek-v4.1", "fp8-e4m3-block32-ue8m0"),
+                                       ("tiny-qwen2", "fp8-e4m3-block128")])
+def test_fp8_resolves_to_the_family_layout(model, fp8):
+    counts = Counter(get_recipe("fp8").formats(_spec(model)).values())
+    assert counts[fp8] > 0 and not {f for f in counts if f.startswith("fp8-e4m3") and f != fp8}
+
+
+def test_v4_shipping_recipe_reproduces_the_shipped_inventory():
+    """fp8-fp4-experts on a BF16 tiny-v4 gives exactly the tensors of the FP8/FP4 preset config."""
+    bf16 = _spec("tiny-deepseek-v4")
+    native = read_config(preset_config("tiny-deepseek-v4", full_precision=False), "native")
+    rules = tuple(rules_from_json(get_recipe("fp8-fp4-experts").resolved_rules(bf16), "x"))
+    quantized = build_inventory(replace(bf16, formats=replace(bf16.formats, rules=rules)))
+    shipped = build_inventory(native)
+    assert [(t.name, t.dtype, t.shape) for t in quantized.tensors] == [(t.name, t.dtype, t.shape) for t in shipped.tensors]
+
+
+def test_config_rules_round_trip_through_read_config():
+    cfg = preset_config("tiny-deepseek-v4", full_precision=False)
+    base = cfg["quantization_config"]
+    cfg["quantization_config"] = {"quant_method": "mv4deploy", "recipe": "int4-experts", "base": base,
+                                  "rules": get_recipe("int4-experts").resolved_rules(_spec("tiny-deepseek-v4"))}
+    spec = read_config(cfg, "out/config.json")
+    fmts = {w.name: w.native for w in logical_weights(spec)}
+    assert fmts["layers.1.ffn.experts.0.w1.weight"] == "int4-g128"
+    assert fmts["layers.1.attn.wq_a.weight"] == "fp8-e4m3-block128-ue8m0"      # native: from base
+    names = {t.name for t in build_inventory(spec).tensors}
+    assert "layers.1.ffn.experts.0.w1.weight_packed" in names and "layers.1.attn.wq_a.scale" in names
+    cfg["quantization_config"]["rules"][-1] = {"slot": "plain", "format": "bf16"}
+    with pytest.raises(InputError, match="catch-all"):
+        read_config(cfg, "out/config.json")
+
+
+def test_plan_groups_become_rules(tmp_path):
+    plan = {"groups": [{"name": "L3 experts", "role": "routed_expert", "layer": 3, "tier": "host",
+                        "format": "int4", "bytes": 10},
+                       {"name": "norms", "role": "norm", "layer": None, "tier": "gpu:0", "format": "native",
+                        "bytes": 1}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    recipe = recipe_from_plan(tmp_path / "plan.json")
+    assert recipe.rules[0] == Rule("int4", role="routed_expert", layer=3)
+    assert recipe.rules[1:-1] == KEEP_HIGH_PRECISION and recipe.rules[-1].catch_all
+    formats = recipe.formats(_spec("tiny-deepseek-v4"))
+    assert formats["layers.3.ffn.experts.1.w1.weight"] == "int4-g128"
+    assert formats["layers.2.ffn.experts.1.w1.weight"] == "bf16"
+
+
+@pytest.mark.parametrize("plan,needle", [({"groups": "all"}, "groups"),
+                                         ({"groups": [{"role": "norm", "format": "fp9"}]}, "unknown format"),
+                                         ({"groups": [7]}, "must be an object")])
+def test_bad_plans(tmp_path, plan, needle):
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(InputError, match=needle):
+        recipe_from_plan(tmp_path / "plan.json")
+
+
+def test_recipe_files_in_yaml(tmp_path):
+    (tmp_path / "mine.yaml").write_text("name: experts-g32\nrules:\n  - {slot: expert, format: int4-g32}\n"
+                                        "  - {match: '.*', format: native}\n")
+    recipe = get_recipe(str(tmp_path / "mine.yaml"))
+    assert recipe.name == "experts-g32"
+    assert Counter(recipe.formats(_spec("tiny-deepseek-v4")).values())["int4-g32"] == 120
+
+
+def test_logical_weights_cover_every_stored_tensor_of_the_full_models():
+    """Slots and grouping hold on the real configs (V4-Flash, V4.1-Flash): every inventory tensor
+    belongs to exactly one logical weight, and slots split the way DeepSeek stores them."""
+    for name in ("deepseek-v4-flash", "deepseek-v4.1-flash"):
+        spec = read_config(json.loads((__import__("quant_synth").PRESETS / f"{name}.json").read_text()), name)
+        weights = logical_weights(spec)
+        stored = [t.name for w in weights for t in w.stored]
+        assert stored == [t.name for t in build_inventory(spec).tensors]
+        slots = Counter(w.slot for w in weights)
+        assert slots["expert"] == sum(1 for w in weights if w.role.value == "routed_expert")
+        assert all(w.native.startswith("fp8") for w in weights if w.slot == "linear")
