@@ -94,6 +94,27 @@ def profile_detect(out: Annotated[Optional[Path], typer.Option("--out", help="Wr
     return EXIT_OK
 
 
+@profile_app.command("probe")
+def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Write the YAML here.")] = None,
+                  base: Annotated[Optional[str], typer.Option(help="Start from this profile (name or YAML); "
+                                                              "default: what `profile detect` finds.")] = None,
+                  storage_dir: Annotated[Path, typer.Option(help="Where to write the temporary read-test file.")]
+                  = Path("."),
+                  size: Annotated[str, typer.Option(help="Bytes per memory and storage test.")] = "1GiB",
+                  name: Annotated[str, typer.Option(help="Profile name.")] = "this-machine") -> int:
+    """Measure host memory bandwidth, CPU matmul rates, storage reads (and GPU bandwidth, host<->GPU copies,
+    bf16/fp8 matmul when CUDA is present); write a profile with `measured:` beside the nominal figures."""
+    from mv4deploy.hardware.probe import probe_profile_yaml
+    from mv4deploy.fileio import write_text_atomic
+    text = probe_profile_yaml(name, base, storage_dir, size)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(out, text)
+        output.info(f"wrote {out}")
+    return EXIT_OK
+
+
 # ---- export: ONNX for CPUs and phones (mv4deploy/export/) ------------------------------------------------
 export_app = typer.Typer(no_args_is_help=True, help="Export distillates to ONNX, validated against PyTorch.")
 app.add_typer(export_app, name="export")

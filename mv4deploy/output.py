@@ -292,7 +292,7 @@ def _estimates(out: Console, plan) -> None:
         out.print(f"offloaded experts: decode {', '.join(experts['offloaded_decode'])}; prefill "
                   f"{', '.join(experts['offloaded_prefill'])}")
     ws = d["workspace"]
-    out.print(f"workspace per GPU {format_bytes(ws['total_bytes'])} (largest transient: {ws['largest_transient']} "
+    out.print(f"workspace {format_bytes(ws['total_bytes'])} per device (largest transient: {ws['largest_transient']} "
               f"{format_bytes(ws['largest_transient_bytes'])}; stream buffer {format_bytes(ws['stream_buffer_bytes'])})")
     for s in plan.suggestions:
         out.print(f"suggestion: {s['change']} -> {s['verdict'].replace('_', ' ')}, "

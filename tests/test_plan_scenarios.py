@@ -219,3 +219,38 @@ def test_fp4_experts_on_ada_run_as_weight_only_dequant_or_int4():
     experts = sum(g["bytes"] for g in int4.groups if g["role"] == "routed_experts")
     assert experts == 43 * 256 * 3 * 4_325_392
     assert int4.estimates.decode_tokens_per_s > native.estimates.decode_tokens_per_s   # 3% fewer bytes to read
+
+
+def test_engine_hints_follow_the_placement():
+    import re
+    p = plan("deepseek-v4-flash", "rtx4090x2")
+    off_gpu = sorted({g["layer"] for g in p.groups if g["role"] == "routed_experts" and g["tier"] == "host"})
+    rule = re.search(r"blk\\\.\(([\d|]+)\)\\\.ffn_\(gate\|up\|down\)_exps\\\.=CPU", p.hints["llama_cpp"])
+    assert rule and [int(x) for x in rule.group(1).split("|")] == off_gpu    # every layer with experts in RAM
+    assert "-sm layer -ts " in p.hints["llama_cpp"]                          # pipeline: layers per GPU
+    assert "--pipeline-parallel-size 2" in p.hints["vllm"] and "--pp-size 2" in p.hints["sglang"]
+    device_map = p.hints["accelerate_device_map"]
+    assert {device_map[f"model.layers.{n}.mlp.experts"] for n in off_gpu} == {"cpu"}
+    assert device_map["model.layers.42.self_attn"] == 1 and device_map["model.layers.0.self_attn"] == 0
+    big = plan("deepseek-v4-pro", "b200x8")
+    assert "--tensor-parallel-size 8 --enable-expert-parallel" in big.hints["vllm"]
+    assert "--tp-size 8" in big.hints["sglang"] and "--ep-size 8" in big.hints["sglang"]
+    phone = plan("deepseek-r1-distill-qwen-7b", "snapdragon-8-elite-gen5", context=4096)
+    assert set(phone.hints.values()) == {None}                                 # an NPU: export onnx instead
+
+
+def test_a_cpu_only_machine_runs_everything_from_ram():
+    from mv4deploy.hardware.profile import parse_profile
+    box = parse_profile({"name": "cpu-box", "host": {"memory": "64GiB", "bandwidth": "89.6GB/s", "cores": 16,
+                                                    "isa": ["avx512_bf16"], "compute": {"bf16": "2.3TFLOPS"}}},
+                        "cpu-box")
+    flash = resolve_model("deepseek-r1-distill-qwen-7b")
+    p = make_plan(flash, box, make_workload(8192))
+    assert p.verdict == "fits" and p.decisions["parallelism"]["mode"] == "cpu only"
+    host = device(p, "host")
+    assert host.breakdown["activations"] == p.decisions["workspace"]["total_bytes"] > 0
+    # all 15,231,233,024 B of BF16 weights but 152,063 of the 152,064 embedding rows (7,168 B each), plus the
+    # 8K KV (8,192 x 57,344 B), read at 89.6 GB/s x 0.7 (the default efficiency): 14,611,007,488 B / 62.72 GB/s
+    read = 15_231_233_024 - 152_064 * 3584 * 2 + 3584 * 2 + 8192 * 57_344
+    assert p.estimates.decode_tokens_per_s == pytest.approx(89.6e9 * 0.7 / read, rel=1e-3)
+    assert p.hints["llama_cpp"].endswith("-ngl 0") and p.hints["vllm"] is None

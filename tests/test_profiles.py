@@ -85,3 +85,20 @@ def test_planner_path_imports_no_torch():
             "bad = [m for m in ('torch', 'transformers', 'numpy', 'safetensors') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_probe_writes_measured_figures_that_the_rates_prefer(cli, tmp_path):
+    from mv4deploy.hardware.rates import MEASURED, NOMINAL, achievable_rates
+    out = tmp_path / "probed.yaml"
+    result = cli("profile", "probe", "--size", "64MiB", "--storage-dir", tmp_path, "--base", "rtx5090",
+                 "--out", out)
+    assert result.code == 0, result.stderr
+    profile = load_profile(out)
+    measured = profile.host.measured
+    assert measured.bandwidth_bytes_per_s > 1e9 and measured.compute_flops_per_s["fp32"] > 1e9
+    rates = achievable_rates(profile)
+    assert rates.host_bandwidth.source == MEASURED
+    assert rates.host_bandwidth.value == measured.bandwidth_bytes_per_s          # no efficiency on top
+    assert rates.gpu_bandwidth.source == NOMINAL                                  # no GPU here: nominal 5090
+    assert rates.gpu_bandwidth.value == pytest.approx(1792e9 * 0.80)
+    assert not list(tmp_path.glob(".mv4deploy-probe-*"))                           # temp file removed

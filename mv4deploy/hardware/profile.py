@@ -20,6 +20,7 @@ from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
 UNKNOWN = "unknown"
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: ~10x faster, same results
 
 # Defaults for the planner's figures when a profile does not give them. Each is an assumption unless noted.
 DEFAULT_GPU_RUNTIME_RESERVE_BYTES = 2**30   # llama.cpp's per-device fit margin, -fitt 1024 MiB (facts/peers.md §2)
@@ -41,6 +42,15 @@ class LinkKind(str, Enum):
 
 
 @dataclass(frozen=True)
+class Measured:
+    """Rates measured on the machine (``mv4deploy profile probe``). They are achievable rates, so the
+    planner uses them as they are, in place of nominal x efficiency."""
+
+    bandwidth_bytes_per_s: float | None = None
+    compute_flops_per_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class GPUs:
     kind: DeviceKind
     model: str
@@ -53,6 +63,7 @@ class GPUs:
     compute_capability: str | None = None
     unified_memory: bool = False         # memory is the host's RAM (phones, APUs)
     runtime_reserve_bytes: int = DEFAULT_GPU_RUNTIME_RESERVE_BYTES  # per device: allocator slack, workspaces
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class Host:
     isa: tuple[str, ...] = ()
     compute_flops_per_s: dict[str, float] = field(default_factory=dict)
     reserve_bytes: int = DEFAULT_HOST_RESERVE_BYTES  # left to the OS and the serving process
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,7 @@ class Storage:
     capacity_bytes: int | None = None
     random_read_iops: float | None = None          # 4 KiB random reads at high queue depth
     latency_s: float = DEFAULT_STORAGE_LATENCY_S    # one random read
+    measured: Measured = field(default_factory=Measured)
 
 
 @dataclass(frozen=True)
@@ -265,7 +278,8 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
                 cores=h.get("cores", _positive_int, allow_unknown=True),
                 isa=h.get("isa", _strings, required=False, default=()),
                 compute_flops_per_s=_compute(h.section("compute", required=False)),
-                reserve_bytes=h.get("reserve", _size, required=False, default=DEFAULT_HOST_RESERVE_BYTES))
+                reserve_bytes=h.get("reserve", _size, required=False, default=DEFAULT_HOST_RESERVE_BYTES),
+                measured=_measured(h.section("measured", required=False)))
     h.done()
     profile = HardwareProfile(
         name=top.get("name", _text), description=top.get("description", _text, required=False, default=""),
@@ -292,7 +306,8 @@ def _gpus(g: _Section | None) -> GPUs | None:
         compute_capability=g.get("compute_capability", _text, required=False, allow_unknown=True),
         unified_memory=g.get("unified_memory", _bool, required=False, default=False),
         runtime_reserve_bytes=g.get("runtime_reserve", _size, required=False,
-                                    default=DEFAULT_GPU_RUNTIME_RESERVE_BYTES))
+                                    default=DEFAULT_GPU_RUNTIME_RESERVE_BYTES),
+        measured=_measured(g.section("measured", required=False)))
     g.done()
     return gpus
 
@@ -333,9 +348,19 @@ def _storage(s: _Section | None) -> Storage | None:
                       read_bytes_per_s=s.get("read_bandwidth", _positive_rate, allow_unknown=True),
                       capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True),
                       random_read_iops=s.get("random_read_iops", _positive_iops, required=False, allow_unknown=True),
-                      latency_s=s.get("latency", _latency, required=False, default=DEFAULT_STORAGE_LATENCY_S))
+                      latency_s=s.get("latency", _latency, required=False, default=DEFAULT_STORAGE_LATENCY_S),
+                      measured=_measured(s.section("measured", required=False)))
     s.done()
     return storage
+
+
+def _measured(s: _Section | None) -> Measured:
+    if s is None:
+        return Measured()
+    measured = Measured(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False),
+                        compute_flops_per_s=_compute(s.section("compute", required=False)))
+    s.done()
+    return measured
 
 
 def _efficiency(s: _Section | None) -> Efficiency:
@@ -358,6 +383,12 @@ def list_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """A shipped profile by name, or a YAML file by path."""
+    data, path = load_profile_dict(name_or_path)
+    return parse_profile(data, str(path))
+
+
+def load_profile_dict(name_or_path: str | Path) -> tuple[object, Path]:
+    """The raw YAML data of a profile and the file it came from."""
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
@@ -365,7 +396,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         if not path.is_file():
             raise InputError(None, "profile", text, f"unknown profile; shipped: {', '.join(list_profiles())}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except FileNotFoundError:
         raise InputError(path, None, None, "profile file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -374,7 +405,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
         raise InputError(path, where, None, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_profile(data, str(path))
+    return data, path
 
 
 def profile_to_dict(profile: HardwareProfile) -> dict:

@@ -16,7 +16,7 @@ from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.kv_tiering import kv_summary
 from mv4deploy.plan.multigpu import reason
 from mv4deploy.plan.plan import Plan, device_usage, group_rows
-from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, expert_execution
+from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, expert_execution, workspace_devices
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import TierKind
 from mv4deploy.plan.workload import Workload
@@ -27,8 +27,8 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
               prefill_stream: bool | None = None, quick: bool = False) -> Plan:
     """The plan. ``suggest`` False skips suggestions; ``quick`` weighs fewer candidates (no prefill
-    streaming: what suggestion re-plans use); ``prefill_stream`` forces streaming offloaded experts to the
-    GPU for prefill on or off (None: the planner chooses)."""
+    streaming) and derives no engine hints: what suggestion re-plans use; ``prefill_stream`` forces
+    streaming offloaded experts to the GPU for prefill on or off (None: the planner chooses)."""
     found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
                                                          gpu_mem_util, quick=quick, prefill_stream=prefill_stream)
     best, by_mode = choose(found)
@@ -39,7 +39,7 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
     if kinds.get(ItemKind.ENGRAM):
         engram = engram_summary(kinds[ItemKind.ENGRAM], best.estimates.engram_windows_s, best.placement.free_bytes)
         engram["traffic_bytes_per_s"] = engram["bytes_per_token"] * best.estimates.decode_tokens_per_s
-    activations = {d.name: best.workspace.total_bytes for d in machine.devices if d.kind in ("gpu", "npu")}
+    activations = dict.fromkeys(workspace_devices(machine), best.workspace.total_bytes)
     devices = device_usage(machine.devices, best.placement.placed, activations)
     decisions = _decisions(best, by_mode, machine, chosen_policy, grouping, resolved)
     plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=best.verdict.value,
@@ -47,7 +47,7 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
                 kv_cache=kv_summary(kinds.get(ItemKind.KV, [])), engram=engram, estimates=best.estimates,
                 hints={}, suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
                 decisions=decisions, placement=best.placement)
-    hints, hint_warnings = engine_hints(plan, best, resolved, machine)
+    hints, hint_warnings = engine_hints(plan, best, resolved, machine) if not quick else ({}, [])
     suggestions = ()
     if suggest and best.verdict.value != "fits":
         from mv4deploy.plan.suggest import suggestions_for

@@ -104,4 +104,9 @@ def _bottleneck(resources: dict[str, float], step: float, placement: Placement) 
     if not resources:
         return "none"
     name, seconds = max(sorted(resources.items()), key=lambda kv: kv[1])
-    return f"{name}: {seconds * 1e3:.3g} of {step * 1e3:.3g} ms per decode step"
+    return f"{name}: {_ms(seconds)} of {_ms(step)} ms per decode step"
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"

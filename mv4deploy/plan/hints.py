@@ -127,6 +127,9 @@ def sglang_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
         args += ["--enable-hierarchical-cache", "--hicache-ratio", f"{ratio:.1f}"]
     if plan.engram and any(not t["tier"].startswith("gpu") for t in plan.engram["tables"]):
         env.append("SGLANG_ENABLE_DSV41_ENGRAM_HOST_TABLE=1")
+        if any(t["tier"] == "nvme" for t in plan.engram["tables"]):
+            notes.append("Engram tables on NVMe need an mmap-backed table; SGLang's and vLLM's host tables are "
+                         "in RAM (vLLM's disk backend, PR #56757, was not merged)")
     return " ".join(env + args)
 
 

@@ -81,9 +81,16 @@ def _items(resolved: ResolvedModel, grouping: Grouping, policy: Policy, workload
     return items
 
 
+def workspace_devices(machine: Machine) -> set[str]:
+    """Where activations live: every GPU / NPU, or the host when the profile has none."""
+    gpus = {d.name for d in machine.devices if d.kind in ("gpu", "npu")}
+    return gpus or {"host"}
+
+
 def _capacity(machine: Machine, layout: Layout, ws: Workspace) -> tuple[dict[str, int], bool]:
-    """Free bytes per tier once reserves and (on GPUs) the workspace are set aside."""
-    free = {d.name: d.capacity_bytes - d.reserve_bytes - (ws.total_bytes if d.kind in ("gpu", "npu") else 0)
+    """Free bytes per tier once reserves and the workspace (on each GPU, or the host) are set aside."""
+    busy = workspace_devices(machine)
+    free = {d.name: d.capacity_bytes - d.reserve_bytes - (ws.total_bytes if d.name in busy else 0)
             for d in machine.devices}
     fits = all(v >= 0 for v in free.values())
     capacity = {t.name: max(0, sum(free[d] for d in t.devices)) for t in layout.gpus}
@@ -106,7 +113,7 @@ def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buff
     cross_p = crossing_s(machine.profile, layout, spec, workload.chunk_tokens, moe_layers, len(layers))
     est = estimate(placement, len(layers), workload, cross_d, cross_p, bound)
     return Candidate(layout, stream_buffer > 0, tuple(items), capacity, placement, est,
-                     verdict_of(placement, ws_fits), ws, ws_fits)
+                     verdict_of(placement, ws_fits, bool(layout.gpus)), ws, ws_fits)
 
 
 def _offloaded_expert_bytes(candidate: Candidate) -> int:
@@ -162,7 +169,7 @@ def choose(found: list[Candidate]) -> tuple[Candidate, dict[Mode, tuple[str, flo
     """The best candidate, and per layout mode the best verdict and decode speed it reached."""
     best = _best(found)
     by_mode: dict[Mode, tuple[str, float]] = {}
-    for mode in {c.layout.mode for c in found}:
+    for mode in dict.fromkeys(c.layout.mode for c in found):     # first-seen order: deterministic
         top = _best([c for c in found if c.layout.mode is mode])
         by_mode[mode] = (top.verdict.value, top.estimates.decode_tokens_per_s)
     return best, by_mode

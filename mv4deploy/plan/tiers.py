@@ -1,8 +1,9 @@
 """Devices and tiers from a ``HardwareProfile``: where bytes can live, how fast they are read, what executes.
 
 A *device* is a memory with a budget (``gpu:0``, ``host``, ``nvme``); a *tier* is what the placement
-sees: one or more devices with an achievable bandwidth (peak x the profile's efficiency), achievable
-compute per format, the formats its units execute natively and the link that joins it to the GPU.
+sees: one or more devices with an achievable bandwidth and compute per format (``hardware.rates``: what
+``profile probe`` measured, else peak x the profile's efficiency), the formats its units execute
+natively and the link that joins it to the GPU.
 Figures a profile marks ``unknown`` stay ``None``: the planner then leaves out what needs them (CPU
 execution without host bandwidth and compute, the NVMe tier without a read bandwidth) and says so.
 """
@@ -16,6 +17,7 @@ from typing import Mapping
 
 from mv4deploy.errors import InputError
 from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
+from mv4deploy.hardware.rates import achievable_rates
 
 PAGE_BYTES = 4096                 # one NVMe / page-cache read unit
 FLOAT_FALLBACK = ("bf16", "fp16", "fp32")  # what weight-only dequantization computes in, best first
@@ -91,7 +93,7 @@ def build_devices(profile: HardwareProfile, host_mem_bytes: int | None = None,
         memory = host_mem_bytes if host_mem_bytes is not None else profile.host.memory_bytes
         devices.append(Device("host", "host", memory, min(profile.host.reserve_bytes, memory)))
     storage = profile.storage
-    if storage is not None and storage.read_bytes_per_s and storage.capacity_bytes:
+    if storage is not None and achievable_rates(profile).storage_read.value and storage.capacity_bytes:
         devices.append(Device("nvme", "nvme", storage.capacity_bytes, 0))
     return tuple(devices)
 
@@ -101,17 +103,17 @@ def gpu_tiers(profile: HardwareProfile, sharded: bool) -> tuple[Tier, ...]:
     gpus = profile.gpus
     if gpus is None:
         return ()
-    if gpus.bandwidth_bytes_per_s is None:
+    rates = achievable_rates(profile)                      # measured where probed, else nominal x efficiency
+    if rates.gpu_bandwidth.value is None:
         raise InputError(profile.source, "gpus.bandwidth", "unknown",
                          "the planner needs the GPU memory bandwidth; write it in the profile")
-    eff = profile.efficiency
-    link = profile.host_link.effective_bytes_per_s if profile.host_link else None
+    link = rates.host_link.value
     latency = profile.host_link.latency_s if profile.host_link else 0.0
     count = gpus.count if sharded else 1
-    compute = MappingProxyType({f: r * eff.gpu_compute * count for f, r in gpus.compute_flops_per_s.items()})
-    common = dict(kind=TierKind.GPU, bandwidth_bytes_per_s=gpus.bandwidth_bytes_per_s * eff.gpu_bandwidth * count,
+    compute = MappingProxyType({f: r.value * count for f, r in rates.gpu_compute.items() if r.value})
+    common = dict(kind=TierKind.GPU, bandwidth_bytes_per_s=rates.gpu_bandwidth.value * count,
                   compute_flops_per_s=compute, native_formats=frozenset(gpus.native_formats),
-                  link_bytes_per_s=link * eff.host_link * count if link else None, latency_s=latency)
+                  link_bytes_per_s=link * count if link else None, latency_s=latency)
     if sharded:
         names = tuple(f"gpu:{i}" for i in range(gpus.count))
         return (Tier(name=f"gpu:0-{gpus.count - 1}", devices=names, **common),)
@@ -121,25 +123,23 @@ def gpu_tiers(profile: HardwareProfile, sharded: bool) -> tuple[Tier, ...]:
 def host_tier(profile: HardwareProfile) -> Tier | None:
     if profile.gpus is not None and profile.gpus.unified_memory:
         return None
-    host, eff = profile.host, profile.efficiency
+    host, rates = profile.host, achievable_rates(profile)
     native = {"fp32"} | {f for isa in host.isa for f in ISA_FORMATS.get(isa, ())}
-    link = profile.host_link.effective_bytes_per_s if profile.host_link else None
+    link = rates.host_link.value
     return Tier(name="host", kind=TierKind.HOST, devices=("host",),
-                bandwidth_bytes_per_s=host.bandwidth_bytes_per_s * eff.host_bandwidth
-                if host.bandwidth_bytes_per_s else None,
-                compute_flops_per_s=MappingProxyType({f: r * eff.host_compute
-                                                      for f, r in host.compute_flops_per_s.items()}),
+                bandwidth_bytes_per_s=rates.host_bandwidth.value,
+                compute_flops_per_s=MappingProxyType({f: r.value for f, r in rates.host_compute.items() if r.value}),
                 native_formats=frozenset(native),
-                link_bytes_per_s=link * eff.host_link if link and profile.gpus is not None else None,
+                link_bytes_per_s=link if link and profile.gpus is not None else None,
                 latency_s=profile.host_link.latency_s if profile.host_link else 0.0)
 
 
 def nvme_tier(profile: HardwareProfile, host: Tier | None) -> Tier | None:
     """Storage read through the page cache into host RAM, then to the CPU or over the host link."""
     storage = profile.storage
-    if storage is None or not storage.read_bytes_per_s or not storage.capacity_bytes:
+    read = achievable_rates(profile).storage_read.value
+    if storage is None or not read or not storage.capacity_bytes:
         return None
-    read = storage.read_bytes_per_s * profile.efficiency.storage
     random = min(read, storage.random_read_iops * PAGE_BYTES) if storage.random_read_iops else None
     link = host.link_bytes_per_s if host is not None else None
     return Tier(name="nvme", kind=TierKind.NVME, devices=("nvme",), bandwidth_bytes_per_s=read,

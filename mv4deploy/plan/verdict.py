@@ -38,12 +38,14 @@ class Verdict(str, Enum):
         return list(Verdict).index(self)
 
 
-def verdict_of(placement: Placement, workspace_fits: bool) -> Verdict:
+def verdict_of(placement: Placement, workspace_fits: bool, has_gpu: bool = True) -> Verdict:
+    """``has_gpu`` False (a CPU-only profile): the host is the fast tier, so all in RAM ``fits``."""
     if not workspace_fits or placement.unplaced:
         return Verdict.DOES_NOT_FIT
     if any(p.option.tier.kind is TierKind.NVME and not row_table(p.item) for p in placement.placed):
         return Verdict.DOES_NOT_FIT
-    if all(p.option.tier.kind is TierKind.GPU for p in placement.placed):
+    home = TierKind.GPU if has_gpu else TierKind.HOST
+    if all(p.option.tier.kind is home for p in placement.placed):
         return Verdict.FITS
     return Verdict.FITS_WITH_OFFLOAD
 
