@@ -85,6 +85,11 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
             report, max_length = _build_and_verify(source, target, work, tokens, calib)
         report["seconds"]["total"] = round(time.perf_counter() - started, 1)
         report["out"] = str(out if report["validation"]["passed"] else out.with_name(out.name + ".rejected"))
+        report["command"] = report["command"].replace(str(work / "out"), report["out"]).replace(
+            str(work / "builder-cache"), "CACHE_DIR")
+        report["cli"] = " ".join(["mv4deploy export onnx", str(model_dir), str(out), "--target", target_name,
+                                  *(["--eval", str(eval_path)] if eval_path else []),
+                                  *(["--calib", str(calib_path)] if calib_path else [])])
         how_to_run = usage(target, Path(report["out"]), source.spec, max_length)
         write_outputs(work / "out", report, readme(report, target, source.spec, how_to_run))
         _publish(work / "out", Path(report["out"]))

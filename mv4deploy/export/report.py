@@ -119,7 +119,8 @@ def readme(report: dict, target: ExportTarget, spec, how_to_run: str) -> str:
     v = report["validation"]
     s, g = v["stats"], v["greedy"]
     lines = [f"# {report['model']} -> ONNX, target `{target.name}`", "", target.description, "",
-             f"Made by `{report['command']}`; {report['runtime']}, execution provider {target.provider.value}.", "",
+             f"Made by `{report['cli']}` ({report['command']}); runs on {report['runtime']}, execution provider "
+             f"{target.provider.value}.", "",
              "## How to run", "", how_to_run, "", "## Files", "", "| file | bytes |", "|---|---:|"]
     lines += [f"| {name} | {size:,} ({format_bytes(size)}) |" for name, size in report["sizes"]["files"].items()]
     verdict = "PASSED" if v["passed"] else "FAILED: " + "; ".join(v["failures"])
