@@ -72,3 +72,37 @@ def test_host_mask_positions_and_cache_slots():
     assert (feeds["attention_bias"][0, 0, :, :3] == 0).all() and (feeds["attention_bias"][0, 0, :, 3:6] < 0).all()
     with pytest.raises(ValueError, match="context full"):
         host.feeds([1, 2, 3, 4], 4)
+
+
+@pytest.mark.parametrize("op, expect_exact", [("Reciprocal", False), ("Div", True)])
+def test_why_rmsnorm_divides_on_the_htp(tmp_path, op, expect_exact):
+    """QNN 2.51's HTP Reciprocal on 16-bit QDQ returns wrong values for outputs above ~1 (here 1/0.02 =
+    50 comes back near 1.2), Div computes them to the quantization step. If this test starts failing for
+    Reciprocal, the HTP was fixed and static_graph._rms_norm may use rsqrt again."""
+    pytest.importorskip("onnxruntime_qnn")
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+    from mv4deploy.export.qnn import htp_session
+    x = np.linspace(0.018, 0.024, 16, dtype=np.float32).reshape(1, 16)
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    node = helper.make_node("Reciprocal", ["x"], ["y"]) if op == "Reciprocal" else helper.make_node("Div", ["one", "x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+                              [one] if op == "Div" else [])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "f.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": x}])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    config = get_qnn_qdq_config(str(tmp_path / "f.onnx"), Reader(), activation_type=QuantType.QUInt16,
+                                weight_type=QuantType.QUInt8)
+    quantize(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), config)
+    y = htp_session(tmp_path / "q.onnx").run(None, {"x": x})[0]
+    relative = np.abs(y - 1 / x).max() / (1 / x).max()
+    assert bool(relative < 1e-3) is expect_exact, relative
