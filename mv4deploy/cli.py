@@ -234,6 +234,19 @@ def verify(out: Annotated[Path, typer.Argument(help="A finished `mv4deploy quant
     return EXIT_OK
 
 
+@app.command()
+def generate(checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder (native DeepSeek or HF layout).")],
+             prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+             max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 32,
+             device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+             json_out: JsonOpt = False) -> int:
+    """Greedy generation from a checkpoint: a smoke check that it loads and continues text."""
+    from mv4deploy.runtime.generate import generate_text
+    result = generate_text(checkpoint, prompt, max_new_tokens, device)
+    output.emit_json(result) if json_out else output.generation(result)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> None:
     sys.exit(run(list(sys.argv[1:] if argv is None else argv)))
 

@@ -324,3 +324,10 @@ def sweep_table(result) -> None:
                       _rate(est.prefill_tokens_per_s, ""), _rate(est.time_to_first_token_s, ""),
                       _gib(plan.kv_cache["gpu_bytes_saved"]))
     out.print(table)
+
+
+def generation(result: dict) -> None:
+    """``mv4deploy generate``: prompt + continuation on stdout, speed on stderr."""
+    sys.stdout.write(result["prompt"] + result["completion"] + "\n")
+    info(f"{result['new_tokens']} tokens at {result['tokens_per_s']} tokens/s on {result['device']} "
+         f"({result['model']}, loaded in {result['load_s']} s)")
