@@ -8,52 +8,31 @@ is checked against ``mv4deploy.quant.formats`` and the whole export against ``ex
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import PRESETS, run_cli
+from conftest import run_cli
 from mv4deploy.export.footprint import export_items
+from mv4deploy.export.layouts import get_layout
 from mv4deploy.export.report import initializers
 from mv4deploy.export.targets import load_target
 from mv4deploy.model.config import read_config
-from mv4deploy.export.layouts import get_layout
 
 TARGETS = ("cpu-fp32", "cpu-int4", "onnx-int4", "snapdragon-qnn")
-
-
-def _make_model(folder: Path) -> Path:
-    """A tiny Qwen2 (preset config) with random weights and non-zero biases, and a BPE tokenizer trained
-    on a standard-library module: a stand-in until the trained tiny-qwen2 fixture lands."""
-    import inspect
-    import textwrap
-
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-    cfg = {k: v for k, v in json.loads((PRESETS / "tiny-qwen2.json").read_text()).items() if k != "architectures"}
-    cfg.update(bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**cfg))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.02)
-    model.save_pretrained(folder)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<bos>", "<eos>", "<pad>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([inspect.getsource(textwrap)], trainer=trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                            pad_token="<pad>").save_pretrained(folder)
-    return folder
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+MODEL = FIXTURES / "models" / "tiny-qwen2"        # trained: held-out perplexity 84 (its README)
+TEXTS = ("--eval", FIXTURES / "eval.txt", "--calib", FIXTURES / "calib.txt")
+# Bounds pinned for this fixture, ~3x around what it measures (docs/export.md): a regression in a builder,
+# the quantizer or the HTP moves these long before the targets' own tolerances (exporters/*.yaml) trip.
+# KLD has a floor too: a quantized target that matches fp32 exactly did not quantize.
+PINNED = {"cpu-int4": (3e-3, 0.03, 0.86), "onnx-int4": (3e-3, 0.03, 0.86), "snapdragon-qnn": (2e-5, 3e-4, 0.97)}
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return Path("/tmp/exportwork/trained")  # INTERIM
+def model_dir() -> Path:
+    return MODEL
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +42,8 @@ def exports(model_dir, tmp_path_factory) -> dict:
     done = {}
     for target in TARGETS:
         out = root / target
-        done[target] = (run_cli("export", "onnx", model_dir, out, "--target", target, "--json", timeout=900), out)
+        done[target] = (run_cli("export", "onnx", model_dir, out, "--target", target, *TEXTS, "--json",
+                                timeout=900), out)
     return done
 
 
@@ -84,11 +64,15 @@ def test_cpu_fp32_is_greedy_identical_to_pytorch(exports):
 
 
 @pytest.mark.parametrize("target", ["cpu-int4", "onnx-int4", "snapdragon-qnn"])
-def test_quantized_targets_pass_their_tolerance(exports, target):
+def test_quantized_targets_pass_their_tolerance_and_the_pinned_bounds(exports, target):
     report = _report(exports, target)
     v = report["validation"]
     assert v["passed"] and not v["failures"]
-    assert v["stats"]["tokens_scored"] > 0 and v["stats"]["kld_mean"] > 0   # quantized: not bit-identical
+    kld_low, kld_high, top1_low = PINNED[target]
+    assert kld_low < v["stats"]["kld_mean"] < kld_high
+    assert v["stats"]["same_top1"] > top1_low
+    assert v["stats"]["tokens_scored"] == v["eval"]["chunks"] * 63          # 128-token chunks, second half
+    assert v["greedy"]["agreeing_prefix_mean"] >= load_target(target).tolerance.greedy_prefix_mean_min
 
 
 def test_snapdragon_runs_on_the_htp_with_fallback_disabled(exports):
@@ -168,13 +152,13 @@ def test_each_quantized_weight_has_the_format_bytes(exports, target, op):
 
 
 def test_missing_the_tolerance_exits_1_with_numbers_and_keeps_the_folder(model_dir, tmp_path):
-    strict = {**__import__("yaml").safe_load((Path(load_target("cpu-int4").source)).read_text())}
+    strict = yaml.safe_load(Path(load_target("cpu-int4").source).read_text())
     strict["validation"] = {**strict["validation"], "chunk_tokens": 32, "max_chunks": 2, "greedy_prompts": 1,
-                            "prompt_tokens": 8, "greedy_tokens": 4, "kld_mean_max": 0.0}
+                            "prompt_tokens": 8, "greedy_tokens": 4, "greedy_prefix_mean_min": 0, "kld_mean_max": 0.0}
     target = tmp_path / "strict.yaml"
-    target.write_text(__import__("yaml").safe_dump(strict))
+    target.write_text(yaml.safe_dump(strict))
     out = tmp_path / "out"
-    result = run_cli("export", "onnx", model_dir, out, "--target", target)
+    result = run_cli("export", "onnx", model_dir, out, "--target", target, *TEXTS)
     assert result.code == 1
     assert "mean KLD" in result.stderr and "> 0" in result.stderr
     assert not out.exists() and (tmp_path / "out.rejected" / "README.md").is_file()
