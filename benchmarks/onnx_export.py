@@ -15,8 +15,8 @@ runs. Then, in this process, on the same prompt (the first ``--prompt-tokens`` o
 
 Each decode measurement runs in a fresh process (load, one warm-up run, one timed run; only the decode
 loop is timed, prefill excluded), the cases interleaved round by round for ``--repeat`` rounds; the median
-tokens/s is printed. In one process, onnxruntime's spinning thread pools slow torch down several-fold on
-2 cores, which would measure the neighbour, not the runtime. Both use their default thread counts.
+tokens/s is printed. Separate processes keep onnxruntime's spinning thread pools and torch's OpenMP
+threads from competing for the same cores. Both use their default thread counts.
 """
 
 from __future__ import annotations
@@ -156,8 +156,7 @@ def decode_case(kind: str, folder: str, model: Path, eval_path: Path, prompt_tok
 
 
 def print_speed(opts, root: Path, reports: dict) -> None:
-    """Each measurement in its own process, cases interleaved round by round: onnxruntime's spinning
-    thread pools and torch's OpenMP threads never share the 2 cores."""
+    """Each measurement in its own process, cases interleaved round by round."""
     rates = {name: [] for name in CASES}
     for _ in range(opts.repeat):
         for name, (kind, target) in CASES.items():
