@@ -104,7 +104,7 @@ Both graphs take `input_ids` int32 [1, T], `position_ids` int32 [1, T], `attenti
 [1, {kv_heads}, {context}, {head_dim}] for i < {layers}; they return `logits` [1, T, V] and the new
 `present_key_i` / `present_value_i` [1, {kv_heads}, T, {head_dim}]. The host keeps the {context}-slot
 cache, pads the last prefill step, builds the mask (filled slots visible, new tokens causal) and writes
-each call's new K/V into the next slots: `mv4deploy/export/static_host.py` is a complete host in 100 lines.''',
+each call's new K/V into the next slots: `mv4deploy/export/static_host.py` is a complete host in about 100 lines.''',
 }
 
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mv4deploy.export.static_graph import MASK_VALUE
+# Added to the scores of keys a query may not see. Not -inf or -1e4: 16-bit quantized attention scores
+# must keep their resolution (a range of ~110 in 65,536 steps is 0.0017 per step; exp(-100) is 4e-44).
+MASK_VALUE = -100.0
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
