@@ -194,6 +194,68 @@ def plan(profile: Annotated[str, _opt("--profile", "A shipped profile name or a 
         draw(plot, result.plan, list(result.points) or None)
         output.info(f"wrote {plot}")
 
+
+PathOpt = Optional[Path]
+
+
+@app.command()
+def validate(
+    reference: Annotated[PathOpt, typer.Option("--reference", help="Reference model folder (checkpoint, "
+                                               "transformers or ONNX).")] = None,
+    candidate: Annotated[PathOpt, typer.Option("--candidate", help="Candidate model folder.")] = None,
+    eval_path: Annotated[PathOpt, typer.Option("--eval", help="Held-out UTF-8 text to score.")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", help="Tokens per chunk; the second half is scored.")] = 256,
+    max_chunks: Annotated[Optional[int], typer.Option("--max-chunks", help="Score at most this many chunks.")] = None,
+    golden: Annotated[PathOpt, typer.Option("--golden", help="Score against this golden file instead of "
+                                            "--reference.")] = None,
+    golden_out: Annotated[PathOpt, typer.Option("--golden-out", help="Write the reference's top-k log-probs "
+                                                "here.")] = None,
+    topk: Annotated[Optional[int], typer.Option("--topk", help="Tokens per position kept in --golden-out "
+                                                "(default 128).")] = None,
+    tail_samples: Annotated[Optional[int], typer.Option("--tail-samples", help="Tail tokens sampled per position "
+                                                        "in --golden-out (default 64).")] = None,
+    gate: Annotated[PathOpt, typer.Option("--gate", help="YAML limits; exit 1 if any fails.")] = None,
+    report: Annotated[PathOpt, typer.Option("--report", help="Write a Markdown report here.")] = None,
+    plot: Annotated[PathOpt, typer.Option("--plot", help="Write the KLD histogram (PNG) here.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    json_out: JsonOpt = False,
+) -> int:
+    """Compare a candidate with a reference (or a golden file): KLD, Δp, top-1 and PPL statistics as
+    llama-perplexity --kl-divergence reports them; exit 1 when --gate fails."""
+    from mv4deploy.validate.report import write_report
+    from mv4deploy.validate.run import ValidateRequest
+    from mv4deploy.validate.run import validate as run_validate
+    for option, path in (("--report", report), ("--plot", plot)):
+        if path is not None and candidate is None:
+            raise InputError(None, option, str(path), "needs --candidate")
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InputError(path, option, None, "its folder does not exist")
+    request = ValidateRequest(reference=reference, candidate=candidate, eval_path=eval_path, chunk_tokens=chunk,
+                              max_chunks=max_chunks, golden=golden, golden_out=golden_out, gate=gate, device=device,
+                              **{k: v for k, v in (("topk", topk), ("tail_samples", tail_samples)) if v is not None})
+    result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
+    data = result.to_json()
+    if report is not None or plot is not None:
+        data["plot"] = str(write_report(data, result.positions.kld, report, plot))
+    output.emit_json(data) if json_out else output.validation_table(data)
+    if result.gate is not None and not result.gate.passed:
+        raise CheckFailed("gate failed: " + "; ".join(c.describe() for c in result.gate.failures))
+    return EXIT_OK
+
+
+@app.command()
+def generate(checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder (native DeepSeek or HF layout).")],
+             prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+             max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 32,
+             device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+             json_out: JsonOpt = False) -> int:
+    """Greedy generation from a checkpoint: a smoke check that it loads and continues text."""
+    from mv4deploy.runtime.generate import generate_text
+    result = generate_text(checkpoint, prompt, max_new_tokens, device)
+    output.emit_json(result) if json_out else output.generation(result)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- quantize / verify (mv4deploy.quant)
 @app.command()
 def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config.json + safetensors.")],
@@ -202,7 +264,8 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
                                                            "int4-experts, nf4) or a recipe file.")] = None,
              plan: Annotated[Optional[Path], typer.Option(help="Derive the recipe from a plan.json.")] = None,
              calib: Annotated[Optional[Path], typer.Option(help="Calibration text: GPTQ for INT4 weights.")] = None,
-             workers: Annotated[int, typer.Option(min=1, max=64, help="Weights quantized in parallel.")] = 1,
+             workers: Annotated[int, typer.Option(min=0, max=64, help="Weights quantized in parallel "
+                                                  "(0: one per CPU, at most 4).")] = 0,
              device: Annotated[str, typer.Option(help="auto, cpu or cuda (same bits).")] = "auto",
              allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite",
                                                            help="Store NaN/Inf as 0 instead of failing.")] = False,
@@ -231,19 +294,6 @@ def verify(out: Annotated[Path, typer.Argument(help="A finished `mv4deploy quant
         f"{report['out']}: {'ok' if report['ok'] else 'FAILED'} ({report['shards']} shards, {report['weights']} weights)")
     if not report["ok"]:
         raise CheckFailed(f"{out}: {len(report['problems'])} problems, first: {report['problems'][0]}")
-    return EXIT_OK
-
-
-@app.command()
-def generate(checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder (native DeepSeek or HF layout).")],
-             prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
-             max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 32,
-             device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-             json_out: JsonOpt = False) -> int:
-    """Greedy generation from a checkpoint: a smoke check that it loads and continues text."""
-    from mv4deploy.runtime.generate import generate_text
-    result = generate_text(checkpoint, prompt, max_new_tokens, device)
-    output.emit_json(result) if json_out else output.generation(result)
     return EXIT_OK
 
 

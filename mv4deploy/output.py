@@ -331,3 +331,37 @@ def generation(result: dict) -> None:
     sys.stdout.write(result["prompt"] + result["completion"] + "\n")
     info(f"{result['new_tokens']} tokens at {result['tokens_per_s']} tokens/s on {result['device']} "
          f"({result['model']}, loaded in {result['load_s']} s)")
+
+
+def validation_table(data: dict) -> None:
+    """Human view of ``mv4deploy validate``: llama.cpp's statistics with their ±, then the gate."""
+    from mv4deploy.validate.table import STAT_SECTIONS, format_row
+    out = _stdout()
+    ref, cand = data["reference"], data["candidate"]
+    out.print(f"reference [bold]{ref['path']}[/] ({ref['kind']})")
+    if cand:
+        out.print(f"candidate [bold]{cand['path']}[/] ({cand['kind']})")
+    out.print(f"eval {data['eval']['name']}: {data['chunks']} chunks x {data['chunk_tokens']} tokens, "
+              f"{data['chunks'] * data['scored_per_chunk']} positions scored (second half of each chunk)")
+    if data.get("golden_out"):
+        out.print(f"golden file written: {data['golden_out']}")
+    if data.get("tokens_scored") is None:
+        return
+    for section, rows in STAT_SECTIONS:
+        table = Table(title=section, title_justify="left")
+        table.add_column("statistic")
+        table.add_column("value", justify="right")
+        for row in rows:
+            table.add_row(row.label, format_row(row, data))
+        out.print(table)
+    gate = data.get("gate")
+    if gate:
+        verdict = "[green]PASS[/]" if gate["passed"] else "[bold red]FAIL[/]"
+        table = Table(title=f"gate {gate['source']}: {verdict}", title_justify="left")
+        for column in ("limit", "statistic", "measured", "bound", "result"):
+            table.add_column(column, justify="right" if column in ("measured", "bound") else "left")
+        for c in gate["checks"]:
+            measured = "n/a" if c["measured"] is None else f"{c['measured']:.6g}"
+            table.add_row(c["limit"], c["metric"], measured, ("<= " if c["bound"] == "max" else ">= ")
+                          + f"{c['value']:g}", "pass" if c["passed"] else "[bold red]fail[/]")
+        out.print(table)

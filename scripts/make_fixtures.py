@@ -380,7 +380,8 @@ def measure() -> dict:
         unrounded = _with_trained_experts(load_model(MODELS / "tiny-v4"))
         ptq = agreement(unrounded, load_model(MODELS / "tiny-v4-fp8fp4"), held, SEQ_LEN, EVAL_CHUNKS)
         print(f"tiny-v4-fp8fp4 vs tiny-v4 with its experts as trained (BF16, not on the FP4 grid): "
-              f"KLD mean {ptq.kld_mean:.6f} max {ptq.kld_max:.5f} nats, top-1 {ptq.top1:.4f}")
+              f"KLD mean {ptq.kld_mean:.6f} max {ptq.kld_max:.5f} nats, top-1 {ptq.top1:.4f}; "
+              f"that tiny-v4's ppl {ptq.ppl_reference:.2f}")
     return numbers
 
 

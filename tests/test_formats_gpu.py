@@ -25,3 +25,17 @@ def test_cuda_quantize_is_bit_identical_to_cpu(fmt_name, shape, dtype):
         assert torch.equal(cpu[key].view(-1).view(torch.uint8), gpu[key].cpu().view(-1).view(torch.uint8)), key
     back_gpu = fmt.dequantize("x.weight", gpu, torch.float32, shape=shape).cpu()
     assert torch.equal(fmt.dequantize("x.weight", cpu, torch.float32, shape=shape), back_gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["fp8", "fp8-fp4-experts", "int4-experts"])
+def test_pipeline_on_cuda_writes_the_same_bytes(tmp_path, recipe):
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    from mv4deploy.quant.shards import sha256_file
+    from quant_synth import make_checkpoint, preset_config
+    src = make_checkpoint(tmp_path / "src", preset_config("tiny-deepseek-v4"), shards=2)
+    quantize_checkpoint(src, tmp_path / "cpu", get_recipe(recipe), device="cpu")
+    quantize_checkpoint(src, tmp_path / "cuda", get_recipe(recipe), device="cuda")
+    for f in sorted((tmp_path / "cpu").glob("*.safetensors")):
+        assert sha256_file(f) == sha256_file(tmp_path / "cuda" / f.name), f.name

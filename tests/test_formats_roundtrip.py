@@ -68,12 +68,15 @@ def _same_bits(a: dict, b: dict) -> bool:
 @given(w=weights())
 def test_layout_matches_stored_and_nbytes(fmt_name, w):
     fmt = get_format(fmt_name)
+    before = w.clone()
     out = fmt.quantize(NAME, w)
+    assert torch.equal(w, before), "quantize modified its input"
     stored = fmt.stored(NAME, tuple(w.shape))
     assert list(out) == [t.name for t in stored]
     for t in stored:
         assert out[t.name].dtype == TORCH_DTYPES[t.dtype], t.name
         assert tuple(out[t.name].shape) == t.shape, t.name
+        assert out[t.name].is_contiguous(), t.name  # safetensors writers need contiguous tensors
     packed = sum(v.numel() * v.element_size() for v in out.values())
     assert fmt.nbytes(tuple(w.shape)) == packed == sum(tensor_nbytes(t.dtype, t.shape) for t in stored)
 

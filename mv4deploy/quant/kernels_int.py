@@ -8,7 +8,7 @@ import sys
 import torch
 
 from mv4deploy.quant.formats import NF4_BLOCK, NF4_DTYPE, nf4_state_json
-from mv4deploy.quant.kernels import pad_last
+from mv4deploy.quant.kernels import abs_max, pad_last, row_strips
 
 INT4_QMAX = 7          # symmetric: q in [-7, 7] (the int4 range [-8, 7] is clamped to, never reached)
 
@@ -26,8 +26,7 @@ def int4_scale(amax: torch.Tensor) -> torch.Tensor:
 
 
 def int4_group_scales(x: torch.Tensor, group: int) -> torch.Tensor:
-    groups = pad_last(x, group).unflatten(-1, (-1, group))
-    return int4_scale(groups.abs().amax(dim=-1))
+    return int4_scale(abs_max(pad_last(x, group).unflatten(-1, (-1, group)), (-1,)))
 
 
 def int4_quant(x: torch.Tensor, group: int, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,12 +34,20 @@ def int4_quant(x: torch.Tensor, group: int, scale: torch.Tensor | None = None) -
 
     q = round_half_even(x / s): with s = bf16(amax / 7) the largest element maps to 7 (bf16 rounding
     moves it by < 0.03), so q stays in [-7, 7] and re-quantizing q * s gives back the same s and q.
-    GPTQ passes its own ``scale``."""
+    GPTQ passes its own ``scale``. Runs strip by strip (see ``kernels.row_strips``)."""
     cols = x.shape[-1]
-    s = int4_group_scales(x, group) if scale is None else scale
-    groups = pad_last(x, group).unflatten(-1, (-1, group)).float()
-    q = torch.round(groups / s.float()[..., None]).clamp_(-8, 7).to(torch.int8)
-    return q.flatten(-2)[..., :cols], s
+    flat = x.reshape(-1, cols)
+    q = torch.empty(flat.shape, dtype=torch.int8, device=x.device)
+    s_all = torch.empty((flat.shape[0], -(-cols // group)), dtype=torch.bfloat16, device=x.device)
+    given = None if scale is None else scale.reshape(-1, scale.shape[-1])
+    for a, b in row_strips(flat):
+        strip = flat[a:b]
+        s = int4_group_scales(strip, group) if given is None else given[a:b]
+        groups = pad_last(strip, group).unflatten(-1, (-1, group)).to(torch.float32, copy=True)
+        groups.div_(s.float()[..., None]).round_().clamp_(-8, 7)
+        q[a:b].copy_(groups.flatten(-2)[:, :cols])
+        s_all[a:b].copy_(s)
+    return q.view(x.shape), s_all.view(*x.shape[:-1], -1)
 
 
 def int4_pack(q: torch.Tensor) -> torch.Tensor:

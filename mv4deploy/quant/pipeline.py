@@ -26,7 +26,7 @@ from mv4deploy.fileio import write_text_atomic
 from mv4deploy.quant.formats import get_format
 from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
 from mv4deploy.quant.kernels import NonFiniteError
-from mv4deploy.quant.shards import copy_bytes, output_layout, read_tensor, sha256_file, write_tensor
+from mv4deploy.quant.shards import OrderedHasher, copy_bytes, output_layout, read_tensor, sha256_file, write_tensor
 
 JOURNAL = "journal.json"
 
@@ -103,32 +103,44 @@ def run_shards(job: Job, journal: Journal, options: Options, advance=lambda n: N
 def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, advance) -> dict:
     tensors = [(t.name, t.dtype, t.shape) for w in shard.weights for t in w.outputs]
     header, slots = output_layout(tensors, shard_metadata(job, shard))
-    by_name = {s.name: s for s in slots}
+    total = slots[-1].offset + slots[-1].nbytes if slots else len(header)
+    out = _Output(slots, OrderedHasher())
     tmp = staging / f"{shard.file}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sources = _SourceFiles(job.src)
-    try:
-        os.pwrite(fd, header, 0)
-        os.ftruncate(fd, slots[-1].offset + slots[-1].nbytes if slots else len(header))
-        work = lambda w: (_process_weight(w, sources, fd, by_name, options), advance(w.source_bytes))  # noqa: E731
-        if options.workers > 1:
-            with ThreadPoolExecutor(options.workers) as pool:
-                list(pool.map(work, shard.weights))
-        else:
-            for w in shard.weights:
-                work(w)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        sources.close()
-    entry = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size,
-             "source_sha256": sha256_file(job.src / shard.file), "tensors": len(tensors)}
+    with ThreadPoolExecutor(1) as side:
+        source_sha = side.submit(sha256_file, job.src / shard.file)   # on another core, from the page cache
+        try:
+            os.pwrite(fd, header, 0)
+            out.hasher.add(0, header)
+            os.ftruncate(fd, total)
+            work = lambda w: (_process_weight(w, sources, fd, out, options), advance(w.source_bytes))  # noqa: E731
+            if options.workers > 1:
+                with ThreadPoolExecutor(options.workers) as pool:
+                    list(pool.map(work, shard.weights))
+            else:
+                for w in shard.weights:
+                    work(w)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            sources.close()
+        entry = {"sha256": out.hasher.hexdigest(total), "bytes": total, "source_sha256": source_sha.result(),
+                 "tensors": len(tensors)}
     outcomes = getattr(options.quantizer, "outcomes", None)
     if outcomes is not None:  # GPTQ or RTN fallback per INT4 weight, kept for the manifest
         entry["calibration"] = {w.weight.name: outcomes[w.weight.name] for w in shard.weights
                                 if w.weight.name in outcomes}
     os.replace(tmp, staging / shard.file)
     return entry
+
+
+class _Output:
+    """The shard being written: each tensor's slot, and the hasher its bytes go through."""
+
+    def __init__(self, slots: list, hasher: OrderedHasher):
+        self.by_name = {s.name: s for s in slots}
+        self.hasher = hasher
 
 
 class _SourceFiles:
@@ -147,11 +159,12 @@ class _SourceFiles:
             os.close(fd)
 
 
-def _process_weight(w: WeightJob, sources: _SourceFiles, fd: int, slots: dict, options: Options) -> None:
+def _process_weight(w: WeightJob, sources: _SourceFiles, fd: int, out: "_Output", options: Options) -> None:
+    slots = out.by_name
     if w.passthrough:
-        for (file, src_slot), out in zip(w.sources, w.outputs):
+        for (file, src_slot), stored in zip(w.sources, w.outputs):
             check = None if options.allow_nonfinite else _finite_check(w.weight.name, file, src_slot)
-            copy_bytes(sources.fd(file), src_slot, fd, slots[out.name], sources.src / file, check)
+            copy_bytes(sources.fd(file), src_slot, fd, slots[stored.name], sources.src / file, check, out.hasher)
         return
     x = _load_logical(w, sources)
     try:
@@ -160,8 +173,8 @@ def _process_weight(w: WeightJob, sources: _SourceFiles, fd: int, slots: dict, o
             q = get_format(w.target).quantize(w.weight.name, x.to(options.device), options.allow_nonfinite)
     except NonFiniteError as exc:
         raise _nonfinite(exc, sources.src / w.sources[0][0]) from None
-    for out in w.outputs:
-        write_tensor(fd, slots[out.name], q[out.name])
+    for stored in w.outputs:
+        write_tensor(fd, slots[stored.name], q[stored.name], out.hasher)
 
 
 def _load_logical(w: WeightJob, sources: _SourceFiles) -> torch.Tensor:
@@ -185,18 +198,17 @@ def _bf16_exact(stored: dict) -> bool:
 
 def _finite_check(name: str, file: str, slot):
     """A callback that refuses NaN/Inf in a float tensor copied unchanged (None for integer data)."""
-    from mv4deploy.quant.kernels import TORCH_DTYPES
+    from mv4deploy.quant.kernels import TORCH_DTYPES, finite_or_zero
     dtype = TORCH_DTYPES[slot.dtype]
     if not dtype.is_floating_point:
         return None
 
     def check(piece: memoryview, path: Path) -> None:
         values = torch.frombuffer(piece, dtype=torch.uint8).view(dtype)
-        values = values.float() if values.element_size() == 1 else values
-        bad = int((~torch.isfinite(values)).sum())
-        if bad:
-            raise InputError(path, slot.name, f"{bad} NaN/Inf values", "non-finite weights; pass --allow-nonfinite "
-                             "to keep them")
+        try:
+            finite_or_zero(slot.name, values.float() if values.element_size() == 1 else values, False)
+        except NonFiniteError as exc:
+            raise _nonfinite(exc, path) from None
     return check
 
 

@@ -20,6 +20,9 @@ def run_quantize(src: Path, out: Path, recipe: str | None = None, plan: Path | N
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(None, "--device", device, "must be auto, cpu or cuda")
     chosen = get_recipe(recipe) if recipe is not None else recipe_from_plan(Path(plan))
+    if workers == 0:  # one per CPU (at most 4): FP8 needs two workers to keep up with a copy on 2 cores
+        import os
+        workers = max(1, min(4, os.cpu_count() or 1))
     calibration = None
     if calib is not None:
         from mv4deploy.quant.calibrate import CalibrationSpec

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,18 +82,47 @@ def output_layout(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dic
     return header, [Slot(n, d, s, len(header) + o, b) for n, d, s, o, b in slots]
 
 
-def write_tensor(fd: int, slot: Slot, tensor) -> None:
+class OrderedHasher:
+    """sha256 of a file whose pieces are written at known offsets in any order: a piece is hashed as
+    soon as every byte before it has been (out-of-order pieces wait, copied, until then). The output
+    shard is hashed as it is written, never read back."""
+
+    def __init__(self) -> None:
+        self.digest, self.next, self.pending, self.lock = hashlib.sha256(), 0, {}, threading.Lock()
+
+    def add(self, offset: int, data) -> None:
+        with self.lock:
+            if offset != self.next:
+                self.pending[offset] = bytes(data)
+                return
+            self.digest.update(data)
+            self.next += len(data)
+            while self.next in self.pending:
+                piece = self.pending.pop(self.next)
+                self.digest.update(piece)
+                self.next += len(piece)
+
+    def hexdigest(self, total: int) -> str:
+        if self.next != total or self.pending:
+            raise AssertionError(f"hashed {self.next} of {total} bytes ({len(self.pending)} pieces pending)")
+        return self.digest.hexdigest()
+
+
+def write_tensor(fd: int, slot: Slot, tensor, hasher: OrderedHasher | None = None) -> None:
     """Write one tensor's bytes at its slot (checks dtype and shape against the header)."""
     import torch
     from mv4deploy.quant.kernels import TORCH_DTYPES
     if tensor.dtype != TORCH_DTYPES[slot.dtype] or tuple(tensor.shape) != slot.shape:
         raise AssertionError(f"{slot.name}: got {tensor.dtype}{list(tensor.shape)}, header says "
                              f"{slot.dtype}{list(slot.shape)}")
-    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    _pwrite_all(fd, memoryview(data), slot.offset)
+    data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    _pwrite_all(fd, data, slot.offset)
+    if hasher is not None:
+        hasher.add(slot.offset, data)
 
 
-def copy_bytes(src_fd: int, src: Slot, dst_fd: int, dst: Slot, path: Path, check=None) -> None:
+def copy_bytes(src_fd: int, src: Slot, dst_fd: int, dst: Slot, path: Path, check=None,
+               hasher: OrderedHasher | None = None) -> None:
     """Pass-through: copy a tensor's bytes unchanged, COPY_BYTES at a time (any size, little memory).
     ``check(piece, path)`` sees each piece first (pieces are whole elements: COPY_BYTES is a multiple
     of every element size)."""
@@ -110,6 +140,8 @@ def copy_bytes(src_fd: int, src: Slot, dst_fd: int, dst: Slot, path: Path, check
         if check is not None:
             check(piece, path)
         _pwrite_all(dst_fd, piece, dst.offset + done)
+        if hasher is not None:
+            hasher.add(dst.offset + done, piece)
         done += size
 
 
