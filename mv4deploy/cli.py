@@ -125,9 +125,9 @@ def export_onnx(model_dir: Annotated[Path, typer.Argument(help="A transformers f
                 out: Annotated[Path, typer.Argument(help="Output folder (must be new or empty).")],
                 target: Annotated[str, typer.Option("--target", help="A name in exporters/ or a YAML file.")],
                 eval_text: Annotated[Optional[Path], typer.Option("--eval", help="Validation text (default: "
-                                                                  "Python stdlib modules).")] = None,
+                                                                  "this Python's textwrap.py).")] = None,
                 calib_text: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for QDQ "
-                                                                   "targets (default: other stdlib modules).")] = None,
+                                                                   "targets (default: argparse.py).")] = None,
                 overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")] = False,
                 json_out: JsonOpt = False) -> int:
     """Export MODEL_DIR to ONNX for TARGET and validate it (KLD, top-1, greedy agreement); exit 1 if it

@@ -8,7 +8,6 @@ that misses its target's tolerance is kept for inspection as ``OUT.rejected`` an
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sysconfig
@@ -21,40 +20,23 @@ from mv4deploy.export import dynamo, genai, qnn
 from mv4deploy.export.report import folder_sizes, readme, usage, write_outputs
 from mv4deploy.export.source import check_source, load_torch_model
 from mv4deploy.export.targets import Builder, ExportTarget, load_target
-from mv4deploy.export.verify import EvalTokens, TorchRunner, verify
+from mv4deploy.export.verify import TorchRunner, verify
 
 BUILDERS = {Builder.GENAI: genai.build, Builder.DYNAMO: dynamo.build, Builder.QNN_STATIC: qnn.build}
 # Default texts when --eval / --calib are not given: modules of this Python's standard library, read from
 # disk (offline, deterministic per Python version). Code is what the R1 distillates are often asked for.
-DEFAULT_EVAL_MODULES = ("textwrap", "heapq", "shlex")
-DEFAULT_CALIB_MODULES = ("queue", "sched", "glob", "fnmatch")
+DEFAULT_EVAL_MODULE, DEFAULT_CALIB_MODULE = "textwrap", "argparse"
 CALIB_CHUNKS = 8
 
 
-def read_text(path: Path | None, modules: tuple[str, ...]) -> tuple[str, str, str]:
-    """(text, name, sha256) of ``path``, or of the default standard-library modules."""
-    if path is None:
-        root = Path(sysconfig.get_paths()["stdlib"])
-        text = "".join(f"# ---- {m}.py\n{(root / f'{m}.py').read_text()}\n" for m in modules)
-        name = "python-stdlib:" + ",".join(modules)
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(path, None, None, f"cannot read text ({exc.__class__.__name__})") from exc
-        name = Path(path).name
-    return text, name, hashlib.sha256(text.encode()).hexdigest()
+def default_text(module: str) -> Path:
+    """A module of this Python's standard library: offline, deterministic per Python version."""
+    return Path(sysconfig.get_paths()["stdlib"]) / f"{module}.py"
 
 
-def tokenize(text_info: tuple[str, str, str], tokenizer, chunk_tokens: int, max_chunks: int,
-             source: str) -> EvalTokens:
-    import numpy as np
-    text, name, sha = text_info
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    count = min(max_chunks, len(ids) // chunk_tokens)
-    if count < 1:
-        raise InputError(source, None, name, f"{len(ids)} tokens: one chunk needs {chunk_tokens}")
-    return EvalTokens(np.asarray(ids[: count * chunk_tokens], dtype=np.int64).reshape(count, chunk_tokens), name, sha)
+def eval_tokens(path: Path, tokenizer, chunk_tokens: int, max_chunks: int):
+    from mv4deploy.validate.evaltext import tokenize_eval
+    return tokenize_eval(path, tokenizer, chunk_tokens, max_chunks)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -73,10 +55,10 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
     _check_out(out, overwrite)
     source = check_source(model_dir)
     tol = target.tolerance
-    tokens = tokenize(read_text(eval_path, DEFAULT_EVAL_MODULES), source.tokenizer, tol.chunk_tokens,
-                      tol.max_chunks, "--eval")
-    calib = tokenize(read_text(calib_path, DEFAULT_CALIB_MODULES), source.tokenizer, tol.chunk_tokens,
-                     CALIB_CHUNKS, "--calib") if target.builder is Builder.QNN_STATIC else None
+    tokens = eval_tokens(eval_path or default_text(DEFAULT_EVAL_MODULE), source.tokenizer, tol.chunk_tokens,
+                         tol.max_chunks)
+    calib = eval_tokens(calib_path or default_text(DEFAULT_CALIB_MODULE), source.tokenizer, tol.chunk_tokens,
+                        CALIB_CHUNKS) if target.builder is Builder.QNN_STATIC else None
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
@@ -98,18 +80,18 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
     return report
 
 
-def _build_and_verify(source, target: ExportTarget, work: Path, tokens: EvalTokens, calib) -> tuple[dict, int | None]:
+def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib) -> tuple[dict, int | None]:
     seconds = {}
     t0 = time.perf_counter()
     output.info(f"loading {source.folder} in PyTorch (fp32)")
     model = load_torch_model(source.folder)
     output.info(f"building {target.name} with the {target.builder.value} builder")
     built = BUILDERS[target.builder](source, target, work / "out", work, model=model,
-                                     calib_chunks=None if calib is None else calib.chunks)
+                                     calib_chunks=None if calib is None else calib.tokens.numpy())
     seconds["build"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     runner = built.runner()
-    output.info(f"validating on {runner.label}: {tokens.chunks.shape[0]} chunks of {tokens.chunk_tokens} "
+    output.info(f"validating on {runner.label}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
                 f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
     result = verify(TorchRunner(model), runner, tokens, target.tolerance)
     seconds["validate"] = round(time.perf_counter() - t0, 1)

@@ -17,12 +17,14 @@ A target's tolerance (exporters/*.yaml) bounds mean KLD, same-top-1 and the mean
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
 from mv4deploy.export.targets import Tolerance
+
+if TYPE_CHECKING:
+    from mv4deploy.validate.evaltext import EvalTokens
 
 # The statistics an export prints (all of them go to export.json).
 SHOWN = ("tokens_scored", "kld_mean", "kld_p99", "kld_max", "same_top1", "same_top1_wilson_low", "ppl_ratio",
@@ -44,28 +46,19 @@ class Runner(Protocol):
         """Append one token to the running sequence; logits [V] of it."""
 
 
-@dataclass(frozen=True)
-class EvalTokens:
-    chunks: np.ndarray      # [C, N] int64
-    name: str
-    sha256: str
-
-    @property
-    def chunk_tokens(self) -> int:
-        return int(self.chunks.shape[1])
-
-
-def compare_logits(reference: Runner, candidate: Runner, tokens: EvalTokens) -> dict:
-    """llama.cpp statistics of ``candidate`` against ``reference`` over the scored half of each chunk."""
+def compare_logits(reference: Runner, candidate: Runner, tokens: "EvalTokens") -> dict:
+    """llama.cpp statistics of ``candidate`` against ``reference`` over the scored half of each chunk
+    (chunks and scored positions exactly as ``mv4deploy validate`` makes them: validate.evaltext)."""
     import torch
     from mv4deploy.validate.metrics import PositionStats, log_probs, position_stats
     from mv4deploy.validate.stats import summarize
-    first = tokens.chunk_tokens // 2
+    first = tokens.chunking.first_scored
     parts = []
-    for chunk in tokens.chunks:
-        ref = torch.from_numpy(reference.chunk_logits(chunk)[first:-1])
-        cand = torch.from_numpy(candidate.chunk_logits(chunk)[first:-1])
-        parts.append(position_stats(log_probs(ref), log_probs(cand), torch.from_numpy(chunk[first + 1:])))
+    for chunk in tokens.tokens:
+        ids = chunk.numpy()
+        ref = torch.from_numpy(reference.chunk_logits(ids)[first:-1])
+        cand = torch.from_numpy(candidate.chunk_logits(ids)[first:-1])
+        parts.append(position_stats(log_probs(ref), log_probs(cand), tokens.chunking.targets(chunk)))
     return summarize(PositionStats.concat(parts))
 
 
@@ -89,8 +82,8 @@ def agreeing_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def compare_greedy(reference: Runner, candidate: Runner, tokens: EvalTokens, tol: Tolerance) -> dict:
-    prompts = [list(map(int, c[: tol.prompt_tokens])) for c in tokens.chunks[: tol.greedy_prompts]]
+def compare_greedy(reference: Runner, candidate: Runner, tokens: "EvalTokens", tol: Tolerance) -> dict:
+    prompts = [list(map(int, c[: tol.prompt_tokens])) for c in tokens.tokens[: tol.greedy_prompts].tolist()]
     prefixes, samples = [], []
     for prompt in prompts:
         ref = greedy(reference, prompt, tol.greedy_tokens)
@@ -102,7 +95,7 @@ def compare_greedy(reference: Runner, candidate: Runner, tokens: EvalTokens, tol
             "identical": sum(p == tol.greedy_tokens for p in prefixes), "samples": samples}
 
 
-def verify(reference: Runner, candidate: Runner, tokens: EvalTokens, tol: Tolerance) -> dict:
+def verify(reference: Runner, candidate: Runner, tokens: "EvalTokens", tol: Tolerance) -> dict:
     """Run both checks and judge them against ``tol``; ``failures`` lists each limit that was missed."""
     start = time.perf_counter()
     stats = compare_logits(reference, candidate, tokens)
@@ -116,8 +109,8 @@ def verify(reference: Runner, candidate: Runner, tokens: EvalTokens, tol: Tolera
         failures.append(f"greedy agreement {gen['agreeing_prefix_mean']:.2f} tokens < "
                         f"{tol.greedy_prefix_mean_min:g} (of {tol.greedy_tokens})")
     return {
-        "eval": {"text": tokens.name, "sha256": tokens.sha256, "chunks": int(tokens.chunks.shape[0]),
-                 "chunk_tokens": tokens.chunk_tokens},
+        "eval": {"text": tokens.name, "sha256": tokens.sha256, "chunks": tokens.chunks,
+                 "chunk_tokens": tokens.chunking.chunk_tokens, "bos_id": tokens.bos_id},
         "stats": stats, "greedy": gen,
         "limits": {"kld_mean_max": tol.kld_mean_max, "top1_min": tol.top1_min,
                    "greedy_prefix_mean_min": tol.greedy_prefix_mean_min},
