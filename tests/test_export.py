@@ -189,3 +189,17 @@ def test_format_torch_side_reproduces_the_exported_int4_bytes(exports, model_dir
         assert (stored[onnx_base + "_scales"].view("u4") == ours[name[:-7] + ".weight_scales"].numpy().view("u4")).all()
         checked += 1
     assert checked == 4 * _spec(model_dir).num_hidden_layers + 1
+
+
+def test_mv4deploy_validate_on_the_exported_folder_reproduces_the_self_validation(exports, model_dir):
+    """``mv4deploy validate`` opens the cpu-int4 folder with its own onnxruntime-genai backend and scores
+    the same positions: the statistics must be the export's own, to the last digit."""
+    report = _report(exports, "cpu-int4")
+    v = report["validation"]
+    result = run_cli("validate", "--reference", model_dir, "--candidate", exports["cpu-int4"][1], "--eval",
+                     FIXTURES / "eval.txt", "--chunk", str(v["eval"]["chunk_tokens"]), "--max-chunks",
+                     str(v["eval"]["chunks"]), "--json")
+    assert result.code == 0, result.stderr
+    stats = result.json()["stats"]
+    for key in ("tokens_scored", "kld_mean", "kld_max", "same_top1", "ppl_ratio"):
+        assert stats[key] == pytest.approx(v["stats"][key], rel=1e-9), key
