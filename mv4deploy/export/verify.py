@@ -2,11 +2,11 @@
 
 Two checks, on the same tokens for the reference (the transformers model in fp32) and the export:
 
-1. Next-token distributions on held-out text. The text is cut into chunks of N tokens, each run from an
-   empty cache, and the second half of each chunk is scored (positions N//2 .. N-2 predict tokens
-   N//2+1 .. N-1, as ``llama-perplexity`` does). KLD, Δp, same-top-1 and the PPL ratio come from the
-   Validation module (``mv4deploy.validate.metrics`` / ``stats``), so an export and ``mv4deploy validate``
-   report the same statistics.
+1. Next-token distributions on held-out text, tokenized and chunked by ``validate.evaltext`` (chunks of
+   N tokens, BOS first when the tokenizer adds one), each run from an empty cache; the second half of
+   each chunk is scored (positions N//2 .. N-2 predict tokens N//2+1 .. N-1, as ``llama-perplexity``
+   does). KLD, Δp, same-top-1 and the PPL ratio come from ``validate.metrics`` / ``validate.stats``, so
+   an export and ``mv4deploy validate`` report the same statistics on the same positions.
 2. Greedy generation: from the first ``prompt_tokens`` of the first chunks, both generate
    ``greedy_tokens`` tokens by argmax (EOS does not stop either side, so both always make the same
    number). The score is how many leading tokens agree, per prompt and on average.
@@ -25,11 +25,6 @@ from mv4deploy.export.targets import Tolerance
 
 if TYPE_CHECKING:
     from mv4deploy.validate.evaltext import EvalTokens
-
-# The statistics an export prints (all of them go to export.json).
-SHOWN = ("tokens_scored", "kld_mean", "kld_p99", "kld_max", "same_top1", "same_top1_wilson_low", "ppl_ratio",
-         "delta_p_rms")
-
 
 class Runner(Protocol):
     """A model that scores chunks and generates: the reference and every export implement it."""
