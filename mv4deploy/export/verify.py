@@ -26,6 +26,7 @@ from mv4deploy.export.targets import Tolerance
 if TYPE_CHECKING:
     from mv4deploy.validate.evaltext import EvalTokens
 
+
 class Runner(Protocol):
     """A model that scores chunks and generates: the reference and every export implement it."""
 
