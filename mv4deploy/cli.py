@@ -115,6 +115,41 @@ def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Wri
     return EXIT_OK
 
 
+# ---- export: ONNX for CPUs and phones (mv4deploy/export/) ------------------------------------------------
+export_app = typer.Typer(no_args_is_help=True, help="Export distillates to ONNX, validated against PyTorch.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+def export_onnx(model_dir: Annotated[Path, typer.Argument(help="A transformers folder (Qwen2/Llama + tokenizer).")],
+                out: Annotated[Path, typer.Argument(help="Output folder (must be new or empty).")],
+                target: Annotated[str, typer.Option("--target", help="A name in exporters/ or a YAML file.")],
+                eval_text: Annotated[Optional[Path], typer.Option("--eval", help="Validation text (default: "
+                                                                  "this Python's textwrap.py).")] = None,
+                calib_text: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for QDQ "
+                                                                   "targets (default: argparse.py).")] = None,
+                overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")] = False,
+                json_out: JsonOpt = False) -> int:
+    """Export MODEL_DIR to ONNX for TARGET and validate it (KLD, top-1, greedy agreement); exit 1 if it
+    misses the target's tolerance (the folder is then kept as OUT.rejected)."""
+    from mv4deploy.export.pipeline import export_onnx as run_export
+    report = run_export(model_dir, out, target, eval_text, calib_text, overwrite)
+    output.emit_json(report) if json_out else output.export_table(report)
+    if not report["validation"]["passed"]:
+        raise CheckFailed(f"{report['target']} export of {report['model']} failed validation: "
+                          + "; ".join(report["validation"]["failures"]) + f" (kept in {report['out']})")
+    return EXIT_OK
+
+
+@export_app.command("targets")
+def export_targets(json_out: JsonOpt = False) -> int:
+    """List the shipped export targets."""
+    from mv4deploy.export.targets import list_targets
+    names = list_targets()
+    output.emit_json(names) if json_out else output.name_list("export targets", names)
+    return EXIT_OK
+
+
 # ---- mv4deploy plan ---------------------------------------------------------------------------------
 
 def _opt(flag: str, text: str):

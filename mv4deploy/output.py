@@ -58,6 +58,29 @@ def progress(description: str, total: float | None, unit_bytes: bool = True):
         yield lambda n=1: bar.advance(task, n)
 
 
+@contextmanager
+def library_noise_to_stderr():
+    """While heavy libraries run: anything native code writes to file descriptor 1 goes to stderr (the QNN
+    HTP library prints a banner on stdout, which would break ``--json``), and their Python logging below
+    ERROR and their warnings are dropped. Our own progress lines still reach stderr through ``info``."""
+    import logging
+    import os
+    import warnings
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        logging.disable(logging.WARNING)      # levels alone fail: onnxruntime's quantizer calls basicConfig(INFO)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        logging.disable(logging.NOTSET)
+
+
 def _count(n: float) -> str:
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
@@ -141,6 +164,31 @@ def name_list(title: str, names: list[str]) -> None:
     out.print(f"[bold]{title}[/]")
     for name in names:
         out.print(f"  {name}")
+
+
+def export_table(report: dict) -> None:
+    """Human view of ``mv4deploy export onnx``: where it went, sizes, and the validation numbers."""
+    out = _stdout()
+    v, s, g = report["validation"], report["validation"]["stats"], report["validation"]["greedy"]
+    verdict = "[green]passed[/]" if v["passed"] else "[red]FAILED[/]: " + "; ".join(v["failures"])
+    out.print(f"[bold]{report['model']}[/] -> {report['out']}  (target {report['target']}, "
+              f"{report['weights']['format']}, {report['runtime']})")
+    out.print(f"model files {format_bytes(report['sizes']['model_bytes'])}; validated on {report['runner']}: {verdict}")
+    table = Table(title=f"vs PyTorch fp32 on {v['eval']['text']} ({s['tokens_scored']} tokens scored)",
+                  title_justify="left")
+    for column in ("statistic", "value", "limit"):
+        table.add_column(column, justify="left" if column == "statistic" else "right")
+    limits = v["limits"]
+    table.add_row("mean KLD (nats)", f"{s['kld_mean']:.3g} ± {s['kld_mean_unc']:.2g}", f"<= {limits['kld_mean_max']:g}")
+    table.add_row("99% KLD / max KLD", f"{s['kld_p99']:.3g} / {s['kld_max']:.3g}", "")
+    table.add_row("same top-1", f"{s['same_top1']:.4f} (Wilson low {s['same_top1_wilson_low']:.4f})",
+                  f">= {limits['top1_min']:g}")
+    table.add_row("PPL ratio", f"{s['ppl_ratio']:.4f}", "")
+    table.add_row("greedy agreeing tokens", f"{g['agreeing_prefix']} of {g['new_tokens']} "
+                  f"(mean {g['agreeing_prefix_mean']:.1f})", f">= {limits['greedy_prefix_mean_min']:g}")
+    out.print(table)
+    for note in report["notes"]:
+        out.print(f"graph change: {note}")
 
 
 # ---- mv4deploy plan ---------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ class Access(str, Enum):
 class CacheFormat(str, Enum):
     BF16 = "bf16"
     FP8 = "fp8"
+    F32 = "f32"     # GQA only: onnxruntime's CPU GroupQueryAttention keeps an fp32 cache
 
 
 MLA_ENTRY_BYTES = {CacheFormat.BF16: 1152, CacheFormat.FP8: 656}
@@ -92,7 +93,7 @@ def kv_layout(spec: ModelSpec, cache_format: CacheFormat | None = None) -> KVLay
 
 
 def _gqa(spec: DenseSpec, fmt: CacheFormat) -> KVLayout:
-    element_bytes = 2 if fmt is CacheFormat.BF16 else 1
+    element_bytes = {CacheFormat.F32: 4, CacheFormat.BF16: 2, CacheFormat.FP8: 1}[fmt]
     entry = 2 * spec.num_key_value_heads * spec.head_dim * element_bytes  # K and V
     return KVLayout(fmt, (KVPool("kv", tuple(range(spec.num_hidden_layers)), entry),), 0)
 

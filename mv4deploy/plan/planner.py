@@ -76,7 +76,7 @@ def _items(resolved: ResolvedModel, grouping: Grouping, policy: Policy, workload
             items.append(weight_item(group, policy, spec, workload, gpu, machine.host, machine.nvme, layout.shards,
                                      stream_prefill, cache))
     layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
-    items += kv_items(kv_layout(spec), workload, layout.stage_layers(layers), machine.host,
+    items += kv_items(kv_layout(spec, policy.kv_cache), workload, layout.stage_layers(layers), machine.host,
                       kv_replicas(spec, layout))
     return items
 

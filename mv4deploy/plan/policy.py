@@ -32,6 +32,7 @@ class Policy:
     name: str
     description: str
     rules: tuple[Rule, ...] = ()
+    kv_cache: str | None = None                  # a mv4deploy.model.kv.CacheFormat; None: the architecture's
 
     def target(self, cls: GroupClass, stored: str) -> str:
         for rule in self.rules:
@@ -40,12 +41,12 @@ class Policy:
         return stored
 
 
-# The phone's deployment format: what `onnxruntime_genai.models.builder -p int4` emits, MatMulNBits with
-# block_size 32 (its default) and symmetric weights (is_symmetric default true), every MatMul including
-# the LM head, the embedding Gather left unquantized. Our int4-g32 stores a BF16 scale per 32 weights;
-# the builder's scale dtype follows the model's io dtype, so the ONNX-export issue checks these bytes
-# against a real export and changes this one entry if they differ.
-MOBILE_INT4_FORMAT = "int4-g32"
+# The phone's deployment format: what `onnxruntime_genai.models.builder -p int4 -e cpu` emits with the
+# embedding quantized too (exporters/cpu-int4.yaml): MatMulNBits, block 32, symmetric, F32 scales, for
+# every MatMul, the LM head and the embedding (GatherBlockQuantized, same bytes), with an fp32 KV cache.
+# Checked byte for byte against real exports (tests/test_export.py) and against this plan for the 7B
+# (tests/test_export_plan.py).
+MOBILE_INT4_FORMAT = "mnb-int4-b32"
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("native", "keep every weight as stored; a tier that lacks the compute format dequantizes "
@@ -56,9 +57,9 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
                            "as stored", (Rule(frozenset({GroupClass.ROUTED_EXPERTS}), "int4-g128"),)),
     Policy("int4", "every linear weight and the LM head in INT4, one BF16 scale per 128 (W4A16)",
            (Rule(LINEAR | {GroupClass.HEAD}, "int4-g128", frozenset({"int4"})),)),
-    Policy("mobile-int4", "INT4 block 32 for every linear weight and the LM head, embedding as stored "
-                          "(the onnxruntime-genai int4 export)",
-           (Rule(LINEAR | {GroupClass.HEAD}, MOBILE_INT4_FORMAT),)),
+    Policy("mobile-int4", "INT4 block 32 for every linear weight, the LM head and the embedding, fp32 KV "
+                          "cache (the onnxruntime-genai int4 export, exporters/cpu-int4.yaml)",
+           (Rule(LINEAR | {GroupClass.HEAD, GroupClass.EMBEDDING}, MOBILE_INT4_FORMAT),), kv_cache="f32"),
 )}
 
 AUTO = "auto"
