@@ -10,6 +10,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from mv4deploy.errors import InputError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -22,6 +24,8 @@ def tmp_path(path: Path) -> Path:
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; on success fsync and rename it to ``path``."""
     path = Path(path)
+    if not path.resolve().parent.is_dir():
+        raise InputError(path, None, None, "its folder does not exist")
     tmp = tmp_path(path)
     try:
         yield tmp

@@ -8,6 +8,7 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mv4deploy.hardware.units import format_bytes
@@ -34,11 +35,11 @@ def _default(value: object):
 
 
 def error(message: str) -> None:
-    _stderr().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    _stderr().print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    _stderr().print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def info(message: str) -> None:

@@ -223,3 +223,12 @@ def test_missing_config_file(tmp_path, cli):
 
 def test_unknown_option(cli):
     _assert_bad_input(cli("inspect", "--frobnicate"), "--frobnicate")
+
+
+def test_user_text_is_not_read_as_markup(cli):
+    result = cli("profile", "show", "[/foo].yaml")
+    _assert_bad_input(result, "[/foo].yaml")
+
+
+def test_output_into_a_missing_folder(cli, tmp_path):
+    _assert_bad_input(cli("profile", "detect", "--out", tmp_path / "no" / "me.yaml"), "folder does not exist")

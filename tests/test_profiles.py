@@ -46,7 +46,7 @@ def test_phone_profile_is_unified_memory_with_an_app_budget():
 
 
 @pytest.mark.parametrize("text,expected", [("24GiB", 24 * 2**30), ("128GB", 128e9), ("512", 512),
-                                           ("1.5TiB", 1.5 * 2**40), (4096, 4096)])
+                                           ("1.5TiB", 1.5 * 2**40), (4096, 4096), ("64kiB", 65536)])
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 

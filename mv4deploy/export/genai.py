@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mv4deploy.errors import CheckFailed
 from mv4deploy.export.source import SourceModel
 from mv4deploy.export.targets import ExportTarget, Precision
 
@@ -45,7 +46,7 @@ def build(source: SourceModel, target: ExportTarget, out: Path, work: Path, **_)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not (out / "genai_config.json").is_file():
         tail = [line for line in (proc.stderr + proc.stdout).strip().splitlines() if line.strip()][-1:]
-        raise RuntimeError(f"onnxruntime-genai builder failed (exit {proc.returncode}): {' '.join(tail)}")
+        raise CheckFailed(f"onnxruntime-genai builder failed (exit {proc.returncode}): {' '.join(tail)}")
     max_length = min(target.context_tokens, source.spec.max_position_embeddings)
     config_path = out / "genai_config.json"
     config = json.loads(config_path.read_text())

@@ -78,12 +78,12 @@ def _load(path: Path):
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from exc
+    import yaml
     try:
         if path.suffix in (".yaml", ".yml"):
-            import yaml
             return yaml.safe_load(text)
         return json.loads(text)
-    except ValueError as exc:  # json.JSONDecodeError and yaml.YAMLError's parse errors
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
         raise InputError(path, None, None, f"not valid {path.suffix.lstrip('.') or 'JSON'} ({exc.__class__.__name__})") from exc
 
 
