@@ -240,10 +240,10 @@ def _groups_by_class(plan) -> Table:
     tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
     by_class: dict[str, dict] = {}
     for g in sorted(plan.groups, key=lambda g: _CLASS_ORDER.get(g["role"], 99)):
-        row = by_class.setdefault(g["role"], {"formats": set(), "count": 0})
+        row = by_class.setdefault(g["role"], {"formats": set(), "groups": set()})
         row[g["tier"]] = row.get(g["tier"], 0) + g["bytes"]
         row["formats"].add(g["format"])
-        row["count"] += 1
+        row["groups"].add(g["group"])     # a group cut over tiers is one group, several rows
     table = Table(title="weights by group class and tier (GiB)", title_justify="left")
     table.add_column("class")
     table.add_column("groups", justify="right")
@@ -251,7 +251,7 @@ def _groups_by_class(plan) -> Table:
         table.add_column(tier, justify="right")
     table.add_column("formats")
     for cls, row in by_class.items():
-        table.add_row(cls, str(row["count"]), *[_gib(row[t]) if t in row else "" for t in tiers],
+        table.add_row(cls, str(len(row["groups"])), *[_gib(row[t]) if t in row else "" for t in tiers],
                       ", ".join(sorted(row["formats"])))
     return table
 

@@ -199,6 +199,7 @@ PROFILES = [
     ("two-gpus-no-link", PROFILE.replace("count: 1", "count: 2"), "interconnect"),
     ("bad-unit", PROFILE.replace("bandwidth: 89.6GB/s", "bandwidth: 89.6parsecs"), "host.bandwidth"),
     ("compute-unknown-format", PROFILE.replace("    fp16: 209.5TFLOPS", "    tf64: 1TFLOPS"), "tf64"),
+    ("isa-typo", PROFILE.replace("avx512_bf16]", "avx512bf16]"), "host.isa"),
 ]
 
 
