@@ -127,6 +127,23 @@ def test_auto_policy_by_device_kind_and_unknown_names():
     assert {arch for arch in Arch if POLICIES["mobile-int4"].supports(arch)} == {Arch.QWEN2, Arch.LLAMA}
 
 
+def test_a_grouping_is_reused_only_for_the_model_and_workload_it_was_built_for():
+    """No module cache: callers pass a grouping along, and the planner rebuilds it when it does not serve
+    (another inventory object, --mtp, a skew), so passing one never changes a plan."""
+    from mv4deploy.hardware.profile import load_profile
+    from mv4deploy.plan.assemble import make_plan
+    tiny = resolve_model("tiny-deepseek-v4")
+    grouping = build_groups(tiny.inventory)
+    assert grouping.serves(tiny.inventory, False, None)
+    assert not grouping.serves(tiny.inventory, True, None)
+    assert not grouping.serves(tiny.inventory, False, ExpertSkew(0.2, 0.6))
+    assert not grouping.serves(resolve_model("tiny-deepseek-v4").inventory, False, None)
+    profile = load_profile("rtx5090")
+    for workload in (make_workload(context=4096), make_workload(context=4096, include_mtp=True)):
+        assert make_plan(tiny, profile, workload, grouping=grouping).to_json() == \
+            make_plan(tiny, profile, workload).to_json()
+
+
 def test_host_ram_suggestion_counts_the_reserve_once():
     """248 GiB of weights in host RAM plus a 6 GiB reserve need 254 GiB: the next size is 256 GiB. Counting
     the reserve twice (it is inside used_bytes already) would ask 260 GiB and suggest 384 GiB."""
