@@ -118,6 +118,41 @@ def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Wri
     return EXIT_OK
 
 
+# ---- export: ONNX for CPUs and phones (mv4deploy/export/) ------------------------------------------------
+export_app = typer.Typer(no_args_is_help=True, help="Export distillates to ONNX, validated against PyTorch.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+def export_onnx(model_dir: Annotated[Path, typer.Argument(help="A transformers folder (Qwen2/Llama + tokenizer).")],
+                out: Annotated[Path, typer.Argument(help="Output folder (must be new or empty).")],
+                target: Annotated[str, typer.Option("--target", help="A name in exporters/ or a YAML file.")],
+                eval_text: Annotated[Optional[Path], typer.Option("--eval", help="Validation text (default: "
+                                                                  "this Python's textwrap.py).")] = None,
+                calib_text: Annotated[Optional[Path], typer.Option("--calib", help="Calibration text for QDQ "
+                                                                   "targets (default: argparse.py).")] = None,
+                overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")] = False,
+                json_out: JsonOpt = False) -> int:
+    """Export MODEL_DIR to ONNX for TARGET and validate it (KLD, top-1, greedy agreement); exit 1 if it
+    misses the target's tolerance (the folder is then kept as OUT.rejected)."""
+    from mv4deploy.export.pipeline import export_onnx as run_export
+    report = run_export(model_dir, out, target, eval_text, calib_text, overwrite)
+    output.emit_json(report) if json_out else output.export_table(report)
+    if not report["validation"]["passed"]:
+        raise CheckFailed(f"{report['target']} export of {report['model']} failed validation: "
+                          + "; ".join(report["validation"]["failures"]) + f" (kept in {report['out']})")
+    return EXIT_OK
+
+
+@export_app.command("targets")
+def export_targets(json_out: JsonOpt = False) -> int:
+    """List the shipped export targets."""
+    from mv4deploy.export.targets import list_targets
+    names = list_targets()
+    output.emit_json(names) if json_out else output.name_list("export targets", names)
+    return EXIT_OK
+
+
 # ---- mv4deploy plan ---------------------------------------------------------------------------------
 
 def _opt(flag: str, text: str):
@@ -201,6 +236,54 @@ def verify(out: Annotated[Path, typer.Argument(help="A finished `mv4deploy quant
         f"{report['out']}: {'ok' if report['ok'] else 'FAILED'} ({report['shards']} shards, {report['weights']} weights)")
     if not report["ok"]:
         raise CheckFailed(f"{out}: {len(report['problems'])} problems, first: {report['problems'][0]}")
+    return EXIT_OK
+
+
+PathOpt = Optional[Path]
+
+
+@app.command()
+def validate(
+    reference: Annotated[PathOpt, typer.Option("--reference", help="Reference model folder (checkpoint, "
+                                               "transformers or ONNX).")] = None,
+    candidate: Annotated[PathOpt, typer.Option("--candidate", help="Candidate model folder.")] = None,
+    eval_path: Annotated[PathOpt, typer.Option("--eval", help="Held-out UTF-8 text to score.")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", help="Tokens per chunk; the second half is scored.")] = 256,
+    max_chunks: Annotated[Optional[int], typer.Option("--max-chunks", help="Score at most this many chunks.")] = None,
+    golden: Annotated[PathOpt, typer.Option("--golden", help="Score against this golden file instead of "
+                                            "--reference.")] = None,
+    golden_out: Annotated[PathOpt, typer.Option("--golden-out", help="Write the reference's top-k log-probs "
+                                                "here.")] = None,
+    topk: Annotated[Optional[int], typer.Option("--topk", help="Tokens per position kept in --golden-out "
+                                                "(default 128).")] = None,
+    tail_samples: Annotated[Optional[int], typer.Option("--tail-samples", help="Tail tokens sampled per position "
+                                                        "in --golden-out (default 64).")] = None,
+    gate: Annotated[PathOpt, typer.Option("--gate", help="YAML limits; exit 1 if any fails.")] = None,
+    report: Annotated[PathOpt, typer.Option("--report", help="Write a Markdown report here.")] = None,
+    plot: Annotated[PathOpt, typer.Option("--plot", help="Write the KLD histogram (PNG) here.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    json_out: JsonOpt = False,
+) -> int:
+    """Compare a candidate with a reference (or a golden file): KLD, Δp, top-1 and PPL statistics as
+    llama-perplexity --kl-divergence reports them; exit 1 when --gate fails."""
+    from mv4deploy.validate.report import write_report
+    from mv4deploy.validate.run import ValidateRequest
+    from mv4deploy.validate.run import validate as run_validate
+    for option, path in (("--report", report), ("--plot", plot)):
+        if path is not None and candidate is None:
+            raise InputError(None, option, str(path), "needs --candidate")
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InputError(path, option, None, "its folder does not exist")
+    request = ValidateRequest(reference=reference, candidate=candidate, eval_path=eval_path, chunk_tokens=chunk,
+                              max_chunks=max_chunks, golden=golden, golden_out=golden_out, gate=gate, device=device,
+                              **{k: v for k, v in (("topk", topk), ("tail_samples", tail_samples)) if v is not None})
+    result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
+    data = result.to_json()
+    if report is not None or plot is not None:
+        data["plot"] = str(write_report(data, result.positions.kld, report, plot))
+    output.emit_json(data) if json_out else output.validation_table(data)
+    if result.gate is not None and not result.gate.passed:
+        raise CheckFailed("gate failed: " + "; ".join(c.describe() for c in result.gate.failures))
     return EXIT_OK
 
 

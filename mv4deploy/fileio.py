@@ -10,6 +10,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from mv4deploy.errors import InputError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -22,6 +24,8 @@ def tmp_path(path: Path) -> Path:
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; on success fsync and rename it to ``path``."""
     path = Path(path)
+    if not path.resolve().parent.is_dir():
+        raise InputError(path, None, None, "its folder does not exist")
     tmp = tmp_path(path)
     try:
         yield tmp
@@ -31,6 +35,15 @@ def atomic_path(path: Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the temporary files an interrupted run left in ``folder`` (``.NAME.PID.tmp``)."""
+    stale = [p for p in Path(folder).glob(f".*{TMP_SUFFIX}")
+             if p.is_file() and p.name[1:-len(TMP_SUFFIX)].rsplit(".", 1)[-1].isdigit()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_text_atomic(path: Path, text: str) -> None:

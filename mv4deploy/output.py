@@ -8,6 +8,7 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mv4deploy.hardware.units import format_bytes
@@ -34,11 +35,11 @@ def _default(value: object):
 
 
 def error(message: str) -> None:
-    _stderr().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    _stderr().print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    _stderr().print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def info(message: str) -> None:
@@ -56,6 +57,29 @@ def progress(description: str, total: float | None, unit_bytes: bool = True):
     with Progress(*columns, console=_stderr(), transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+@contextmanager
+def library_noise_to_stderr():
+    """While heavy libraries run: anything native code writes to file descriptor 1 goes to stderr (the QNN
+    HTP library prints a banner on stdout, which would break ``--json``), and their Python logging below
+    ERROR and their warnings are dropped. Our own progress lines still reach stderr through ``info``."""
+    import logging
+    import os
+    import warnings
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        logging.disable(logging.WARNING)      # levels alone fail: onnxruntime's quantizer calls basicConfig(INFO)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        logging.disable(logging.NOTSET)
 
 
 def _count(n: float) -> str:
@@ -143,6 +167,31 @@ def name_list(title: str, names: list[str]) -> None:
         out.print(f"  {name}")
 
 
+def export_table(report: dict) -> None:
+    """Human view of ``mv4deploy export onnx``: where it went, sizes, and the validation numbers."""
+    out = _stdout()
+    v, s, g = report["validation"], report["validation"]["stats"], report["validation"]["greedy"]
+    verdict = "[green]passed[/]" if v["passed"] else "[red]FAILED[/]: " + "; ".join(v["failures"])
+    out.print(f"[bold]{report['model']}[/] -> {report['out']}  (target {report['target']}, "
+              f"{report['weights']['format']}, {report['runtime']})")
+    out.print(f"model files {format_bytes(report['sizes']['model_bytes'])}; validated on {report['runner']}: {verdict}")
+    table = Table(title=f"vs PyTorch fp32 on {v['eval']['text']} ({s['tokens_scored']} tokens scored)",
+                  title_justify="left")
+    for column in ("statistic", "value", "limit"):
+        table.add_column(column, justify="left" if column == "statistic" else "right")
+    limits = v["limits"]
+    table.add_row("mean KLD (nats)", f"{s['kld_mean']:.3g} ± {s['kld_mean_unc']:.2g}", f"<= {limits['kld_mean_max']:g}")
+    table.add_row("99% KLD / max KLD", f"{s['kld_p99']:.3g} / {s['kld_max']:.3g}", "")
+    table.add_row("same top-1", f"{s['same_top1']:.4f} (Wilson low {s['same_top1_wilson_low']:.4f})",
+                  f">= {limits['top1_min']:g}")
+    table.add_row("PPL ratio", f"{s['ppl_ratio']:.4f}", "")
+    table.add_row("greedy agreeing tokens", f"{g['agreeing_prefix']} of {g['new_tokens']} "
+                  f"(mean {g['agreeing_prefix_mean']:.1f})", f">= {limits['greedy_prefix_mean_min']:g}")
+    out.print(table)
+    for note in report["notes"]:
+        out.print(f"graph change: {note}")
+
+
 # ---- mv4deploy plan ---------------------------------------------------------------------------------
 
 def _gib(n_bytes: float) -> str:
@@ -191,10 +240,10 @@ def _groups_by_class(plan) -> Table:
     tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
     by_class: dict[str, dict] = {}
     for g in sorted(plan.groups, key=lambda g: _CLASS_ORDER.get(g["role"], 99)):
-        row = by_class.setdefault(g["role"], {"formats": set(), "count": 0})
+        row = by_class.setdefault(g["role"], {"formats": set(), "groups": set()})
         row[g["tier"]] = row.get(g["tier"], 0) + g["bytes"]
         row["formats"].add(g["format"])
-        row["count"] += 1
+        row["groups"].add(g["group"])     # a group cut over tiers is one group, several rows
     table = Table(title="weights by group class and tier (GiB)", title_justify="left")
     table.add_column("class")
     table.add_column("groups", justify="right")
@@ -202,7 +251,7 @@ def _groups_by_class(plan) -> Table:
         table.add_column(tier, justify="right")
     table.add_column("formats")
     for cls, row in by_class.items():
-        table.add_row(cls, str(row["count"]), *[_gib(row[t]) if t in row else "" for t in tiers],
+        table.add_row(cls, str(len(row["groups"])), *[_gib(row[t]) if t in row else "" for t in tiers],
                       ", ".join(sorted(row["formats"])))
     return table
 
@@ -316,3 +365,39 @@ def run_table(report: dict) -> None:
     out.print(f"plan's bottleneck: {report['predicted_bottleneck']}")
     for note in report["deviations"]:
         warn(note)
+
+
+# ---- mv4deploy validate ----------------------------------------------------------------------------
+
+def validation_table(data: dict) -> None:
+    """Human view of ``mv4deploy validate``: llama.cpp's statistics with their ±, then the gate."""
+    from mv4deploy.validate.table import STAT_SECTIONS, format_row
+    out = _stdout()
+    ref, cand = data["reference"], data["candidate"]
+    out.print(f"reference [bold]{ref['path']}[/] ({ref['kind']})")
+    if cand:
+        out.print(f"candidate [bold]{cand['path']}[/] ({cand['kind']})")
+    out.print(f"eval {data['eval']['name']}: {data['chunks']} chunks x {data['chunk_tokens']} tokens, "
+              f"{data['chunks'] * data['scored_per_chunk']} positions scored (second half of each chunk)")
+    if data.get("golden_out"):
+        out.print(f"golden file written: {data['golden_out']}")
+    if data.get("tokens_scored") is None:
+        return
+    for section, rows in STAT_SECTIONS:
+        table = Table(title=section, title_justify="left")
+        table.add_column("statistic")
+        table.add_column("value", justify="right")
+        for row in rows:
+            table.add_row(row.label, format_row(row, data))
+        out.print(table)
+    gate = data.get("gate")
+    if gate:
+        verdict = "[green]PASS[/]" if gate["passed"] else "[bold red]FAIL[/]"
+        table = Table(title=f"gate {gate['source']}: {verdict}", title_justify="left")
+        for column in ("limit", "statistic", "measured", "bound", "result"):
+            table.add_column(column, justify="right" if column in ("measured", "bound") else "left")
+        for c in gate["checks"]:
+            measured = "n/a" if c["measured"] is None else f"{c['measured']:.6g}"
+            table.add_row(c["limit"], c["metric"], measured, ("<= " if c["bound"] == "max" else ">= ")
+                          + f"{c['value']:g}", "pass" if c["passed"] else "[bold red]fail[/]")
+        out.print(table)

@@ -199,6 +199,7 @@ PROFILES = [
     ("two-gpus-no-link", PROFILE.replace("count: 1", "count: 2"), "interconnect"),
     ("bad-unit", PROFILE.replace("bandwidth: 89.6GB/s", "bandwidth: 89.6parsecs"), "host.bandwidth"),
     ("compute-unknown-format", PROFILE.replace("    fp16: 209.5TFLOPS", "    tf64: 1TFLOPS"), "tf64"),
+    ("isa-typo", PROFILE.replace("avx512_bf16]", "avx512bf16]"), "host.isa"),
 ]
 
 
@@ -223,3 +224,12 @@ def test_missing_config_file(tmp_path, cli):
 
 def test_unknown_option(cli):
     _assert_bad_input(cli("inspect", "--frobnicate"), "--frobnicate")
+
+
+def test_user_text_is_not_read_as_markup(cli):
+    result = cli("profile", "show", "[/foo].yaml")
+    _assert_bad_input(result, "[/foo].yaml")
+
+
+def test_output_into_a_missing_folder(cli, tmp_path):
+    _assert_bad_input(cli("profile", "detect", "--out", tmp_path / "no" / "me.yaml"), "folder does not exist")

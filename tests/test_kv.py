@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mv4deploy.model.kv import Access, kv_layout
+from mv4deploy.model.kv import Access, CacheFormat, cache_formats, kv_layout
+from mv4deploy.model.spec import Arch
 from mv4deploy.model.source import resolve_model
 
 
@@ -54,3 +55,14 @@ def test_topk_read_is_bounded_by_index_topk():
 def test_distillate_gqa():
     assert _kv("deepseek-r1-distill-qwen-7b").bytes_per_token == 28 * 2 * 4 * 128 * 2 == 57_344
     assert _kv("deepseek-r1-distill-llama-8b").bytes_per_token == 32 * 2 * 8 * 128 * 2 == 131_072
+
+
+def test_fp32_cache_exists_only_for_gqa():
+    """onnxruntime's CPU GroupQueryAttention keeps an fp32 cache (the phone export); MLA and V4 entries have
+    a BF16 and an FP8 layout only, so asking for fp32 there is refused, not a KeyError."""
+    assert _kv("deepseek-r1-distill-qwen-7b", "f32").bytes_per_token == 28 * 2 * 4 * 128 * 4   # K+V, 4 kv heads
+    assert cache_formats(Arch.QWEN2) == frozenset(CacheFormat)
+    for arch in (Arch.DEEPSEEK_V3, Arch.DEEPSEEK_V32, Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41):
+        assert cache_formats(arch) == {CacheFormat.BF16, CacheFormat.FP8}
+    with pytest.raises(ValueError, match="no f32"):
+        _kv("tiny-deepseek-v4", "f32")

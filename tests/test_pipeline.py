@@ -156,6 +156,19 @@ def test_resume_redoes_a_staged_shard_whose_bytes_changed(bf16_src, tmp_path):
     assert verify_output(out)["ok"]
 
 
+def test_resume_removes_temporary_files_a_killed_run_left(bf16_src, tmp_path):
+    from mv4deploy.quant.job import plan_job
+    from mv4deploy.quant.pipeline import Options, prepare_out, run_shards
+    out = tmp_path / "out"
+    job = plan_job(bf16_src, out, get_recipe("fp8"))
+    run_shards(job, prepare_out(job), Options())
+    stale = out / ".quantization_manifest.json.4242.tmp"   # killed while writing the manifest
+    stale.write_text('{"half": ')
+    quantize_checkpoint(bf16_src, out, get_recipe("fp8"))
+    assert not stale.exists() and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert verify_output(out)["ok"]
+
+
 def test_verify_reports_a_corrupted_shard(bf16_src, tmp_path):
     out = tmp_path / "out"
     quantize_checkpoint(bf16_src, out, get_recipe("fp8"))
@@ -168,22 +181,31 @@ def test_verify_reports_a_corrupted_shard(bf16_src, tmp_path):
     assert not result.json()["ok"] and "sha256" in result.json()["problems"][0]
 
 
-def test_plan_json_becomes_a_recipe(bf16_src, tmp_path):
-    plan = {"model": "tiny", "groups": [
-        {"name": "layer 2 routed experts", "role": "routed_expert", "layer": 2, "tier": "host",
-         "format": "int4-g128", "bytes": 1},
-        {"name": "layer 1 routed experts", "role": "routed_expert", "layer": 1, "tier": "gpu:0",
-         "format": "mxfp4", "bytes": 1},
-        {"name": "attention", "role": "attention", "layer": 1, "tier": "gpu:0", "format": "fp8", "bytes": 1},
-        {"name": "norms", "role": "norm", "layer": None, "tier": "gpu:0", "format": "native", "bytes": 1}]}
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
-    result = run_cli("quantize", bf16_src, tmp_path / "out", "--plan", tmp_path / "plan.json", "--json")
+def test_plan_out_feeds_quantize_plan(bf16_src, tmp_path):
+    """`plan --out` -> `quantize --plan` end to end: the INT4 policy on the BF16 tiny-v4 checkpoint, then a
+    plan of the quantized output holds, group by group, the bytes the first plan placed."""
+    plan_path = tmp_path / "plan.json"
+    planned = run_cli("plan", "--profile", "rtx5090", "--model", bf16_src, "--policy", "int4", "--context", "4096",
+                      "--out", plan_path, "--json")
+    assert planned.code == 0, planned.stderr
+    result = run_cli("quantize", bf16_src, tmp_path / "out", "--plan", plan_path, "--json")
     assert result.code == 0, result.stderr
-    weights = json.loads((tmp_path / "out" / MANIFEST).read_text())["weights"]
-    assert weights["layers.2.ffn.experts.0.w1.weight"]["format"] == "int4-g128"
-    assert weights["layers.1.ffn.experts.0.w1.weight"]["format"] == "mxfp4"
-    assert weights["layers.3.ffn.experts.0.w1.weight"]["format"] == "bf16"
-    assert weights["layers.1.attn.wo_a.weight"]["format"] == "fp8-e4m3-block128-ue8m0"
-    assert weights["layers.1.attn.attn_sink"]["format"] == "f32"   # 1-D: FP8 blocks cannot hold it
-    assert weights["layers.0.attn.wo_a.weight"]["format"] == "bf16"
     assert result.json()["recipe"] == "plan:plan.json"
+    weights = json.loads((tmp_path / "out" / MANIFEST).read_text())["weights"]
+    assert weights["layers.2.ffn.experts.0.w1.weight"]["format"] == "int4-g128"     # routed_experts
+    assert weights["layers.1.attn.wo_a.weight"]["format"] == "int4-g128"            # attention
+    assert weights["head.weight"]["format"] == "int4-g128"                           # head
+    assert weights["embed.weight"]["format"] == "bf16"                               # not in the INT4 policy
+    assert weights["layers.1.attn.attn_sink"]["format"] == "f32"                     # 1-D: kept
+    assert weights["layers.1.attn.indexer.compressor.ape"]["format"] == "f32"        # F32 matrix: kept
+    assert weights["mtp.0.ffn.experts.0.w1.weight"]["format"] == "bf16"             # MTP: not in the plan
+    again = run_cli("plan", "--profile", "rtx5090", "--model", tmp_path / "out", "--policy", "native",
+                    "--context", "4096", "--json")
+    assert again.code == 0, again.stderr
+
+    def bytes_by_group(plan):
+        totals: dict[str, int] = {}
+        for row in plan["groups"]:
+            totals[row["group"]] = totals.get(row["group"], 0) + row["bytes"]
+        return totals
+    assert bytes_by_group(again.json()) == bytes_by_group(planned.json())

@@ -167,30 +167,31 @@ def test_distillate_on_the_phone_is_int4_within_the_app_budget():
     assert npu.kind == "npu"
     assert npu.capacity_bytes == int(16 * GiB * 0.45)                         # the app budget: 45% of RAM
     formats = {g["role"]: g["format"] for g in p.groups}
-    assert formats["attention"] == formats["dense_mlp"] == formats["head"] == "int4-g32"
-    assert formats["embedding"] == "bf16"                                    # the Gather stays unquantized
-    # int4-g32 per [N, K]: N*K/2 + N*K/32*2 (BF16 scales) + 16 B shape. Per layer: q, o [3584, 3584]
-    # 7,225,360 each; k, v [512, 3584] 1,032,208 each; biases 9,216 B -> 16,524,352 x 28 = 462,681,856;
-    # MLP 3 x 38,191,120 x 28 = 3,208,054,080; head 306,561,040 + norm 7,168; embedding 152,064 x 3,584 x 2
-    # = 1,089,994,752; layer norms 401,408 -> 5,067,700,304 B
-    assert npu.breakdown["weights"] == 5_067_700_304
-    assert npu.breakdown["kv_cache"] == 4096 * 57_344                          # 28 x 2 x 4 x 128 x 2 B per token
+    # the onnxruntime-genai int4 export (exporters/cpu-int4.yaml): MatMulNBits block 32, F32 scales, for every
+    # MatMul, the LM head and the embedding; fp32 KV (tests/test_export_plan.py checks it against the export)
+    assert formats["attention"] == formats["dense_mlp"] == formats["head"] == formats["embedding"] == "mnb-int4-b32"
+    # mnb-int4-b32 per [N, K]: N*K/2 + N*K/32*4 (F32 scales) = 0.625 B/weight. Per layer: q, o [3584, 3584]
+    # 8,028,160 each; k, v [512, 3584] 1,146,880 each; BF16 biases 9,216 B -> 18,359,296 x 28 = 514,060,288;
+    # MLP 3 x 42,434,560 x 28 = 3,564,503,040; head and embedding [152,064, 3,584] 340,623,360 each;
+    # norms 401,408 + 7,168 -> 4,760,218,624 B
+    assert npu.breakdown["weights"] == 4_760_218_624
+    assert npu.breakdown["kv_cache"] == 4096 * 114_688                         # 28 x 2 x 4 x 128 x 4 B per token
     assert npu.used_bytes <= 0.45 * 16 * GiB and npu.used_bytes / (16 * GiB) > 0.30
-    # decode reads everything but 152,063 of the 152,064 embedding rows: 3,977,712,720 + KV 234,881,024 B at
-    # 84.8 GB/s x 0.7 = 59.36 GB/s = 70.97 ms -> 14.09 tok/s; NPU compute unknown: no prefill estimate
-    assert p.estimates.decode_tokens_per_s == pytest.approx(59.36e9 / (3_977_712_720 + 234_881_024))
+    # decode reads everything but 152,063 embedding rows of 2,240 B: 4,419,597,504 + KV 469,762,048 B at
+    # 84.8 GB/s x 0.7 = 59.36 GB/s = 82.4 ms -> 12.14 tok/s; NPU compute unknown: no prefill estimate
+    assert p.estimates.decode_tokens_per_s == pytest.approx(59.36e9 / (4_419_597_504 + 469_762_048))
     assert p.estimates.prefill_tokens_per_s is None
     assert any("compute unknown" in w for w in p.warnings)
 
 
 def test_distillate_on_the_phone_at_128k_does_not_fit_and_says_how_to():
-    # 128K of BF16 KV is 7 GiB on its own: more than the 7.2 GiB budget with the weights
+    # 128K of fp32 KV is 14 GiB on its own: more than the 7.2 GiB budget with the weights
     p = plan("deepseek-r1-distill-qwen-7b", "snapdragon-8-elite-gen5")
     assert p.verdict == "does_not_fit"
     context = next(s for s in p.suggestions if s["kind"] == "context")
-    # the first halving that fits: 64K needs 5,067,700,304 weights + 3,758,096,384 KV > 7,730,941,132;
-    # 32K: 5,067,700,304 + 32,768 x 57,344 + 184,549,376 workspace + 256 MiB = 7,399,733,328 <= 7,730,941,132
-    assert (context["change"], context["verdict"]) == ("--context 32768", "fits")
+    # the first halving that fits: 32K needs 4,760,218,624 weights + 3,758,096,384 KV > 7,730,941,132;
+    # 16K: 4,760,218,624 + 16,384 x 114,688 + 184,549,376 workspace + 256 MiB = 7,092,251,648 <= 7,730,941,132
+    assert (context["change"], context["verdict"]) == ("--context 16384", "fits")
 
 
 def test_v4_pro_on_rtx5090_with_128gib_does_not_fit_and_suggests():

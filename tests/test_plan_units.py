@@ -6,19 +6,24 @@ Arithmetic is written beside each expected value; the shapes are those of the sh
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.profile import parse_profile
+from mv4deploy.hardware.profile import DeviceKind, parse_profile
 from mv4deploy.hardware.units import parse_seconds, parse_tokens
 from mv4deploy.model.source import resolve_model
+from mv4deploy.model.spec import Arch
 from mv4deploy.plan.costs import Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu, on_host
 from mv4deploy.plan.groups import GroupClass, build_groups
 from mv4deploy.plan.items import Item, ItemKind, Option
-from mv4deploy.plan.placement import lower_bound, multipliers, place
+from mv4deploy.plan.placement import Placement, lower_bound, multipliers, place
+from mv4deploy.plan.plan import DeviceUse
+from mv4deploy.plan.suggest import host_memory_needed
+from mv4deploy.plan.verdict import round_up_host
 from mv4deploy.plan.policy import POLICIES, resolve_policy
-from mv4deploy.plan.tiers import Tier, TierKind, build_devices, gpu_tiers, host_tier, nvme_tier
+from mv4deploy.plan.tiers import MemoryKind, Tier, TierKind, build_devices, gpu_tiers, host_tier, nvme_tier
 from mv4deploy.plan.workload import ExpertSkew, make_workload
 from mv4deploy.plan.workspace import workspace
 
@@ -109,10 +114,48 @@ def test_skew_splits_each_layer_into_hot_and_cold(flash):
 # ---- policy -----------------------------------------------------------------------------------------
 
 def test_auto_policy_by_device_kind_and_unknown_names():
-    assert resolve_policy("auto", "gpu").name == "native"
-    assert resolve_policy("auto", "npu").name == "mobile-int4"  # phones run INT4 (MatMulNBits block 32)
+    assert resolve_policy("auto", DeviceKind.GPU).name == "native"
+    assert resolve_policy("auto", None).name == "native"                          # CPU only
+    assert resolve_policy("auto", DeviceKind.NPU).name == "mobile-int4"  # phones run INT4 (MatMulNBits block 32)
+    assert resolve_policy("auto", DeviceKind.NPU, Arch.QWEN2).name == "mobile-int4"
+    assert resolve_policy("auto", DeviceKind.NPU, Arch.DEEPSEEK_V4).name == "int4"   # no fp32 KV layout for V4
     with pytest.raises(InputError):
-        resolve_policy("int3", "gpu")
+        resolve_policy("int3", DeviceKind.GPU)
+    with pytest.raises(InputError, match="fp32|f32") as err:
+        resolve_policy("mobile-int4", DeviceKind.GPU, Arch.DEEPSEEK_V3)
+    assert err.value.field == "--policy"
+    assert {arch for arch in Arch if POLICIES["mobile-int4"].supports(arch)} == {Arch.QWEN2, Arch.LLAMA}
+
+
+def test_a_grouping_is_reused_only_for_the_model_and_workload_it_was_built_for():
+    """No module cache: callers pass a grouping along, and the planner rebuilds it when it does not serve
+    (another inventory object, --mtp, a skew), so passing one never changes a plan."""
+    from mv4deploy.hardware.profile import load_profile
+    from mv4deploy.plan.assemble import make_plan
+    tiny = resolve_model("tiny-deepseek-v4")
+    grouping = build_groups(tiny.inventory)
+    assert grouping.serves(tiny.inventory, False, None)
+    assert not grouping.serves(tiny.inventory, True, None)
+    assert not grouping.serves(tiny.inventory, False, ExpertSkew(0.2, 0.6))
+    assert not grouping.serves(resolve_model("tiny-deepseek-v4").inventory, False, None)
+    profile = load_profile("rtx5090")
+    for workload in (make_workload(context=4096), make_workload(context=4096, include_mtp=True)):
+        assert make_plan(tiny, profile, workload, grouping=grouping).to_json() == \
+            make_plan(tiny, profile, workload).to_json()
+
+
+def test_host_ram_suggestion_counts_the_reserve_once():
+    """248 GiB of weights in host RAM plus a 6 GiB reserve need 254 GiB: the next size is 256 GiB. Counting
+    the reserve twice (it is inside used_bytes already) would ask 260 GiB and suggest 384 GiB."""
+    host = DeviceUse("host", MemoryKind.HOST, 128 * GiB,
+                     {"weights": 248 * GiB, "engram": 0, "kv_cache": 0, "activations": 0, "reserve": 6 * GiB})
+    plan = SimpleNamespace(devices=(host,))
+    best = SimpleNamespace(placement=Placement(placed=(), unplaced=(), free_bytes={}, boundary={}))
+    assert host_memory_needed(plan, best, reserve_bytes=6 * GiB) == 254 * GiB        # 248 + 6
+    assert round_up_host(host_memory_needed(plan, best, 6 * GiB)) == 256 * GiB
+    capped = DeviceUse("host", MemoryKind.HOST, 4 * GiB,     # --host-mem 4GiB: the reserve was capped at 4 GiB
+                       {"weights": 0, "engram": 0, "kv_cache": 0, "activations": 0, "reserve": 4 * GiB})
+    assert host_memory_needed(SimpleNamespace(devices=(capped,)), best, 6 * GiB) == 6 * GiB
 
 
 def test_fp8_policy_leaves_fp8_weights_alone():
@@ -207,7 +250,7 @@ def _tier(name, kind):
 
 def _item(name, gpu_bytes, gpu_s, host_s, units=1, order_tiers=None):
     gpu, host = order_tiers
-    return Item(name, ItemKind.WEIGHTS, "x", None,
+    return Item(name, ItemKind.WEIGHTS, GroupClass.ATTENTION, None,
                 (Option(gpu, "f", gpu_bytes, Cost(gpu_s, "gpu"), Cost(0, "gpu"), gpu_s),
                  Option(host, "f", gpu_bytes, Cost(host_s, "cpu"), Cost(0, "cpu"), host_s)), units)
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from mv4deploy.hardware.detect import detect_profile_yaml
-from mv4deploy.hardware.profile import LinkKind, list_profiles, load_profile, parse_profile
+from mv4deploy.errors import InputError
+from mv4deploy.hardware.profile import LinkKind, list_profiles, load_profile, parse_profile, profiles_dir
 from mv4deploy.hardware.units import format_bytes, parse_bytes, parse_bytes_per_s, parse_flops_per_s
 
 SHIPPED = {"rtx4090x2", "rtx5090", "b200", "b200x8", "h100", "h200", "snapdragon-8-elite-gen5"}
@@ -46,7 +47,7 @@ def test_phone_profile_is_unified_memory_with_an_app_budget():
 
 
 @pytest.mark.parametrize("text,expected", [("24GiB", 24 * 2**30), ("128GB", 128e9), ("512", 512),
-                                           ("1.5TiB", 1.5 * 2**40), (4096, 4096)])
+                                           ("1.5TiB", 1.5 * 2**40), (4096, 4096), ("64kiB", 65536)])
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 
@@ -58,6 +59,29 @@ def test_parse_rates_and_errors():
         with pytest.raises(ValueError):
             parse_bytes(bad)
     assert format_bytes(1536) == "1.50 KiB"
+
+
+def test_isa_names_are_one_table_for_detect_profiles_and_the_host_tier(monkeypatch):
+    """detect writes the names /proc/cpuinfo uses, the loader accepts only those, and each gives the host
+    tier the formats it computes natively: an Arm host with asimdhp runs fp16, an avx_vnni host int8."""
+    from pathlib import Path
+
+    from mv4deploy.hardware import detect
+    from mv4deploy.hardware.isa import Isa
+    from mv4deploy.plan.tiers import host_tier
+    cpuinfo = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimdhp cpuid asimddp sve2 fancy\n"
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: cpuinfo)
+    assert detect.cpu_flags() == ("asimd", "asimdhp", "asimddp", "sve2")
+    monkeypatch.undo()
+    for name in sorted(SHIPPED):
+        assert all(isinstance(isa, Isa) for isa in load_profile(name).host.isa)
+    data = yaml.safe_load(open(profiles_dir() / "rtx5090.yaml"))
+    for isa, formats in (["asimd", "asimdhp"], {"fp32", "fp16"}), (["avx2", "avx_vnni"], {"fp32", "int8"}):
+        data["host"]["isa"] = isa
+        assert host_tier(parse_profile(data, "x")).native_formats == formats
+    data["host"]["isa"] = ["neon"]
+    with pytest.raises(InputError, match="host.isa.*neon.*unknown ISA"):
+        parse_profile(data, "x")
 
 
 def test_detect_writes_a_loadable_profile_marking_unknowns():

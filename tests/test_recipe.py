@@ -10,10 +10,16 @@ from dataclasses import replace
 import pytest
 
 from mv4deploy.errors import InputError
+from mv4deploy.hardware.profile import load_profile
 from mv4deploy.model.config import read_config
 from mv4deploy.model.inventory import build_inventory
-from mv4deploy.quant.recipe import KEEP_HIGH_PRECISION, PRESETS, get_recipe, recipe_from_plan
+from mv4deploy.model.source import resolve_model
+from mv4deploy.plan.assemble import make_plan
+from mv4deploy.plan.groups import build_groups
+from mv4deploy.plan.workload import make_workload
+from mv4deploy.quant.recipe import PLAN_GUARD, PRESETS, get_recipe, recipe_from_plan
 from mv4deploy.quant.rules import Rule, assign, logical_weights, rules_from_json
+from quant_synth import PRESETS as PRESET_CONFIGS
 from quant_synth import preset_config
 
 
@@ -91,22 +97,58 @@ def test_config_rules_round_trip_through_read_config():
         read_config(cfg, "out/config.json")
 
 
+def _plan_file(tmp_path, model: str, policy: str, profile: str = "b200") -> tuple[Path, dict]:
+    """What `mv4deploy plan --out` writes: the planner's own JSON, never a hand-written imitation."""
+    plan = make_plan(resolve_model(model), load_profile(profile), make_workload(context=4096), policy).to_json()
+    path = tmp_path / f"plan-{model}-{policy}.json"
+    path.write_text(json.dumps(plan))
+    return path, plan
+
+
 def test_plan_groups_become_rules(tmp_path):
-    plan = {"groups": [{"name": "L3 experts", "role": "routed_expert", "layer": 3, "tier": "host",
-                        "format": "int4", "bytes": 10},
-                       {"name": "norms", "role": "norm", "layer": None, "tier": "gpu:0", "format": "native",
-                        "bytes": 1}]}
-    (tmp_path / "plan.json").write_text(json.dumps(plan))
-    recipe = recipe_from_plan(tmp_path / "plan.json")
-    assert recipe.rules[0] == Rule("int4", role="routed_expert", layer=3)
-    assert recipe.rules[1:-1] == KEEP_HIGH_PRECISION and recipe.rules[-1].catch_all
-    formats = recipe.formats(_spec("tiny-deepseek-v4"))
+    """int4-experts on tiny-v4 as shipped: only the routed experts of the 4 placed layers change (the MTP
+    layer is not placed, so it keeps MXFP4); rows in their stored format give no rule."""
+    path, plan = _plan_file(tmp_path, "tiny-deepseek-v4", "int4-experts")
+    assert {g["role"] for g in plan["groups"]} >= {"routed_experts", "norms_mhc", "head"}   # group classes
+    recipe = recipe_from_plan(path)
+    assert recipe.rules[:len(PLAN_GUARD)] == PLAN_GUARD and recipe.rules[-1].catch_all
+    assert recipe.rules[len(PLAN_GUARD):-1] == tuple(Rule("int4-g128", role="routed_expert", layer=layer)
+                                                     for layer in range(4))
+    formats = recipe.formats(resolve_model("tiny-deepseek-v4").spec)
     assert formats["layers.3.ffn.experts.1.w1.weight"] == "int4-g128"
-    assert formats["layers.2.ffn.experts.1.w1.weight"] == "bf16"
+    assert formats["mtp.0.ffn.experts.1.w1.weight"] == "mxfp4"
+    assert formats["layers.1.attn.wq_a.weight"] == "fp8-e4m3-block128-ue8m0"
+    assert Counter(formats.values())["int4-g128"] == 4 * 8 * 3            # layers x experts x (w1, w2, w3)
+
+
+@pytest.mark.parametrize("model, policy, profile", [
+    ("tiny-deepseek-v4", "int4-experts", "b200"), ("tiny-deepseek-v4", "int4", "rtx5090"),
+    ("tiny-deepseek-v4", "fp8", "b200"), ("tiny-deepseek-v4.1", "int4-experts", "b200"),
+    ("tiny-deepseek-v3", "int4-experts", "h100"), ("tiny-deepseek-v3", "int4", "b200"),
+    ("tiny-qwen2", "mobile-int4", "snapdragon-8-elite-gen5"), ("tiny-llama", "int4", "rtx5090")])
+def test_a_plans_recipe_quantizes_to_the_plans_bytes(tmp_path, model, policy, profile):
+    """The checkpoint the plan's recipe describes (its rules in config.json, read back) holds, group by
+    group, exactly the bytes the plan placed: the plan and `quantize --plan` agree on every format."""
+    path, plan = _plan_file(tmp_path, model, policy, profile)
+    recipe = recipe_from_plan(path)
+    cfg = json.loads((PRESET_CONFIGS / f"{model}.json").read_text())
+    base = cfg.get("quantization_config")
+    resolved = resolve_model(model)
+    cfg["quantization_config"] = {"quant_method": "mv4deploy", "recipe": recipe.name, "base": base,
+                                  "rules": recipe.resolved_rules(resolved.spec)}
+    quantized = build_groups(build_inventory(read_config(cfg, "out/config.json", name=model)))
+    planned = Counter()
+    for row in plan["groups"]:
+        planned[row["group"]] += row["bytes"]
+    assert planned == Counter({g.name: g.native_bytes for g in quantized.groups if g.name in planned})
+    assert any(g["format"] != g["stored_format"] for g in plan["groups"])   # the plan did convert something
 
 
 @pytest.mark.parametrize("plan,needle", [({"groups": "all"}, "groups"),
-                                         ({"groups": [{"role": "norm", "format": "fp9"}]}, "unknown format"),
+                                         ({"groups": [{"role": "attention", "format": "fp9"}]}, "unknown format"),
+                                         ({"groups": [{"role": "routed_expert", "format": "int4"}]},
+                                          "unknown group class"),
+                                         ({"groups": [{"role": "norms_mhc", "format": "fp8"}]}, "kept as stored"),
                                          ({"groups": [7]}, "must be an object")])
 def test_bad_plans(tmp_path, plan, needle):
     (tmp_path / "plan.json").write_text(json.dumps(plan))

@@ -14,12 +14,12 @@ from pathlib import Path
 import psutil
 import yaml
 
+from mv4deploy.hardware.isa import Isa
 from mv4deploy.hardware.profile import parse_profile
-
-_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
 
 
 def cpu_flags() -> tuple[str, ...]:
+    """The ISA extensions the planner knows (``hardware.isa.Isa``) that /proc/cpuinfo lists, in table order."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -27,7 +27,7 @@ def cpu_flags() -> tuple[str, ...]:
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):
             present = set(line.split(":", 1)[1].split())
-            return tuple(f for f in _ISA_FLAGS if f in present)
+            return tuple(isa.value for isa in Isa if isa.value in present)
     return ()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from mv4deploy.errors import InputError
+from mv4deploy.hardware.isa import parse_isa
 from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops_per_s, parse_iops, parse_seconds
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
@@ -313,7 +314,7 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
     host = Host(memory_bytes=h.get("memory", _positive_size),
                 bandwidth_bytes_per_s=h.get("bandwidth", _positive_rate, allow_unknown=True),
                 cores=h.get("cores", _positive_int, allow_unknown=True),
-                isa=h.get("isa", _strings, required=False, default=()),
+                isa=h.get("isa", parse_isa, required=False, default=()),
                 compute_flops_per_s=_compute(h.section("compute", required=False)),
                 reserve_bytes=h.get("reserve", _size, required=False, default=DEFAULT_HOST_RESERVE_BYTES),
                 measured=_measured(h.section("measured", required=False)))

@@ -29,7 +29,7 @@ def _split(text: object, units: set[str], what: str) -> float:
         if not match:
             raise ValueError(f"expected {what} like {_EXAMPLE[what]}")
         number, prefix, unit = match.groups()
-        prefix = prefix or ""
+        prefix = (prefix[0].upper() + "i") if prefix and prefix.endswith("i") else (prefix or "")
         if unit not in units:
             raise ValueError(f"unknown unit {unit!r} for {what}; use one of {sorted(u for u in units if u)}")
         value = float(number) * _PREFIX[prefix]

@@ -27,11 +27,13 @@ class Access(str, Enum):
 class CacheFormat(str, Enum):
     BF16 = "bf16"
     FP8 = "fp8"
+    F32 = "f32"     # GQA only: onnxruntime's CPU GroupQueryAttention keeps an fp32 cache
 
 
 MLA_ENTRY_BYTES = {CacheFormat.BF16: 1152, CacheFormat.FP8: 656}
 V4_ENTRY_BYTES = {CacheFormat.BF16: 1024, CacheFormat.FP8: 584}
 INDEXER_KEY_BYTES = 132  # 128 x e4m3 + 1 x fp32 scale
+GQA_ELEMENT_BYTES = {CacheFormat.F32: 4, CacheFormat.BF16: 2, CacheFormat.FP8: 1}
 DEFAULT_FORMAT = {Arch.DEEPSEEK_V3: CacheFormat.BF16, Arch.DEEPSEEK_V32: CacheFormat.FP8,
                   Arch.DEEPSEEK_V4: CacheFormat.FP8, Arch.DEEPSEEK_V41: CacheFormat.FP8,
                   Arch.QWEN2: CacheFormat.BF16, Arch.LLAMA: CacheFormat.BF16}
@@ -86,14 +88,23 @@ class KVLayout:
         return sum(p.bytes(context_tokens, batch) for p in self.pools) + batch * self.fixed_bytes_per_sequence
 
 
+def cache_formats(arch: Arch) -> frozenset[CacheFormat]:
+    """The cache formats a layout exists for: MLA and V4 entries have a BF16 and an FP8 layout; only GQA
+    caches come in fp32 too (onnxruntime's CPU GroupQueryAttention)."""
+    return frozenset(_ENTRY_BYTES[_LAYOUTS[arch]])
+
+
 def kv_layout(spec: ModelSpec, cache_format: CacheFormat | None = None) -> KVLayout:
+    """The pools of ``spec`` in ``cache_format`` (None: the architecture's default). A format the
+    architecture has no layout for is a ValueError (callers check ``cache_formats`` first)."""
     fmt = CacheFormat(cache_format) if cache_format else DEFAULT_FORMAT[spec.architecture]
+    if fmt not in cache_formats(spec.architecture):
+        raise ValueError(f"{spec.architecture.value} has no {fmt.value} KV-cache layout")
     return _LAYOUTS[spec.architecture](spec, fmt)
 
 
 def _gqa(spec: DenseSpec, fmt: CacheFormat) -> KVLayout:
-    element_bytes = 2 if fmt is CacheFormat.BF16 else 1
-    entry = 2 * spec.num_key_value_heads * spec.head_dim * element_bytes  # K and V
+    entry = 2 * spec.num_key_value_heads * spec.head_dim * GQA_ELEMENT_BYTES[fmt]  # K and V
     return KVLayout(fmt, (KVPool("kv", tuple(range(spec.num_hidden_layers)), entry),), 0)
 
 
@@ -156,3 +167,4 @@ def _v41(spec: DeepseekV4Spec, fmt: CacheFormat) -> KVLayout:
 
 _LAYOUTS = {Arch.QWEN2: _gqa, Arch.LLAMA: _gqa, Arch.DEEPSEEK_V3: _mla, Arch.DEEPSEEK_V32: _mla,
             Arch.DEEPSEEK_V4: _v4, Arch.DEEPSEEK_V41: _v41}
+_ENTRY_BYTES = {_gqa: GQA_ELEMENT_BYTES, _mla: MLA_ENTRY_BYTES, _v4: V4_ENTRY_BYTES, _v41: V4_ENTRY_BYTES}

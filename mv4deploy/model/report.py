@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mv4deploy.model.inventory import Role
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.quant.formats import get_format
@@ -61,5 +60,3 @@ def _engram(spec) -> dict | None:
             "table_bytes": sum(engram.num_embeddings) * row_bytes,
             "rows_read_per_token": engram.hash_columns * len(engram.layer_ids)}
 
-
-ROLE_ORDER = [r.value for r in Role] + ["mtp"]

@@ -11,6 +11,7 @@ from dataclasses import replace
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.engram import engram_summary
+from mv4deploy.plan.groups import Grouping
 from mv4deploy.plan.hints import engine_hints
 from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.kv_tiering import kv_summary
@@ -25,12 +26,14 @@ from mv4deploy.quant.formats import FORMATS
 
 def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
-              prefill_stream: bool | None = None, quick: bool = False) -> Plan:
+              prefill_stream: bool | None = None, quick: bool = False, grouping: Grouping | None = None) -> Plan:
     """The plan. ``suggest`` False skips suggestions; ``quick`` weighs fewer candidates (no prefill
     streaming) and derives no engine hints: what suggestion re-plans use; ``prefill_stream`` forces
-    streaming offloaded experts to the GPU for prefill on or off (None: the planner chooses)."""
+    streaming offloaded experts to the GPU for prefill on or off (None: the planner chooses);
+    ``grouping``: the model's groups when the caller already built them (a sweep, a re-plan)."""
     found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
-                                                         gpu_mem_util, quick=quick, prefill_stream=prefill_stream)
+                                                         gpu_mem_util, quick=quick, prefill_stream=prefill_stream,
+                                                         grouping=grouping)
     best, by_mode = choose(found)
     kinds: dict = {}
     for p in best.placement.placed:
@@ -54,7 +57,7 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
     if suggest and best.verdict.value != "fits":
         from mv4deploy.plan.suggest import suggestions_for
         suggestions = tuple(suggestions_for(plan, resolved, profile, workload, policy, host_mem_bytes,
-                                            gpu_mem_util, best))
+                                            gpu_mem_util, best, grouping))
     return replace(plan, hints=hints, suggestions=suggestions, warnings=plan.warnings + tuple(hint_warnings))
 
 

@@ -8,11 +8,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_bytes
 from mv4deploy.plan.plan import Plan
 from mv4deploy.plan.policy import policy_names
 from mv4deploy.plan.sweep import Sweep, parse_sweep, sweep_points
-from mv4deploy.plan.workload import make_workload
+from mv4deploy.plan.workload import host_mem_bytes, make_workload
 
 
 @dataclass(frozen=True)
@@ -20,18 +19,6 @@ class PlanResult:
     plan: Plan
     sweep: Sweep | None = None
     points: tuple = ()
-
-
-def _host_mem(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        size = parse_bytes(value)
-    except ValueError as exc:
-        raise InputError(None, "--host-mem", value, str(exc)) from None
-    if not 0 < size <= 2**60:
-        raise InputError(None, "--host-mem", value, "must be a size between 1 B and 1 EiB")
-    return size
 
 
 def _fraction(value: str | None) -> float | None:
@@ -66,7 +53,8 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
     workload = make_workload(context, batch, prefill_chunk, expert_skew, mtp)
     if policy not in policy_names():
         raise InputError(None, "--policy", policy, f"unknown policy; known: {', '.join(policy_names())}")
-    host_bytes, util = _host_mem(host_mem), _fraction(gpu_mem_util)
+    host_bytes = host_mem_bytes(host_mem) if host_mem is not None else None
+    util = _fraction(gpu_mem_util)
     parsed_sweep = parse_sweep(sweep) if sweep is not None else None
     from mv4deploy.hardware.profile import load_profile
     from mv4deploy.model.source import resolve_model
@@ -77,8 +65,11 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
         if parsed_sweep is None:
             return PlanResult(make_plan(resolved, hardware, workload, policy, host_bytes, util))
 
+        from mv4deploy.plan.groups import build_groups
+        grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)  # shared by the points
+
         def plan_fn(w, host):
-            return make_plan(resolved, hardware, w, policy, host, util, suggest=False)
+            return make_plan(resolved, hardware, w, policy, host, util, suggest=False, grouping=grouping)
 
         points = sweep_points(parsed_sweep, workload, host_bytes, plan_fn)
         return PlanResult(points[-1][1], parsed_sweep, tuple(points))

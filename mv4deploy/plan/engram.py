@@ -52,7 +52,7 @@ def engram_item(group: Group, workload: Workload, gpu: Tier | None, host: Tier |
         prefill = lookup_s(group.rows_read(workload.chunk_tokens), row_bytes, tier, gpu, host)
         options.append(Option(tier, group.main_format, group.native_bytes, Cost(decode, "lookup", limit=LIMIT),
                               Cost(prefill, "lookup", limit=LIMIT), 0.0))
-    return Item(group.name, ItemKind.ENGRAM, group.cls.value, group.layer, tuple(options), 1, group)
+    return Item(group.name, ItemKind.ENGRAM, group.cls, group.layer, tuple(options), 1, group)
 
 
 def exposed_s(lookup: float, window: float) -> float:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from math import inf, isfinite
 
 from mv4deploy.plan.engram import exposed_s
+from mv4deploy.plan.groups import GroupClass
 from mv4deploy.plan.items import ItemKind, Placed
 from mv4deploy.plan.placement import Placement
 
@@ -49,7 +50,7 @@ def _windows(placed: list[Placed], layers: int) -> dict[int, float]:
             kv_total += p.decode_s
         elif p.item.kind is ItemKind.WEIGHTS and p.item.layer is not None:
             per_layer[p.item.layer] += p.decode_s
-        elif p.item.kind is ItemKind.WEIGHTS and p.item.cls == "embedding":
+        elif p.item.kind is ItemKind.WEIGHTS and p.item.cls is GroupClass.EMBEDDING:
             before_all += p.decode_s
     windows, running = {}, before_all
     for layer in range(layers):

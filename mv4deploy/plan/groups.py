@@ -14,7 +14,7 @@ dense and shared blocks), by rows (embedding, ``tid2eid``, Engram tables), or by
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 from math import prod
@@ -53,6 +53,10 @@ ROLE_CLASS = {
 }
 # Kept exactly as stored whatever the policy: precision-critical or not a matmul weight.
 FIXED_ROLES = frozenset({Role.NORM, Role.MHC, Role.ENGRAM_TABLE, Role.VISION})
+# The inverse of ROLE_CLASS without the fixed roles: the inventory roles whose weights a policy converts in
+# a group of each class. A plan's group row names its class; this turns it into quantize rules (one per role).
+CLASS_ROLES: dict[GroupClass, tuple[Role, ...]] = {
+    cls: tuple(role for role, c in ROLE_CLASS.items() if c is cls and role not in FIXED_ROLES) for cls in GroupClass}
 ROW_ROLES = frozenset({Role.EMBEDDING, Role.ENGRAM_TABLE})  # a token reads one row (per hash column)
 
 
@@ -109,6 +113,13 @@ def _logical_shape(stored: tuple[int, ...], params: int) -> tuple[int, ...]:
 class Grouping:
     groups: tuple[Group, ...]
     excluded: tuple[tuple[str, tuple[int, ...]], ...]   # (reason, tensor ids) left out of the plan
+    inventory: Inventory | None = field(default=None, compare=False, repr=False)  # what it was built from
+    include_mtp: bool = False
+    skew: ExpertSkew | None = None
+
+    def serves(self, inventory: Inventory, include_mtp: bool, skew: ExpertSkew | None) -> bool:
+        """Whether this grouping is the one ``build_groups(inventory, include_mtp, skew)`` would return."""
+        return self.inventory is inventory and (self.include_mtp, self.skew) == (include_mtp, skew)
 
 
 class _Acc:
@@ -220,15 +231,9 @@ def _group(spec, key, acc: _Acc, skew: ExpertSkew | None) -> Group:
                  main_format=max(sorted(by_format), key=by_format.get))
 
 
-_CACHE: dict = {}
-
-
 def build_groups(inventory: Inventory, include_mtp: bool = False, skew: ExpertSkew | None = None) -> Grouping:
-    """Groups in a stable order (embedding, layers in order, head); cached per inventory object."""
-    cache_key = (id(inventory), include_mtp, skew)
-    hit = _CACHE.get(cache_key)
-    if hit is not None and hit[0] is inventory:
-        return hit[1]
+    """Groups in a stable order (embedding, layers in order, head). Callers that plan the same model
+    again (suggestions, sweeps) pass the grouping along instead of rebuilding it (``Grouping.serves``)."""
     accs, excluded = _scan(inventory, include_mtp, skew)
     order = {cls: i for i, cls in enumerate(GroupClass)}
 
@@ -238,8 +243,5 @@ def build_groups(inventory: Inventory, include_mtp: bool = False, skew: ExpertSk
         return rank, order[cls], part
 
     groups = tuple(_group(inventory.spec, key, accs[key], skew) for key in sorted(accs, key=sort_key))
-    grouping = Grouping(groups, tuple((reason, tuple(ids)) for reason, ids in excluded.items()))
-    if len(_CACHE) > 16:
-        _CACHE.clear()
-    _CACHE[cache_key] = (inventory, grouping)
-    return grouping
+    return Grouping(groups, tuple((reason, tuple(ids)) for reason, ids in excluded.items()), inventory,
+                    include_mtp, skew)

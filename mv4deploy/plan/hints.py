@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from mv4deploy.hardware.profile import DeviceKind
+from mv4deploy.model.kv import CacheFormat
 from mv4deploy.plan.groups import GroupClass
 from mv4deploy.plan.items import ItemKind
+from mv4deploy.plan.kv_tiering import cache_format
 from mv4deploy.plan.multigpu import Mode
 from mv4deploy.plan.tiers import TierKind
 
@@ -51,14 +54,14 @@ def _offloaded_expert_layers(plan) -> list[int]:
     """Layers whose routed experts are not wholly on a GPU (engines keep a layer's experts together)."""
     layers = set()
     for p in _weights(plan):
-        if p.item.cls == GroupClass.ROUTED_EXPERTS.value and p.option.tier.kind is not TierKind.GPU:
+        if p.item.cls is GroupClass.ROUTED_EXPERTS and p.option.tier.kind is not TierKind.GPU:
             layers.add(p.item.layer)
     return sorted(layers)
 
 
 def _gpu_experts(plan) -> int:
     return sum(p.stop - p.start for p in _weights(plan)
-               if p.item.cls == GroupClass.ROUTED_EXPERTS.value and p.option.tier.kind is TierKind.GPU)
+               if p.item.cls is GroupClass.ROUTED_EXPERTS and p.option.tier.kind is TierKind.GPU)
 
 
 def _parallel(best, tp: str, pp: str, ep: str | None) -> list[str]:
@@ -75,7 +78,7 @@ def _model_ref(resolved) -> str:
 
 
 def vllm_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
-    if machine.profile.gpus is None or machine.device_kind != "gpu":
+    if machine.profile.gpus is None or machine.device_kind is not DeviceKind.GPU:
         return None
     w = plan.workload
     util = plan.devices[0].capacity_bytes / machine.profile.gpus.memory_bytes
@@ -83,7 +86,7 @@ def vllm_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
             "--max-num-seqs", str(w.batch), "--max-num-batched-tokens", str(w.chunk_tokens),
             "--gpu-memory-utilization", f"{util:.2f}"]
     args += _parallel(best, "--tensor-parallel-size", "--pipeline-parallel-size", "--enable-expert-parallel")
-    if "fp8" in _kv_format(best):
+    if _kv_format(best) is CacheFormat.FP8:
         args += ["--kv-cache-dtype", "fp8"]
     host_weights = sum(p.bytes for p in _weights(plan) if p.option.tier.kind is not TierKind.GPU)
     if host_weights:
@@ -95,12 +98,12 @@ def vllm_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
     return " ".join(args)
 
 
-def _kv_format(best) -> str:
-    return next((p.option.format for p in best.placement.placed if p.item.kind is ItemKind.KV), "")
+def _kv_format(best) -> CacheFormat | None:
+    return next((cache_format(p.option) for p in best.placement.placed if cache_format(p.option)), None)
 
 
 def sglang_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
-    if machine.profile.gpus is None or machine.device_kind != "gpu":
+    if machine.profile.gpus is None or machine.device_kind is not DeviceKind.GPU:
         return None
     w = plan.workload
     util = plan.devices[0].capacity_bytes / machine.profile.gpus.memory_bytes
@@ -111,10 +114,10 @@ def sglang_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
     args += _parallel(best, "--tp-size", "--pp-size", None)
     if best.layout.mode is Mode.TENSOR_EXPERT:
         args += ["--ep-size", str(best.layout.shards)]
-    if "fp8" in _kv_format(best):
+    if _kv_format(best) is CacheFormat.FP8:
         args += ["--kv-cache-dtype", "fp8_e4m3"]
     if _offloaded_expert_layers(plan):
-        fmt = next(p.option.format for p in _weights(plan) if p.item.cls == GroupClass.ROUTED_EXPERTS.value)
+        fmt = next(p.option.format for p in _weights(plan) if p.item.cls is GroupClass.ROUTED_EXPERTS)
         cores = machine.profile.host.cores or 1
         args += ["--kt-method", KT_METHOD.get(fmt, "BF16"), "--kt-weight-path", "/path/to/cpu-expert-weights",
                  "--kt-cpuinfer", str(cores), "--kt-num-gpu-experts", str(_gpu_experts(plan)),
@@ -138,7 +141,7 @@ def _regex_numbers(numbers: list[int]) -> str:
 
 
 def llama_cpp_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
-    if machine.profile.gpus is not None and machine.device_kind != "gpu":
+    if machine.profile.gpus is not None and machine.device_kind is not DeviceKind.GPU:
         return None
     w = plan.workload
     args = ["llama-server", "-m", f"{_model_ref(resolved)}.gguf", "-c", str(w.context_tokens), "-np", str(w.batch),
@@ -149,7 +152,7 @@ def llama_cpp_hint(plan, best, resolved, machine, notes: list[str]) -> str | Non
     layers = _offloaded_expert_layers(plan)
     if layers:
         args += ["-ot", f"'{LLAMA_CPP_EXPERTS.format(layers=_regex_numbers(layers))}CPU'"]
-        cut = [p.item.layer for p in _weights(plan) if p.item.cls == GroupClass.ROUTED_EXPERTS.value
+        cut = [p.item.layer for p in _weights(plan) if p.item.cls is GroupClass.ROUTED_EXPERTS
                and p.option.tier.kind is TierKind.GPU and (p.start, p.stop) != (0, p.item.units)]
         if cut:
             notes.append(f"llama.cpp: layers {sorted(set(cut))} have their experts split between GPU and host in "
@@ -171,7 +174,7 @@ def llama_cpp_hint(plan, best, resolved, machine, notes: list[str]) -> str | Non
 def accelerate_map(plan, best, resolved, machine, notes: list[str]) -> dict[str, int | str] | None:
     """``{module: device}`` for ``from_pretrained(device_map=...)``; a module whose groups sit on
     different tiers goes to the slowest of them (accelerate cannot split a module)."""
-    if machine.profile.gpus is not None and machine.device_kind != "gpu":
+    if machine.profile.gpus is not None and machine.device_kind is not DeviceKind.GPU:
         return None
     hc = resolved.spec.hc_mult > 1
     worst: dict[str, tuple[int, int | str]] = {}
@@ -197,7 +200,7 @@ def _accelerate_device(p, best, n_layers: int) -> int | str:
     if tier.kind is not TierKind.GPU:
         return ACCELERATE_DEVICE[tier.kind]
     if best.layout.mode is Mode.TENSOR_EXPERT:
-        layer = p.item.layer if p.item.layer is not None else (n_layers - 1 if p.item.cls == "head" else 0)
+        layer = p.item.layer if p.item.layer is not None else (n_layers - 1 if p.item.cls is GroupClass.HEAD else 0)
         return min(best.layout.shards - 1, layer * best.layout.shards // n_layers)
     return int(tier.name.split(":")[1])
 
@@ -208,6 +211,6 @@ def engine_hints(plan, best, resolved, machine) -> tuple[dict, list[str]]:
              "sglang": sglang_hint(plan, best, resolved, machine, notes),
              "llama_cpp": llama_cpp_hint(plan, best, resolved, machine, notes),
              "accelerate_device_map": accelerate_map(plan, best, resolved, machine, notes)}
-    if machine.device_kind == "npu":
+    if machine.device_kind is DeviceKind.NPU:
         notes.append("no server-engine hints for an NPU: build the deployment with `mv4deploy export onnx`")
     return hints, notes

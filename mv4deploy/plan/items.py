@@ -11,15 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from mv4deploy.plan.costs import Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu, \
-    on_host, on_nvme
+from mv4deploy.plan.costs import UNAVAILABLE, Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, \
+    on_gpu, on_host, on_nvme
 from mv4deploy.plan.groups import Group, GroupClass
 from mv4deploy.plan.policy import Policy, main_format
 from mv4deploy.plan.tiers import Tier, TierKind
-from mv4deploy.plan.workload import Workload
+from mv4deploy.plan.workload import ACTIVATION_BYTES, Workload
 from mv4deploy.quant.formats import FORMATS
 
-ACTIVATION_BYTES = 2
 NO_LINK = Tier("no-stream", TierKind.GPU, (), None)   # a GPU tier that cannot receive streamed weights
 
 
@@ -43,7 +42,7 @@ class Option:
 class Item:
     name: str
     kind: ItemKind
-    cls: str                  # group class, "kv" or "engram_table"
+    cls: GroupClass | None    # the weight group's or Engram table's class; None for a KV pool
     layer: int | None
     options: tuple[Option, ...]
     units: int = 1            # > 1: may be cut into whole units (experts)
@@ -119,7 +118,7 @@ def weight_item(group: Group, policy: Policy, spec, workload: Workload, gpu: Tie
         costs = cache[key] = _costs(decode, prefill, imbalance, spec, workload, gpu, host, nvme, stream_prefill)
     options = tuple(Option(tier, fmt, resident, d, p, d.seconds) for tier, d, p in costs)
     units = group.experts if group.cls is GroupClass.ROUTED_EXPERTS and group.experts > 1 else 1
-    return Item(group.name, ItemKind.WEIGHTS, group.cls.value, group.layer, options, units, group)
+    return Item(group.name, ItemKind.WEIGHTS, group.cls, group.layer, options, units, group)
 
 
 def _costs(decode: Work, prefill: Work, imbalance: float, spec, workload: Workload, gpu: Tier | None,
@@ -136,8 +135,4 @@ def _costs(decode: Work, prefill: Work, imbalance: float, spec, workload: Worklo
     if nvme is not None and host is not None:
         out.append((nvme, on_nvme(decode, nvme, host, gpu, hop_d),
                     on_nvme(prefill, nvme, host, gpu, hop_p, no_stream)))
-    return tuple(c for c in out if c[1].mode != "unavailable")
-
-
-def _option(tier: Tier, fmt: str, nbytes: int, decode: Cost, prefill: Cost) -> Option:
-    return Option(tier, fmt, nbytes, decode, prefill, decode.seconds)
+    return tuple(c for c in out if c[1] is not UNAVAILABLE)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mv4deploy.model.kv import Access, KVLayout, KVPool
+from mv4deploy.model.kv import CacheFormat, KVLayout, KVPool
 from mv4deploy.plan.costs import Cost, UNAVAILABLE
 from mv4deploy.plan.items import Item, ItemKind, Option, Placed
 from mv4deploy.plan.tiers import Tier, TierKind
 from mv4deploy.plan.workload import Workload
 
 STATE_POOL = "compressor_state"
+STATE_FORMAT = "f32"                                           # the compressor's running sums
+POOL_FORMATS = {f"kv-{fmt.value}": fmt for fmt in CacheFormat}  # a pool option's format -> its cache format
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def kv_item(part: PoolPart, layout: KVLayout, workload: Workload, host: Tier | N
     tensor-parallel ranks; each rank reads its own copy, in parallel)."""
     resident, read = _pool_bytes(part.pool, layout, part.layers, workload)
     name = part.pool.name if part.pool is not None else STATE_POOL
-    fmt = f"kv-{layout.cache_format.value}" if part.pool is not None else "f32"
+    fmt = f"kv-{layout.cache_format.value}" if part.pool is not None else STATE_FORMAT
     options = []
     if part.gpu is not None:
         gpu_cost = Cost(read * replicas / part.gpu.bandwidth_bytes_per_s, "gpu", limit=f"{part.gpu.name} bandwidth")
@@ -68,7 +70,7 @@ def kv_item(part: PoolPart, layout: KVLayout, workload: Workload, host: Tier | N
         prefill = _host_cost(resident, part.layers, host, part.gpu)
         if decode is not UNAVAILABLE:
             options.append(Option(host, fmt, resident, decode, prefill, decode.seconds))
-    return Item(name, ItemKind.KV, "kv", None, tuple(options))
+    return Item(name, ItemKind.KV, None, None, tuple(options))
 
 
 def kv_items(layout: KVLayout, workload: Workload, stage_layers: list[tuple[Tier | None, set[int]]],
@@ -85,8 +87,9 @@ def kv_items(layout: KVLayout, workload: Workload, stage_layers: list[tuple[Tier
     return items
 
 
-def is_topk(pool_name: str, layout: KVLayout) -> bool:
-    return any(p.name == pool_name and p.access is Access.TOPK for p in layout.pools)
+def cache_format(option: Option) -> CacheFormat | None:
+    """The cache format of a KV pool's option (None: another item, or the compressor state)."""
+    return POOL_FORMATS.get(option.format)
 
 
 def kv_summary(placed: list[Placed]) -> dict:

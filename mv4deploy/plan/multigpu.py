@@ -23,8 +23,7 @@ from enum import Enum
 from mv4deploy.hardware.profile import HardwareProfile, LinkKind
 from mv4deploy.plan.groups import GroupClass, Grouping
 from mv4deploy.plan.tiers import Tier, gpu_tiers
-
-ACTIVATION_BYTES = 2
+from mv4deploy.plan.workload import ACTIVATION_BYTES
 
 
 class Mode(str, Enum):

@@ -33,9 +33,6 @@ class Placement:
     free_bytes: dict[str, int]              # per tier, after placement
     boundary: dict[str, Item]               # per tier: the first item that did not (wholly) fit there
 
-    def on(self, tier_name: str) -> list[Placed]:
-        return [p for p in self.placed if p.option.tier.name == tier_name]
-
 
 def _fallback_s(item: Item, after: TierKind) -> float:
     """Decode cost of the item's best option below ``after`` (inf when it has none)."""

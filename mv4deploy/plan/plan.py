@@ -1,9 +1,11 @@
 """The ``Plan``: a typed result with the same shape every time, and its JSON contract.
 
 ``Plan.to_json()`` keys (stable; other tools read them):
-``model, profile, workload{context_tokens, batch, prefill_chunk}, verdict,
-devices[{name, kind, capacity_bytes, used_bytes, breakdown{weights, engram, kv_cache, activations, reserve}}],
-groups[{name, role, layer, tier, format, bytes}], kv_cache{pools[{name, tier, bytes}], gpu_bytes_saved,
+``model, profile, workload{context_tokens, batch, prefill_chunk, prefill_chunk_tokens, expert_skew,
+include_mtp}, verdict, devices[{name, kind, capacity_bytes, used_bytes, breakdown{weights, engram, kv_cache,
+activations, reserve}}], groups[{name, group, role, layer, stored_format, tier, format, bytes}] (one row per
+placed piece of a group: group = the whole group's name, role = its class, stored_format = the checkpoint's
+format for most of its bytes, format = the plan's), kv_cache{pools[{name, tier, bytes}], gpu_bytes_saved,
 added_s_per_token}, engram (null or a dict), estimates{decode_tokens_per_s, prefill_tokens_per_s,
 time_to_first_token_s, bottleneck, bound_decode_tokens_per_s}, hints{vllm, sglang, llama_cpp,
 accelerate_device_map}, suggestions[...], warnings[...]``, plus ``decisions``: why the plan is what it is
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from mv4deploy.plan.estimates import Estimates
 from mv4deploy.plan.items import ItemKind, Placed
 from mv4deploy.plan.placement import Placement
-from mv4deploy.plan.tiers import Device
+from mv4deploy.plan.tiers import Device, MemoryKind
 from mv4deploy.plan.workload import Workload
 
 BREAKDOWN = ("weights", "engram", "kv_cache", "activations", "reserve")
@@ -36,7 +38,7 @@ CATEGORY = {ItemKind.WEIGHTS: "weights", ItemKind.ENGRAM: "engram", ItemKind.KV:
 @dataclass(frozen=True)
 class DeviceUse:
     name: str
-    kind: str
+    kind: MemoryKind
     capacity_bytes: int
     breakdown: dict[str, int]
 
@@ -49,7 +51,7 @@ class DeviceUse:
         return self.capacity_bytes - self.used_bytes
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "capacity_bytes": self.capacity_bytes,
+        return {"name": self.name, "kind": self.kind.value, "capacity_bytes": self.capacity_bytes,
                 "used_bytes": self.used_bytes, "breakdown": dict(self.breakdown)}
 
 
@@ -75,7 +77,8 @@ def group_rows(placement: Placement) -> list[dict]:
         if p.item.kind is ItemKind.KV:
             continue
         execution = {"decode": p.option.decode.mode, "prefill": p.option.prefill.mode} if placed else None
-        rows.append({"name": p.name, "role": p.item.cls, "layer": p.item.layer,
+        rows.append({"name": p.name, "group": p.item.name, "role": p.item.cls.value, "layer": p.item.layer,
+                     "stored_format": p.item.group.main_format,
                      "tier": p.option.tier.name if placed else "unplaced",
                      "format": p.option.format if p.option else "as-stored", "bytes": p.bytes if p.option else 0,
                      "execution": execution, "experts": [p.start, p.stop] if p.item.units > 1 else None})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mv4deploy.hardware.profile import HardwareProfile
+from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.costs import expert_calls, overhead_s, prefill_overhead_s
@@ -41,8 +41,9 @@ class Machine:
     nvme: Tier | None
 
     @property
-    def device_kind(self) -> str:
-        return self.profile.gpus.kind.value if self.profile.gpus is not None else "cpu"
+    def device_kind(self) -> DeviceKind | None:
+        """The accelerator's kind; None on a CPU-only machine."""
+        return self.profile.gpus.kind if self.profile.gpus is not None else None
 
 
 def build_machine(profile: HardwareProfile, host_mem_bytes: int | None = None,
@@ -77,14 +78,14 @@ def _items(resolved: ResolvedModel, grouping: Grouping, policy: Policy, workload
             items.append(weight_item(group, policy, spec, workload, gpu, machine.host, machine.nvme, layout.shards,
                                      stream_prefill, cache))
     layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
-    items += kv_items(kv_layout(spec), workload, layout.stage_layers(layers), machine.host,
+    items += kv_items(kv_layout(spec, policy.kv_cache), workload, layout.stage_layers(layers), machine.host,
                       kv_replicas(spec, layout))
     return items
 
 
 def workspace_devices(machine: Machine) -> set[str]:
     """Where activations live: every GPU / NPU, or the host when the profile has none."""
-    gpus = {d.name for d in machine.devices if d.kind in ("gpu", "npu")}
+    gpus = {d.name for d in machine.devices if d.kind.accelerator}
     return gpus or {"host"}
 
 
@@ -124,7 +125,7 @@ def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buff
 def _offloaded_expert_bytes(candidate: Candidate) -> int:
     """Largest routed-expert group left off the GPUs (0: nothing to stream)."""
     sizes = [p.item.options[0].bytes for p in candidate.placement.placed
-             if p.item.cls == GroupClass.ROUTED_EXPERTS.value and p.option.tier.kind is not TierKind.GPU]
+             if p.item.cls is GroupClass.ROUTED_EXPERTS and p.option.tier.kind is not TierKind.GPU]
     return max(sizes, default=0)
 
 
@@ -149,13 +150,15 @@ def _best(candidates: list[Candidate]) -> Candidate:
 
 def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy_name: str,
                host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, quick: bool = False,
-               prefill_stream: bool | None = None):
-    """Every candidate the planner weighs, and the machine and policy they share. ``quick`` leaves out the
-    prefill-streaming candidates (they change prefill, rarely the verdict): suggestions use it.
-    ``prefill_stream`` True / False forces streaming offloaded experts for prefill on / off (None: weigh both)."""
-    grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
+               prefill_stream: bool | None = None, grouping: Grouping | None = None):
+    """Every candidate the planner weighs, and the machine, policy and grouping they share. ``quick`` leaves
+    out the prefill-streaming candidates (they change prefill, rarely the verdict): suggestions use it.
+    ``prefill_stream`` True / False forces streaming offloaded experts for prefill on / off (None: weigh both).
+    ``grouping``: the model's groups from an earlier plan, reused when they serve this model and workload."""
     machine = build_machine(profile, host_mem_bytes, gpu_mem_util)
-    policy = resolve_policy(policy_name, machine.device_kind)
+    policy = resolve_policy(policy_name, machine.device_kind, resolved.spec.architecture)
+    if grouping is None or not grouping.serves(resolved.inventory, workload.include_mtp, workload.expert_skew):
+        grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
     found = []
     for mode in candidate_modes(profile):
         layout = build_layout(profile, mode, grouping)
@@ -184,7 +187,7 @@ def expert_execution(candidate: Candidate) -> dict:
     """Where offloaded routed experts execute, per phase, from the modes their costs chose."""
     decode, prefill = set(), set()
     for p in candidate.placement.placed:
-        if p.item.cls == GroupClass.ROUTED_EXPERTS.value and p.option.tier.kind is not TierKind.GPU:
+        if p.item.cls is GroupClass.ROUTED_EXPERTS and p.option.tier.kind is not TierKind.GPU:
             decode.add(p.option.decode.mode)
             prefill.add(p.option.prefill.mode)
     return {"offloaded_decode": sorted(decode), "offloaded_prefill": sorted(prefill),

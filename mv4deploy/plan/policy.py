@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mv4deploy.errors import InputError
+from mv4deploy.hardware.profile import DeviceKind
+from mv4deploy.model.kv import CacheFormat, cache_formats
+from mv4deploy.model.spec import Arch
 from mv4deploy.plan.groups import GroupClass
 from mv4deploy.quant.formats import get_format
 
@@ -32,6 +35,7 @@ class Policy:
     name: str
     description: str
     rules: tuple[Rule, ...] = ()
+    kv_cache: CacheFormat | None = None          # None: the architecture's default cache format
 
     def target(self, cls: GroupClass, stored: str) -> str:
         for rule in self.rules:
@@ -39,13 +43,17 @@ class Policy:
                 return rule.target
         return stored
 
+    def supports(self, arch: Arch) -> bool:
+        """Whether the architecture has this policy's KV cache (the fp32 cache is GQA's alone)."""
+        return self.kv_cache is None or self.kv_cache in cache_formats(arch)
 
-# The phone's deployment format: what `onnxruntime_genai.models.builder -p int4` emits, MatMulNBits with
-# block_size 32 (its default) and symmetric weights (is_symmetric default true), every MatMul including
-# the LM head, the embedding Gather left unquantized. Our int4-g32 stores a BF16 scale per 32 weights;
-# the builder's scale dtype follows the model's io dtype, so the ONNX-export issue checks these bytes
-# against a real export and changes this one entry if they differ.
-MOBILE_INT4_FORMAT = "int4-g32"
+
+# The phone's deployment format: what `onnxruntime_genai.models.builder -p int4 -e cpu` emits with the
+# embedding quantized too (exporters/cpu-int4.yaml): MatMulNBits, block 32, symmetric, F32 scales, for
+# every MatMul, the LM head and the embedding (GatherBlockQuantized, same bytes), with an fp32 KV cache.
+# Checked byte for byte against real exports (tests/test_export.py) and against this plan for the 7B
+# (tests/test_export_plan.py).
+MOBILE_INT4_FORMAT = "mnb-int4-b32"
 
 POLICIES: dict[str, Policy] = {p.name: p for p in (
     Policy("native", "keep every weight as stored; a tier that lacks the compute format dequantizes "
@@ -56,26 +64,36 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
                            "as stored", (Rule(frozenset({GroupClass.ROUTED_EXPERTS}), "int4-g128"),)),
     Policy("int4", "every linear weight and the LM head in INT4, one BF16 scale per 128 (W4A16)",
            (Rule(LINEAR | {GroupClass.HEAD}, "int4-g128", frozenset({"int4"})),)),
-    Policy("mobile-int4", "INT4 block 32 for every linear weight and the LM head, embedding as stored "
-                          "(the onnxruntime-genai int4 export)",
-           (Rule(LINEAR | {GroupClass.HEAD}, MOBILE_INT4_FORMAT),)),
+    Policy("mobile-int4", "INT4 block 32 for every linear weight, the LM head and the embedding, fp32 KV "
+                          "cache (the onnxruntime-genai int4 export, exporters/cpu-int4.yaml)",
+           (Rule(LINEAR | {GroupClass.HEAD, GroupClass.EMBEDDING}, MOBILE_INT4_FORMAT),),
+           kv_cache=CacheFormat.F32),
 )}
 
 AUTO = "auto"
-AUTO_BY_DEVICE_KIND = {"gpu": "native", "npu": "mobile-int4", "cpu": "native"}
+# What ``auto`` picks per accelerator kind (None: a CPU-only machine): the first policy the model supports.
+# Phones run INT4 weights; a model without the onnxruntime-genai export (MLA, V4) gets plain INT4.
+AUTO_BY_DEVICE_KIND: dict[DeviceKind | None, tuple[str, ...]] = {
+    DeviceKind.GPU: ("native",), DeviceKind.NPU: ("mobile-int4", "int4"), None: ("native",)}
 
 
 def policy_names() -> list[str]:
     return [AUTO, *POLICIES]
 
 
-def resolve_policy(name: str, device_kind: str) -> Policy:
-    """The policy a plan uses; ``device_kind`` is the accelerator's kind ("gpu", "npu") or "cpu"."""
+def resolve_policy(name: str, device_kind: DeviceKind | None, arch: Arch | None = None) -> Policy:
+    """The policy a plan uses on a machine whose accelerator is ``device_kind`` (None: CPU only), for a
+    model of ``arch`` (None: not checked). A policy the architecture cannot take is bad input."""
     if name == AUTO:
-        return POLICIES[AUTO_BY_DEVICE_KIND[device_kind]]
+        return next(POLICIES[n] for n in AUTO_BY_DEVICE_KIND[device_kind] if arch is None or POLICIES[n].supports(arch))
     if name not in POLICIES:
         raise InputError(None, "--policy", name, f"unknown policy; known: {', '.join(policy_names())}")
-    return POLICIES[name]
+    policy = POLICIES[name]
+    if arch is not None and not policy.supports(arch):
+        usable = ", ".join(p.name for p in POLICIES.values() if p.supports(arch))
+        raise InputError(None, "--policy", name, f"its {policy.kv_cache.value} KV cache exists only for dense GQA "
+                         f"models, not {arch.value}; usable: {usable}")
+    return policy
 
 
 def main_format(group, policy: Policy) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.profile import HardwareProfile, list_profiles, load_profile
+from mv4deploy.hardware.profile import DeviceKind, HardwareProfile, list_profiles, load_profile
 from mv4deploy.hardware.units import format_bytes
 from mv4deploy.model.source import ResolvedModel, resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.plan.groups import GroupClass
+from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.verdict import (DISTILLATE, MIN_CONTEXT, Change, Verdict, host_needed_bytes, improves,
                                     round_up_host, suggestion)
 from mv4deploy.plan.workload import Workload
@@ -23,55 +24,54 @@ CONTEXT_SHARE = 0.10
 DENSE = (Arch.QWEN2, Arch.LLAMA)
 
 
-def _replan(resolved, profile, workload, policy, host_mem, gpu_util):
+def _replan(resolved, profile, workload, policy, host_mem, gpu_util, grouping=None):
     from mv4deploy.plan.assemble import make_plan
-    return make_plan(resolved, profile, workload, policy, host_mem, gpu_util, suggest=False, quick=True)
+    return make_plan(resolved, profile, workload, policy, host_mem, gpu_util, suggest=False, quick=True,
+                     grouping=grouping)
 
 
-_PROFILES: dict[str, HardwareProfile] = {}
-
-
-def _profile(name: str) -> HardwareProfile:
-    if name not in _PROFILES:
-        _PROFILES[name] = load_profile(name)
-    return _PROFILES[name]
-
-
-def _host_used(plan) -> int:
-    return next((d.used_bytes for d in plan.devices if d.name == "host"), 0)
-
-
-def _profiles_smallest_first(current: str, dense_model: bool) -> list[str]:
+def _other_profiles(current: str, dense_model: bool) -> dict[str, HardwareProfile]:
     """Shipped profiles other than ``current``, least total accelerator memory first (the cheapest
-    machine that helps is the smallest change). Phones only for the dense distillates."""
+    machine that helps is the smallest change). Phones only for the dense distillates; a shipped
+    profile that does not load is skipped."""
     sized = []
     for name in list_profiles():
         if name == current:
             continue
         try:
-            gpus = _profile(name).gpus
+            profile = load_profile(name)
         except InputError:
             continue
-        if gpus is not None and gpus.kind.value == "npu" and not dense_model:
+        gpus = profile.gpus
+        if gpus is not None and gpus.kind is DeviceKind.NPU and not dense_model:
             continue
-        sized.append((gpus.count * gpus.memory_bytes if gpus else 0, name))
-    return [name for _, name in sorted(sized)]
+        sized.append((gpus.count * gpus.memory_bytes if gpus else 0, name, profile))
+    return {name: profile for _, name, profile in sorted(sized, key=lambda s: s[:2])}
+
+
+def host_memory_needed(plan, best, reserve_bytes: int) -> int:
+    """Host RAM that holds what the host holds now, plus what sits on NVMe (row tables excepted) or
+    nowhere, plus the host reserve once: ``DeviceUse.used_bytes`` already counts the current reserve,
+    which --host-mem caps at the memory, so it is taken out and the profile's full reserve added."""
+    host = next((d for d in plan.devices if d.name == "host"), None)
+    used = host.used_bytes - host.breakdown["reserve"] if host is not None else 0
+    return host_needed_bytes(best.placement, used) + reserve_bytes
 
 
 def _context_matters(plan, best) -> bool:
     """A shorter context only helps when the KV cache and workspace are a real share of the GPUs
     (at least ``CONTEXT_SHARE``) or some KV pool found no room."""
-    gpus = [d for d in plan.devices if d.kind in ("gpu", "npu")]
+    gpus = [d for d in plan.devices if d.kind.accelerator]
     capacity = sum(d.capacity_bytes for d in gpus) or 1
     used = sum(d.breakdown["kv_cache"] + d.breakdown["activations"] for d in gpus)
-    unplaced_kv = any(p.item.kind.value == "kv_cache" for p in best.placement.unplaced)
+    unplaced_kv = any(p.item.kind is ItemKind.KV for p in best.placement.unplaced)
     return unplaced_kv or used / capacity >= CONTEXT_SHARE
 
 
 def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str, best):
     """The candidate changes, cheapest first; each is (Change, thunk returning a Plan)."""
     changes = []
-    has_experts = any(g["role"] == GroupClass.ROUTED_EXPERTS.value for g in plan.groups)
+    has_experts = any(p.item.cls is GroupClass.ROUTED_EXPERTS for p in best.placement.placed + best.placement.unplaced)
     if has_experts and policy != LOWER_BIT_EXPERTS:
         changes.append(Change(f"--policy {LOWER_BIT_EXPERTS}", "policy", {"policy": LOWER_BIT_EXPERTS}))
     context = workload.context_tokens // 2 if _context_matters(plan, best) else 0
@@ -79,27 +79,26 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
         changes.append(Change(f"--context {context}", "context", {"workload": replace(workload, context_tokens=context)}))
         context //= 2
     if best.placement.unplaced or plan.verdict == Verdict.DOES_NOT_FIT.value:
-        host = round_up_host(host_needed_bytes(best.placement, _host_used(plan)) + profile.host.reserve_bytes)
+        host = round_up_host(host_memory_needed(plan, best, profile.host.reserve_bytes))
         current = next((d.capacity_bytes for d in plan.devices if d.name == "host"), 0)
         if host and host > current:
             changes.append(Change(f"--host-mem {host // 2**30}GiB", "host_memory", {"host_mem": host}))
-    for name in _profiles_smallest_first(profile.name, resolved.spec.architecture in DENSE):
-        changes.append(Change(f"--profile {name}", "profile", {"profile": name}))
+    for name, other in _other_profiles(profile.name, resolved.spec.architecture in DENSE).items():
+        changes.append(Change(f"--profile {name}", "profile", {"profile": other}))
     if resolved.spec.architecture not in DENSE:
         changes.append(Change(f"--model {DISTILLATE}", "model", {"model": DISTILLATE}))
     return changes
 
 
-def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util):
+def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util, grouping):
     kw = change.kwargs
     try:
-        prof = _profile(kw["profile"]) if "profile" in kw else profile
         model = resolve_model(kw["model"]) if "model" in kw else resolved
     except InputError:
         return None
     host = kw.get("host_mem", host_mem if "profile" not in kw else None)
-    return _replan(model, prof, kw.get("workload", workload), kw.get("policy", policy), host,
-                   gpu_util if "profile" not in kw else None)
+    return _replan(model, kw.get("profile", profile), kw.get("workload", workload), kw.get("policy", policy), host,
+                   gpu_util if "profile" not in kw else None, grouping)
 
 
 def _why(change: Change, plan, new) -> str:
@@ -113,9 +112,10 @@ def _why(change: Change, plan, new) -> str:
     return f"{new.verdict} at {new.estimates.decode_tokens_per_s:,.1f} tok/s"
 
 
-def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best) -> list[dict]:
+def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best, grouping=None) -> list[dict]:
     """Helpful changes, at most one per kind: the first (smallest) that helps, except for profiles, where
-    the one with the best verdict wins and the smallest machine breaks ties."""
+    the one with the best verdict wins and the smallest machine breaks ties. ``grouping``: the plan's own,
+    reused by the re-plans of the same model."""
     base_verdict = Verdict(plan.verdict)
     base_tps = plan.estimates.decode_tokens_per_s
     found: dict[str, tuple] = {}
@@ -123,7 +123,7 @@ def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_uti
         settled = change.kind in found and (change.kind != "profile" or found[change.kind][1] is Verdict.FITS)
         if settled:
             continue
-        new = _apply(change, resolved, profile, workload, policy, host_mem, gpu_util)
+        new = _apply(change, resolved, profile, workload, policy, host_mem, gpu_util, grouping)
         if new is None:
             continue
         verdict, tps = Verdict(new.verdict), new.estimates.decode_tokens_per_s

@@ -12,20 +12,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_bytes, parse_tokens
 from mv4deploy.plan.plan import BREAKDOWN, Plan
-from mv4deploy.plan.workload import Workload, make_workload
+from mv4deploy.plan.tiers import MemoryKind
+from mv4deploy.plan.workload import Workload, batch_size, context_tokens, host_mem_bytes, prefill_chunk_tokens
 
-
-def _tokens(value: str) -> int:
-    return parse_tokens(value)
-
-
-SWEEP_FIELDS = {            # option name -> (parser, where it goes)
-    "context": (_tokens, "workload"),
-    "batch": (int, "workload"),
-    "prefill-chunk": (_tokens, "workload"),
-    "host-mem": (parse_bytes, "host_mem"),
+SWEEP_FIELDS = {            # option name -> (the Workload field it sets, None: host RAM; its option's validator)
+    "context": ("context_tokens", context_tokens),
+    "batch": ("batch", batch_size),
+    "prefill-chunk": ("prefill_chunk", prefill_chunk_tokens),
+    "host-mem": (None, host_mem_bytes),
 }
 
 
@@ -37,33 +32,28 @@ class Sweep:
 
 
 def parse_sweep(text: str) -> Sweep:
-    """'context=8k,32k,128k,1m' -> Sweep('context', ...)."""
+    """'context=8k,32k,128k,1m' -> Sweep('context', ...); each value passes the same check as the single
+    option (``--sweep host-mem=0`` is refused like ``--host-mem 0``), all of them before any planning."""
     name, sep, values = str(text).partition("=")
     name = name.strip().replace("_", "-")
     if not sep or name not in SWEEP_FIELDS or not values.strip():
         raise InputError(None, "--sweep", text, f"expected FIELD=V1,V2,... with FIELD one of {', '.join(SWEEP_FIELDS)}")
-    parse, _ = SWEEP_FIELDS[name]
+    _, validate = SWEEP_FIELDS[name]
     labels = tuple(v.strip() for v in values.split(",") if v.strip())
     try:
-        parsed = tuple(parse(v) for v in labels)
-    except ValueError as exc:
-        raise InputError(None, "--sweep", text, str(exc)) from None
+        parsed = tuple(validate(v) for v in labels)
+    except InputError as exc:
+        raise InputError(None, "--sweep", text, f"{name} value {exc.value!r}: {exc.reason}") from None
     return Sweep(name, labels, parsed)
 
 
 def sweep_points(sweep: Sweep, workload: Workload, host_mem: int | None, plan_fn) -> list[tuple[str, Plan]]:
-    """``plan_fn(workload, host_mem) -> Plan`` for each swept value (workload re-validated)."""
+    """``plan_fn(workload, host_mem) -> Plan`` for each swept value (already validated by ``parse_sweep``)."""
+    field, _ = SWEEP_FIELDS[sweep.field]
     points = []
     for label, value in zip(sweep.labels, sweep.values):
-        w, host = workload, host_mem
-        if sweep.field == "host-mem":
-            host = value
-        else:
-            key = {"context": "context", "batch": "batch", "prefill-chunk": "prefill_chunk"}[sweep.field]
-            current = {"context": w.context_tokens, "batch": w.batch, "prefill_chunk": w.prefill_chunk}
-            current[key] = value
-            w = replace(make_workload(**current), expert_skew=w.expert_skew, include_mtp=w.include_mtp)
-        points.append((label, plan_fn(w, host)))
+        w = replace(workload, **{field: value}) if field is not None else workload
+        points.append((label, plan_fn(w, value if field is None else host_mem)))
     return points
 
 
@@ -96,7 +86,7 @@ def plot(path: Path, plan: Plan, points: list[tuple[str, Plan]] | None = None) -
 
 
 def _memory_stack(ax, plan: Plan) -> None:
-    devices = [d for d in plan.devices if d.kind != "nvme" or d.used_bytes]
+    devices = [d for d in plan.devices if d.kind is not MemoryKind.NVME or d.used_bytes]
     names = [d.name for d in devices]
     bottom = [0.0] * len(devices)
     for category in BREAKDOWN:
@@ -115,7 +105,7 @@ def _sweep_lines(ax, points: list[tuple[str, Plan]]) -> None:
     ax.plot(labels, [p.estimates.decode_tokens_per_s for _, p in points], marker="o", label="decode tok/s")
     ax.set_ylabel("decode tokens/s")
     twin = ax.twinx()
-    gpu = [sum(d.used_bytes for d in p.devices if d.kind in ("gpu", "npu")) / 2**30 for _, p in points]
+    gpu = [sum(d.used_bytes for d in p.devices if d.kind.accelerator) / 2**30 for _, p in points]
     twin.plot(labels, gpu, marker="s", color="tab:red", label="GPU used (GiB)")
     twin.set_ylabel("GPU memory used, GiB")
     ax.set_title("sweep")

@@ -16,14 +16,12 @@ from types import MappingProxyType
 from typing import Mapping
 
 from mv4deploy.errors import InputError
+from mv4deploy.hardware.isa import Isa
 from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
 from mv4deploy.hardware.rates import achievable_rates
 
 PAGE_BYTES = 4096                 # one NVMe / page-cache read unit
 FLOAT_FALLBACK = ("bf16", "fp16", "fp32")  # what weight-only dequantization computes in, best first
-# What a CPU's ISA extensions let it compute natively (fp32 always); everything else is dequantized.
-ISA_FORMATS = {"avx512_bf16": ("bf16",), "amx_bf16": ("bf16",), "avx512_fp16": ("fp16",), "neon": ("fp16",),
-               "avx512_vnni": ("int8",), "avx_vnni": ("int8",), "amx_int8": ("int8",)}
 
 
 class TierKind(str, Enum):
@@ -32,13 +30,27 @@ class TierKind(str, Enum):
     NVME = "nvme"   # storage read through the page cache: holds weights, never executes them
 
 
+class MemoryKind(str, Enum):
+    """What holds a device's bytes: a GPU's memory, a phone NPU's app budget, host RAM or a drive."""
+
+    GPU = "gpu"
+    NPU = "npu"
+    HOST = "host"
+    NVME = "nvme"
+
+    @property
+    def accelerator(self) -> bool:
+        """Where activations live and placed weights execute first (a GPU, or a phone's NPU)."""
+        return self is MemoryKind.GPU or self is MemoryKind.NPU
+
+
 @dataclass(frozen=True)
 class Device:
     """One memory with a budget. ``capacity_bytes``: GPU memory x usable fraction (or --gpu-mem-util),
     host RAM (or --host-mem), drive capacity. ``reserve_bytes`` is held back inside that budget."""
 
     name: str
-    kind: str            # "gpu" | "npu" | "host" | "nvme"
+    kind: MemoryKind
     capacity_bytes: int
     reserve_bytes: int
 
@@ -98,15 +110,15 @@ def build_devices(profile: HardwareProfile, host_mem_bytes: int | None = None,
     devices = []
     gpus = profile.gpus
     if gpus is not None:
-        kind = "npu" if gpus.kind is DeviceKind.NPU else "gpu"
+        kind = MemoryKind.NPU if gpus.kind is DeviceKind.NPU else MemoryKind.GPU
         devices += [Device(f"gpu:{i}", kind, _gpu_capacity(profile, gpu_mem_util), gpus.runtime_reserve_bytes)
                     for i in range(gpus.count)]
     if gpus is None or not gpus.unified_memory:
         memory = host_mem_bytes if host_mem_bytes is not None else profile.host.memory_bytes
-        devices.append(Device("host", "host", memory, min(profile.host.reserve_bytes, memory)))
+        devices.append(Device("host", MemoryKind.HOST, memory, min(profile.host.reserve_bytes, memory)))
     storage = profile.storage
     if storage is not None and achievable_rates(profile).storage_read.value and storage.capacity_bytes:
-        devices.append(Device("nvme", "nvme", storage.capacity_bytes, 0))
+        devices.append(Device("nvme", MemoryKind.NVME, storage.capacity_bytes, 0))
     return tuple(devices)
 
 
@@ -136,7 +148,7 @@ def host_tier(profile: HardwareProfile) -> Tier | None:
     if profile.gpus is not None and profile.gpus.unified_memory:
         return None
     host, rates = profile.host, achievable_rates(profile)
-    native = {"fp32"} | {f for isa in host.isa for f in ISA_FORMATS.get(isa, ())}
+    native = {"fp32"} | {f for isa in host.isa for f in Isa(isa).formats}   # the CPU's ISA extensions
     link = rates.host_link.value
     return Tier(name="host", kind=TierKind.HOST, devices=("host",),
                 bandwidth_bytes_per_s=rates.host_bandwidth.value,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_tokens
+from mv4deploy.hardware.units import parse_bytes, parse_tokens
 
 DEFAULT_CONTEXT_TOKENS = 131072
 # llama.cpp's default logical batch (-b 2048); vLLM's chunked prefill uses 2048-8192. A larger chunk
@@ -16,6 +16,7 @@ DEFAULT_CONTEXT_TOKENS = 131072
 DEFAULT_PREFILL_CHUNK = 2048
 MAX_CONTEXT_TOKENS = 2**24      # 16M: far beyond any model here; larger is a typo
 MAX_BATCH = 65536
+ACTIVATION_BYTES = 2            # activations (hidden states, queries, MLP intermediates) are BF16
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,13 @@ class Workload:
         return min(self.prefill_chunk, self.context_tokens)
 
     def to_json(self) -> dict:
-        return {"context_tokens": self.context_tokens, "batch": self.batch, "prefill_chunk": self.prefill_chunk}
+        """Everything that shapes the plan, so a saved plan can be re-made from its own JSON:
+        ``prefill_chunk_tokens`` is ``prefill_chunk`` with its unit (the unitless key stays for readers of
+        the contract); ``expert_skew`` is ``[hot_fraction, hot_share]`` or null."""
+        skew = self.expert_skew
+        return {"context_tokens": self.context_tokens, "batch": self.batch, "prefill_chunk": self.prefill_chunk,
+                "prefill_chunk_tokens": self.prefill_chunk, "include_mtp": self.include_mtp,
+                "expert_skew": [skew.hot_fraction, skew.hot_share] if skew is not None else None}
 
 
 def _tokens(option: str, value: object, maximum: int) -> int:
@@ -53,6 +60,39 @@ def _tokens(option: str, value: object, maximum: int) -> int:
     if tokens > maximum:
         raise InputError(None, option, value, f"must be at most {maximum:,}")
     return tokens
+
+
+# ---- the plan's option validators: one each, used by the single options and by --sweep alike -----------
+
+def context_tokens(value: object) -> int:
+    return _tokens("--context", value, MAX_CONTEXT_TOKENS)
+
+
+def prefill_chunk_tokens(value: object) -> int:
+    return _tokens("--prefill-chunk", value, MAX_CONTEXT_TOKENS)
+
+
+def batch_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value))
+        except ValueError:
+            raise InputError(None, "--batch", value, "must be a positive integer") from None
+    if not 1 <= value <= MAX_BATCH:
+        raise InputError(None, "--batch", value, f"must be between 1 and {MAX_BATCH}")
+    return value
+
+
+def host_mem_bytes(value: object) -> int:
+    """--host-mem: the host RAM to plan with instead of the profile's (a machine override, not a workload
+    figure, validated here with the options it is swept beside)."""
+    try:
+        size = parse_bytes(value)
+    except ValueError as exc:
+        raise InputError(None, "--host-mem", value, str(exc)) from None
+    if not 0 < size <= 2**60:
+        raise InputError(None, "--host-mem", value, "must be a size between 1 B and 1 EiB")
+    return size
 
 
 def _skew(value: str | None) -> ExpertSkew | None:
@@ -73,13 +113,7 @@ def make_workload(context: object = DEFAULT_CONTEXT_TOKENS, batch: object = 1,
                   prefill_chunk: object = DEFAULT_PREFILL_CHUNK, expert_skew: str | None = None,
                   include_mtp: bool = False) -> Workload:
     """Validate user input into a ``Workload``; strings like '128k' are accepted for token counts."""
-    if isinstance(batch, bool) or not isinstance(batch, int):
-        try:
-            batch = int(str(batch))
-        except ValueError:
-            raise InputError(None, "--batch", batch, "must be a positive integer") from None
-    if not 1 <= batch <= MAX_BATCH:
-        raise InputError(None, "--batch", batch, f"must be between 1 and {MAX_BATCH}")
-    return Workload(context_tokens=_tokens("--context", context, MAX_CONTEXT_TOKENS), batch=batch,
-                    prefill_chunk=_tokens("--prefill-chunk", prefill_chunk, MAX_CONTEXT_TOKENS),
-                    expert_skew=_skew(expert_skew), include_mtp=include_mtp)
+    batch = batch_size(batch)
+    return Workload(context_tokens=context_tokens(context), batch=batch,
+                    prefill_chunk=prefill_chunk_tokens(prefill_chunk), expert_skew=_skew(expert_skew),
+                    include_mtp=include_mtp)

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from math import ceil
 
 from mv4deploy.model.spec import Arch
-from mv4deploy.plan.workload import Workload
+from mv4deploy.plan.workload import ACTIVATION_BYTES, Workload
 
-ACTIVATION_BYTES = 2   # BF16
 LOGIT_BYTES = 4        # FP32
 
 

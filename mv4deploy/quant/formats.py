@@ -311,6 +311,49 @@ class Int4G32(Int4Group):
     name, compute, bits, group = "int4-g32", "int4", 4, 32
 
 
+@dataclass(frozen=True)
+class MatMulNBits4(QuantFormat, register=False):
+    """onnxruntime's MatMulNBits (bits=4), as the onnxruntime-genai builder and MatMulNBitsQuantizer store
+    a weight [N, K] (torch Linear layout): ``B`` U8 [N, ceil(K/block), block/2] (two codes per byte, low
+    nibble first), ``scales`` F32 [N, ceil(K/block)], and when asymmetric ``zero_points`` U8
+    [N, ceil(ceil(K/block)/2)] (4-bit, packed). Symmetric block 32 (the builder's CPU default) is
+    4 + 32/32 = 5 bits per weight; the builder's ``GatherBlockQuantized`` embedding has the same bytes.
+    The torch side reproduces onnxruntime's kernel bit for bit (``kernels_mnb``). Error: half a step, one
+    step for values clamped from code 16 (symmetric). Checked against real exports in tests/test_export.py."""
+
+    block: ClassVar[int]
+    symmetric: ClassVar[bool] = True
+
+    def stored(self, name, shape):
+        *lead, rows, cols = shape
+        blocks = ceil(cols / self.block)
+        base = _base(name)
+        out = [StoredTensor(base + ".weight_Q4", "U8", (*lead, rows, blocks, self.block // 2), prod(shape)),
+               StoredTensor(base + ".weight_scales", "F32", (*lead, rows, blocks), 0)]
+        if not self.symmetric:
+            out.append(StoredTensor(base + ".weight_zp", "U8", (*lead, rows, ceil(blocks / 2)), 0))
+        return tuple(out)
+
+    def _quantize(self, weight):
+        from mv4deploy.quant.kernels_mnb import mnb4_quantize
+        return mnb4_quantize(weight, self.block, self.symmetric)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.quant.kernels_mnb import mnb4_dequantize
+        zero = None if self.symmetric else stored[2]
+        return mnb4_dequantize(stored[0], stored[1], zero, shape[-1] if shape else None, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.quant.kernels_mnb import mnb4_error_bound
+        if not self.symmetric:
+            raise NotImplementedError(f"{self.name}: error_bound (asymmetric)")
+        return mnb4_error_bound(weight, self.block)
+
+
+class MatMulNBits4B32(MatMulNBits4):
+    name, compute, bits, block = "mnb-int4-b32", "int4", 4, 32
+
+
 def nf4_state_json(shape: tuple[int, ...]) -> bytes:
     """The JSON bitsandbytes packs into ``quant_state.bitsandbytes__nf4`` (same keys, order, spacing)."""
     return json.dumps({"quant_type": "nf4", "blocksize": NF4_BLOCK, "dtype": NF4_DTYPE,

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from mv4deploy.errors import InputError
-from mv4deploy.fileio import atomic_path, write_text_atomic
+from mv4deploy.fileio import atomic_path, remove_stale_tmp, write_text_atomic
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.quant.job import Job
 
@@ -64,6 +64,7 @@ def finalize(job: Job, staging: Path, done: dict[str, dict], calibration: dict |
     """Move the shards to their final names, copy the tokenizer and other small files, write config
     and manifest, then the index (its presence marks a finished output), then drop the staging."""
     out = job.out
+    remove_stale_tmp(out)  # an earlier, killed run may have died while writing config or manifest
     for shard in job.shards:
         if (staging / shard.file).is_file():
             os.replace(staging / shard.file, out / shard.file)

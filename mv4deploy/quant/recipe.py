@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy.errors import InputError
-from mv4deploy.model.inventory import Role
+from mv4deploy.model.inventory import RAW_FORMAT, Role
 from mv4deploy.model.spec import ModelSpec
+from mv4deploy.plan.groups import CLASS_ROLES, GroupClass
 from mv4deploy.quant.rules import NATIVE, Rule, assign, logical_weights, resolve_format, rules_from_json
 
 KEEP_HIGH_PRECISION = (
@@ -78,20 +79,29 @@ def _load(path: Path):
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from exc
+    import yaml
     try:
         if path.suffix in (".yaml", ".yml"):
-            import yaml
             return yaml.safe_load(text)
         return json.loads(text)
-    except ValueError as exc:  # json.JSONDecodeError and yaml.YAMLError's parse errors
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
         raise InputError(path, None, None, f"not valid {path.suffix.lstrip('.') or 'JSON'} ({exc.__class__.__name__})") from exc
 
 
+AS_STORED = frozenset({NATIVE, RAW_FORMAT, "as-stored"})  # plan formats that mean "keep what the source stores"
+# A plan's recipe starts with the guard, plus the one F32 matrix its converted groups hold (V4's compressor
+# positional embeddings, in the indexer): the planner never converts F32 weights (``groups._convertible``).
+PLAN_GUARD = KEEP_HIGH_PRECISION + (Rule(NATIVE, match=r"(^|\.)compressor\.ape$"),)
+
+
 def recipe_from_plan(path: Path) -> Recipe:
-    """The recipe a planner plan implies: one rule per group whose chosen format is not native
-    (``groups: [{name, role, layer, tier, format, bytes}]``, the planner's JSON contract), then
-    the high-precision guard and the catch-all. Group roles are inventory roles; layer may be null.
-    The plan's rules come first: a plan that explicitly picks a format for a guarded group wins."""
+    """The recipe a planner plan implies (``mv4deploy plan --out``): the guard (``PLAN_GUARD``), then one
+    rule per inventory role of each group whose format differs from its ``stored_format``, then the
+    catch-all. Rows are ``{name, group, role, layer, stored_format, tier, format, bytes}`` (the planner's
+    JSON contract); ``role`` is the group's class (``routed_experts``, ``head``), which ``CLASS_ROLES`` turns
+    into the inventory roles whose weights the policy converts; a group cut over tiers gives one rule.
+    The guard comes first: what it keeps (norms, routers, mHC, Engram gating, F32 matrices) no policy
+    converts either, so the quantized bytes are the plan's bytes."""
     path = Path(path)
     data = _load(path) if path.is_file() else None
     if data is None:
@@ -99,13 +109,27 @@ def recipe_from_plan(path: Path) -> Recipe:
     groups = data.get("groups") if isinstance(data, dict) else None
     if not isinstance(groups, list):
         raise InputError(path, "groups", groups, "must be the planner's list of tensor groups")
-    rules = []
+    rules: dict[tuple, dict] = {}
     for i, group in enumerate(groups):
         if not isinstance(group, dict):
             raise InputError(path, f"groups[{i}]", group, "must be an object")
-        if group.get("format") in (None, NATIVE):
+        fmt = group.get("format")
+        if fmt is None or fmt in AS_STORED or fmt == group.get("stored_format"):
             continue
-        raw = {"format": group["format"], "role": group.get("role"), "layer": group.get("layer")}
-        rules.append({k: v for k, v in raw.items() if v is not None})
-    checked = rules_from_json(rules + [CATCH_ALL.to_json()], str(path))
-    return Recipe(f"plan:{path.name}", checked[:-1] + KEEP_HIGH_PRECISION + (CATCH_ALL,), str(path))
+        for role in _group_roles(path, i, group.get("role"), fmt):
+            raw = {"format": fmt, "role": role.value, "layer": group.get("layer")}
+            rule = {k: v for k, v in raw.items() if v is not None}
+            rules.setdefault(tuple(sorted(rule.items())), rule)
+    checked = rules_from_json(list(rules.values()) + [CATCH_ALL.to_json()], str(path))
+    return Recipe(f"plan:{path.name}", PLAN_GUARD + checked[:-1] + (CATCH_ALL,), str(path))
+
+
+def _group_roles(path: Path, index: int, cls: object, fmt: str) -> tuple[Role, ...]:
+    """The inventory roles a plan row of group class ``cls`` converts to ``fmt``."""
+    known = [c.value for c in GroupClass]
+    if cls not in known:
+        raise InputError(path, f"groups[{index}].role", cls, f"unknown group class; known: {', '.join(known)}")
+    roles = CLASS_ROLES[GroupClass(cls)]
+    if not roles:
+        raise InputError(path, f"groups[{index}].format", fmt, f"{cls} groups are always kept as stored")
+    return roles

@@ -1,0 +1,68 @@
+"""The model an export starts from: a transformers folder of a Qwen2 or Llama distillate.
+
+``check_source`` is the preflight that runs before anything slow: config.json readable, an architecture
+the export supports (the dense GQA decoders DeepSeek distils into; the MoE/MLA families have no ONNX
+path here), and a tokenizer that transformers loads offline. Bad input is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mv4deploy.errors import InputError
+from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.spec import Arch, DenseSpec
+
+# transformers class per supported family (what the genai builder and our static graph understand)
+SUPPORTED = {Arch.QWEN2: "Qwen2ForCausalLM", Arch.LLAMA: "LlamaForCausalLM"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    folder: Path
+    spec: DenseSpec
+    tokenizer: object            # a transformers tokenizer
+    eos_token_id: int | None
+
+
+def check_source(folder: str | Path) -> SourceModel:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, None, None, "MODEL_DIR must be a folder with config.json, weights and a tokenizer")
+    config_path = folder / "config.json"
+    raw = load_json(config_path)
+    spec = read_config(raw, str(config_path), name=folder.resolve().name)
+    if spec.architecture not in SUPPORTED:
+        known = ", ".join(SUPPORTED.values())
+        raise InputError(config_path, "architectures", raw.get("architectures") or spec.architecture.value,
+                         f"unsupported architecture for ONNX export; supported: {known}")
+    if not any(folder.glob("*.safetensors")):
+        raise InputError(folder, "weights", None, "no *.safetensors in the model folder")
+    tokenizer = load_tokenizer(folder)
+    eos = raw.get("eos_token_id", getattr(tokenizer, "eos_token_id", None))
+    return SourceModel(folder, spec, tokenizer, eos[0] if isinstance(eos, list) else eos)
+
+
+def load_tokenizer(folder: Path):
+    """The folder's own tokenizer, offline, never running code from the folder."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(folder, "tokenizer", None, f"missing tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(folder, "tokenizer", None, f"transformers cannot load it: {first}") from exc
+
+
+def load_torch_model(folder: Path):
+    """The PyTorch reference in fp32 on the CPU (weights stored in BF16 are upcast exactly)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True,
+                                                 trust_remote_code=False)
+    return model.eval()

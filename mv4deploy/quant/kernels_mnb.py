@@ -1,0 +1,115 @@
+"""onnxruntime's MatMulNBits 4-bit block quantization in torch, bit for bit.
+
+What ``onnxruntime.capi._pybind_state.quantize_matmul_4bits`` (MLAS ``QuantizeBlockwise``) computes, per
+block of ``block`` values along K of a weight [*, N, K] (K zero-padded to whole blocks, the padding taking
+part in the block's range, as the quantizer pads before calling the kernel):
+
+- symmetric: the value of largest magnitude (``max`` if ``|max| > |min|`` else ``min``; for a block of
+  zeros the first one, whose sign decides the sign of a zero scale) divided by -8 is the scale, so that
+  value lands exactly on code 0; codes are ``roundf(v / scale + 8)`` clamped to [0, 15];
+- asymmetric: the range is widened to include 0, ``scale = (max - min) / 15``, the zero point is
+  ``roundf(-min / scale)`` clamped to [0, 15] (``min`` itself when the scale is 0), codes ``roundf(v /
+  scale + zp)`` clamped.
+
+``v / scale`` is computed as ``v * (1 / scale)`` in float32 and ``roundf`` rounds halves away from zero,
+as MLAS does. One deliberate difference: where the scale is so small (a block absmax below ~2^-124) that
+its float32 reciprocal overflows, MLAS produces saturated codes; here the division is done in float64.
+Codes pack two per byte, low nibble first; zero points too, an odd count padded with 8.
+Checked against onnxruntime in tests/test_export_formats.py.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+import torch
+from torch import Tensor
+
+CODE_MAX = 15
+SYM_ZERO = 8
+
+
+def _roundf(x: Tensor) -> Tensor:
+    """C ``roundf``: halves away from zero (torch.round rounds them to even)."""
+    t = torch.trunc(x)
+    return t + torch.where((x - t).abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
+
+
+def _blocks(weight: Tensor, block: int) -> Tensor:
+    """[*, N, K] -> float32 [*, N, ceil(K/block), block], zero-padded."""
+    k = weight.shape[-1]
+    w = torch.nn.functional.pad(weight.float(), (0, ceil(k / block) * block - k))
+    return w.reshape(*w.shape[:-1], -1, block)
+
+
+def _scale_and_zero(w: Tensor, symmetric: bool) -> tuple[Tensor, Tensor]:
+    vmax, vmin = w.amax(-1), w.amin(-1)
+    if symmetric:
+        extreme = torch.where(vmax.abs() > vmin.abs(), vmax, vmin)
+        extreme = torch.where((vmax == 0) & (vmin == 0), w[..., 0], extreme)   # keeps the sign of a zero
+        return extreme / -float(SYM_ZERO), torch.full_like(extreme, float(SYM_ZERO))
+    lo, hi = vmin.clamp(max=0.0), vmax.clamp(min=0.0)
+    scale = (hi - lo) / float(CODE_MAX)
+    safe = torch.where(scale != 0, scale, torch.ones_like(scale))
+    zero = torch.where(scale != 0, 0.0 - lo / safe, lo)
+    zero = torch.where(zero < 0, 0.0, torch.where(zero > CODE_MAX, float(CODE_MAX), _roundf(zero)))
+    return scale, zero
+
+
+def _codes(w: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    reciprocal = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, torch.ones_like(scale)),
+                             torch.zeros_like(scale))
+    x = w * reciprocal[..., None] + zero[..., None]
+    overflow = torch.isinf(reciprocal)[..., None].expand_as(w)
+    if bool(overflow.any()):                  # subnormal scales: divide exactly instead of saturating
+        exact = (w.double() / scale.double()[..., None] + zero.double()[..., None]).float()
+        x = torch.where(overflow, exact, x)
+    return _roundf(x).clamp(0, CODE_MAX).to(torch.uint8)
+
+
+def _pack(codes: Tensor, pad_value: int = 0) -> Tensor:
+    if codes.shape[-1] % 2:
+        codes = torch.nn.functional.pad(codes, (0, 1), value=pad_value)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def _unpack(packed: Tensor) -> Tensor:
+    return torch.stack([packed & 15, packed >> 4], dim=-1).flatten(-2)
+
+
+def mnb4_quantize(weight: Tensor, block: int, symmetric: bool) -> tuple[Tensor, ...]:
+    """Weight [*, N, K] -> (B uint8 [*, N, blocks, block/2], scales float32 [*, N, blocks]
+    (, zero points uint8 [*, N, ceil(blocks/2)] when asymmetric))."""
+    w = _blocks(weight, block)
+    scale, zero = _scale_and_zero(w, symmetric)
+    packed = _pack(_codes(w, scale, zero))
+    if symmetric:
+        return packed, scale
+    return packed, scale, _pack(zero.to(torch.uint8), pad_value=SYM_ZERO)
+
+
+def mnb4_dequantize(packed: Tensor, scale: Tensor, zero_points: Tensor | None, cols: int | None,
+                    dtype=torch.float32) -> Tensor:
+    """The weight [*, N, K] (K = ``cols``, or whole blocks when not given)."""
+    codes = _unpack(packed).float()                                     # [*, N, blocks, block]
+    if zero_points is None:
+        zero = torch.full_like(scale, float(SYM_ZERO))
+    else:
+        zero = _unpack(zero_points)[..., : scale.shape[-1]].float()
+    # + 0.0 turns -0.0 (code == zero times a negative scale) into +0.0, so that quantizing the result
+    # again picks the same sign for a zero block's scale (idempotence)
+    w = ((codes - zero[..., None]) * scale.float()[..., None] + 0.0).flatten(-2)
+    return (w if cols is None else w[..., :cols]).to(dtype)
+
+
+def mnb4_error_bound(weight: Tensor, block: int) -> Tensor:
+    """Bound on |dequantize(quantize(w)) - w| for the symmetric kernel: half a step, or a whole step for
+    values on the side opposite the block's extreme beyond 7.5 steps (code 16 clamps to 15), plus
+    float32 rounding of the reciprocal and of the product."""
+    w = _blocks(weight, block)
+    scale, _ = _scale_and_zero(w, symmetric=True)
+    step = scale.abs()[..., None]
+    extreme = (scale * -SYM_ZERO)[..., None]
+    clamped = (torch.sign(w) != torch.sign(extreme)) & (w.abs() > 7.5 * step)
+    bound = torch.where(clamped, step, step / 2) + step * 2.0**-18 + 2.0**-146   # (last: subnormal scales)
+    return bound.flatten(-2)[..., : weight.shape[-1]]

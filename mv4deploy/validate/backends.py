@@ -1,0 +1,156 @@
+"""Anything that turns a chunk of token ids into next-token logits, behind one small interface.
+
+A ``LogitsSource`` answers ``last_logits(tokens [N], keep) -> [keep, V] float32``: the logits of the
+last ``keep`` positions of one chunk run from an empty cache. Validation only ever asks for that, so a
+native DeepSeek checkpoint (through ``mv4deploy.runtime``), a transformers folder and an ONNX folder are
+interchangeable as reference or candidate. ``BACKENDS`` is an ordered table: the first entry whose
+``matches`` accepts a folder opens it.
+
+| kind         | a folder with                                   | runs through                       |
+|--------------|-------------------------------------------------|------------------------------------|
+| onnx-genai   | genai_config.json                               | onnxruntime-genai                  |
+| onnx         | *.onnx                                          | onnxruntime (empty past KV inputs) |
+| runtime      | safetensors with DeepSeek-native names (no      | mv4deploy.runtime.load_model       |
+|              | ``model.`` prefix), or quant_method "mv4deploy" |                                    |
+| transformers | config.json + weights (HF names)                | AutoModelForCausalLM, offline      |
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from mv4deploy.errors import InputError
+from mv4deploy.validate.evaltext import first_line, load_tokenizer, tokenizer_fingerprint
+
+RUNTIME_QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of `mv4deploy quantize` outputs
+
+
+class LogitsSource(Protocol):
+    kind: str
+    path: Path
+    tokenizer: object
+
+    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
+        """Logits ``[keep, V]`` (float32) of the last ``keep`` positions of ``tokens`` ``[N]``."""
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+@dataclass
+class TorchSource:
+    """A torch causal LM (transformers' or the runtime's): one forward per chunk, no KV cache kept."""
+
+    kind: str
+    path: Path
+    model: torch.nn.Module
+    tokenizer: object
+    device: str
+    _accepts: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        self._accepts = frozenset(inspect.signature(self.model.forward).parameters)
+
+    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
+        kwargs = {"input_ids": tokens.view(1, -1).to(self.device)}
+        if "logits_to_keep" in self._accepts:      # skip the LM head on the unscored first half
+            kwargs["logits_to_keep"] = keep
+        if "use_cache" in self._accepts:
+            kwargs["use_cache"] = False
+        with torch.inference_mode():
+            out = self.model(**kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return logits[0, -keep:].float()
+
+    def close(self) -> None:
+        self.model = None
+
+
+def fingerprint(source: LogitsSource) -> str:
+    return tokenizer_fingerprint(source.tokenizer)
+
+
+def label(source: LogitsSource) -> str:
+    return source.path.resolve().name
+
+
+def _read_config(folder: Path) -> dict:
+    from mv4deploy.model.config import load_json
+    return load_json(folder / "config.json")
+
+
+def _is_native(folder: Path) -> bool:
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        return False
+    from mv4deploy.model.safetensors_headers import read_checkpoint_headers
+    names = [h.name for h in read_checkpoint_headers(folder)]
+    quant = _read_config(folder).get("quantization_config") or {}
+    marked = isinstance(quant, dict) and quant.get("quant_method") == RUNTIME_QUANT_METHOD
+    return marked or bool(names) and not any(name.startswith("model.") for name in names)
+
+
+def _open_runtime(folder: Path, device: str) -> TorchSource:
+    try:
+        from mv4deploy.runtime import load_model
+    except ImportError as exc:
+        raise InputError(folder, "config.json", None, "a DeepSeek-native checkpoint needs mv4deploy.runtime, "
+                                                      f"which this installation lacks ({exc})") from exc
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder, device=device, dtype=torch.float32)
+    return TorchSource("runtime", folder, model.eval(), tokenizer, device)
+
+
+def _open_transformers(folder: Path, device: str) -> TorchSource:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    tokenizer = load_tokenizer(folder)
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
+                                                     dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(folder, "config.json", None, f"transformers cannot load it: {first_line(exc)}") from exc
+    return TorchSource("transformers", folder, model.eval().to(device), tokenizer, device)
+
+
+def _open_onnx(folder: Path, device: str):
+    from mv4deploy.validate.onnx_backends import OrtSource
+    return OrtSource.open(folder, device)
+
+
+def _open_genai(folder: Path, device: str):
+    from mv4deploy.validate.onnx_backends import GenaiSource
+    return GenaiSource.open(folder, device)
+
+
+@dataclass(frozen=True)
+class Backend:
+    kind: str
+    matches: Callable[[Path], bool]
+    open: Callable[[Path, str], LogitsSource]
+
+
+BACKENDS: tuple[Backend, ...] = (
+    Backend("onnx-genai", lambda f: (f / "genai_config.json").is_file(), _open_genai),
+    Backend("onnx", lambda f: any(f.glob("*.onnx")), _open_onnx),
+    Backend("runtime", _is_native, _open_runtime),
+    Backend("transformers", lambda f: (f / "config.json").is_file(), _open_transformers),
+)
+
+
+def open_source(path: str | Path, device: str = "cpu", role: str = "model") -> LogitsSource:
+    """Open a model folder with the first backend that recognises it."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(folder, None, None, f"{role} must be a folder: a checkpoint (config.json + safetensors), "
+                                             "a transformers folder or an ONNX folder")
+    for backend in BACKENDS:
+        if backend.matches(folder):
+            return backend.open(folder, device)
+    raise InputError(folder, None, None, f"{role}: no config.json, *.onnx or genai_config.json in this folder")

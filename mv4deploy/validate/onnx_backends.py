@@ -1,0 +1,143 @@
+"""ONNX folders as logits sources: plain onnxruntime, or onnxruntime-genai when genai_config.json is there.
+
+Exported decoders (torch.onnx, the genai builder) take ``input_ids``, ``attention_mask``, optionally
+``position_ids``, and ``past_key_values.*`` inputs. One chunk is a prefill from an empty cache, so the past
+inputs get a sequence length of 0; their other symbolic dimensions are the batch (1) and the head size,
+read from genai_config.json or config.json beside the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mv4deploy.errors import InputError
+from mv4deploy.validate.evaltext import first_line, load_tokenizer
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bfloat16)": np.float32}
+TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def _providers(device: str) -> list[str]:
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+
+
+def _head_size(folder: Path) -> int | None:
+    genai = folder / "genai_config.json"
+    if genai.is_file():
+        size = json.loads(genai.read_text()).get("model", {}).get("decoder", {}).get("head_size")
+        if size:
+            return int(size)
+    config = folder / "config.json"
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+        if cfg.get("head_dim"):
+            return int(cfg["head_dim"])
+        if cfg.get("hidden_size") and cfg.get("num_attention_heads"):
+            return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+    return None
+
+
+def _model_file(folder: Path) -> Path:
+    files = sorted(folder.glob("*.onnx"))
+    preferred = [f for f in files if f.name == "model.onnx"]
+    if preferred or len(files) == 1:
+        return (preferred or files)[0]
+    raise InputError(folder, "*.onnx", [f.name for f in files], "several ONNX files and none is model.onnx")
+
+
+@dataclass
+class OrtSource:
+    """A decoder run by onnxruntime, one prefill per chunk."""
+
+    kind: str
+    path: Path
+    session: object
+    tokenizer: object
+    head_size: int | None
+
+    @classmethod
+    def open(cls, folder: Path, device: str) -> "OrtSource":
+        import onnxruntime as ort
+        model = _model_file(folder)
+        tokenizer = load_tokenizer(folder)
+        try:
+            session = ort.InferenceSession(str(model), providers=_providers(device))
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types; all mean a bad file
+            raise InputError(model, None, None, f"onnxruntime cannot load it: {first_line(exc)}") from exc
+        if "logits" not in [o.name for o in session.get_outputs()]:
+            raise InputError(model, "outputs", [o.name for o in session.get_outputs()], "no 'logits' output")
+        return cls("onnx", folder, session, tokenizer, _head_size(folder))
+
+    def _past(self, spec) -> np.ndarray:
+        shape = []
+        for dim in spec.shape:
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif "batch" in dim:
+                shape.append(1)
+            elif "seq" in dim or "past" in dim:
+                shape.append(0)
+            elif self.head_size is not None:
+                shape.append(self.head_size)
+            else:
+                raise InputError(self.path, spec.name, dim, "cannot size this input: no head size in "
+                                                            "genai_config.json or config.json")
+        return np.zeros(shape, dtype=ORT_DTYPES.get(spec.type, np.float32))
+
+    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
+        n = int(tokens.numel())
+        feeds = {}
+        for spec in self.session.get_inputs():
+            if spec.name == "input_ids":
+                feeds[spec.name] = tokens.view(1, n).numpy().astype(ORT_DTYPES[spec.type])
+            elif spec.name == "attention_mask":
+                feeds[spec.name] = np.ones((1, n), dtype=ORT_DTYPES[spec.type])
+            elif spec.name == "position_ids":
+                feeds[spec.name] = np.arange(n, dtype=ORT_DTYPES[spec.type]).reshape(1, n)
+            else:
+                feeds[spec.name] = self._past(spec)
+        logits = self.session.run(["logits"], feeds)[0]
+        return torch.from_numpy(np.ascontiguousarray(logits[0, -keep:], dtype=np.float32))
+
+    def close(self) -> None:
+        self.session = None
+
+
+@dataclass
+class GenaiSource:
+    """An onnxruntime-genai folder: append one chunk to a fresh generator and read all its logits."""
+
+    kind: str
+    path: Path
+    model: object
+    tokenizer: object
+
+    @classmethod
+    def open(cls, folder: Path, device: str) -> "GenaiSource":
+        import onnxruntime_genai as og
+        tokenizer = load_tokenizer(folder)
+        try:
+            model = og.Model(str(folder))
+        except Exception as exc:  # onnxruntime-genai raises plain RuntimeError/OrtException for bad folders
+            raise InputError(folder, "genai_config.json", None, f"onnxruntime-genai cannot load it: "
+                                                                f"{first_line(exc)}") from exc
+        return cls("onnx-genai", folder, model, tokenizer)
+
+    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
+        import onnxruntime_genai as og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=int(tokens.numel()) + 1)
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(tokens.view(1, -1).numpy().astype(np.int32))
+        logits = generator.get_output("logits")   # [1, N, V] after a prefill
+        return torch.from_numpy(np.ascontiguousarray(logits[0, -keep:], dtype=np.float32))
+
+    def close(self) -> None:
+        self.model = None
