@@ -29,7 +29,7 @@ app = typer.Typer(name="mv4deploy", no_args_is_help=True, add_completion=False, 
                   rich_markup_mode=None,
                   help="Plan, quantize, export and validate DeepSeek V4-class models for the hardware you have. "
                        "Add --debug anywhere to see a traceback on errors.")
-profile_app = typer.Typer(no_args_is_help=True, help="Hardware profiles: list, show, detect.")
+profile_app = typer.Typer(no_args_is_help=True, help="Hardware profiles: list, show, detect, probe.")
 app.add_typer(profile_app, name="profile")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON with stable keys to stdout.")]
