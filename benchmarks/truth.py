@@ -243,7 +243,7 @@ def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> P
         "per_step": f"{fit['per_step_s'] * 1e6:.1f}us", "per_layer": f"{fit['per_layer_s'] * 1e6:.1f}us",
         "per_expert": f"{fit['per_expert_s'] * 1e6:.1f}us",
         "prefill_per_layer": f"{fit['prefill_per_layer_s'] * 1e6:.1f}us",
-        "prefill_efficiency": round(fit["prefill_efficiency"], 4), "host_bytes": f"{fit['host_bytes'] // 2**20}MiB",
+        "prefill_efficiency": round(float(fit["prefill_efficiency"]), 4), "host_bytes": f"{fit['host_bytes'] // 2**20}MiB",
         "engine": f"mv4deploy run: eager PyTorch {torch.__version__}, BF16 weights, CPU",
         "source": f"benchmarks/truth.py fit on {', '.join(names)}"}
     out.write_text("# Probed by `mv4deploy profile probe`; runtime_overhead fitted by benchmarks/truth.py\n"
