@@ -102,7 +102,7 @@ def run_shards(job: Job, journal: Journal, options: Options, advance=lambda n: N
 
 def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, advance) -> dict:
     tensors = [(t.name, t.dtype, t.shape) for w in shard.weights for t in w.outputs]
-    header, slots = output_layout(tensors, shard_metadata(job, shard))
+    header, slots = output_layout(tensors, shard_metadata(job, shard), shard.file)
     total = slots[-1].offset + slots[-1].nbytes if slots else len(header)
     out = _Output(slots, OrderedHasher())
     tmp = staging / f"{shard.file}.{os.getpid()}.tmp"

@@ -26,8 +26,7 @@ import torch
 from mv4deploy.errors import InputError
 from mv4deploy.model.config import load_json
 from mv4deploy.model.inventory import Role, build_inventory
-from mv4deploy.model.safetensors_headers import read_checkpoint_headers
-from mv4deploy.model.source import resolve_model
+from mv4deploy.model.source import refuse_mismatches, resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.runtime import name_map
 from mv4deploy.runtime.hf_config import STORAGE_KEYS, check_runnable, has_engram, v4_config
@@ -47,14 +46,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise InputError(folder, None, None, "not a checkpoint folder")
     raw = load_json(folder / "config.json")
     resolved = resolve_model(folder)
-    spec = resolved.spec
-    headers = read_checkpoint_headers(folder)
+    spec, headers = resolved.spec, resolved.headers
     native = spec.architecture in NATIVE and not any(h.name.startswith("model.") for h in headers)
     ours = (raw.get("quantization_config") or {}).get("quant_method") == "mv4deploy"  # `mv4deploy quantize`
     if native or (ours and spec.architecture in DENSE):
         if native:
             check_runnable(spec.architecture, raw, str(folder / "config.json"))
-        _check_headers(folder, resolved.mismatches)
+        refuse_mismatches(folder, resolved.mismatches)
         model = _load_streaming(folder, raw, spec, {h.name: h.file for h in headers}, native,
                                 (torch.device(device), dtype, torch.device(engram_device or device)))
     elif ours:
@@ -63,16 +61,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
                          "supported: deepseek_v4 (native names), qwen2, llama")
     else:
         if spec.architecture not in NATIVE:
-            _check_headers(folder, resolved.mismatches)
+            refuse_mismatches(folder, resolved.mismatches)
         model = _load_hf(folder, torch.device(device), dtype)
     return model.eval()
-
-
-def _check_headers(folder: Path, mismatches) -> None:
-    if mismatches:
-        first = mismatches[0]
-        more = f" ({len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
-        raise InputError(folder, first.name, None, f"{first.problem}{more}")
 
 
 def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype):
