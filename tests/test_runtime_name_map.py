@@ -10,10 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mv4deploy.model.inventory import build_inventory  # noqa: E402
 from mv4deploy.model.source import resolve_model  # noqa: E402
 from mv4deploy.runtime import name_map  # noqa: E402
-from mv4deploy.runtime.weights import logical_weights  # noqa: E402
+from mv4deploy.quant.rules import logical_weights  # noqa: E402
 
 from tests.conftest import REPO  # noqa: E402
 
@@ -51,7 +50,7 @@ def covered_slots(weights) -> Counter:
 
 @pytest.mark.parametrize("preset", ["deepseek-v4-flash", "deepseek-v4-pro"])
 def test_every_shipped_name_maps_once_and_back(preset):
-    weights = logical_weights(build_inventory(inventory(preset).spec))
+    weights = logical_weights(inventory(preset).spec)
     assert sum(len(w.stored) for w in weights) == len(inventory(preset).tensors)   # scales all belong
     slots = covered_slots(weights)
     assert max(slots.values()) == 1                                                 # none twice
@@ -71,7 +70,7 @@ def test_targets_cover_every_transformers_parameter_exactly(preset):
     slot by slot, and every target names one."""
     state = meta_state(preset)
     spec = inventory(preset).spec
-    slots = covered_slots(logical_weights(build_inventory(spec)))
+    slots = covered_slots(logical_weights(spec))
     expected = Counter()
     for param, shape in state.items():
         if param.endswith("experts.gate_up_proj"):
@@ -96,7 +95,7 @@ def test_agrees_with_transformers_conversion_mapping(preset):
     assert [p.split(".")[-2] for p in converters[0].source_patterns] == ["w1", "w3"]
     state = meta_state(preset)
     spec = inventory(preset).spec
-    for weight in logical_weights(build_inventory(spec)):
+    for weight in logical_weights(spec):
         target = name_map.to_target(weight.name)
         if target is None or target.expert not in (None, 0, spec.n_routed_experts - 1):
             continue
@@ -107,7 +106,7 @@ def test_agrees_with_transformers_conversion_mapping(preset):
 
 def test_v41_flash_every_name_is_mapped_or_skipped_with_a_reason():
     spec = inventory("deepseek-v4.1-flash").spec
-    weights = logical_weights(build_inventory(spec))
+    weights = logical_weights(spec)
     reasons = Counter(name_map.skip_reason(w.name) for w in weights if name_map.to_target(w.name) is None)
     assert set(reasons) <= {reason for _, reason in name_map.SKIPPED}
     engram = [w for w in weights if ".engram." in w.name]
@@ -136,7 +135,7 @@ def test_fixture_tensors_map_both_ways_onto_the_loaded_model(fixture):
     if not folder.is_dir():
         pytest.skip(f"{fixture} not built yet")
     resolved = resolve_model(folder)
-    weights = logical_weights(build_inventory(resolved.spec))
+    weights = logical_weights(resolved.spec)
     assert {t.name for w in weights for t in w.stored} == {t.name for t in resolved.inventory.tensors}
     state = load_model(folder).state_dict()
     slots = covered_slots(weights)

@@ -115,8 +115,8 @@ def _layer_tiers(plan: PlanFile, grouping) -> dict[int, str]:
 
 
 def _params(placement: ModelPlacement, inventory, owner: dict[str, str], rows) -> None:
-    from mv4deploy.runtime.weights import logical_weights
-    for weight in logical_weights(inventory):
+    from mv4deploy.quant.rules import logical_weights
+    for weight in logical_weights(inventory.spec):
         group = owner.get(weight.payload)
         if group is None:
             continue                                   # MTP / vision: not placed by the plan, not run

@@ -5,7 +5,7 @@ and its exact stored layout (a name in ``quant.formats.FORMATS`` or ``export.lay
 same bytes), block size and accuracy level, activation precision, static or dynamic shapes, the KV-cache
 layout, the execution provider, and the tolerance its self-validation must meet. Unknown keys, missing
 fields and out-of-range values are one-line errors naming the file and the field (the profile loader's
-rules, reused).
+rules: ``mv4deploy.schema``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import yaml
-
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.profile import _bool, _enum, _fraction, _positive_int, _Section, _strings, _text
+from mv4deploy.schema import (Section, boolean, choice, enum_of, fraction, load_yaml, non_negative, positive_int,
+                              strings, text)
 from mv4deploy.paths import data_dir
 
 
@@ -98,68 +97,64 @@ def list_targets() -> list[str]:
 
 def load_target(name_or_path: str | Path) -> ExportTarget:
     """A shipped target by name (``cpu-int4``) or a YAML file of the same schema."""
-    text = str(name_or_path)
-    path = Path(text)
+    name = str(name_or_path)
+    path = Path(name)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = targets_dir() / f"{text}.yaml"
+        path = targets_dir() / f"{name}.yaml"
         if not path.is_file():
-            raise InputError(None, "--target", text, f"unknown export target; known: {', '.join(list_targets())}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(path, None, None, f"cannot read target YAML ({exc.__class__.__name__})") from exc
-    return parse_target(data, str(path))
+            raise InputError(None, "--target", name, f"unknown export target; known: {', '.join(list_targets())}")
+    return parse_target(load_yaml(path), str(path))
 
 
 def parse_target(data: object, source: str) -> ExportTarget:
-    top = _Section(data, source, "")
+    top = Section(data, source, "")
     target = ExportTarget(
-        name=top.get("name", _text), description=top.get("description", _text, required=False, default=""),
-        builder=top.get("builder", _enum(Builder)), runtime=top.get("runtime", _choice("onnxruntime-genai",
+        name=top.get("name", text), description=top.get("description", text, required=False, default=""),
+        builder=top.get("builder", enum_of(Builder)), runtime=top.get("runtime", choice("onnxruntime-genai",
                                                                                         "onnxruntime")),
-        provider=top.get("execution_provider", _enum(Provider)), weights=_weights(top.section("weights")),
-        activations=top.get("activations", _choice("fp32", "uint16")),
-        shapes=top.get("shapes", _choice("dynamic", "static")),
-        context_tokens=top.get("context_tokens", _positive_int),
-        step_tokens=top.get("step_tokens", _positive_int, required=False),
+        provider=top.get("execution_provider", enum_of(Provider)), weights=_weights(top.section("weights")),
+        activations=top.get("activations", choice("fp32", "uint16")),
+        shapes=top.get("shapes", choice("dynamic", "static")),
+        context_tokens=top.get("context_tokens", positive_int),
+        step_tokens=top.get("step_tokens", positive_int, required=False),
         kv_cache=_kv(top.section("kv_cache")), tolerance=_tolerance(top.section("validation")), source=source)
     top.done()
     _check_consistent(target, source)
     return target
 
 
-def _weights(s: _Section) -> Weights:
+def _weights(s: Section) -> Weights:
     from mv4deploy.export.layouts import get_layout, layout_names
-    fmt = s.get("format", _text)
+    fmt = s.get("format", text)
     try:
         get_layout(fmt)
     except KeyError:
         raise InputError(s.source, "weights.format", fmt, f"unknown layout; known: {', '.join(layout_names())}") from None
-    w = Weights(precision=s.get("precision", _enum(Precision)), format=fmt,
+    w = Weights(precision=s.get("precision", enum_of(Precision)), format=fmt,
                 block_size=s.get("block_size", _block_size, required=False),
-                symmetric=s.get("symmetric", _bool, required=False, default=True),
+                symmetric=s.get("symmetric", boolean, required=False, default=True),
                 accuracy_level=s.get("accuracy_level", _accuracy_level, required=False),
                 quantize_ops=s.get("quantize_ops", _ops, required=False, default=("MatMul",)),
-                per_channel=s.get("per_channel", _bool, required=False, default=False))
+                per_channel=s.get("per_channel", boolean, required=False, default=False))
     s.done()
     return w
 
 
-def _kv(s: _Section) -> KVCache:
-    kv = KVCache(layout=s.get("layout", _text), dtype=s.get("dtype", _text),
-                 bytes_per_element=s.get("bytes_per_element", _positive_int))
+def _kv(s: Section) -> KVCache:
+    kv = KVCache(layout=s.get("layout", text), dtype=s.get("dtype", text),
+                 bytes_per_element=s.get("bytes_per_element", positive_int))
     s.done()
     return kv
 
 
-def _tolerance(s: _Section) -> Tolerance:
-    t = Tolerance(chunk_tokens=s.get("chunk_tokens", _positive_int), max_chunks=s.get("max_chunks", _positive_int),
-                  greedy_prompts=s.get("greedy_prompts", _positive_int),
-                  prompt_tokens=s.get("prompt_tokens", _positive_int),
-                  greedy_tokens=s.get("greedy_tokens", _positive_int),
-                  kld_mean_max=s.get("kld_mean_max", _non_negative),
-                  top1_min=s.get("top1_min", _fraction),
-                  greedy_prefix_mean_min=s.get("greedy_prefix_mean_min", _non_negative))
+def _tolerance(s: Section) -> Tolerance:
+    t = Tolerance(chunk_tokens=s.get("chunk_tokens", positive_int), max_chunks=s.get("max_chunks", positive_int),
+                  greedy_prompts=s.get("greedy_prompts", positive_int),
+                  prompt_tokens=s.get("prompt_tokens", positive_int),
+                  greedy_tokens=s.get("greedy_tokens", positive_int),
+                  kld_mean_max=s.get("kld_mean_max", non_negative),
+                  top1_min=s.get("top1_min", fraction),
+                  greedy_prefix_mean_min=s.get("greedy_prefix_mean_min", non_negative))
     s.done()
     return t
 
@@ -180,16 +175,8 @@ def _check_consistent(t: ExportTarget, source: str) -> None:
                          f"exceeds greedy_tokens ({t.tolerance.greedy_tokens})")
 
 
-def _choice(*allowed: str):
-    def parse(value):
-        if value not in allowed:
-            raise ValueError(f"must be one of {list(allowed)}")
-        return value
-    return parse
-
-
 def _block_size(value) -> int:
-    if _positive_int(value) < 16 or value & (value - 1):
+    if positive_int(value) < 16 or value & (value - 1):
         raise ValueError("must be a power of two >= 16 (MatMulNBits)")
     return value
 
@@ -201,17 +188,11 @@ def _accuracy_level(value) -> int:
 
 
 def _ops(value) -> tuple[str, ...]:
-    ops = _strings(value)
+    ops = strings(value)
     bad = [op for op in ops if op not in ("MatMul", "Gather")]
     if bad or not ops:
         raise ValueError("must be a non-empty list of MatMul, Gather")
     return ops
-
-
-def _non_negative(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError("must be a number >= 0")
-    return float(value)
 
 
 def target_to_dict(t: ExportTarget) -> dict:

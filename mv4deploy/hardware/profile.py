@@ -3,25 +3,23 @@
 Every figure is parsed once here ("24GiB" -> bytes, "1008GB/s" -> bytes/s, "838TFLOPS" -> FLOP/s).
 Unknown keys, missing fields, negative or absurd sizes and unknown format names are one-line errors
 naming the file and the field. A figure nobody measured may be written ``unknown`` (``profile detect``
-does this) and loads as ``None``; the planner refuses to guess it.
+does this) and loads as ``None``; the planner refuses to guess it. How a file is read and a field parsed
+is ``mv4deploy.schema``'s (shared with export targets, gates and recipes); this module is the profile's schema.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
-import yaml
-
 from mv4deploy.errors import InputError
 from mv4deploy.hardware.isa import parse_isa
-from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_flops_per_s, parse_iops, parse_seconds
+from mv4deploy.hardware.units import parse_flops_per_s, parse_seconds
+from mv4deploy.schema import (Section, boolean, enum_of, fraction, latency, load_yaml, positive_int, positive_iops,
+                              positive_rate, positive_size, size, text)
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
-UNKNOWN = "unknown"
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: ~10x faster, same results
 
 # Defaults for the planner's figures when a profile does not give them. Each is an assumption unless noted.
 DEFAULT_GPU_RUNTIME_RESERVE_BYTES = 2**30   # llama.cpp's per-device fit margin, -fitt 1024 MiB (facts/peers.md §2)
@@ -166,97 +164,6 @@ class HardwareProfile:
     runtime_overhead: RuntimeOverhead = field(default_factory=RuntimeOverhead)
 
 
-class _Section:
-    """Typed reads from one YAML mapping; leftover keys are an error (typos fail at load time)."""
-
-    def __init__(self, data: object, source: str, path: str):
-        if not isinstance(data, dict):
-            raise InputError(source, path, data, "must be a mapping")
-        self.data, self.source, self.path, self.used = data, source, path, set()
-
-    def _field(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, parse, required: bool = True, default=None, allow_unknown: bool = False):
-        self.used.add(key)
-        if key not in self.data or self.data[key] is None:
-            if required:
-                near = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)], n=1)
-                hint = f" (found {near[0]!r}: a typo?)" if near and near[0] != key else ""
-                raise InputError(self.source, self._field(key), None, f"required field is missing{hint}")
-            return default
-        value = self.data[key]
-        if value == UNKNOWN:
-            if not allow_unknown:
-                raise InputError(self.source, self._field(key), value, "must be known for this field")
-            return None
-        try:
-            return parse(value)
-        except (ValueError, TypeError) as exc:
-            raise InputError(self.source, self._field(key), value, str(exc)) from None
-
-    def section(self, key: str, required: bool = True) -> "_Section | None":
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise InputError(self.source, self._field(key), None, "required section is missing")
-            return None
-        return _Section(self.data[key], self.source, self._field(key))
-
-    def done(self) -> None:
-        extra = sorted(set(self.data) - self.used)
-        if extra:
-            raise InputError(self.source, self._field(extra[0]), self.data[extra[0]], "unknown field")
-
-
-def _positive_int(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _fraction(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError("must be a number in (0, 1]")
-    return float(value)
-
-
-def _positive_size(value) -> int:
-    size = parse_bytes(value)
-    if size <= 0 or size > 2**60:
-        raise ValueError("must be a size between 1 B and 1 EiB")
-    return size
-
-
-def _positive_rate(value) -> float:
-    rate = parse_bytes_per_s(value)
-    if rate <= 0 or rate > 1e16:
-        raise ValueError("must be a rate between 0 and 10 PB/s")
-    return rate
-
-
-def _size(value) -> int:
-    """A size that may be zero (a reserve)."""
-    size = parse_bytes(value)
-    if size > 2**60:
-        raise ValueError("must be a size below 1 EiB")
-    return size
-
-
-def _latency(value) -> float:
-    seconds = parse_seconds(value)
-    if not 0 < seconds <= 1:
-        raise ValueError("must be a latency between 0 and 1 s")
-    return seconds
-
-
-def _positive_iops(value) -> float:
-    rate = parse_iops(value)
-    if not 0 < rate <= 1e10:
-        raise ValueError("must be an operation rate between 0 and 10G IOPS")
-    return rate
-
-
 def _formats(value) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"must be a non-empty list of formats from {list(COMPUTE_FORMATS)}")
@@ -266,30 +173,18 @@ def _formats(value) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _strings(value) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("must be a list of strings")
-    return tuple(value)
-
-
-def _text(value) -> str:
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise ValueError("must be text")
-    return str(value)
-
-
-def _compute(section: _Section | None) -> dict[str, float]:
+def _compute(section: Section | None) -> dict[str, float]:
     return _per_format(section, parse_flops_per_s)
 
 
-def _per_format(section: _Section | None, parse) -> dict[str, float]:
+def _per_format(section: Section | None, parse) -> dict[str, float]:
     """A mapping of compute format -> figure (FLOP/s, or bytes/s for ``matvec``)."""
     if section is None:
         return {}
     rates = {}
     for fmt in list(section.data):
         if fmt not in COMPUTE_FORMATS:
-            raise InputError(section.source, section._field(fmt), fmt,
+            raise InputError(section.source, section.field(fmt), fmt,
                              f"unknown format; known: {', '.join(COMPUTE_FORMATS)}")
         rate = section.get(fmt, parse, allow_unknown=True)
         if rate is not None:
@@ -298,29 +193,20 @@ def _per_format(section: _Section | None, parse) -> dict[str, float]:
     return rates
 
 
-def _enum(kind):
-    def parse(value):
-        try:
-            return kind(value)
-        except ValueError:
-            raise ValueError(f"must be one of {[k.value for k in kind]}") from None
-    return parse
-
-
 def parse_profile(data: object, source: str) -> HardwareProfile:
-    top = _Section(data, source, "")
+    top = Section(data, source, "")
     gpus = _gpus(top.section("gpus", required=False))
     h = top.section("host")
-    host = Host(memory_bytes=h.get("memory", _positive_size),
-                bandwidth_bytes_per_s=h.get("bandwidth", _positive_rate, allow_unknown=True),
-                cores=h.get("cores", _positive_int, allow_unknown=True),
+    host = Host(memory_bytes=h.get("memory", positive_size),
+                bandwidth_bytes_per_s=h.get("bandwidth", positive_rate, allow_unknown=True),
+                cores=h.get("cores", positive_int, allow_unknown=True),
                 isa=h.get("isa", parse_isa, required=False, default=()),
                 compute_flops_per_s=_compute(h.section("compute", required=False)),
-                reserve_bytes=h.get("reserve", _size, required=False, default=DEFAULT_HOST_RESERVE_BYTES),
+                reserve_bytes=h.get("reserve", size, required=False, default=DEFAULT_HOST_RESERVE_BYTES),
                 measured=_measured(h.section("measured", required=False)))
     h.done()
     profile = HardwareProfile(
-        name=top.get("name", _text), description=top.get("description", _text, required=False, default=""),
+        name=top.get("name", text), description=top.get("description", text, required=False, default=""),
         gpus=gpus, host=host, interconnect=_interconnect(top.section("interconnect", required=False)),
         host_link=_host_link(top.section("host_link", required=False)),
         storage=_storage(top.section("storage", required=False)),
@@ -332,76 +218,70 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
     return profile
 
 
-def _gpus(g: _Section | None) -> GPUs | None:
+def _gpus(g: Section | None) -> GPUs | None:
     if g is None:
         return None
     gpus = GPUs(
-        kind=g.get("kind", _enum(DeviceKind), required=False, default=DeviceKind.GPU),
-        model=g.get("model", _text), count=g.get("count", _positive_int),
-        memory_bytes=g.get("memory", _positive_size), usable_fraction=g.get("usable_fraction", _fraction),
-        bandwidth_bytes_per_s=g.get("bandwidth", _positive_rate, allow_unknown=True),
+        kind=g.get("kind", enum_of(DeviceKind), required=False, default=DeviceKind.GPU),
+        model=g.get("model", text), count=g.get("count", positive_int),
+        memory_bytes=g.get("memory", positive_size), usable_fraction=g.get("usable_fraction", fraction),
+        bandwidth_bytes_per_s=g.get("bandwidth", positive_rate, allow_unknown=True),
         compute_flops_per_s=_compute(g.section("compute", required=False)),
         native_formats=g.get("native_formats", _formats),
-        compute_capability=g.get("compute_capability", _text, required=False, allow_unknown=True),
-        unified_memory=g.get("unified_memory", _bool, required=False, default=False),
-        runtime_reserve_bytes=g.get("runtime_reserve", _size, required=False,
+        compute_capability=g.get("compute_capability", text, required=False, allow_unknown=True),
+        unified_memory=g.get("unified_memory", boolean, required=False, default=False),
+        runtime_reserve_bytes=g.get("runtime_reserve", size, required=False,
                                     default=DEFAULT_GPU_RUNTIME_RESERVE_BYTES),
         measured=_measured(g.section("measured", required=False)))
     g.done()
     return gpus
 
 
-def _bool(value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _interconnect(s: _Section | None) -> Interconnect:
+def _interconnect(s: Section | None) -> Interconnect:
     if s is None:
         return Interconnect()
-    link = Interconnect(kind=s.get("kind", _enum(LinkKind)),
-                        bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False, allow_unknown=True),
-                        p2p=s.get("p2p", _bool, required=False, default=False),
-                        latency_s=s.get("latency", _latency, required=False, default=DEFAULT_INTERCONNECT_LATENCY_S))
+    link = Interconnect(kind=s.get("kind", enum_of(LinkKind)),
+                        bandwidth_bytes_per_s=s.get("bandwidth", positive_rate, required=False, allow_unknown=True),
+                        p2p=s.get("p2p", boolean, required=False, default=False),
+                        latency_s=s.get("latency", latency, required=False, default=DEFAULT_INTERCONNECT_LATENCY_S))
     s.done()
     return link
 
 
-def _host_link(s: _Section | None) -> HostLink | None:
+def _host_link(s: Section | None) -> HostLink | None:
     if s is None:
         return None
-    link = HostLink(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, allow_unknown=True),
-                    pcie_gen=s.get("pcie_gen", _positive_int, required=False, allow_unknown=True),
-                    lanes=s.get("lanes", _positive_int, required=False, allow_unknown=True),
-                    measured_bytes_per_s=s.get("measured", _positive_rate, required=False, allow_unknown=True),
-                    latency_s=s.get("latency", _latency, required=False, default=DEFAULT_HOST_LINK_LATENCY_S),
-                    measured_d2h_bytes_per_s=s.get("measured_d2h", _positive_rate, required=False,
+    link = HostLink(bandwidth_bytes_per_s=s.get("bandwidth", positive_rate, allow_unknown=True),
+                    pcie_gen=s.get("pcie_gen", positive_int, required=False, allow_unknown=True),
+                    lanes=s.get("lanes", positive_int, required=False, allow_unknown=True),
+                    measured_bytes_per_s=s.get("measured", positive_rate, required=False, allow_unknown=True),
+                    latency_s=s.get("latency", latency, required=False, default=DEFAULT_HOST_LINK_LATENCY_S),
+                    measured_d2h_bytes_per_s=s.get("measured_d2h", positive_rate, required=False,
                                                    allow_unknown=True))
     s.done()
     return link
 
 
-def _storage(s: _Section | None) -> Storage | None:
+def _storage(s: Section | None) -> Storage | None:
     if s is None:
         return None
-    storage = Storage(kind=s.get("kind", _text, required=False, default="nvme"),
-                      read_bytes_per_s=s.get("read_bandwidth", _positive_rate, allow_unknown=True),
-                      capacity_bytes=s.get("capacity", _positive_size, required=False, allow_unknown=True),
-                      random_read_iops=s.get("random_read_iops", _positive_iops, required=False, allow_unknown=True),
-                      latency_s=s.get("latency", _latency, required=False, default=DEFAULT_STORAGE_LATENCY_S),
+    storage = Storage(kind=s.get("kind", text, required=False, default="nvme"),
+                      read_bytes_per_s=s.get("read_bandwidth", positive_rate, allow_unknown=True),
+                      capacity_bytes=s.get("capacity", positive_size, required=False, allow_unknown=True),
+                      random_read_iops=s.get("random_read_iops", positive_iops, required=False, allow_unknown=True),
+                      latency_s=s.get("latency", latency, required=False, default=DEFAULT_STORAGE_LATENCY_S),
                       measured=_measured(s.section("measured", required=False)))
     s.done()
     return storage
 
 
-def _measured(s: _Section | None) -> Measured:
+def _measured(s: Section | None) -> Measured:
     if s is None:
         return Measured()
-    measured = Measured(bandwidth_bytes_per_s=s.get("bandwidth", _positive_rate, required=False),
+    measured = Measured(bandwidth_bytes_per_s=s.get("bandwidth", positive_rate, required=False),
                         compute_flops_per_s=_compute(s.section("compute", required=False)),
-                        matvec_bytes_per_s=_per_format(s.section("matvec", required=False), _positive_rate),
-                        threads=s.get("threads", _positive_int, required=False))
+                        matvec_bytes_per_s=_per_format(s.section("matvec", required=False), positive_rate),
+                        threads=s.get("threads", positive_int, required=False))
     s.done()
     return measured
 
@@ -413,7 +293,7 @@ def _overhead_seconds(value) -> float:
     return seconds
 
 
-def _overhead(s: _Section | None) -> RuntimeOverhead:
+def _overhead(s: Section | None) -> RuntimeOverhead:
     if s is None:
         return RuntimeOverhead()
     overhead = RuntimeOverhead(per_step_s=s.get("per_step", _overhead_seconds, required=False, default=0.0),
@@ -421,18 +301,18 @@ def _overhead(s: _Section | None) -> RuntimeOverhead:
                                per_expert_s=s.get("per_expert", _overhead_seconds, required=False, default=0.0),
                                prefill_per_layer_s=s.get("prefill_per_layer", _overhead_seconds, required=False,
                                                          default=0.0),
-                               prefill_efficiency=s.get("prefill_efficiency", _fraction, required=False, default=1.0),
-                               host_bytes=s.get("host_bytes", _size, required=False, default=0),
-                               engine=s.get("engine", _text, required=False, default=""),
-                               source=s.get("source", _text, required=False, default=""))
+                               prefill_efficiency=s.get("prefill_efficiency", fraction, required=False, default=1.0),
+                               host_bytes=s.get("host_bytes", size, required=False, default=0),
+                               engine=s.get("engine", text, required=False, default=""),
+                               source=s.get("source", text, required=False, default=""))
     s.done()
     return overhead
 
 
-def _efficiency(s: _Section | None) -> Efficiency:
+def _efficiency(s: Section | None) -> Efficiency:
     if s is None:
         return Efficiency()
-    values = {f.name: s.get(f.name, _fraction, required=False, default=f.default) for f in fields(Efficiency)}
+    values = {f.name: s.get(f.name, fraction, required=False, default=f.default) for f in fields(Efficiency)}
     s.done()
     return Efficiency(**values)
 
@@ -455,23 +335,13 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
 
 def load_profile_dict(name_or_path: str | Path) -> tuple[object, Path]:
     """The raw YAML data of a profile and the file it came from."""
-    text = str(name_or_path)
-    path = Path(text)
-    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
-        path = profiles_dir() / f"{text}.yaml"
+    name = str(name_or_path)
+    path = Path(name)
+    if not (name.endswith((".yaml", ".yml")) or path.is_file()):
+        path = profiles_dir() / f"{name}.yaml"
         if not path.is_file():
-            raise InputError(None, "profile", text, f"unknown profile; shipped: {', '.join(list_profiles())}")
-    try:
-        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
-    except FileNotFoundError:
-        raise InputError(path, None, None, "profile file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else None
-        raise InputError(path, where, None, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    return data, path
+            raise InputError(None, "profile", name, f"unknown profile; shipped: {', '.join(list_profiles())}")
+    return load_yaml(path), path
 
 
 def profile_to_dict(profile: HardwareProfile) -> dict:

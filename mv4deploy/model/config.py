@@ -8,14 +8,15 @@ scoring, rope details, token ids) are accepted silently; any other key is listed
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
+from mv4deploy import schema
 from mv4deploy.errors import InputError
 from mv4deploy.model import engram_tables
 from mv4deploy.model.spec import (Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, DSparkSpec, EngramSpec,
                                   ModelSpec, StoredFormats, VisionSpec)
+from mv4deploy.schema import Section, boolean, integer, integers
 
 MODEL_TYPES = {
     "deepseek_v3": Arch.DEEPSEEK_V3, "kimi_k2": Arch.DEEPSEEK_V3, "deepseek_v32": Arch.DEEPSEEK_V32,
@@ -60,47 +61,25 @@ _MAX_DIM = 2**22  # 4M: no hidden size, vocabulary or expert count comes near it
 _V4_TYPE_RATIO = {"sliding_attention": 0}
 
 
-class _Reader:
-    """Typed access to one config dict; remembers which keys were read."""
+class _Reader(Section):
+    """Typed access to one config dict through ``schema.Section``; a config is not strict (``done`` is
+    never called): keys nobody read are listed by ``unknown`` instead of refused."""
+
+    suggest_typos = False   # a config has dozens of keys: a near name is rarely the one meant
 
     def __init__(self, cfg: dict, source: str):
-        self.cfg, self.source, self.used = cfg, source, set()
+        super().__init__(cfg, source)
+        self.cfg = cfg
         self.extra_unknown: tuple[str, ...] = ()
 
-    def _get(self, key, default):
-        self.used.add(key)
-        if key in self.cfg and self.cfg[key] is not None:
-            return self.cfg[key]
-        if default is _MISSING:
-            raise InputError(self.source, key, None, "required key is missing")
-        return default
-
-    def int(self, key: str, default=_MISSING, minimum: int = 1, maximum: int = _MAX_DIM) -> int:
-        value = self._get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InputError(self.source, key, value, "must be an integer")
-        if not minimum <= value <= maximum:
-            raise InputError(self.source, key, value, f"must be between {minimum} and {maximum}")
-        return value
+    def int(self, key: str, default=_MISSING, minimum: int = 1, maximum: int = _MAX_DIM) -> int | None:
+        return self.get(key, integer(minimum, maximum), required=default is _MISSING, default=default)
 
     def bool(self, key: str, default=_MISSING) -> bool:
-        value = self._get(key, default)
-        if not isinstance(value, bool):
-            raise InputError(self.source, key, value, "must be true or false")
-        return value
+        return self.get(key, boolean, required=default is _MISSING, default=default)
 
     def ints(self, key: str, default=_MISSING, minimum: int = 0) -> tuple[int, ...] | None:
-        value = self._get(key, default)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-                                                  for v in value):
-            raise InputError(self.source, key, value, f"must be a list of integers >= {minimum}")
-        return tuple(value)
+        return self.get(key, integers(minimum), required=default is _MISSING, default=default)
 
     def unknown(self, arch: Arch) -> tuple[str, ...]:
         accepted = GENERIC_KEYS | FAMILY_KEYS[arch] | self.used
@@ -108,14 +87,7 @@ class _Reader:
 
 
 def load_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(path, None, None, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"line {exc.lineno}", None, f"malformed JSON: {exc.msg}") from exc
+    data = schema.load_json(path)
     if not isinstance(data, dict):
         raise InputError(path, None, type(data).__name__, "config must be a JSON object")
     return data
@@ -342,12 +314,16 @@ VISION_ACCEPTED = frozenset({"model_type", "num_attention_heads", "rope_theta", 
                              "max_wh_ratio"})
 
 
+def _mapping(value) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError("must be an object")
+    return value
+
+
 def _vision(r: _Reader) -> VisionSpec | None:
-    raw = r._get("vision_config", None)
+    raw = r.get("vision_config", _mapping, required=False)
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise InputError(r.source, "vision_config", raw, "must be an object")
     v = _Reader(raw, f"{r.source}: vision_config")
     spec = VisionSpec(num_hidden_layers=v.int("num_hidden_layers"), hidden_size=v.int("hidden_size"),
                       intermediate_size=v.int("intermediate_size"), patch_size=v.int("patch_size"),

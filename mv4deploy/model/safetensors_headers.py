@@ -34,11 +34,15 @@ def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
 
 @dataclass(frozen=True)
 class HeaderTensor:
+    """One tensor of a safetensors file: where its bytes are (``offset`` is absolute in the file, past the
+    8-byte length and the JSON header), what they are, and which file (its name in the folder)."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
     file: str
     nbytes: int
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -75,13 +79,13 @@ def read_header(path: Path) -> ShardHeader:
     if not isinstance(metadata, dict):
         raise InputError(path, "__metadata__", metadata, "must be an object of strings")
     payload_bytes = file_bytes - 8 - header_len
-    tensors = tuple(sorted((_check_entry(path, name, entry, payload_bytes) for name, entry in header.items()),
-                           key=lambda t: t.name))
+    tensors = tuple(sorted((_check_entry(path, name, entry, payload_bytes, 8 + header_len)
+                            for name, entry in header.items()), key=lambda t: t.name))
     _check_no_overlap(path, header)
     return ShardHeader(path=path, tensors=tensors, metadata=metadata, payload_bytes=payload_bytes)
 
 
-def _check_entry(path: Path, name: str, entry: object, payload_bytes: int) -> HeaderTensor:
+def _check_entry(path: Path, name: str, entry: object, payload_bytes: int, payload_offset: int) -> HeaderTensor:
     if not isinstance(entry, dict):
         raise InputError(path, name, entry, "header entry must be an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -101,7 +105,8 @@ def _check_entry(path: Path, name: str, entry: object, payload_bytes: int) -> He
     if offsets[1] > payload_bytes:
         raise InputError(path, f"{name}.data_offsets", offsets,
                          f"ends past the payload ({payload_bytes} bytes): file truncated")
-    return HeaderTensor(name=name, dtype=dtype, shape=tuple(shape), file=path.name, nbytes=nbytes)
+    return HeaderTensor(name=name, dtype=dtype, shape=tuple(shape), file=path.name, nbytes=nbytes,
+                        offset=payload_offset + offsets[0])
 
 
 def _check_no_overlap(path: Path, header: dict) -> None:

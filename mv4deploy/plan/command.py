@@ -12,6 +12,7 @@ from mv4deploy.plan.plan import Plan
 from mv4deploy.plan.policy import policy_names
 from mv4deploy.plan.sweep import Sweep, parse_sweep, sweep_points
 from mv4deploy.plan.workload import host_mem_bytes, make_workload
+from mv4deploy.schema import fraction, numeric, option
 
 
 @dataclass(frozen=True)
@@ -19,18 +20,6 @@ class PlanResult:
     plan: Plan
     sweep: Sweep | None = None
     points: tuple = ()
-
-
-def _fraction(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        fraction = float(value)
-    except ValueError:
-        raise InputError(None, "--gpu-mem-util", value, "must be a number in (0, 1]") from None
-    if not 0 < fraction <= 1:
-        raise InputError(None, "--gpu-mem-util", value, "must be a number in (0, 1]")
-    return fraction
 
 
 @contextmanager
@@ -54,7 +43,7 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
     if policy not in policy_names():
         raise InputError(None, "--policy", policy, f"unknown policy; known: {', '.join(policy_names())}")
     host_bytes = host_mem_bytes(host_mem) if host_mem is not None else None
-    util = _fraction(gpu_mem_util)
+    util = option("--gpu-mem-util", numeric(fraction), gpu_mem_util) if gpu_mem_util is not None else None
     parsed_sweep = parse_sweep(sweep) if sweep is not None else None
     from mv4deploy.hardware.profile import load_profile
     from mv4deploy.model.source import resolve_model

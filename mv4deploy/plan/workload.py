@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mv4deploy import schema
 from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_bytes, parse_tokens
+from mv4deploy.hardware.units import parse_tokens
 
 DEFAULT_CONTEXT_TOKENS = 131072
 # llama.cpp's default logical batch (-b 2048); vLLM's chunked prefill uses 2048-8192. A larger chunk
@@ -85,14 +86,8 @@ def batch_size(value: object) -> int:
 
 def host_mem_bytes(value: object) -> int:
     """--host-mem: the host RAM to plan with instead of the profile's (a machine override, not a workload
-    figure, validated here with the options it is swept beside)."""
-    try:
-        size = parse_bytes(value)
-    except ValueError as exc:
-        raise InputError(None, "--host-mem", value, str(exc)) from None
-    if not 0 < size <= 2**60:
-        raise InputError(None, "--host-mem", value, "must be a size between 1 B and 1 EiB")
-    return size
+    figure, validated here with the options it is swept beside): the profile's ``host.memory`` rule."""
+    return schema.option("--host-mem", schema.positive_size, value)
 
 
 def _skew(value: str | None) -> ExpertSkew | None:

@@ -7,22 +7,21 @@ Routed experts are fused in transformers (3-D ``experts.gate_up_proj`` / ``exper
 its own Hessians (gate_up from the expert's tokens, down from its SwiGLU output). Nothing is skipped
 silently: experts that saw fewer than ``min_expert_tokens`` tokens, and weights the reference model
 has no module for (the MTP block), are quantized by round-to-nearest and listed in the report.
-Native names map to transformers' through transformers' own conversion table (``deepseek_v4``).
+Native names map to transformers' modules through the runtime's name map (the table the loader uses).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mv4deploy.errors import InputError
+from mv4deploy.runtime import name_map
 
 INT4_FORMATS = ("int4-g128", "int4-g32")
 
@@ -47,35 +46,23 @@ class CalibrationSpec:
                 "seq_len": self.seq_len, "min_expert_tokens": self.min_expert_tokens}
 
 
-# ---------------------------------------------------------------- native name -> transformers parameter
-@lru_cache(maxsize=1)
-def _renamings() -> tuple[tuple[re.Pattern, str], ...]:
-    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming
-    out = []
-    for t in get_checkpoint_conversion_mapping("deepseek_v4"):
-        if isinstance(t, WeightRenaming):
-            out.append((re.compile(t.source_patterns[0]), t.target_patterns[0].replace("\\.", ".")))
-    return tuple(out)
-
-
-_EXPERT = re.compile(r"^(layers\.\d+)\.ffn\.experts\.(\d+)\.(w[123])\.weight$")
-
-
+# ---------------------------------------------------------------- native name -> transformers module
 def hessian_key(native: str) -> tuple[str, int | None, str] | None:
-    """(transformers module path, expert index or None, which input) for a native linear weight;
-    None where the reference model has no such module (``mtp.*``)."""
-    if native.startswith("mtp."):
+    """(transformers module path, expert index or None, which input) for a native linear weight, through
+    the runtime's name map (``runtime.name_map``); None where the reference model has no such module
+    (``mtp.*`` and the other skipped names, or a name the map does not know)."""
+    try:
+        target = name_map.to_target(native)
+    except KeyError:
         return None
-    m = _EXPERT.match(native)
-    if m:
-        return f"model.{m.group(1)}.mlp.experts", int(m.group(2)), "down" if m.group(3) == "w2" else "gate_up"
-    name = native
-    for pattern, target in _renamings():
-        name = pattern.sub(target, name)
-    if not name.endswith(".weight"):
+    if target is None:
         return None
-    return f"model.{name[: -len('.weight')]}", None, "linear"
+    if target.expert is not None:   # model.layers.N.mlp.experts.{gate_up_proj,down_proj}[e]
+        module, param = target.param.rsplit(".", 1)
+        return module, target.expert, "down" if param == "down_proj" else "gate_up"
+    if not target.param.endswith(".weight"):
+        return None
+    return target.param[: -len(".weight")], None, "linear"
 
 
 # ---------------------------------------------------------------- Hessians by forward hooks

@@ -17,12 +17,12 @@ from mv4deploy import __version__
 from mv4deploy.errors import InputError
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.inventory import RAW_FORMAT
-from mv4deploy.model.safetensors_headers import INDEX_NAME, read_checkpoint_headers, shard_files
+from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers, shard_files
+from mv4deploy.model.source import compare, refuse_mismatches
 from mv4deploy.model.spec import ModelSpec
 from mv4deploy.quant.formats import StoredTensor, get_format
 from mv4deploy.quant.recipe import Recipe
 from mv4deploy.quant.rules import LogicalWeight, assign, logical_weights
-from mv4deploy.quant.shards import Slot, source_slots
 
 STAGING = ".mv4deploy-partial"   # OUT/STAGING holds an unfinished run: staged shards + journal
 
@@ -31,7 +31,7 @@ STAGING = ".mv4deploy-partial"   # OUT/STAGING holds an unfinished run: staged s
 class WeightJob:
     weight: LogicalWeight
     target: str
-    sources: tuple[tuple[str, Slot], ...]   # (source file, slot) of each stored tensor, in format order
+    sources: tuple[tuple[str, HeaderTensor], ...]   # (source file, place) of each stored tensor, in format order
     outputs: tuple[StoredTensor, ...]        # the tensors the target format stores
 
     @property
@@ -100,29 +100,14 @@ def plan_job(src: Path, out: Path, recipe: Recipe, extra_key: dict | None = None
     return Job(src, out, spec, config, recipe, shards, key)
 
 
-def _check_headers(src: Path, spec: ModelSpec) -> dict[str, tuple[str, Slot]]:
-    """Every header tensor must be one the config implies, with its dtype and shape; returns the
-    data slot of each. (read_checkpoint_headers already checked the index, sizes and offsets.)"""
+def _check_headers(src: Path, spec: ModelSpec) -> dict[str, tuple[str, HeaderTensor]]:
+    """Every header tensor must be one the config implies, with its dtype and shape (the first that is not
+    is refused); returns each tensor's shard and place. (read_checkpoint_headers already checked the
+    index, sizes and offsets.)"""
     from mv4deploy.model.inventory import build_inventory
-    expected = {t.name: t for t in build_inventory(spec).tensors}
-    found: dict[str, tuple[str, Slot]] = {}
-    for h in read_checkpoint_headers(src):
-        want = expected.get(h.name)
-        where = src / h.file
-        if want is None:
-            raise InputError(where, h.name, None, "tensor is not in the inventory config.json implies")
-        if (h.dtype, h.shape) != (want.dtype, want.shape):
-            raise InputError(where, h.name, f"{h.dtype}{list(h.shape)}",
-                             f"contradicts config.json, which implies {want.dtype}{list(want.shape)}")
-        found[h.name] = (h.file, None)
-    missing = sorted(set(expected) - set(found))
-    if missing:
-        raise InputError(src / INDEX_NAME, missing[0], None,
-                         f"config.json implies this tensor but no shard holds it ({len(missing)} missing)")
-    for file in {f for f, _ in found.values()}:
-        for name, slot in source_slots(src / file).items():
-            found[name] = (file, slot)
-    return found
+    headers = read_checkpoint_headers(src)
+    refuse_mismatches(src, compare(build_inventory(spec).tensors, headers))
+    return {h.name: (h.file, h) for h in headers}
 
 
 def _identity(path: Path) -> list:

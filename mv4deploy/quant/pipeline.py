@@ -102,7 +102,7 @@ def run_shards(job: Job, journal: Journal, options: Options, advance=lambda n: N
 
 def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, advance) -> dict:
     tensors = [(t.name, t.dtype, t.shape) for w in shard.weights for t in w.outputs]
-    header, slots = output_layout(tensors, shard_metadata(job, shard))
+    header, slots = output_layout(tensors, shard_metadata(job, shard), shard.file)
     total = slots[-1].offset + slots[-1].nbytes if slots else len(header)
     out = _Output(slots, OrderedHasher())
     tmp = staging / f"{shard.file}.{os.getpid()}.tmp"
@@ -180,11 +180,9 @@ def _process_weight(w: WeightJob, sources: _SourceFiles, fd: int, out: "_Output"
 def _load_logical(w: WeightJob, sources: _SourceFiles) -> torch.Tensor:
     """The logical weight in a float dtype that holds it exactly (bf16 where possible: half the traffic)."""
     stored = {slot.name: read_tensor(sources.fd(file), slot, sources.src / file) for file, slot in w.sources}
-    native = get_format(w.weight.native)
-    if native.lossless:
+    if get_format(w.weight.native).lossless:
         return next(iter(stored.values()))
-    dtype = torch.bfloat16 if _bf16_exact(stored) else torch.float32
-    return native.dequantize(w.weight.name, stored, dtype, shape=w.weight.shape)
+    return w.weight.decode(stored, torch.bfloat16 if _bf16_exact(stored) else torch.float32)
 
 
 def _bf16_exact(stored: dict) -> bool:

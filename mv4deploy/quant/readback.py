@@ -11,9 +11,7 @@ import torch
 from safetensors import safe_open
 
 from mv4deploy.model.config import load_json, read_config
-from mv4deploy.model.inventory import RAW_FORMAT
 from mv4deploy.model.safetensors_headers import shard_files
-from mv4deploy.quant.formats import get_format
 from mv4deploy.quant.rules import logical_weights
 
 
@@ -36,10 +34,7 @@ def iter_logical(folder: Path, dtype=torch.float32, names=None):
                 if file not in handles:
                     handles[file] = safe_open(str(folder / file), "pt")
                 tensors[t.name] = handles[file].get_tensor(t.name)
-            if w.native == RAW_FORMAT:
-                yield w.name, tensors[w.name]
-            else:
-                yield w.name, get_format(w.native).dequantize(w.name, tensors, dtype, shape=w.shape)
+            yield w.name, w.decode(tensors, dtype)
     finally:
         handles.clear()
 

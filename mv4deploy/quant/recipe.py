@@ -10,7 +10,6 @@ V4.1: 32x32 UE8M0).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from mv4deploy.model.inventory import RAW_FORMAT, Role
 from mv4deploy.model.spec import ModelSpec
 from mv4deploy.plan.groups import CLASS_ROLES, GroupClass
 from mv4deploy.quant.rules import NATIVE, Rule, assign, logical_weights, resolve_format, rules_from_json
+from mv4deploy.schema import load_data
 
 KEEP_HIGH_PRECISION = (
     Rule(NATIVE, role=Role.NORM.value),
@@ -68,24 +68,10 @@ def get_recipe(name_or_file: str) -> Recipe:
     if not path.is_file():
         raise InputError(None, "--recipe", name_or_file,
                          f"not a preset or a recipe file; presets: {', '.join(PRESETS)}")
-    data = _load(path)
+    data = load_data(path)
     if not isinstance(data, dict):
         raise InputError(path, None, type(data).__name__, "a recipe file must be an object with 'rules'")
     return Recipe(str(data.get("name") or path.stem), rules_from_json(data.get("rules"), str(path)), str(path))
-
-
-def _load(path: Path):
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from exc
-    import yaml
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
-        raise InputError(path, None, None, f"not valid {path.suffix.lstrip('.') or 'JSON'} ({exc.__class__.__name__})") from exc
 
 
 AS_STORED = frozenset({NATIVE, RAW_FORMAT, "as-stored"})  # plan formats that mean "keep what the source stores"
@@ -103,7 +89,7 @@ def recipe_from_plan(path: Path) -> Recipe:
     The guard comes first: what it keeps (norms, routers, mHC, Engram gating, F32 matrices) no policy
     converts either, so the quantized bytes are the plan's bytes."""
     path = Path(path)
-    data = _load(path) if path.is_file() else None
+    data = load_data(path) if path.is_file() else None
     if data is None:
         raise InputError(path, None, None, "plan file not found")
     groups = data.get("groups") if isinstance(data, dict) else None

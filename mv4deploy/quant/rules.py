@@ -31,16 +31,39 @@ FP8_BY_ARCH = {Arch.DEEPSEEK_V3: "fp8-e4m3-block128", Arch.DEEPSEEK_V32: "fp8-e4
 ALIASES = {"fp4": "mxfp4", "int4": "int4-g128"}
 
 
+PLAIN_FORMATS = frozenset({"bf16", "f32", RAW_FORMAT})
+
+
 @dataclass(frozen=True)
 class LogicalWeight:
+    """One weight of the model and its stored tensors: the quantizer, the readback and the runtime's
+    loader and writer all walk these (``logical_weights``)."""
+
     name: str
     shape: tuple[int, ...]
     role: Role
     slot: str
     native: str                       # format the source config says it is stored in
-    stored: tuple[TensorInfo, ...]    # its tensors in the source layout
+    stored: tuple[TensorInfo, ...]    # its tensors in the source layout, payload first
     layer: int | None = None
     expert: int | None = None
+
+    @property
+    def payload(self) -> str:
+        """The first stored tensor's name (``X.weight``; ``X.weight_packed`` for INT4)."""
+        return self.stored[0].name
+
+    @property
+    def is_plain(self) -> bool:
+        return self.native in PLAIN_FORMATS
+
+    def decode(self, tensors: dict, dtype=None):
+        """The full-precision tensor from its stored tensors (keys: stored names): a raw table as stored,
+        any other format through its ``dequantize`` (a plain one is a cast) into ``dtype`` (default
+        float32). The one decode path of the pipeline, the readback and the runtime's loader."""
+        if self.native == RAW_FORMAT:
+            return tensors[self.name]
+        return get_format(self.native).dequantize(self.name, tensors, dtype, shape=self.shape)
 
 
 @dataclass(frozen=True)

@@ -15,41 +15,16 @@ import json
 import os
 import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy.errors import InputError
-from mv4deploy.model.safetensors_headers import read_header, tensor_nbytes
+from mv4deploy.model.safetensors_headers import HeaderTensor, tensor_nbytes
 
 COPY_BYTES = 64 << 20   # pass-through copies move this much per read/write
 HASH_BYTES = 16 << 20
 
 
-@dataclass(frozen=True)
-class Slot:
-    """Where one tensor's bytes live in a safetensors file (absolute offsets)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-
-
-def source_slots(path: Path) -> dict[str, Slot]:
-    """Validated header of a source shard (``read_header`` checks offsets against the file size),
-    with each tensor's absolute data offset."""
-    read_header(path)  # raises InputError for truncated files and lying headers
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
-    base = 8 + length
-    return {name: Slot(name, e["dtype"], tuple(e["shape"]), base + e["data_offsets"][0],
-                       e["data_offsets"][1] - e["data_offsets"][0]) for name, e in header.items()}
-
-
-def read_tensor(fd: int, slot: Slot, path: Path):
+def read_tensor(fd: int, slot: HeaderTensor, path: Path):
     """One tensor from an open file descriptor, into a new CPU tensor (no mmap)."""
     import torch
     from mv4deploy.quant.kernels import TORCH_DTYPES
@@ -65,8 +40,9 @@ def read_tensor(fd: int, slot: Slot, path: Path):
     return buf.view(TORCH_DTYPES[slot.dtype]).reshape(slot.shape)
 
 
-def output_layout(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> tuple[bytes, list[Slot]]:
-    """The header bytes of an output shard and each tensor's slot, in the given order.
+def output_layout(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str],
+                  file: str = "") -> tuple[bytes, list[HeaderTensor]]:
+    """The header bytes of an output shard (named ``file``) and each tensor's place, in the given order.
 
     The JSON is padded with spaces to a multiple of 8 bytes (as the safetensors library does), so
     every tensor starts 8-byte aligned when the tensors before it are multiples of 8 long."""
@@ -79,7 +55,8 @@ def output_layout(tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dic
     raw = json.dumps(entries, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     header = struct.pack("<Q", len(raw)) + raw
-    return header, [Slot(n, d, s, len(header) + o, b) for n, d, s, o, b in slots]
+    return header, [HeaderTensor(name=n, dtype=d, shape=s, file=file, nbytes=b, offset=len(header) + o)
+                    for n, d, s, o, b in slots]
 
 
 class OrderedHasher:
@@ -108,7 +85,7 @@ class OrderedHasher:
         return self.digest.hexdigest()
 
 
-def write_tensor(fd: int, slot: Slot, tensor, hasher: OrderedHasher | None = None) -> None:
+def write_tensor(fd: int, slot: HeaderTensor, tensor, hasher: OrderedHasher | None = None) -> None:
     """Write one tensor's bytes at its slot (checks dtype and shape against the header)."""
     import torch
     from mv4deploy.quant.kernels import TORCH_DTYPES
@@ -121,7 +98,7 @@ def write_tensor(fd: int, slot: Slot, tensor, hasher: OrderedHasher | None = Non
         hasher.add(slot.offset, data)
 
 
-def copy_bytes(src_fd: int, src: Slot, dst_fd: int, dst: Slot, path: Path, check=None,
+def copy_bytes(src_fd: int, src: HeaderTensor, dst_fd: int, dst: HeaderTensor, path: Path, check=None,
                hasher: OrderedHasher | None = None) -> None:
     """Pass-through: copy a tensor's bytes unchanged, COPY_BYTES at a time (any size, little memory).
     ``check(piece, path)`` sees each piece first (pieces are whole elements: COPY_BYTES is a multiple

@@ -6,7 +6,7 @@ by ``mv4deploy quantize`` (formats transformers cannot read), go through our own
 1. headers vs the config-derived inventory (``model.source.resolve_model``): a missing tensor, an
    unexpected one, or a dtype/shape that contradicts config.json is an ``InputError`` naming it;
 2. the model is built on the meta device (``accelerate.init_empty_weights``; buffers stay real);
-3. shards are read in order with ``safe_open``; each logical weight is decoded (``weights.decode``:
+3. shards are read in order with ``safe_open``; each logical weight is decoded (``LogicalWeight.decode``:
    the format registry dequantizes FP8 blocks and MXFP4) and written into its transformers parameter
    through the name map, experts straight into their slice of the fused 3-D tensors. Only one weight's
    stored tensors exist beside the model at any time, so the model is never held twice;
@@ -26,12 +26,12 @@ import torch
 from mv4deploy.errors import InputError
 from mv4deploy.model.config import load_json
 from mv4deploy.model.inventory import Role, build_inventory
-from mv4deploy.model.safetensors_headers import read_checkpoint_headers
-from mv4deploy.model.source import resolve_model
+from mv4deploy.model.source import refuse_mismatches, resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.runtime import name_map
 from mv4deploy.runtime.hf_config import STORAGE_KEYS, check_runnable, has_engram, v4_config
-from mv4deploy.runtime.weights import TORCH_DTYPES, LogicalWeight, decode, logical_weights, slot_view
+from mv4deploy.quant.rules import LogicalWeight, logical_weights
+from mv4deploy.runtime.weights import TORCH_DTYPES, slot_view
 
 NATIVE = (Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41)
 DENSE = (Arch.QWEN2, Arch.LLAMA)
@@ -47,14 +47,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise InputError(folder, None, None, "not a checkpoint folder")
     raw = load_json(folder / "config.json")
     resolved = resolve_model(folder)
-    spec = resolved.spec
-    headers = read_checkpoint_headers(folder)
+    spec, headers = resolved.spec, resolved.headers
     native = spec.architecture in NATIVE and not any(h.name.startswith("model.") for h in headers)
     ours = (raw.get("quantization_config") or {}).get("quant_method") == "mv4deploy"  # `mv4deploy quantize`
     if native or (ours and spec.architecture in DENSE):
         if native:
             check_runnable(spec.architecture, raw, str(folder / "config.json"))
-        _check_headers(folder, resolved.mismatches)
+        refuse_mismatches(folder, resolved.mismatches)
         model = _load_streaming(folder, raw, spec, {h.name: h.file for h in headers}, native,
                                 (torch.device(device), dtype, torch.device(engram_device or device)))
     elif ours:
@@ -63,16 +62,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
                          "supported: deepseek_v4 (native names), qwen2, llama")
     else:
         if spec.architecture not in NATIVE:
-            _check_headers(folder, resolved.mismatches)
+            refuse_mismatches(folder, resolved.mismatches)
         model = _load_hf(folder, torch.device(device), dtype)
     return model.eval()
-
-
-def _check_headers(folder: Path, mismatches) -> None:
-    if mismatches:
-        first = mismatches[0]
-        more = f" ({len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
-        raise InputError(folder, first.name, None, f"{first.problem}{more}")
 
 
 def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype):
@@ -122,7 +114,7 @@ def _load_streaming(folder: Path, raw: dict, spec, file_of: dict[str, str], nati
     device, dtype, engram_device = placement
     model = _build_empty(raw, spec, str(folder / "config.json"), native)
     filler = _Filler(model, folder, device, dtype, engram_device)
-    weights = sorted(logical_weights(build_inventory(spec)), key=lambda w: file_of[w.payload])
+    weights = sorted(logical_weights(spec), key=lambda w: file_of[w.payload])
     with _Shards(folder) as shards:
         for weight in weights:
             target = name_map.to_target(weight.name) if native else name_map.Target(weight.name)
@@ -144,7 +136,7 @@ def _load_streaming(folder: Path, raw: dict, spec, file_of: dict[str, str], nati
 
 
 def _decoded(shard: Path, weight: LogicalWeight, tensors: dict) -> torch.Tensor:
-    value = decode(weight, tensors, torch.float32)
+    value = weight.decode(tensors, torch.float32)
     if value.is_floating_point() and not torch.isfinite(value).all():
         raise InputError(shard, weight.payload, None,
                          "decodes to NaN/Inf values: corrupt shard?")

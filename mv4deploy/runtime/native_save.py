@@ -16,11 +16,11 @@ import torch
 
 from mv4deploy.fileio import atomic_path, write_text_atomic
 from mv4deploy.model.config import read_config
-from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.model.spec import Arch
+from mv4deploy.quant.rules import LogicalWeight, logical_weights
 from mv4deploy.runtime import name_map
-from mv4deploy.runtime.weights import LogicalWeight, encode, logical_weights, slot_view
+from mv4deploy.runtime.weights import encode, slot_view
 
 NATIVE_ARCHES = (Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41)
 
@@ -41,7 +41,7 @@ def save_native(state: dict[str, torch.Tensor], config: dict, folder: Path, sort
     folder.mkdir(parents=True, exist_ok=True)
     spec = read_config(config, str(folder / "config.json"))
     native = spec.architecture in NATIVE_ARCHES
-    weights = logical_weights(build_inventory(spec))
+    weights = logical_weights(spec)
     groups = []
     for weight in weights:
         value = source_tensor(state, weight, native).detach()

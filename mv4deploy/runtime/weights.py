@@ -1,91 +1,31 @@
-"""Logical weights of a checkpoint and how they are encoded and decoded, shared by loader and writer.
+"""Encoding a logical weight for the runtime's writer, and the slice of a fused parameter it fills.
 
-A *logical weight* is one tensor of the network (``layers.0.attn.wq_a.weight``); a checkpoint may store
-it as several tensors (FP8 payload + ``.scale``; FP4 packed + ``.scale``). The config-derived inventory
-lists the stored tensors of each weight consecutively, payload first (``model.inventory._Builder``), so
-grouping walks it once. Decoding a quantized weight is the format registry's ``dequantize``; plain
-formats and raw tables are a cast.
+The logical weights themselves (one tensor of the network and the stored tensors that hold it, payload
+first) and their decoding are ``quant.rules.LogicalWeight`` / ``logical_weights(spec)`` /
+``LogicalWeight.decode``: one model of a weight for the quantizer, the readback and the runtime. Encoding
+a quantized weight is the format registry's ``quantize``; plain formats are a cast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from mv4deploy.model.inventory import RAW_FORMAT, Inventory, TensorInfo
 from mv4deploy.quant.formats import get_format
 from mv4deploy.quant.kernels import TORCH_DTYPES  # safetensors dtype name -> torch dtype
+from mv4deploy.quant.rules import LogicalWeight
 
-__all__ = ["TORCH_DTYPES", "LogicalWeight", "logical_weights", "decode", "encode", "slot_view"]
-PLAIN_FORMATS = frozenset({"bf16", "f32", RAW_FORMAT})
-
-
-@dataclass(frozen=True)
-class LogicalWeight:
-    name: str                        # the weight's logical name (what the name map and formats key on)
-    format: str                      # a FORMATS name, or "raw"
-    stored: tuple[TensorInfo, ...]   # payload first, then scales
-
-    @property
-    def payload(self) -> str:
-        """The first stored tensor's name (``X.weight``; ``X.weight_packed`` for INT4)."""
-        return self.stored[0].name
-
-    @property
-    def is_plain(self) -> bool:
-        return self.format in PLAIN_FORMATS
-
-
-def logical_weights(inventory: Inventory) -> list[LogicalWeight]:
-    """Group the stored tensors of a config-derived inventory into logical weights."""
-    groups: list[LogicalWeight] = []
-    tensors = inventory.tensors
-    i = 0
-    while i < len(tensors):
-        head = tensors[i]
-        count = 1 if head.format == RAW_FORMAT else len(get_format(head.format).stored(head.name, head.shape))
-        members = tensors[i: i + count]
-        if any(t.format != head.format for t in members) or len(members) != count:
-            raise AssertionError(f"inventory of {inventory.spec.name}: {head.name} is not followed by its scales")
-        groups.append(LogicalWeight(_logical_name(head.format, members), head.format, tuple(members)))
-        i += count
-    return groups
-
-
-def _logical_name(fmt: str, members: tuple[TensorInfo, ...]) -> str:
-    """The name whose ``stored`` layout is exactly ``members`` (a payload may be named after it, as
-    ``X.weight``, or after its module, as INT4's ``X.weight_packed``)."""
-    head = members[0].name
-    if fmt == RAW_FORMAT:
-        return head
-    names = tuple(t.name for t in members)
-    layout = get_format(fmt)
-    probe = (1,) * max(layout.min_ndim, 1)   # names do not depend on the shape
-    for candidate in (head, head.rsplit(".", 1)[0] + ".weight"):
-        if tuple(t.name for t in layout.stored(candidate, probe)) == names:
-            return candidate
-    raise AssertionError(f"{head}: no logical name gives {fmt}'s stored names {names}")
-
-
-def decode(weight: LogicalWeight, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """The full-precision tensor of ``weight`` from its stored tensors (keys: stored names)."""
-    if weight.format == RAW_FORMAT:
-        return tensors[weight.name]
-    if weight.is_plain:
-        return tensors[weight.name].to(dtype)
-    return get_format(weight.format).dequantize(weight.name, tensors, dtype)
+__all__ = ["TORCH_DTYPES", "encode", "slot_view"]
 
 
 def encode(weight: LogicalWeight, value: torch.Tensor) -> dict[str, torch.Tensor]:
     """The stored tensors of ``weight`` for a full-precision ``value`` (dtypes as the inventory says)."""
     if weight.is_plain:
         return {weight.name: value.to(TORCH_DTYPES[weight.stored[0].dtype]).contiguous()}
-    encoded = get_format(weight.format).quantize(weight.name, value)
+    encoded = get_format(weight.native).quantize(weight.name, value)
     for info in weight.stored:
         got = encoded.get(info.name)
         if got is None or tuple(got.shape) != info.shape or got.dtype != TORCH_DTYPES[info.dtype]:
-            raise AssertionError(f"{weight.format}.quantize({weight.name}) gave {info.name} as "
+            raise AssertionError(f"{weight.native}.quantize({weight.name}) gave {info.name} as "
                                  f"{None if got is None else (got.dtype, tuple(got.shape))}, "
                                  f"expected {info.dtype}{list(info.shape)}")
     return {name: tensor.contiguous() for name, tensor in encoded.items()}  # safetensors needs contiguous

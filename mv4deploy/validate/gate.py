@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy.errors import InputError
+from mv4deploy.schema import Section, finite, load_yaml
 
 DEFAULT_CONFIDENCE = 0.95
 ALIASES = {"top1_min": "same_top1_wilson_low"}   # limit key -> the statistic it bounds
@@ -82,20 +83,15 @@ class GateResult:
 
 def load_gate(path: Path, known_metrics: frozenset[str]) -> Gate:
     """Parse a gate YAML; ``known_metrics`` are the summary keys a limit may name."""
-    import yaml
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, None, "gate file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(path, None, None, f"not valid YAML ({_yaml_line(exc)})") from exc
+    raw = load_yaml(path)
     if not isinstance(raw, dict) or not raw:
         raise InputError(path, None, raw, "a gate is a mapping of limits, e.g. 'kld_mean_max: 0.01'")
-    confidence = _number(path, "confidence", raw.pop("confidence", DEFAULT_CONFIDENCE))
+    top = Section(raw, str(path))
+    confidence = top.get("confidence", finite, required=False, default=DEFAULT_CONFIDENCE)
     if not 0 < confidence < 1:
         raise InputError(path, "confidence", confidence, "must be in (0, 1), e.g. 0.95")
-    limits = tuple(_limit(path, str(key), value, known_metrics) for key, value in raw.items())
+    limits = tuple(_limit(top, key, known_metrics) for key in top.unread())
     if not limits:
         raise InputError(path, None, None, "no limits: add e.g. 'kld_mean_max: 0.01'")
     return Gate(str(path), confidence, limits)
@@ -114,16 +110,17 @@ def check_gate(gate: Gate, summary: dict) -> GateResult:
 COMMON_LIMITS = "kld_mean_max, kld_p99_max, top1_min, ppl_ratio_max"
 
 
-def _limit(path: Path, key: str, value: object, known: frozenset[str]) -> Limit:
-    parsed = _parse_key(key)
+def _limit(top: Section, key: object, known: frozenset[str]) -> Limit:
+    parsed = _parse_key(str(key))
     if parsed is None or parsed[0] not in known:
-        raise InputError(path, key, value, f"unknown limit; use {COMMON_LIMITS}, or <statistic>_max / "
-                                           "<statistic>_min for any statistic of the --json output")
+        raise InputError(top.source, str(key), top.data[key], f"unknown limit; use {COMMON_LIMITS}, or "
+                                                              "<statistic>_max / <statistic>_min for any statistic "
+                                                              "of the --json output")
     metric, bound = parsed
-    number = _number(path, key, value)
+    number = top.get(key, finite)
     if metric.startswith("same_top1") and not 0 <= number <= 1:
-        raise InputError(path, key, value, "a top-1 rate is a fraction in [0, 1]")
-    return Limit(key, metric, bound, number)
+        raise InputError(top.source, str(key), top.data[key], "a top-1 rate is a fraction in [0, 1]")
+    return Limit(str(key), metric, bound, number)
 
 
 def _parse_key(key: str) -> tuple[str, str] | None:
@@ -133,14 +130,3 @@ def _parse_key(key: str) -> tuple[str, str] | None:
         if key.endswith(suffix):
             return key[: -len(suffix)], bound
     return None
-
-
-def _number(path: Path, key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(path, key, value, "must be a finite number")
-    return float(value)
-
-
-def _yaml_line(exc: Exception) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    return f"line {mark.line + 1}" if mark is not None else type(exc).__name__
