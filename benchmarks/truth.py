@@ -13,9 +13,9 @@ synthetic V4-architecture checkpoints beside what `mv4deploy plan` predicts for 
    memory at real dimensions): each is planned with the probed profile and run (`mv4deploy run`, one process
    each, --trials trials); the time the measured decode step exceeds the plan's roofline is fitted by
    non-negative least squares to per_step + per_layer x layers + per_expert x expert calls; a prefill chunk's
-   measured time (batch-1 runs) to roofline / prefill_efficiency + prefill_per_layer x layers; and the largest RSS a run
-   adds beyond the model's bytes is the engine's own memory. All go into the profile's `runtime_overhead`
-   (written to --out-profile).
+   measured time (batch-1 runs) to roofline / prefill_efficiency + prefill_per_layer x layers; and the RSS a
+   run adds beyond the model's bytes (the engine's own memory) to host_bytes + host_bytes_per_token x batch
+   x context. All go into the profile's `runtime_overhead` (written to --out-profile).
 4. Test: every model is planned again with the calibrated profile and run; the table shows predicted vs
    measured decode and prefill tokens/s and the host RSS the model adds (the runs used for the fit are
    marked). Speeds are the best of the trials (interference only slows a run; the probe's figures are best
@@ -218,7 +218,9 @@ def fit_overhead(results: list[Result]) -> dict:
     per_step, per_layer, per_expert (s) >= 0 minimizing the squared error of measured - roofline decode
     step. Prefill: measured chunk = roofline chunk / efficiency + prefill_per_layer x layers, in relative
     error (the chunks span 0.08-1.6 s), on the batch-1 runs only: a chunk of B sequences pays per-sequence
-    attention calls that the plan's prefill model has no term for, and the test rows show what that costs."""
+    attention calls that the plan's prefill model has no term for, and the test rows show what that costs.
+    Engine memory: the RSS a run adds beyond the plan's host bytes = host_bytes + host_bytes_per_token x
+    batch x context (its masks and eager-attention buffers grow with the sequences)."""
     import numpy as np
     from scipy.optimize import nnls
     rows, extra, chunk_rows, chunks = [], [], [], []
@@ -234,11 +236,14 @@ def fit_overhead(results: list[Result]) -> dict:
             chunks.append(1.0)
     (step, layer, expert), residual = nnls(np.array(rows), np.array(extra))
     (slowdown, prefill_layer), prefill_residual = nnls(np.array(chunk_rows), np.array(chunks))
-    engine = max(r.row("host RSS added (model)")["measured"] - r.row("host RSS added (model)")["predicted"]
-                 for r in results)
+    slots = [[1.0, r.case.batch * r.case.context] for r in results]
+    engine = [r.row("host RSS added (model)")["measured"] - r.row("host RSS added (model)")["predicted"]
+              for r in results]
+    (host_bytes, per_token), _ = nnls(np.array(slots), np.array(engine, dtype=float))
     return {"per_step_s": step, "per_layer_s": layer, "per_expert_s": expert, "residual_s": residual,
             "prefill_per_layer_s": prefill_layer, "prefill_efficiency": min(1.0, 1 / slowdown) if slowdown else 1.0,
-            "prefill_relative_residual": prefill_residual, "host_bytes": max(0, engine)}
+            "prefill_relative_residual": prefill_residual, "host_bytes": int(host_bytes),
+            "host_bytes_per_token": int(per_token)}
 
 
 def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> Path:
@@ -249,6 +254,7 @@ def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> P
         "per_expert": f"{fit['per_expert_s'] * 1e6:.1f}us",
         "prefill_per_layer": f"{fit['prefill_per_layer_s'] * 1e6:.1f}us",
         "prefill_efficiency": round(float(fit["prefill_efficiency"]), 4), "host_bytes": f"{fit['host_bytes'] // 2**20}MiB",
+        "host_bytes_per_token": f"{fit['host_bytes_per_token']}B",
         "engine": f"mv4deploy run: eager PyTorch {torch.__version__}, BF16 weights, CPU",
         "source": f"benchmarks/truth.py fit on {', '.join(names)}"}
     out.write_text("# Probed by `mv4deploy profile probe`; runtime_overhead fitted by benchmarks/truth.py\n"
@@ -316,7 +322,8 @@ def main() -> None:
           f"{fit['per_layer_s'] * 1e3:.3f} ms, per_expert {fit['per_expert_s'] * 1e3:.3f} ms "
           f"(residual {fit['residual_s'] * 1e3:.3f} ms); prefill: efficiency {fit['prefill_efficiency']:.3f}, "
           f"per_layer {fit['prefill_per_layer_s'] * 1e3:.3f} ms per chunk (relative residual "
-          f"{fit['prefill_relative_residual']:.3f}); engine memory {fit['host_bytes'] / 2**20:,.0f} MiB; on "
+          f"{fit['prefill_relative_residual']:.3f}); engine memory {fit['host_bytes'] / 2**20:,.0f} MiB + "
+          f"{fit['host_bytes_per_token'] / 2**10:,.1f} KiB per token of context per sequence; on "
           f"{len(calibration)} runs")
     print(table(results))
     if args.json:

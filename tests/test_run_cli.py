@@ -13,7 +13,7 @@ from tests.conftest import REPO, run_cli
 FIXTURES = REPO / "tests" / "fixtures" / "models"
 CPU = {"name": "cpu-box", "host": {"memory": "8GiB", "bandwidth": "20GB/s", "cores": 2, "isa": ["avx512_bf16"],
                                    "compute": {"fp32": "100GFLOPS", "bf16": "100GFLOPS"}, "reserve": "1GiB"},
-       "runtime_overhead": {"per_layer": "1ms", "host_bytes": "64MiB"}}
+       "runtime_overhead": {"per_layer": "1ms", "host_bytes": "64MiB", "host_bytes_per_token": "1KiB"}}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,9 @@ def test_run_reports_measured_beside_predicted(setup):
     assert rows["decode tokens/s"]["predicted"] == plan_data["estimates"]["decode_tokens_per_s"]
     host = next(d for d in plan_data["devices"] if d["name"] == "host")["breakdown"]
     model_bytes = host["weights"] + host["engram"] + host["kv_cache"] + host["activations"]
-    assert rows["host RSS added (model)"]["predicted"] == model_bytes + 64 * 2**20     # + the engine's own
+    engine = 64 * 2**20 + 1024 * 1 * 64                   # the engine's own: fixed + per token of context
+    assert rows["host RSS added (model)"]["predicted"] == model_bytes + engine
+    assert report["memory"]["engine_bytes"] == engine
     for row in rows.values():
         assert row["measured"] > 0 and row["ratio"] == pytest.approx(row["measured"] / row["predicted"])
     assert report["workload"] == {"batch": 1, "prompt_tokens": 59, "chunk": 32, "tokens": 4, "warmup": 1,

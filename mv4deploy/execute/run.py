@@ -12,7 +12,7 @@ Compared (measured / predicted):
   workspace and the runtime reserve the profile allows);
 - host: the RSS the run adds to the process (peak during the trials minus the RSS before loading) against the
   host's weights + Engram + KV + workspace, plus the engine's own memory where the profile has it calibrated
-  (``runtime_overhead.host_bytes``). The host's ``reserve`` is the OS's and the process's allowance, so it is
+  (``runtime_overhead.engine_host_bytes``). The host's ``reserve`` is the OS's and the process's allowance, so it is
   left out; the process baseline (interpreter and libraries) is reported beside it.
 """
 
@@ -85,7 +85,8 @@ def run_checkpoint(checkpoint: str | Path, plan_path: str | Path, tokens: int = 
                     seed + i) for i in range(repeats)]
     non_torch = {str(d): non_torch_bytes(d) for d in cuda_devices(executor)}
     return _report(plan, checkpoint, placement, devices, workload, trials, baseline, loaded, non_torch,
-                   executor.state.counters, hardware.runtime_overhead.host_bytes)
+                   executor.state.counters,
+                   hardware.runtime_overhead.engine_host_bytes(workload["batch"], plan.workload["context_tokens"]))
 
 
 def _workload(plan, tokens: int, warmup: int, prompt_tokens: int | None, repeats: int) -> dict:

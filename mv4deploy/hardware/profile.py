@@ -61,8 +61,9 @@ class RuntimeOverhead:
     runs its GEMMs at a fraction of the probed rate (a chunk splits into small per-expert matmuls; eager
     attention materializes its scores). Fitted per machine and engine from measured runs
     (``benchmarks/truth.py``); zero (not modelled) unless a profile gives it. ``host_bytes`` is the RSS the
-    engine adds beside the model's bytes (oneDNN's kernel cache, heap kept after prefill): part of what
-    ``host.reserve`` sets aside, and what ``mv4deploy run`` adds to the plan's host bytes to predict RSS."""
+    engine adds beside the model's bytes (oneDNN's kernel cache, heap kept after prefill), plus
+    ``host_bytes_per_token`` per token of context per sequence: part of what ``host.reserve`` sets aside,
+    and what ``mv4deploy run`` adds to the plan's host bytes to predict RSS."""
 
     per_step_s: float = 0.0      # once per forward (embedding, masks, head, sampling)
     per_layer_s: float = 0.0     # per decoder layer per forward
@@ -70,8 +71,13 @@ class RuntimeOverhead:
     prefill_per_layer_s: float = 0.0   # per decoder layer per prefill chunk (in place of the three above)
     prefill_efficiency: float = 1.0    # the fraction of the roofline a prefill chunk reaches (small GEMMs)
     host_bytes: int = 0          # the engine's resident memory besides the model (kernel caches, retained heap)
+    host_bytes_per_token: int = 0    # more of it per token of context per sequence (masks, eager attention)
     engine: str = ""             # what was measured ("mv4deploy run: eager PyTorch 2.13, bf16")
     source: str = ""             # which runs it was fitted on
+
+    def engine_host_bytes(self, batch: int, context_tokens: int) -> int:
+        """The RSS the engine adds beside the model's bytes for ``batch`` sequences of ``context_tokens``."""
+        return self.host_bytes + self.host_bytes_per_token * batch * context_tokens
 
     @property
     def modelled(self) -> bool:
@@ -303,6 +309,7 @@ def _overhead(s: Section | None) -> RuntimeOverhead:
                                                          default=0.0),
                                prefill_efficiency=s.get("prefill_efficiency", fraction, required=False, default=1.0),
                                host_bytes=s.get("host_bytes", size, required=False, default=0),
+                               host_bytes_per_token=s.get("host_bytes_per_token", size, required=False, default=0),
                                engine=s.get("engine", text, required=False, default=""),
                                source=s.get("source", text, required=False, default=""))
     s.done()
