@@ -92,13 +92,21 @@ def load_gate(path: Path, known_metrics: frozenset[str]) -> Gate:
         raise InputError(path, None, None, f"not valid YAML ({_yaml_line(exc)})") from exc
     if not isinstance(raw, dict) or not raw:
         raise InputError(path, None, raw, "a gate is a mapping of limits, e.g. 'kld_mean_max: 0.01'")
+    return make_gate(raw, path, known_metrics)
+
+
+def make_gate(raw: dict, source: str | Path, known_metrics: frozenset[str]) -> Gate:
+    """A gate from a mapping of limits (and an optional ``confidence``), read by the gate file's rules:
+    an export target's tolerance is one too, so ``top1_min`` means the same in both."""
+    path = Path(source)
+    raw = dict(raw)
     confidence = _number(path, "confidence", raw.pop("confidence", DEFAULT_CONFIDENCE))
     if not 0 < confidence < 1:
         raise InputError(path, "confidence", confidence, "must be in (0, 1), e.g. 0.95")
     limits = tuple(_limit(path, str(key), value, known_metrics) for key, value in raw.items())
     if not limits:
         raise InputError(path, None, None, "no limits: add e.g. 'kld_mean_max: 0.01'")
-    return Gate(str(path), confidence, limits)
+    return Gate(str(source), confidence, limits)
 
 
 def check_gate(gate: Gate, summary: dict) -> GateResult:
