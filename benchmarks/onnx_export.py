@@ -95,7 +95,8 @@ def htp_decode_s(folder: Path, eval_path: Path, model: Path, prompt_tokens: int,
     spec = read_config(load_json(folder / "config.json"), "config.json")
     target = load_target(report["target"])
     runner = QnnBuild(folder, GraphShape.of(spec, target.context_tokens, target.step_tokens)).runner()
-    logits = runner.begin(prompt)
+    import torch
+    logits = runner.begin(torch.tensor(prompt))
     start = time.perf_counter()
     for _ in range(calls):
         logits = runner.advance(int(logits.argmax()))

@@ -3,9 +3,12 @@ model on held-out text, and GPTQ against round-to-nearest INT4 at the same group
 
     python benchmarks/quantize_quality.py [--fixtures tests/fixtures/models] [--work /tmp/mv4deploy-qquality]
 
-Needs ``mv4deploy.runtime`` (``load_model``, ``evaluate.agreement``) and the fixtures ``tiny-v4`` /
-``tiny-v41`` with their tokenizers, plus ``tests/fixtures/calib.txt`` (calibration) and
-``tests/fixtures/eval.txt`` (held out). Rows: tiny-v4 fp8, int4-experts RTN, int4-experts GPTQ, nf4,
+Scored exactly as ``mv4deploy validate --chunk 256 --max-chunks 8`` scores it (``validate.evaltext``
+chunks, the second half of each chunk, float64 ``position_stats`` + ``summarize``), so the figures compare
+with ``mv4deploy validate`` and the CI gates. Top-1 is the raw same-top-1 rate with its Wilson lower bound
+(95 %), the statistic a gate's ``top1_min`` bounds. Needs ``mv4deploy.runtime`` (``load_model``) and the
+fixtures ``tiny-v4`` / ``tiny-v41`` with their tokenizers, plus ``tests/fixtures/calib.txt``
+(calibration) and ``tests/fixtures/eval.txt`` (held out). Rows: tiny-v4 fp8, int4-experts RTN, int4-experts GPTQ, nf4,
 int4-all RTN / GPTQ (every linear INT4: GPTQ's effect without FP8 error mixed in), tiny-v41 fp8 (FP8
 Engram tables). Acceptance: GPTQ mean KLD <= 0.8x RTN's.
 """
@@ -40,33 +43,38 @@ def main() -> None:
     args = parser.parse_args()
     try:
         import torch
-        from transformers import AutoTokenizer
 
         from mv4deploy.runtime import load_model
-        from mv4deploy.runtime.evaluate import agreement
     except ImportError as exc:
         raise SystemExit(f"needs the runtime (mv4deploy.runtime): {exc}")
     from mv4deploy.quant.calibrate import CalibrationSpec
     from mv4deploy.quant.run import quantize_checkpoint
+    from mv4deploy.validate.evaltext import load_tokenizer, tokenize_eval
+    from mv4deploy.validate.run import compare_models
     torch.set_num_threads(1)
     calib = CalibrationSpec(REPO / "tests/fixtures/calib.txt")
-    print(f"{'model':9s} {'recipe':26s} {'mean KLD':>10s} {'max KLD':>9s} {'top-1':>7s} {'PPL ref -> cand':>18s}")
-    references = {}
+    print(f"{'model':9s} {'recipe':26s} {'mean KLD':>10s} {'99% KLD':>9s} {'max KLD':>9s} {'top-1':>7s} "
+          f"{'(Wilson lo)':>11s} {'PPL ref -> cand':>18s}  positions")
+    references, kld = {}, {}
     for model, label, recipe, gptq in _recipes():
         src = args.fixtures / model
         if not src.is_dir():
             raise SystemExit(f"fixture {src} is missing (the runtime issue builds it)")
         if model not in references:
-            tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-            ids = torch.tensor(tokenizer((REPO / "tests/fixtures/eval.txt").read_text())["input_ids"])
-            references[model] = (load_model(src), ids)
-        reference, ids = references[model]
+            tokens = tokenize_eval(REPO / "tests/fixtures/eval.txt", load_tokenizer(src), 256, args.chunks)
+            references[model] = (load_model(src), tokens)
+        reference, tokens = references[model]
         out = args.work / f"{model}-{label.replace(' ', '_')}"
         shutil.rmtree(out, ignore_errors=True)
         quantize_checkpoint(src, out, recipe, calibration=calib if gptq else None, workers=2)
-        a = agreement(reference, load_model(out), ids, max_chunks=args.chunks)
-        print(f"{model:9s} {label:26s} {a.kld_mean:10.4e} {a.kld_max:9.3e} {a.top1:7.4f} "
-              f"{a.ppl_reference:8.3f} -> {a.ppl_candidate:7.3f}")
+        s = compare_models(reference, load_model(out), tokens)
+        print(f"{model:9s} {label:26s} {s['kld_mean']:10.4e} {s['kld_p99']:9.3e} {s['kld_max']:9.3e} "
+              f"{s['same_top1']:7.4f} {s['same_top1_wilson_low']:11.4f} {s['ppl_base']:8.3f} -> {s['ppl_q']:7.3f}"
+              f"  {s['tokens_scored']}")
+        kld[label] = s["kld_mean"]
+    for name in ("int4-experts", "int4-all"):
+        ratio = kld[f"{name} GPTQ"] / kld[f"{name} RTN"]
+        print(f"{name}: GPTQ mean KLD / RTN mean KLD = {ratio:.2f} (acceptance <= 0.8)")
 
 
 if __name__ == "__main__":

@@ -168,26 +168,20 @@ def name_list(title: str, names: list[str]) -> None:
 
 
 def export_table(report: dict) -> None:
-    """Human view of ``mv4deploy export onnx``: where it went, sizes, and the validation numbers."""
+    """Human view of ``mv4deploy export onnx``: where it went, sizes, the statistics as ``mv4deploy validate``
+    prints them, greedy agreement, and the target's tolerance as a gate."""
     out = _stdout()
-    v, s, g = report["validation"], report["validation"]["stats"], report["validation"]["greedy"]
+    v, g = report["validation"], report["validation"]["greedy"]
     verdict = "[green]passed[/]" if v["passed"] else "[red]FAILED[/]: " + "; ".join(v["failures"])
     out.print(f"[bold]{report['model']}[/] -> {report['out']}  (target {report['target']}, "
               f"{report['weights']['format']}, {report['runtime']})")
     out.print(f"model files {format_bytes(report['sizes']['model_bytes'])}; validated on {report['runner']}: {verdict}")
-    table = Table(title=f"vs PyTorch fp32 on {v['eval']['text']} ({s['tokens_scored']} tokens scored)",
-                  title_justify="left")
-    for column in ("statistic", "value", "limit"):
-        table.add_column(column, justify="left" if column == "statistic" else "right")
-    limits = v["limits"]
-    table.add_row("mean KLD (nats)", f"{s['kld_mean']:.3g} ± {s['kld_mean_unc']:.2g}", f"<= {limits['kld_mean_max']:g}")
-    table.add_row("99% KLD / max KLD", f"{s['kld_p99']:.3g} / {s['kld_max']:.3g}", "")
-    table.add_row("same top-1", f"{s['same_top1']:.4f} (Wilson low {s['same_top1_wilson_low']:.4f})",
-                  f">= {limits['top1_min']:g}")
-    table.add_row("PPL ratio", f"{s['ppl_ratio']:.4f}", "")
-    table.add_row("greedy agreeing tokens", f"{g['agreeing_prefix']} of {g['new_tokens']} "
-                  f"(mean {g['agreeing_prefix_mean']:.1f})", f">= {limits['greedy_prefix_mean_min']:g}")
-    out.print(table)
+    out.print(f"vs PyTorch fp32 on {v['eval']['text']}: {v['eval']['chunks']} chunks x {v['eval']['chunk_tokens']} "
+              f"tokens, {v['stats']['tokens_scored']} positions scored (second half of each chunk)")
+    _stat_tables(out, v["stats"])
+    out.print(f"greedy: agreeing leading tokens {g['agreeing_prefix']} of {g['new_tokens']} "
+              f"(mean {g['agreeing_prefix_mean']:.1f})")
+    _gate_table(out, v["gate"])
     for note in report["notes"]:
         out.print(f"graph change: {note}")
 
@@ -371,7 +365,6 @@ def run_table(report: dict) -> None:
 
 def validation_table(data: dict) -> None:
     """Human view of ``mv4deploy validate``: llama.cpp's statistics with their ±, then the gate."""
-    from mv4deploy.validate.table import STAT_SECTIONS, format_row
     out = _stdout()
     ref, cand = data["reference"], data["candidate"]
     out.print(f"reference [bold]{ref['path']}[/] ({ref['kind']})")
@@ -383,21 +376,31 @@ def validation_table(data: dict) -> None:
         out.print(f"golden file written: {data['golden_out']}")
     if data.get("tokens_scored") is None:
         return
+    _stat_tables(out, data)
+    if data.get("gate"):
+        _gate_table(out, data["gate"])
+
+
+def _stat_tables(out: Console, summary: dict) -> None:
+    """Every statistic of a summary with its ±, one table per ``STAT_SECTIONS`` section (llama.cpp's labels)."""
+    from mv4deploy.validate.table import STAT_SECTIONS, format_row
     for section, rows in STAT_SECTIONS:
         table = Table(title=section, title_justify="left")
         table.add_column("statistic")
         table.add_column("value", justify="right")
         for row in rows:
-            table.add_row(row.label, format_row(row, data))
+            table.add_row(row.label, format_row(row, summary))
         out.print(table)
-    gate = data.get("gate")
-    if gate:
-        verdict = "[green]PASS[/]" if gate["passed"] else "[bold red]FAIL[/]"
-        table = Table(title=f"gate {gate['source']}: {verdict}", title_justify="left")
-        for column in ("limit", "statistic", "measured", "bound", "result"):
-            table.add_column(column, justify="right" if column in ("measured", "bound") else "left")
-        for c in gate["checks"]:
-            measured = "n/a" if c["measured"] is None else f"{c['measured']:.6g}"
-            table.add_row(c["limit"], c["metric"], measured, ("<= " if c["bound"] == "max" else ">= ")
-                          + f"{c['value']:g}", "pass" if c["passed"] else "[bold red]fail[/]")
-        out.print(table)
+
+
+def _gate_table(out: Console, gate: dict) -> None:
+    """``GateResult.to_json()`` output: one row per limit, measured value and verdict."""
+    verdict = "[green]PASS[/]" if gate["passed"] else "[bold red]FAIL[/]"
+    table = Table(title=f"gate {gate['source']}: {verdict}", title_justify="left")
+    for column in ("limit", "statistic", "measured", "bound", "result"):
+        table.add_column(column, justify="right" if column in ("measured", "bound") else "left")
+    for c in gate["checks"]:
+        measured = "n/a" if c["measured"] is None else f"{c['measured']:.6g}"
+        table.add_row(c["limit"], c["metric"], measured, ("<= " if c["bound"] == "max" else ">= ")
+                      + f"{c['value']:g}", "pass" if c["passed"] else "[bold red]fail[/]")
+    out.print(table)

@@ -319,8 +319,10 @@ def _write_readme(out: Path, name: str, config: dict, stats: dict, numbers: dict
     extra = ""
     if quantized:
         agree = numbers["agreement"]
-        extra = (f"\nAgainst tiny-v4 on the same tokens: mean KL(tiny-v4 || this) {agree.kld_mean:.5f} nats/token "
-                 f"(max {agree.kld_max:.4f}), same top-1 token {100 * agree.top1:.2f}% of {agree.tokens} positions.\n")
+        extra = (f"\nAgainst tiny-v4 (`mv4deploy validate --chunk {SEQ_LEN} --max-chunks {EVAL_CHUNKS}` scoring: second "
+                 f"half of each chunk): mean KL(tiny-v4 || this) {agree['kld_mean']:.5f} nats/token "
+                 f"(max {agree['kld_max']:.4f}), same top-1 token {100 * agree['same_top1']:.2f}% of "
+                 f"{agree['tokens_scored']} positions.\n")
     split = (" with Qwen2's pre-tokenizer split and NFC, which AutoTokenizer imposes on every qwen2 checkpoint"
              if kind == "qwen2" else " with GPT-2's byte-level pre-tokenizer")
     origin = (f"continued from {WARM_START[name]}'s trained weights (the Engram layers start fresh) for "
@@ -355,7 +357,9 @@ def measure() -> dict:
     Printed for docs/runtime.md."""
     import torch
     from mv4deploy.runtime import load_model
-    from mv4deploy.runtime.evaluate import agreement, heldout_nll
+    from mv4deploy.runtime.evaluate import heldout_nll
+    from mv4deploy.validate.evaltext import tokenize_eval
+    from mv4deploy.validate.run import compare_models
     from mv4deploy.runtime.generate import load_tokenizer as folder_tokenizer
     torch.set_num_threads(2)
     numbers = {"unigram": {}, "nll": {}}
@@ -370,18 +374,18 @@ def measure() -> dict:
         nll, n = heldout_nll(load_model(MODELS / name), held, SEQ_LEN, EVAL_CHUNKS)
         numbers["nll"][name] = nll
         print(f"{name}: held-out nll {nll:.4f} nats/token, ppl {math.exp(nll):.2f} ({n} tokens)")
-    held = eval_tokens(folder_tokenizer(MODELS / "tiny-v4"))
-    stats = agreement(load_model(MODELS / "tiny-v4"), load_model(MODELS / "tiny-v4-fp8fp4"), held, SEQ_LEN,
-                      EVAL_CHUNKS)
+    held = tokenize_eval(REPO / "tests" / "fixtures" / "eval.txt", folder_tokenizer(MODELS / "tiny-v4"), SEQ_LEN,
+                         EVAL_CHUNKS)
+    stats = compare_models(load_model(MODELS / "tiny-v4"), load_model(MODELS / "tiny-v4-fp8fp4"), held)
     numbers["agreement"] = stats
-    print(f"tiny-v4-fp8fp4 vs tiny-v4: KLD mean {stats.kld_mean:.6f} max {stats.kld_max:.5f} nats, "
-          f"top-1 {stats.top1:.4f} over {stats.tokens} tokens")
+    print(f"tiny-v4-fp8fp4 vs tiny-v4: KLD mean {stats['kld_mean']:.6f} max {stats['kld_max']:.5f} nats, "
+          f"top-1 {stats['same_top1']:.4f} over {stats['tokens_scored']} positions")
     if (CACHE / "tiny-v4.trained.safetensors").is_file():
         unrounded = _with_trained_experts(load_model(MODELS / "tiny-v4"))
-        ptq = agreement(unrounded, load_model(MODELS / "tiny-v4-fp8fp4"), held, SEQ_LEN, EVAL_CHUNKS)
+        ptq = compare_models(unrounded, load_model(MODELS / "tiny-v4-fp8fp4"), held)
         print(f"tiny-v4-fp8fp4 vs tiny-v4 with its experts as trained (BF16, not on the FP4 grid): "
-              f"KLD mean {ptq.kld_mean:.6f} max {ptq.kld_max:.5f} nats, top-1 {ptq.top1:.4f}; "
-              f"that tiny-v4's ppl {ptq.ppl_reference:.2f}")
+              f"KLD mean {ptq['kld_mean']:.6f} max {ptq['kld_max']:.5f} nats, top-1 {ptq['same_top1']:.4f}; "
+              f"that tiny-v4's ppl {ptq['ppl_base']:.2f}")
     return numbers
 
 

@@ -13,7 +13,8 @@ import torch
 from conftest import PRESETS
 from mv4deploy.export.static_graph import StaticDecoder
 from mv4deploy.export.static_host import GraphShape, StaticHost, StaticRunner
-from mv4deploy.export.verify import TorchRunner, agreeing_prefix, greedy
+from mv4deploy.export.verify import agreeing_prefix, greedy
+from mv4deploy.validate.backends import TorchSource
 from mv4deploy.model.config import read_config
 
 
@@ -46,11 +47,11 @@ def test_static_decoder_with_host_matches_transformers(preset):
     model, spec = _model(preset)
     shape = GraphShape.of(spec, context=96, step=16)
     runner = StaticRunner(shape, _torch_graph(model, shape), _torch_graph(model, shape.with_step(1)), "static")
-    reference = TorchRunner(model)
-    tokens = list(np.random.default_rng(1).integers(3, spec.vocab_size, 50))     # 3 full steps + 2 padded
-    ours, theirs = runner.chunk_logits(tokens), reference.chunk_logits(tokens)
+    reference = TorchSource("transformers", None, model, None, "cpu")
+    tokens = torch.from_numpy(np.random.default_rng(1).integers(3, spec.vocab_size, 50))   # 3 full steps + 2 padded
+    ours, theirs = runner.last_logits(tokens, 50), reference.last_logits(tokens, 50)
     assert ours.shape == theirs.shape == (50, spec.vocab_size)
-    assert np.abs(ours - theirs).max() < 1e-4
+    assert (ours - theirs).abs().max() < 1e-4
     prompt = tokens[:20]
     assert agreeing_prefix(greedy(runner, prompt, 24), greedy(reference, prompt, 24)) == 24
 

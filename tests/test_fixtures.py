@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mv4deploy.runtime import load_model  # noqa: E402
-from mv4deploy.runtime.evaluate import agreement, heldout_nll  # noqa: E402
+from mv4deploy.runtime.evaluate import heldout_nll  # noqa: E402
 from mv4deploy.runtime.generate import load_tokenizer  # noqa: E402
 
 from tests.conftest import REPO, run_cli  # noqa: E402
@@ -91,9 +91,12 @@ def test_generates_python_looking_text(name):
 
 def test_fp8fp4_reproduces_bf16_logits():
     reference, candidate = load_model(fixture("tiny-v4")), load_model(fixture("tiny-v4-fp8fp4"))
-    stats = agreement(reference, candidate, eval_ids("tiny-v4"), chunk=256, max_chunks=8)
-    print(f"tiny-v4-fp8fp4 vs tiny-v4 on {stats.tokens} held-out tokens: KLD mean {stats.kld_mean:.5f} "
-          f"max {stats.kld_max:.4f} nats, top-1 {stats.top1:.4f}, "
-          f"PPL {stats.ppl_candidate:.2f} vs {stats.ppl_reference:.2f}")
-    assert stats.top1 >= TOP1_BOUND
-    assert 0 < stats.kld_mean < 0.05
+    from mv4deploy.validate.evaltext import tokenize_eval
+    from mv4deploy.validate.run import compare_models
+    tokens = tokenize_eval(FIXTURES / "eval.txt", load_tokenizer(fixture("tiny-v4")), 256, 8)
+    stats = compare_models(reference, candidate, tokens)      # scored as `mv4deploy validate` scores
+    print(f"tiny-v4-fp8fp4 vs tiny-v4 on {stats['tokens_scored']} held-out positions: KLD mean "
+          f"{stats['kld_mean']:.5f} max {stats['kld_max']:.4f} nats, top-1 {stats['same_top1']:.4f}, "
+          f"PPL {stats['ppl_q']:.2f} vs {stats['ppl_base']:.2f}")
+    assert stats["same_top1"] >= TOP1_BOUND
+    assert 0 < stats["kld_mean"] < 0.05

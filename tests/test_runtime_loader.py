@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 from mv4deploy.errors import InputError  # noqa: E402
 from mv4deploy.runtime import load_model  # noqa: E402
+from mv4deploy.validate.run import compare_models  # noqa: E402
 
 from tests.conftest import REPO, run_cli  # noqa: E402
 
@@ -42,6 +43,14 @@ def rewrite_shard(folder, tensor_name: str, change) -> str:
     index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != file or k in tensors}
     index_path.write_text(json.dumps(index))
     return file
+
+
+def _eval_start(folder, tmp_path, chars: int = 6000, chunks: int = 4):
+    """The first ``chars`` of eval.txt, chunked and scored as `mv4deploy validate --chunk 256` does."""
+    from mv4deploy.validate.evaltext import load_tokenizer, tokenize_eval
+    text = tmp_path / "eval-start.txt"
+    text.write_text((REPO / "tests" / "fixtures" / "eval.txt").read_text()[:chars])
+    return tokenize_eval(text, load_tokenizer(folder), 256, chunks)
 
 
 def ids_of(folder, text: str = PROMPT * 4):
@@ -186,7 +195,6 @@ def test_fp8_32x32_blocks_load(tmp_path):
     """V4.1's 32x32 UE8M0 block layout on V4 weights: written by the format registry, read back close
     to the BF16 network."""
     from mv4deploy.model.safetensors_headers import read_checkpoint_headers
-    from mv4deploy.runtime.evaluate import agreement
     from mv4deploy.runtime.native_save import save_native
     folder = fixture("tiny-v4")
     reference = load_model(folder)
@@ -198,9 +206,8 @@ def test_fp8_32x32_blocks_load(tmp_path):
     assert headers["layers.1.attn.wq_a.scale"].shape == (2, 4)        # [64, 128] in 32x32 tiles
     assert headers["layers.1.attn.wq_a.scale"].dtype == "F8_E8M0"
     candidate = load_model(tmp_path / "b32")
-    text = (REPO / "tests" / "fixtures" / "eval.txt").read_text()[:6000]
-    stats = agreement(reference, candidate, ids_of(folder, text)[0], chunk=256, max_chunks=4)
-    assert stats.top1 > 0.97 and 0 < stats.kld_mean < 0.002
+    stats = compare_models(reference, candidate, _eval_start(folder, tmp_path))
+    assert stats["same_top1"] > 0.97 and 0 < stats["kld_mean"] < 0.002
 
 
 @pytest.mark.parametrize("name, recipe", [("tiny-v41", "fp8"), ("tiny-qwen2", "nf4")])
@@ -210,13 +217,11 @@ def test_loads_checkpoints_written_by_mv4deploy_quantize(tmp_path, name, recipe)
     through the identity name map."""
     from mv4deploy.quant.recipe import get_recipe
     from mv4deploy.quant.run import quantize_checkpoint
-    from mv4deploy.runtime.evaluate import agreement
     folder = fixture(name)
     quantize_checkpoint(folder, tmp_path / "q", get_recipe(recipe))
     candidate = load_model(tmp_path / "q")
     if name == "tiny-v41":
         table = candidate.model.layers[1].engram.embed
         assert table.weight.dtype == torch.float8_e4m3fn and table.scale.shape == (table.weight.shape[0], 1)
-    text = (REPO / "tests" / "fixtures" / "eval.txt").read_text()[:6000]
-    stats = agreement(load_model(folder), candidate, ids_of(folder, text)[0], chunk=256, max_chunks=4)
-    assert stats.top1 > 0.9 and 0 < stats.kld_mean < 0.01
+    stats = compare_models(load_model(folder), candidate, _eval_start(folder, tmp_path))
+    assert stats["same_top1"] > 0.9 and 0 < stats["kld_mean"] < 0.01

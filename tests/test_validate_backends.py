@@ -69,6 +69,22 @@ def test_onnx_candidates_match_the_transformers_reference(tiny, onnx_folders, wh
     assert s["kld_max"] < 1e-9 and abs(s["ppl_ratio"] - 1) < 1e-5
 
 
+@pytest.mark.parametrize("which", ["transformers", "onnx-genai", "onnx"])
+def test_greedy_steps_give_the_logits_of_a_full_prefill(tiny, onnx_folders, which):
+    """begin/advance (the export's greedy check) keep each backend's own KV cache: after every step the
+    logits equal those of the whole sequence run from an empty cache."""
+    folder = {"transformers": tiny.ref, "onnx-genai": onnx_folders[0], "onnx": onnx_folders[1]}[which]
+    source = open_source(folder)
+    ids = torch.tensor(source.tokenizer(tiny.eval_text.read_text(), add_special_tokens=False)["input_ids"][:14])
+    logits = source.begin(ids[:8])
+    for end in range(9, 15):
+        logits = source.advance(int(ids[end - 1]))
+        full = source.last_logits(ids[:end], 1)[0]
+        assert logits.shape == full.shape and torch.allclose(logits, full, atol=1e-4), end
+    runtime = {"transformers": "PyTorch ", "onnx-genai": "onnxruntime-genai ", "onnx": "onnxruntime "}[which]
+    assert source.runtime.startswith(runtime)
+
+
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(InputError, match="no config.json"):
         open_source(tmp_path, role="candidate")

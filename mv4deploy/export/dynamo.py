@@ -16,7 +16,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 
 from mv4deploy.export.source import TOKENIZER_FILES, SourceModel
 from mv4deploy.export.targets import ExportTarget, Precision
@@ -105,40 +104,8 @@ class DynamoBuild:
         self.command = "torch.onnx.export(dynamo=True) + MatMulNBitsQuantizer"
         self.notes: tuple[str, ...] = ()
 
-    def runner(self, folder: Path | None = None) -> "OrtRunner":
-        return OrtRunner((folder or self.folder) / "model.onnx", self.spec)
-
-
-class OrtRunner:
-    """onnxruntime with the KV cache held by the caller, as the README shows a user."""
-
-    def __init__(self, path: Path, spec):
-        import onnxruntime as ort
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.label = f"onnxruntime {ort.__version__} CPU"
-        self.inputs, _ = io_names(spec.num_hidden_layers)
-        self._empty = np.zeros((1, spec.num_key_value_heads, 0, spec.head_dim), dtype=np.float32)
-        self._past: list[np.ndarray] = []
-        self._length = 0
-
-    def _run(self, ids, past: list[np.ndarray], start: int):
-        n = len(ids)
-        feeds = {"input_ids": np.asarray([ids], dtype=np.int64),
-                 "attention_mask": np.ones((1, start + n), dtype=np.int64),
-                 "position_ids": np.arange(start, start + n, dtype=np.int64).reshape(1, -1)}
-        feeds.update(zip(self.inputs[3:], past))
-        logits, *present = self.session.run(None, feeds)
-        return logits[0], present
-
-    def chunk_logits(self, tokens):
-        return self._run(list(tokens), [self._empty] * (len(self.inputs) - 3), 0)[0]
-
-    def begin(self, prompt):
-        logits, self._past = self._run(list(prompt), [self._empty] * (len(self.inputs) - 3), 0)
-        self._length = len(prompt)
-        return logits[-1]
-
-    def advance(self, token):
-        logits, self._past = self._run([token], self._past, self._length)
-        self._length += 1
-        return logits[-1]
+    def runner(self, folder: Path | None = None):
+        """The folder as ``mv4deploy validate`` opens it: onnxruntime with the KV cache held by the caller
+        (``present.N.*`` fed back as ``past_key_values.N.*``), as the README shows a user."""
+        from mv4deploy.validate.backends import open_source
+        return open_source(folder or self.folder, "cpu", role="export")

@@ -1,4 +1,4 @@
-"""Targets built by the onnxruntime-genai model builder (``cpu-int4``, ``cpu-fp32``), and their runner.
+"""Targets built by the onnxruntime-genai model builder (``cpu-int4``, ``cpu-fp32``).
 
 The builder (``python -m onnxruntime_genai.models.builder``) reads a local transformers folder offline and
 writes ``model.onnx`` (+ ``model.onnx.data``), ``genai_config.json`` and the tokenizer files. It runs in a
@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from mv4deploy.errors import CheckFailed
 from mv4deploy.export.source import SourceModel
@@ -61,35 +60,7 @@ class GenaiBuild:
         self.graphs = ("model.onnx",)
         self.notes: tuple[str, ...] = ()
 
-    def runner(self, folder: Path | None = None) -> "GenaiRunner":
-        return GenaiRunner(folder or self.folder, self.max_length)
-
-
-class GenaiRunner:
-    """onnxruntime-genai's own Generator: the path a user of the folder takes."""
-
-    def __init__(self, folder: Path, max_length: int):
-        import onnxruntime_genai as og
-        self._og, self.max_length = og, max_length
-        self.model = og.Model(str(folder))
-        self.label = f"onnxruntime-genai {og.__version__}"
-        self._gen = None
-
-    def _generator(self, max_length: int):
-        params = self._og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max_length, do_sample=False)
-        return self._og.Generator(self.model, params)
-
-    def chunk_logits(self, tokens):
-        gen = self._generator(len(tokens) + 1)
-        gen.append_tokens(np.asarray(tokens, dtype=np.int32))
-        return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]      # [N, V]
-
-    def begin(self, prompt):
-        self._gen = self._generator(self.max_length)
-        self._gen.append_tokens(np.asarray(prompt, dtype=np.int32))
-        return np.asarray(self._gen.get_logits(), dtype=np.float32).reshape(-1)
-
-    def advance(self, token):
-        self._gen.append_tokens(np.asarray([token], dtype=np.int32))
-        return np.asarray(self._gen.get_logits(), dtype=np.float32).reshape(-1)
+    def runner(self, folder: Path | None = None):
+        """The folder as ``mv4deploy validate`` opens it: onnxruntime-genai's own Generator, what its user runs."""
+        from mv4deploy.validate.backends import open_source
+        return open_source(folder or self.folder, "cpu", role="export")

@@ -20,7 +20,7 @@ from mv4deploy.export import dynamo, genai, qnn
 from mv4deploy.export.report import folder_sizes, readme, usage, write_outputs
 from mv4deploy.export.source import check_source, load_torch_model
 from mv4deploy.export.targets import Builder, ExportTarget, load_target
-from mv4deploy.export.verify import TorchRunner, verify
+from mv4deploy.export.verify import reference_source, verify
 
 BUILDERS = {Builder.GENAI: genai.build, Builder.DYNAMO: dynamo.build, Builder.QNN_STATIC: qnn.build}
 # Default texts when --eval / --calib are not given: modules of this Python's standard library, read from
@@ -91,16 +91,16 @@ def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib) -
     seconds["build"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     runner = built.runner()
-    output.info(f"validating on {runner.label}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
+    output.info(f"validating on {runner.runtime}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
                 f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
-    result = verify(TorchRunner(model), runner, tokens, target.tolerance)
+    result = verify(reference_source(model, source), runner, tokens, target.tolerance, target.source)
     seconds["validate"] = round(time.perf_counter() - t0, 1)
     return {
         "model": source.folder.resolve().name, "model_dir": str(source.folder), "target": target.name,
         "target_file": target.source, "runtime": target.runtime, "provider": target.provider.value,
         "weights": {"precision": target.weights.precision.value, "format": target.weights.format,
                     "block_size": target.weights.block_size, "symmetric": target.weights.symmetric},
-        "command": built.command, "runner": runner.label, "graphs": list(built.graphs), "notes": list(built.notes),
+        "command": built.command, "runner": runner.runtime, "graphs": list(built.graphs), "notes": list(built.notes),
         "sizes": folder_sizes(work / "out", built.graphs), "validation": result, "seconds": seconds,
     }, getattr(built, "max_length", None)
 

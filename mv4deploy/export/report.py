@@ -116,8 +116,10 @@ def usage(target: ExportTarget, folder: Path, spec, max_length: int | None) -> s
 
 
 def readme(report: dict, target: ExportTarget, spec, how_to_run: str) -> str:
-    v = report["validation"]
-    s, g = v["stats"], v["greedy"]
+    """The folder's README: how to run it, its files, and its self-validation as ``mv4deploy validate``
+    reports a run (``validate.report``: every statistic, then the target's tolerance as a gate)."""
+    from mv4deploy.validate.report import gate_lines, stat_lines
+    v, g = report["validation"], report["validation"]["greedy"]
     lines = [f"# {report['model']} -> ONNX, target `{target.name}`", "", target.description, "",
              f"Made by `{report['cli']}` ({report['command']}); runs on {report['runtime']}, execution provider "
              f"{target.provider.value}.", "",
@@ -126,16 +128,11 @@ def readme(report: dict, target: ExportTarget, spec, how_to_run: str) -> str:
     verdict = "PASSED" if v["passed"] else "FAILED: " + "; ".join(v["failures"])
     lines += ["", f"## Validation against PyTorch (fp32): {verdict}", "",
               f"Eval text `{v['eval']['text']}` (sha256 {v['eval']['sha256'][:16]}...), {v['eval']['chunks']} chunks "
-              f"of {v['eval']['chunk_tokens']} tokens, second half scored; run on {report['runner']}.", "",
-              "| statistic | value | limit |", "|---|---:|---:|",
-              f"| tokens scored | {s['tokens_scored']} | |",
-              f"| mean KLD (nats) | {s['kld_mean']:.3g} ± {s['kld_mean_unc']:.2g} | <= {v['limits']['kld_mean_max']:g} |",
-              f"| 99th pct KLD | {s['kld_p99']:.3g} | |", f"| max KLD | {s['kld_max']:.3g} | |",
-              f"| same top-1 | {s['same_top1']:.4f} (Wilson low {s['same_top1_wilson_low']:.4f}) | "
-              f">= {v['limits']['top1_min']:g} |",
-              f"| PPL(export)/PPL(PyTorch) | {s['ppl_ratio']:.4f} | |",
-              f"| greedy: agreeing leading tokens | {g['agreeing_prefix']} of {g['new_tokens']} "
-              f"(mean {g['agreeing_prefix_mean']:.1f}) | >= {v['limits']['greedy_prefix_mean_min']:g} |", ""]
+              f"of {v['eval']['chunk_tokens']} tokens, {v['stats']['tokens_scored']} positions scored (the second "
+              f"half of each chunk); run on {report['runner']}. Greedy: {g['prompts']} prompts of "
+              f"{g['prompt_tokens']} tokens, agreeing leading tokens {g['agreeing_prefix']} of {g['new_tokens']} "
+              f"(mean {g['agreeing_prefix_mean']:.1f}).", "", *gate_lines(v["gate"]), "", "## Statistics", "",
+              *stat_lines(v["stats"])]
     if report["notes"]:
         lines += ["## Graph changes for this backend", "", *[f"- {note}" for note in report["notes"]], ""]
     return "\n".join(lines)

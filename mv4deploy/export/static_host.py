@@ -87,13 +87,18 @@ class StaticHost:
 
 
 class StaticRunner:
-    """Runs a prefill/decode pair (any two callables feeds -> outputs) as a ``verify.Runner``."""
+    """A prefill/decode pair (any two callables feeds -> outputs) with the host around it, as a
+    ``validate.backends.LogitsSource``: every call of a chunk or a sequence goes through the static graphs."""
 
-    def __init__(self, shape: GraphShape, prefill, decode, label: str):
-        self.shape, self.prefill, self.decode, self.label = shape, prefill, decode, label
+    kind = "onnx-static"
+
+    def __init__(self, shape: GraphShape, prefill, decode, runtime: str, path=None, tokenizer=None):
+        self.shape, self.prefill, self.decode, self.runtime = shape, prefill, decode, runtime
+        self.path, self.tokenizer = path, tokenizer
         self.host: StaticHost | None = None
 
     def _prefill(self, tokens) -> np.ndarray:
+        """Logits [n, V] of ``tokens`` from an empty window, ``step`` tokens per prefill call."""
         self.host = StaticHost(self.shape)
         rows = []
         for start in range(0, len(tokens), self.shape.step):
@@ -101,12 +106,18 @@ class StaticRunner:
             rows.append(self.host.commit(self.prefill(feeds), valid))
         return np.concatenate(rows).astype(np.float32)
 
-    def chunk_logits(self, tokens):
-        return self._prefill(list(tokens))
+    def last_logits(self, tokens, keep: int):
+        import torch
+        return torch.from_numpy(self._prefill(tokens.view(-1).tolist())[-keep:])
 
     def begin(self, prompt):
-        return self._prefill(list(prompt))[-1]
+        import torch
+        return torch.from_numpy(self._prefill(prompt.view(-1).tolist())[-1])
 
-    def advance(self, token):
+    def advance(self, token: int):
+        import torch
         feeds, valid = self.host.feeds([token], 1)
-        return self.host.commit(self.decode(feeds), valid)[-1].astype(np.float32)
+        return torch.from_numpy(self.host.commit(self.decode(feeds), valid)[-1].astype(np.float32))
+
+    def close(self) -> None:
+        self.prefill = self.decode = self.host = None

@@ -66,7 +66,7 @@ class Tolerance:
     prompt_tokens: int
     greedy_tokens: int
     kld_mean_max: float
-    top1_min: float
+    top1_min: float                # as in a validate gate: on the Wilson lower bound of same-top-1 (95 %)
     greedy_prefix_mean_min: float
 
 

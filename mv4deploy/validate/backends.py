@@ -3,7 +3,9 @@
 A ``LogitsSource`` answers ``last_logits(tokens [N], keep) -> [keep, V] float32``: the logits of the
 last ``keep`` positions of one chunk run from an empty cache. Validation only ever asks for that, so a
 native DeepSeek checkpoint (through ``mv4deploy.runtime``), a transformers folder and an ONNX folder are
-interchangeable as reference or candidate. ``BACKENDS`` is an ordered table: the first entry whose
+interchangeable as reference or candidate. Greedy generation (the export's second check) adds
+``begin(prompt [P]) -> [V]`` and ``advance(token) -> [V]``: one running sequence with the source's own KV
+cache, the path a user of that runtime takes. ``BACKENDS`` is an ordered table: the first entry whose
 ``matches`` accepts a folder opens it.
 
 | kind         | a folder with                                   | runs through                       |
@@ -36,8 +38,18 @@ class LogitsSource(Protocol):
     path: Path
     tokenizer: object
 
+    @property
+    def runtime(self) -> str:
+        """What runs the model, with its version (``onnxruntime 1.23.0 CPU``): reports name it."""
+
     def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
         """Logits ``[keep, V]`` (float32) of the last ``keep`` positions of ``tokens`` ``[N]``."""
+
+    def begin(self, prompt: Tensor) -> Tensor:
+        """Start a sequence from ``prompt`` ``[P]`` (a fresh cache); logits ``[V]`` (float32) of its last position."""
+
+    def advance(self, token: int) -> Tensor:
+        """Append one token to the running sequence; logits ``[V]`` (float32) after it."""
 
     def close(self) -> None:
         """Free the model."""
@@ -45,7 +57,8 @@ class LogitsSource(Protocol):
 
 @dataclass
 class TorchSource:
-    """A torch causal LM (transformers' or the runtime's): one forward per chunk, no KV cache kept."""
+    """A torch causal LM (transformers' or the runtime's): one forward per chunk, no KV cache kept; greedy
+    steps keep the model's own cache (``past_key_values``), or re-run the whole sequence if it has none."""
 
     kind: str
     path: Path
@@ -53,9 +66,21 @@ class TorchSource:
     tokenizer: object
     device: str
     _accepts: frozenset[str] = field(default_factory=frozenset)
+    _past: object = None
+    _sequence: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._accepts = frozenset(inspect.signature(self.model.forward).parameters)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, path: Path | None = None, tokenizer=None, device: str = "cpu",
+           kind: str = "torch") -> "TorchSource":
+        """A model already loaded (the export's reference, a benchmark's runtime model) as a source."""
+        return cls(kind, Path(path or "."), model, tokenizer, device)
+
+    @property
+    def runtime(self) -> str:
+        return f"PyTorch {torch.__version__} {self.device.upper()}"
 
     def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
         kwargs = {"input_ids": tokens.view(1, -1).to(self.device)}
@@ -68,8 +93,29 @@ class TorchSource:
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits[0, -keep:].float()
 
+    def begin(self, prompt: Tensor) -> Tensor:
+        self._past, self._sequence = None, [int(t) for t in prompt.view(-1)]
+        return self._step(self._sequence)
+
+    def advance(self, token: int) -> Tensor:
+        self._sequence.append(int(token))
+        return self._step([int(token)] if self._past is not None else self._sequence)
+
+    def _step(self, ids: list[int]) -> Tensor:
+        """Logits [V] after feeding ``ids`` on top of the kept cache (the whole sequence when uncached)."""
+        cached = "past_key_values" in self._accepts and "use_cache" in self._accepts
+        kwargs = {"input_ids": torch.tensor([ids], device=self.device)}
+        if cached:
+            kwargs.update(past_key_values=self._past, use_cache=True)
+        with torch.inference_mode():
+            out = self.model(**kwargs)
+        if cached:
+            self._past = out.past_key_values
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return logits[0, -1].float()
+
     def close(self) -> None:
-        self.model = None
+        self.model, self._past = None, None
 
 
 def fingerprint(source: LogitsSource) -> str:

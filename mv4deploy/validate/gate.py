@@ -87,6 +87,13 @@ def load_gate(path: Path, known_metrics: frozenset[str]) -> Gate:
     raw = load_yaml(path)
     if not isinstance(raw, dict) or not raw:
         raise InputError(path, None, raw, "a gate is a mapping of limits, e.g. 'kld_mean_max: 0.01'")
+    return make_gate(raw, path, known_metrics)
+
+
+def make_gate(raw: dict, source: str | Path, known_metrics: frozenset[str]) -> Gate:
+    """A gate from a mapping of limits (and an optional ``confidence``), read by the gate file's rules:
+    an export target's tolerance is one too, so ``top1_min`` means the same in both."""
+    path = Path(source)
     top = Section(raw, str(path))
     confidence = top.get("confidence", finite, required=False, default=DEFAULT_CONFIDENCE)
     if not 0 < confidence < 1:
@@ -94,7 +101,7 @@ def load_gate(path: Path, known_metrics: frozenset[str]) -> Gate:
     limits = tuple(_limit(top, key, known_metrics) for key in top.unread())
     if not limits:
         raise InputError(path, None, None, "no limits: add e.g. 'kld_mean_max: 0.01'")
-    return Gate(str(path), confidence, limits)
+    return Gate(str(source), confidence, limits)
 
 
 def check_gate(gate: Gate, summary: dict) -> GateResult:

@@ -3,7 +3,9 @@
 Exported decoders (torch.onnx, the genai builder) take ``input_ids``, ``attention_mask``, optionally
 ``position_ids``, and ``past_key_values.*`` inputs. One chunk is a prefill from an empty cache, so the past
 inputs get a sequence length of 0; their other symbolic dimensions are the batch (1) and the head size,
-read from genai_config.json or config.json beside the model.
+read from genai_config.json or config.json beside the model. Greedy steps (``begin``/``advance``) feed each
+``present.N.key`` output back as the next call's ``past_key_values.N.key``, with the attention mask and
+positions continuing from the cached length: the caller-held KV loop a plain onnxruntime user writes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mv4deploy.validate.evaltext import first_line, load_tokenizer
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bfloat16)": np.float32}
 TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."   # past_key_values.N.key <- present.N.key
 
 
 def _providers(device: str) -> list[str]:
@@ -54,13 +57,15 @@ def _model_file(folder: Path) -> Path:
 
 @dataclass
 class OrtSource:
-    """A decoder run by onnxruntime, one prefill per chunk."""
+    """A decoder run by onnxruntime: one prefill per chunk; greedy steps keep the KV outputs."""
 
     kind: str
     path: Path
     session: object
     tokenizer: object
     head_size: int | None
+    _cache: dict | None = None     # past_key_values.* of the running greedy sequence
+    _length: int = 0               # tokens in that cache
 
     @classmethod
     def open(cls, folder: Path, device: str) -> "OrtSource":
@@ -91,20 +96,48 @@ class OrtSource:
                                                             "genai_config.json or config.json")
         return np.zeros(shape, dtype=ORT_DTYPES.get(spec.type, np.float32))
 
-    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
-        n = int(tokens.numel())
+    @property
+    def runtime(self) -> str:
+        import onnxruntime as ort
+        return f"onnxruntime {ort.__version__} {self.session.get_providers()[0].replace('ExecutionProvider', '')}"
+
+    def _feeds(self, ids: np.ndarray, start: int, past: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Inputs for ``ids`` [n] after ``start`` cached tokens; empty past inputs unless ``past`` is given."""
+        n = len(ids)
         feeds = {}
         for spec in self.session.get_inputs():
             if spec.name == "input_ids":
-                feeds[spec.name] = tokens.view(1, n).numpy().astype(ORT_DTYPES[spec.type])
+                feeds[spec.name] = ids.reshape(1, n).astype(ORT_DTYPES[spec.type])
             elif spec.name == "attention_mask":
-                feeds[spec.name] = np.ones((1, n), dtype=ORT_DTYPES[spec.type])
+                feeds[spec.name] = np.ones((1, start + n), dtype=ORT_DTYPES[spec.type])
             elif spec.name == "position_ids":
-                feeds[spec.name] = np.arange(n, dtype=ORT_DTYPES[spec.type]).reshape(1, n)
+                feeds[spec.name] = np.arange(start, start + n, dtype=ORT_DTYPES[spec.type]).reshape(1, n)
             else:
-                feeds[spec.name] = self._past(spec)
-        logits = self.session.run(["logits"], feeds)[0]
+                feeds[spec.name] = self._past(spec) if past is None else past[spec.name]
+        return feeds
+
+    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
+        logits = self.session.run(["logits"], self._feeds(tokens.view(-1).numpy(), 0, None))[0]
         return torch.from_numpy(np.ascontiguousarray(logits[0, -keep:], dtype=np.float32))
+
+    def begin(self, prompt: Tensor) -> Tensor:
+        self._cache, self._length = None, 0
+        return self._step(prompt.view(-1).numpy())
+
+    def advance(self, token: int) -> Tensor:
+        return self._step(np.asarray([token], dtype=np.int64))
+
+    def _step(self, ids: np.ndarray) -> Tensor:
+        names = [o.name for o in self.session.get_outputs()]
+        outputs = dict(zip(names, self.session.run(names, self._feeds(ids, self._length, self._cache))))
+        self._cache = {PAST_PREFIX + name[len(PRESENT_PREFIX):]: value for name, value in outputs.items()
+                       if name.startswith(PRESENT_PREFIX)}
+        missing = {i.name for i in self.session.get_inputs() if i.name not in TOKEN_INPUTS} - set(self._cache)
+        if missing:
+            raise InputError(self.path, "outputs", sorted(missing)[0], "no matching present.* output: "
+                                                                      "this graph cannot continue a sequence")
+        self._length += len(ids)
+        return torch.from_numpy(np.ascontiguousarray(outputs["logits"][0, -1], dtype=np.float32))
 
     def close(self) -> None:
         self.session = None
@@ -118,6 +151,7 @@ class GenaiSource:
     path: Path
     model: object
     tokenizer: object
+    _running: object = None        # the generator of the running greedy sequence
 
     @classmethod
     def open(cls, folder: Path, device: str) -> "GenaiSource":
@@ -130,14 +164,37 @@ class GenaiSource:
                                                                 f"{first_line(exc)}") from exc
         return cls("onnx-genai", folder, model, tokenizer)
 
-    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
+    @property
+    def runtime(self) -> str:
+        import onnxruntime_genai as og
+        return f"onnxruntime-genai {og.__version__}"
+
+    def _generator(self, max_length: int | None):
+        """A greedy generator; ``max_length`` None keeps genai_config.json's search.max_length (the KV buffer)."""
         import onnxruntime_genai as og
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=int(tokens.numel()) + 1)
-        generator = og.Generator(self.model, params)
+        if max_length is None:
+            params.set_search_options(do_sample=False)
+        else:
+            params.set_search_options(max_length=max_length, do_sample=False)
+        return og.Generator(self.model, params)
+
+    def last_logits(self, tokens: Tensor, keep: int) -> Tensor:
+        generator = self._generator(int(tokens.numel()) + 1)
         generator.append_tokens(tokens.view(1, -1).numpy().astype(np.int32))
         logits = generator.get_output("logits")   # [1, N, V] after a prefill
         return torch.from_numpy(np.ascontiguousarray(logits[0, -keep:], dtype=np.float32))
 
+    def begin(self, prompt: Tensor) -> Tensor:
+        self._running = self._generator(None)
+        return self._append(prompt.view(-1).numpy())
+
+    def advance(self, token: int) -> Tensor:
+        return self._append(np.asarray([token]))
+
+    def _append(self, ids: np.ndarray) -> Tensor:
+        self._running.append_tokens(ids.astype(np.int32))
+        return torch.from_numpy(np.asarray(self._running.get_logits(), dtype=np.float32).reshape(-1))
+
     def close(self) -> None:
-        self.model = None
+        self.model, self._running = None, None

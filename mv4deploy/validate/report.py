@@ -63,18 +63,25 @@ def markdown(data: dict, plot: Path | None, report: Path) -> str:
              f"{data['tokens_scored']} positions scored (the second half of each chunk)"]
     if data["golden"]:
         lines.append(f"- reference log-probs from golden file `{data['golden']}` (top-k + remaining mass)")
-    lines += ["", *_gate_lines(data["gate"]), "", "## Statistics", ""]
-    for section, rows in STAT_SECTIONS:
-        lines += [f"### {section}", "", "| statistic | value |", "|---|---|"]
-        lines += [f"| {row.label} | {format_row(row, data)} |" for row in rows]
-        lines.append("")
+    lines += ["", *gate_lines(data["gate"]), "", "## Statistics", "", *stat_lines(data)]
     if plot is not None:
         link = os.path.relpath(Path(plot).resolve(), Path(report).resolve().parent)
         lines += ["## KLD per scored token", "", f"![KLD histogram]({link})", ""]
     return "\n".join(lines) + "\n"
 
 
-def _gate_lines(gate: dict | None) -> list[str]:
+def stat_lines(summary: dict) -> list[str]:
+    """Markdown tables of every statistic (``STAT_SECTIONS``), one ``###`` section each."""
+    lines = []
+    for section, rows in STAT_SECTIONS:
+        lines += [f"### {section}", "", "| statistic | value |", "|---|---|"]
+        lines += [f"| {row.label} | {format_row(row, summary)} |" for row in rows]
+        lines.append("")
+    return lines
+
+
+def gate_lines(gate: dict | None) -> list[str]:
+    """The ``## Gate`` section for ``GateResult.to_json()`` output: verdict, then one row per limit."""
     if gate is None:
         return ["## Gate", "", "No gate given."]
     verdict = "PASS" if gate["passed"] else "FAIL (" + ", ".join(gate["failed"]) + ")"

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from mv4deploy.errors import InputError
-from mv4deploy.validate.backends import LogitsSource, fingerprint, label, open_source
+from mv4deploy.validate.backends import LogitsSource, TorchSource, fingerprint, label, open_source
 from mv4deploy.validate.evaltext import EvalTokens, file_sha256, tokenize_eval
 from mv4deploy.validate.gate import Gate, GateResult, check_gate, load_gate
 from mv4deploy.validate.golden import (DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, Golden, GoldenHeader, read_golden,
@@ -168,6 +168,21 @@ def _log_probs(source: LogitsSource, chunk, et: EvalTokens):
     """Float64 log-probs ``[N - 1 - N//2, V]`` of the scored positions of one chunk."""
     logits = source.last_logits(chunk, et.chunking.logits_kept)
     return log_probs(logits[:-1])
+
+
+def compare_models(reference: torch.nn.Module, candidate: torch.nn.Module, et: EvalTokens,
+                   device: str = "cpu") -> dict:
+    """``summarize`` of two torch models already loaded (fixtures, benchmarks), scored as ``compare_sources``."""
+    ref, cand = TorchSource.of(reference, device=device), TorchSource.of(candidate, device=device)
+    return summarize(compare_sources(ref, cand, et))
+
+
+def compare_sources(reference: LogitsSource, candidate: LogitsSource, et: EvalTokens) -> PositionStats:
+    """Full-vocabulary statistics of ``candidate`` against ``reference`` on the scored positions of every
+    chunk of ``et``, exactly as ``mv4deploy validate`` scores them (export and benchmarks use this)."""
+    parts = [position_stats(_log_probs(reference, chunk, et), _log_probs(candidate, chunk, et),
+                            et.chunking.targets(chunk)) for chunk in et.tokens]
+    return PositionStats.concat(parts)
 
 
 def _golden_header(info: ModelInfo, name: str, et: EvalTokens, rows: CompressedRef, vocab: int,
