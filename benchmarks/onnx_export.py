@@ -86,7 +86,7 @@ def genai_decode(og_model, prompt: list[int], new_tokens: int) -> float:
 
 def htp_decode_s(folder: Path, eval_path: Path, model: Path, prompt_tokens: int, calls: int) -> float:
     from mv4deploy.export.qnn import QnnBuild
-    from mv4deploy.export.source import load_tokenizer
+    from mv4deploy.model.tokenizer import load_tokenizer
     prompt = load_tokenizer(model)(eval_path.read_text(), add_special_tokens=False)["input_ids"][:prompt_tokens]
     from mv4deploy.export.static_host import GraphShape
     report = json.loads((folder / "export.json").read_text())

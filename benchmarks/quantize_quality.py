@@ -40,12 +40,12 @@ def main() -> None:
     args = parser.parse_args()
     try:
         import torch
-        from transformers import AutoTokenizer
 
         from mv4deploy.runtime import load_model
         from mv4deploy.runtime.evaluate import agreement
     except ImportError as exc:
         raise SystemExit(f"needs the runtime (mv4deploy.runtime): {exc}")
+    from mv4deploy.model.tokenizer import load_tokenizer
     from mv4deploy.quant.calibrate import CalibrationSpec
     from mv4deploy.quant.run import quantize_checkpoint
     torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def main() -> None:
         if not src.is_dir():
             raise SystemExit(f"fixture {src} is missing (the runtime issue builds it)")
         if model not in references:
-            tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+            tokenizer = load_tokenizer(src)
             ids = torch.tensor(tokenizer((REPO / "tests/fixtures/eval.txt").read_text())["input_ids"])
             references[model] = (load_model(src), ids)
         reference, ids = references[model]

@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - older typer depends on click itself
 
 from mv4deploy import output
 from mv4deploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, InputError
+from mv4deploy.model.source import DEFAULT_MODEL
 
 EXIT_INTERNAL = 3
 _EXIT = tuple({typer.Exit, getattr(click_errors, "Exit", typer.Exit)})
@@ -38,13 +39,12 @@ ProfileArg = Annotated[str, typer.Argument(help="A shipped profile name or a YAM
 
 
 @app.command()
-def inspect(model: ModelArg = "deepseek-v4-flash", json_out: JsonOpt = False) -> int:
+def inspect(model: ModelArg = DEFAULT_MODEL, json_out: JsonOpt = False) -> int:
     """What a model is: parameters, tensors and bytes by role, KV-cache layout, Engram tables."""
     from mv4deploy.model.report import inspect_report
     from mv4deploy.model.source import resolve_model
     report = inspect_report(resolve_model(model))
-    output.print_warnings([f"unknown config key {k!r} is not modelled" for k in report["unknown_keys"]]
-                          + report["warnings"])
+    output.print_warnings([f"unknown config key {k!r} is not modelled" for k in report["unknown_keys"]])
     output.emit_json(report) if json_out else output.inspect_table(report)
     if report["mismatches"]:
         raise CheckFailed(f"{len(report['mismatches'])} tensors of {model} disagree with its config.json")
@@ -161,7 +161,7 @@ def _opt(flag: str, text: str):
 
 @app.command("plan")
 def plan(profile: Annotated[str, _opt("--profile", "A shipped profile name or a YAML file.")],
-         model: Annotated[str, _opt("--model", "A preset, a config.json, or a checkpoint folder.")] = "deepseek-v4-flash",
+         model: Annotated[str, _opt("--model", "A preset, a config.json, or a checkpoint folder.")] = DEFAULT_MODEL,
          context: Annotated[str, _opt("--context", "Context tokens per sequence (131072, 128k, 1m).")] = "131072",
          batch: Annotated[str, _opt("--batch", "Sequences decoded together.")] = "1",
          prefill_chunk: Annotated[str, _opt("--prefill-chunk", "Tokens per prefill step.")] = "2048",

@@ -236,10 +236,12 @@ def _devices(plan) -> Table:
 
 
 def _groups_by_class(plan) -> Table:
+    from mv4deploy.plan.groups import GroupClass
+    order = {cls.value: i for i, cls in enumerate(GroupClass)}   # rows in the enum's order
     rank = {"host": 1, "nvme": 2, "unplaced": 3}
     tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
     by_class: dict[str, dict] = {}
-    for g in sorted(plan.groups, key=lambda g: _CLASS_ORDER.get(g["role"], 99)):
+    for g in sorted(plan.groups, key=lambda g: order.get(g["role"], len(order))):
         row = by_class.setdefault(g["role"], {"formats": set(), "groups": set()})
         row[g["tier"]] = row.get(g["tier"], 0) + g["bytes"]
         row["formats"].add(g["format"])
@@ -254,11 +256,6 @@ def _groups_by_class(plan) -> Table:
         table.add_row(cls, str(len(row["groups"])), *[_gib(row[t]) if t in row else "" for t in tiers],
                       ", ".join(sorted(row["formats"])))
     return table
-
-
-_CLASS_ORDER = {name: i for i, name in enumerate(
-    ("embedding", "attention", "indexer", "compressor", "norms_mhc", "router", "hash_router", "shared_expert",
-     "dense_mlp", "routed_experts", "engram_proj", "engram_table", "head"))}
 
 
 def _kv_and_engram(out: Console, plan) -> None:

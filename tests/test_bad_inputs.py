@@ -233,3 +233,9 @@ def test_user_text_is_not_read_as_markup(cli):
 
 def test_output_into_a_missing_folder(cli, tmp_path):
     _assert_bad_input(cli("profile", "detect", "--out", tmp_path / "no" / "me.yaml"), "folder does not exist")
+
+
+def test_generate_from_a_missing_folder(cli, tmp_path):
+    missing = tmp_path / "nonexistent"
+    _assert_bad_input(cli("generate", missing, "--prompt", "hi"), "not a folder", str(missing))
+

@@ -45,7 +45,7 @@ def rewrite_shard(folder, tensor_name: str, change) -> str:
 
 
 def ids_of(folder, text: str = PROMPT * 4):
-    from mv4deploy.runtime.generate import load_tokenizer
+    from mv4deploy.model.tokenizer import load_tokenizer
     return load_tokenizer(folder)(text, return_tensors="pt").input_ids
 
 

@@ -213,7 +213,3 @@ def _non_negative(value) -> float:
         raise ValueError("must be a number >= 0")
     return float(value)
 
-
-def target_to_dict(t: ExportTarget) -> dict:
-    from dataclasses import asdict
-    return asdict(t)

@@ -6,18 +6,9 @@ import time
 from pathlib import Path
 
 from mv4deploy.errors import InputError
+from mv4deploy.model.tokenizer import load_tokenizer
 
 DEVICES = ("cpu", "cuda")
-
-
-def load_tokenizer(path: str | Path):
-    """The checkpoint's own tokenizer, offline."""
-    from transformers import AutoTokenizer
-    folder = Path(path)
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(folder, "tokenizer", None, f"cannot load the tokenizer: {exc}") from exc
 
 
 def check_device(device: str) -> str:
