@@ -239,3 +239,8 @@ def test_generate_from_a_missing_folder(cli, tmp_path):
     missing = tmp_path / "nonexistent"
     _assert_bad_input(cli("generate", missing, "--prompt", "hi"), "not a folder", str(missing))
 
+
+@pytest.mark.parametrize("command", [["validate", "--reference", "x", "--eval", "y"],
+                                     ["generate", "x", "--prompt", "hi"], ["quantize", "x", "y", "--recipe", "fp8"]])
+def test_one_device_rule_for_every_command(cli, command):
+    _assert_bad_input(cli(*command, "--device", "gpu"), "--device: 'gpu': must be one of auto, cpu, cuda")

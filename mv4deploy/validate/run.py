@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from mv4deploy.device import resolve_device
 from mv4deploy.errors import InputError
 from mv4deploy.fileio import sha256_file
 from mv4deploy.validate.backends import LogitsSource, fingerprint, label, open_source
@@ -84,6 +85,7 @@ class ValidationResult:
 
 def validate(req: ValidateRequest, progress: Progress | None = None) -> ValidationResult:
     _check_request(req)
+    req = replace(req, device=resolve_device(req.device))
     gate = load_gate(req.gate, summary_keys()) if req.gate else None   # fail on a bad gate before loading
     progress = progress or _no_progress
     if req.golden is not None:
