@@ -96,7 +96,7 @@ def profile_detect(out: Annotated[Optional[Path], typer.Option("--out", help="Wr
     from mv4deploy.fileio import write_text_atomic
     text = detect_profile_yaml(name)
     if out is None:
-        sys.stdout.write(text)
+        output.text(text)
     else:
         write_text_atomic(out, text)
         output.info(f"wrote {out}")
@@ -120,7 +120,7 @@ def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Wri
     from mv4deploy.fileio import write_text_atomic
     text = probe_profile_yaml(name, base, storage_dir, size, threads)
     if out is None:
-        sys.stdout.write(text)
+        output.text(text)
     else:
         write_text_atomic(out, text)
         output.info(f"wrote {out}")
@@ -145,7 +145,8 @@ def export_onnx(model_dir: Annotated[Path, typer.Argument(help="A transformers f
     """Export MODEL_DIR to ONNX for TARGET and validate it (KLD, top-1, greedy agreement); exit 1 if it
     misses the target's tolerance (the folder is then kept as OUT.rejected)."""
     from mv4deploy.export.pipeline import export_onnx as run_export
-    report = run_export(model_dir, out, target, eval_text, calib_text, overwrite)
+    with output.library_noise_to_stderr():   # builders print banners on stdout and log at INFO
+        report = run_export(model_dir, out, target, eval_text, calib_text, overwrite, notify=output.info)
     output.emit_json(report) if json_out else output.export_table(report)
     if not report["validation"]["passed"]:
         raise CheckFailed(f"{report['target']} export of {report['model']} failed validation: "
@@ -222,7 +223,7 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
     same command to resume."""
     from mv4deploy.quant.run import run_quantize
     result = run_quantize(src, out, recipe=recipe, plan=plan, calib=calib, workers=workers, device=device,
-                          allow_nonfinite=allow_nonfinite, progress=output.progress if sys.stderr.isatty() else None)
+                          allow_nonfinite=allow_nonfinite, progress=output.progress)
     fallback = (result["calibration"] or {}).get("rtn_fallback", [])
     output.print_warnings([f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
                           + ([f"... and {len(fallback) - 20} more (quantization_manifest.json lists all)"]
@@ -286,8 +287,8 @@ def validate(
                               **{k: v for k, v in (("topk", topk), ("tail_samples", tail_samples)) if v is not None})
     result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
     data = result.to_json()
-    if report is not None or plot is not None:
-        data["plot"] = str(write_report(data, result.positions.kld, report, plot))
+    drawn = write_report(data, result.positions.kld, report, plot) if report or plot else None
+    data["plot"] = None if drawn is None else str(drawn)   # always present: --json keys are stable
     output.emit_json(data) if json_out else output.validation_table(data)
     if result.gate is not None and not result.gate.passed:
         raise CheckFailed("gate failed: " + "; ".join(c.describe() for c in result.gate.failures))
@@ -353,7 +354,7 @@ def run(args: list[str]) -> int:
         output.error(str(exc))
         return EXIT_CHECK_FAILED
     except click_errors.NoArgsIsHelpError as exc:
-        sys.stdout.write(exc.format_message() + "\n")
+        output.text(exc.format_message())
         return EXIT_BAD_INPUT
     except click_errors.UsageError as exc:
         output.error(" ".join(exc.format_message().split()))

@@ -46,9 +46,20 @@ def info(message: str) -> None:
     _stderr().print(message, markup=False, highlight=False)
 
 
+def text(data: str) -> None:
+    """Text that is the command's result (a profile YAML, usage help) to stdout, ending in one newline."""
+    sys.stdout.write(data if data.endswith("\n") else data + "\n")
+
+
 @contextmanager
 def progress(description: str, total: float | None, unit_bytes: bool = True):
-    """A progress bar on stderr (bytes/s and ETA when ``unit_bytes``); yields ``advance(n)``."""
+    """A progress bar on stderr (bytes/s and ETA when ``unit_bytes``); yields ``advance(n)``.
+
+    One rule for every command: the bar is drawn only when stderr is a terminal. Piped or captured
+    (CI logs, tests) nothing is drawn and ``advance`` does nothing, so logs hold results, not redraws."""
+    if not sys.stderr.isatty():
+        yield lambda n=1: None
+        return
     from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
     columns = [TextColumn("{task.description}"), BarColumn()]
