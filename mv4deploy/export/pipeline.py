@@ -95,7 +95,7 @@ def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib,
     t0 = time.perf_counter()
     runner = built.runner()
     notify(f"validating on {runner.label}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
-                f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
+           f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
     result = verify(TorchRunner(model), runner, tokens, target.tolerance)
     seconds["validate_s"] = round(time.perf_counter() - t0, 1)
     return {
