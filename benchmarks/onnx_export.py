@@ -86,7 +86,7 @@ def genai_decode(og_model, prompt: list[int], new_tokens: int) -> float:
 
 def htp_decode_s(folder: Path, eval_path: Path, model: Path, prompt_tokens: int, calls: int) -> float:
     from mv4deploy.export.qnn import QnnBuild
-    from mv4deploy.export.source import load_tokenizer
+    from mv4deploy.model.tokenizer import load_tokenizer
     prompt = load_tokenizer(model)(eval_path.read_text(), add_special_tokens=False)["input_ids"][:prompt_tokens]
     from mv4deploy.export.static_host import GraphShape
     report = json.loads((folder / "export.json").read_text())
@@ -144,7 +144,8 @@ CASES = {"pytorch eager fp32": ("torch", None), "genai fp32 (cpu-fp32)": ("genai
 
 def decode_case(kind: str, folder: str, model: Path, eval_path: Path, prompt_tokens: int, new_tokens: int) -> float:
     """One measurement in this (fresh) process: load, warm up with one run, then time a second run."""
-    from mv4deploy.export.source import load_tokenizer, load_torch_model
+    from mv4deploy.export.source import load_torch_model
+    from mv4deploy.model.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(model)
     prompt = tokenizer(eval_path.read_text(), add_special_tokens=False)["input_ids"][:prompt_tokens]
     if kind == "torch":

@@ -47,9 +47,10 @@ def main() -> None:
         from mv4deploy.runtime import load_model
     except ImportError as exc:
         raise SystemExit(f"needs the runtime (mv4deploy.runtime): {exc}")
+    from mv4deploy.model.tokenizer import load_tokenizer
     from mv4deploy.quant.calibrate import CalibrationSpec
     from mv4deploy.quant.run import quantize_checkpoint
-    from mv4deploy.validate.evaltext import load_tokenizer, tokenize_eval
+    from mv4deploy.validate.evaltext import tokenize_eval
     from mv4deploy.validate.run import compare_models
     torch.set_num_threads(1)
     calib = CalibrationSpec(REPO / "tests/fixtures/calib.txt")

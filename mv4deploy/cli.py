@@ -19,7 +19,10 @@ except ImportError:  # pragma: no cover - older typer depends on click itself
     from click import exceptions as click_errors
 
 from mv4deploy import output
+from mv4deploy.device import check_device
 from mv4deploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, InputError
+from mv4deploy.model.source import DEFAULT_MODEL
+from mv4deploy.quant.run import AUTO_WORKERS
 
 EXIT_INTERNAL = 3
 _EXIT = tuple({typer.Exit, getattr(click_errors, "Exit", typer.Exit)})
@@ -32,19 +35,25 @@ app = typer.Typer(name="mv4deploy", no_args_is_help=True, add_completion=False, 
 profile_app = typer.Typer(no_args_is_help=True, help="Hardware profiles: list, show, detect, probe.")
 app.add_typer(profile_app, name="profile")
 
+# Options shared by several commands: declared once, so a flag means the same everywhere (STYLE (b)15).
+_MODEL_HELP = "A preset name, a config.json, or a checkpoint folder."
+_PROFILE_HELP = "A shipped profile name or a YAML file."
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON with stable keys to stdout.")]
-ModelArg = Annotated[str, typer.Argument(help="A preset name, a config.json, or a checkpoint folder.")]
-ProfileArg = Annotated[str, typer.Argument(help="A shipped profile name or a YAML file.")]
+ModelArg = Annotated[str, typer.Argument(help=_MODEL_HELP)]
+ModelOpt = Annotated[str, typer.Option("--model", help=_MODEL_HELP)]
+ProfileArg = Annotated[str, typer.Argument(help=_PROFILE_HELP)]
+ProfileOpt = Annotated[str, typer.Option("--profile", help=_PROFILE_HELP)]
+DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
+                                        help="auto (CUDA when present), cpu or cuda.")]
 
 
 @app.command()
-def inspect(model: ModelArg = "deepseek-v4-flash", json_out: JsonOpt = False) -> int:
+def inspect(model: ModelArg = DEFAULT_MODEL, json_out: JsonOpt = False) -> int:
     """What a model is: parameters, tensors and bytes by role, KV-cache layout, Engram tables."""
     from mv4deploy.model.report import inspect_report
     from mv4deploy.model.source import resolve_model
     report = inspect_report(resolve_model(model))
-    output.print_warnings([f"unknown config key {k!r} is not modelled" for k in report["unknown_keys"]]
-                          + report["warnings"])
+    output.print_warnings([f"unknown config key {k!r} is not modelled" for k in report["unknown_keys"]])
     output.emit_json(report) if json_out else output.inspect_table(report)
     if report["mismatches"]:
         raise CheckFailed(f"{len(report['mismatches'])} tensors of {model} disagree with its config.json")
@@ -87,7 +96,7 @@ def profile_detect(out: Annotated[Optional[Path], typer.Option("--out", help="Wr
     from mv4deploy.fileio import write_text_atomic
     text = detect_profile_yaml(name)
     if out is None:
-        sys.stdout.write(text)
+        output.text(text)
     else:
         write_text_atomic(out, text)
         output.info(f"wrote {out}")
@@ -111,7 +120,7 @@ def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Wri
     from mv4deploy.fileio import write_text_atomic
     text = probe_profile_yaml(name, base, storage_dir, size, threads)
     if out is None:
-        sys.stdout.write(text)
+        output.text(text)
     else:
         write_text_atomic(out, text)
         output.info(f"wrote {out}")
@@ -136,7 +145,8 @@ def export_onnx(model_dir: Annotated[Path, typer.Argument(help="A transformers f
     """Export MODEL_DIR to ONNX for TARGET and validate it (KLD, top-1, greedy agreement); exit 1 if it
     misses the target's tolerance (the folder is then kept as OUT.rejected)."""
     from mv4deploy.export.pipeline import export_onnx as run_export
-    report = run_export(model_dir, out, target, eval_text, calib_text, overwrite)
+    with output.library_noise_to_stderr():   # builders print banners on stdout and log at INFO
+        report = run_export(model_dir, out, target, eval_text, calib_text, overwrite, notify=output.info)
     output.emit_json(report) if json_out else output.export_table(report)
     if not report["validation"]["passed"]:
         raise CheckFailed(f"{report['target']} export of {report['model']} failed validation: "
@@ -154,26 +164,22 @@ def export_targets(json_out: JsonOpt = False) -> int:
 
 
 # ---- mv4deploy plan ---------------------------------------------------------------------------------
-
-def _opt(flag: str, text: str):
-    return typer.Option(flag, help=text)
-
-
 @app.command("plan")
-def plan(profile: Annotated[str, _opt("--profile", "A shipped profile name or a YAML file.")],
-         model: Annotated[str, _opt("--model", "A preset, a config.json, or a checkpoint folder.")] = "deepseek-v4-flash",
-         context: Annotated[str, _opt("--context", "Context tokens per sequence (131072, 128k, 1m).")] = "131072",
-         batch: Annotated[str, _opt("--batch", "Sequences decoded together.")] = "1",
-         prefill_chunk: Annotated[str, _opt("--prefill-chunk", "Tokens per prefill step.")] = "2048",
-         policy: Annotated[str, _opt("--policy", "auto, native, fp8, int4-experts, int4, mobile-int4.")] = "auto",
-         host_mem: Annotated[Optional[str], _opt("--host-mem", "Host RAM instead of the profile's (256GiB).")] = None,
-         gpu_mem_util: Annotated[Optional[str], _opt("--gpu-mem-util", "Fraction of GPU memory to use.")] = None,
-         expert_skew: Annotated[Optional[str], _opt("--expert-skew", "HOT:SHARE, e.g. 0.2:0.6.")] = None,
-         mtp: Annotated[bool, _opt("--mtp", "Place the MTP / draft layers too.")] = False,
-         sweep: Annotated[Optional[str], _opt("--sweep", "FIELD=V1,V2 (context, batch, prefill-chunk, "
-                                                         "host-mem).")] = None,
-         plot: Annotated[Optional[Path], _opt("--plot", "Draw memory per device (and the sweep) to a PNG.")] = None,
-         out: Annotated[Optional[Path], _opt("--out", "Also write the plan JSON here.")] = None,
+def plan(profile: ProfileOpt,
+         model: ModelOpt = DEFAULT_MODEL,
+         context: Annotated[str, typer.Option(help="Context tokens per sequence (131072, 128k, 1m).")] = "131072",
+         batch: Annotated[str, typer.Option(help="Sequences decoded together.")] = "1",
+         prefill_chunk: Annotated[str, typer.Option(help="Tokens per prefill step.")] = "2048",
+         policy: Annotated[str, typer.Option(help="auto, native, fp8, int4-experts, int4, mobile-int4.")] = "auto",
+         host_mem: Annotated[Optional[str], typer.Option(help="Host RAM instead of the profile's (256GiB).")] = None,
+         gpu_mem_util: Annotated[Optional[str], typer.Option(help="Fraction of GPU memory to use.")] = None,
+         expert_skew: Annotated[Optional[str], typer.Option(help="HOT:SHARE, e.g. 0.2:0.6.")] = None,
+         mtp: Annotated[bool, typer.Option("--mtp", help="Place the MTP / draft layers too.")] = False,
+         sweep: Annotated[Optional[str], typer.Option(help="FIELD=V1,V2 (context, batch, prefill-chunk, "
+                                                           "host-mem).")] = None,
+         plot: Annotated[Optional[Path], typer.Option(help="Draw memory per device (and the sweep) to a PNG.")]
+         = None,
+         out: Annotated[Optional[Path], typer.Option(help="Also write the plan JSON here.")] = None,
          json_out: JsonOpt = False) -> int:
     """Where every tensor group, KV pool and Engram table goes, in which format, and how fast it runs."""
     from mv4deploy.plan.command import run_plan
@@ -196,6 +202,7 @@ def plan(profile: Annotated[str, _opt("--profile", "A shipped profile name or a 
         from mv4deploy.plan.sweep import plot as draw
         draw(plot, result.plan, list(result.points) or None)
         output.info(f"wrote {plot}")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- quantize / verify (mv4deploy.quant)
@@ -207,15 +214,16 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
              plan: Annotated[Optional[Path], typer.Option(help="Derive the recipe from a plan.json.")] = None,
              calib: Annotated[Optional[Path], typer.Option(help="Calibration text: GPTQ for INT4 weights.")] = None,
              workers: Annotated[int, typer.Option(min=0, max=64, help="Weights quantized in parallel "
-                                                  "(0: one per CPU, at most 4).")] = 0,
-             device: Annotated[str, typer.Option(help="auto, cpu or cuda (same bits).")] = "auto",
+                                                  "(0: one per CPU, at most 4).")] = AUTO_WORKERS,
+             device: DeviceOpt = "auto",
              allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite",
                                                            help="Store NaN/Inf as 0 instead of failing.")] = False,
              json_out: JsonOpt = False) -> int:
-    """Quantize a checkpoint shard by shard into a recipe's formats; re-run the same command to resume."""
+    """Quantize a checkpoint shard by shard into a recipe's formats (same bits on cpu and cuda); re-run the
+    same command to resume."""
     from mv4deploy.quant.run import run_quantize
     result = run_quantize(src, out, recipe=recipe, plan=plan, calib=calib, workers=workers, device=device,
-                          allow_nonfinite=allow_nonfinite, progress=output.progress if sys.stderr.isatty() else None)
+                          allow_nonfinite=allow_nonfinite, progress=output.progress)
     fallback = (result["calibration"] or {}).get("rtn_fallback", [])
     output.print_warnings([f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
                           + ([f"... and {len(fallback) - 20} more (quantization_manifest.json lists all)"]
@@ -261,7 +269,7 @@ def validate(
     gate: Annotated[PathOpt, typer.Option("--gate", help="YAML limits; exit 1 if any fails.")] = None,
     report: Annotated[PathOpt, typer.Option("--report", help="Write a Markdown report here.")] = None,
     plot: Annotated[PathOpt, typer.Option("--plot", help="Write the KLD histogram (PNG) here.")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    device: DeviceOpt = "cpu",
     json_out: JsonOpt = False,
 ) -> int:
     """Compare a candidate with a reference (or a golden file): KLD, Δp, top-1 and PPL statistics as
@@ -279,8 +287,8 @@ def validate(
                               **{k: v for k, v in (("topk", topk), ("tail_samples", tail_samples)) if v is not None})
     result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
     data = result.to_json()
-    if report is not None or plot is not None:
-        data["plot"] = str(write_report(data, result.positions.kld, report, plot))
+    drawn = write_report(data, result.positions.kld, report, plot) if report or plot else None
+    data["plot"] = None if drawn is None else str(drawn)   # always present: --json keys are stable
     output.emit_json(data) if json_out else output.validation_table(data)
     if result.gate is not None and not result.gate.passed:
         raise CheckFailed("gate failed: " + "; ".join(c.describe() for c in result.gate.failures))
@@ -291,7 +299,7 @@ def validate(
 def generate(checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder (native DeepSeek or HF layout).")],
              prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
              max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 32,
-             device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+             device: DeviceOpt = "cpu",
              json_out: JsonOpt = False) -> int:
     """Greedy generation from a checkpoint: a smoke check that it loads and continues text."""
     from mv4deploy.runtime.generate import generate_text
@@ -304,18 +312,19 @@ def generate(checkpoint: Annotated[str, typer.Argument(help="A checkpoint folder
 @app.command("run")
 def run_plan_file(
         checkpoint: Annotated[Path, typer.Argument(help="The checkpoint folder the plan was made for.")],
-        plan: Annotated[Path, _opt("--plan", "A plan.json from `mv4deploy plan --out` (or --json).")],
-        tokens: Annotated[int, _opt("--tokens", "Decode steps timed, after the warm-up.")] = 32,
-        warmup: Annotated[int, _opt("--warmup", "Decode steps run before timing.")] = 3,
-        prompt_tokens: Annotated[Optional[int], _opt("--prompt-tokens", "Prompt length per sequence (default: "
-                                                     "the plan's context minus warm-up and tokens).")] = None,
-        profile: Annotated[Optional[str], _opt("--profile", "The profile the plan was made for, when it is not "
-                                               "a shipped one (checked against the plan's fingerprint).")] = None,
-        device_map: Annotated[Optional[list[str]], _opt("--device-map", "TIER=DEVICE, e.g. gpu:0=cpu to run a "
-                                                        "GPU plan's split on the CPU (repeatable).")] = None,
-        repeats: Annotated[int, _opt("--repeats", "Trials; the median one is compared.")] = 1,
-        threads: Annotated[Optional[int], _opt("--threads", "CPU threads (default: as many as the profile's "
-                                               "host figures were probed with).")] = None,
+        plan: Annotated[Path, typer.Option(help="A plan.json from `mv4deploy plan --out` (or --json).")],
+        tokens: Annotated[int, typer.Option(help="Decode steps timed, after the warm-up.")] = 32,
+        warmup: Annotated[int, typer.Option(help="Decode steps run before timing.")] = 3,
+        prompt_tokens: Annotated[Optional[int], typer.Option(help="Prompt length per sequence (default: the "
+                                                             "plan's context minus warm-up and tokens).")] = None,
+        profile: Annotated[Optional[str], typer.Option(help="The profile the plan was made for, when it is not a "
+                                                       "shipped one (checked against the plan's fingerprint).")]
+        = None,
+        device_map: Annotated[Optional[list[str]], typer.Option(help="TIER=DEVICE, e.g. gpu:0=cpu to run a GPU "
+                                                                "plan's split on the CPU (repeatable).")] = None,
+        repeats: Annotated[int, typer.Option(help="Trials; the median one is compared.")] = 1,
+        threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: as many as the profile's "
+                                                       "host figures were probed with).")] = None,
         json_out: JsonOpt = False) -> int:
     """Execute a plan on a checkpoint and print measured memory and tokens/s beside the plan's predictions."""
     from mv4deploy.execute.run import run_checkpoint
@@ -345,7 +354,7 @@ def run(args: list[str]) -> int:
         output.error(str(exc))
         return EXIT_CHECK_FAILED
     except click_errors.NoArgsIsHelpError as exc:
-        sys.stdout.write(exc.format_message() + "\n")
+        output.text(exc.format_message())
         return EXIT_BAD_INPUT
     except click_errors.UsageError as exc:
         output.error(" ".join(exc.format_message().split()))

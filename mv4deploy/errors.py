@@ -34,6 +34,12 @@ class CheckFailed(RuntimeError):
     """A check ran to completion and did not pass (a gate, a verification): exit code 1."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), or its class name."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def _short(value: object, limit: int = 80) -> str | None:
     if value is None:
         return None

@@ -6,6 +6,7 @@ only ``*.tmp`` files, which the next run removes or overwrites.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data)
+
+def sha256_file(path: Path, block_bytes: int = 16 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``block_bytes`` pieces (a shard never sits whole in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()

@@ -46,9 +46,20 @@ def info(message: str) -> None:
     _stderr().print(message, markup=False, highlight=False)
 
 
+def text(data: str) -> None:
+    """Text that is the command's result (a profile YAML, usage help) to stdout, ending in one newline."""
+    sys.stdout.write(data if data.endswith("\n") else data + "\n")
+
+
 @contextmanager
 def progress(description: str, total: float | None, unit_bytes: bool = True):
-    """A progress bar on stderr (bytes/s and ETA when ``unit_bytes``); yields ``advance(n)``."""
+    """A progress bar on stderr (bytes/s and ETA when ``unit_bytes``); yields ``advance(n)``.
+
+    One rule for every command: the bar is drawn only when stderr is a terminal. Piped or captured
+    (CI logs, tests) nothing is drawn and ``advance`` does nothing, so logs hold results, not redraws."""
+    if not sys.stderr.isatty():
+        yield lambda n=1: None
+        return
     from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
     columns = [TextColumn("{task.description}"), BarColumn()]
@@ -230,10 +241,12 @@ def _devices(plan) -> Table:
 
 
 def _groups_by_class(plan) -> Table:
+    from mv4deploy.plan.groups import GroupClass
+    order = {cls.value: i for i, cls in enumerate(GroupClass)}   # rows in the enum's order
     rank = {"host": 1, "nvme": 2, "unplaced": 3}
     tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
     by_class: dict[str, dict] = {}
-    for g in sorted(plan.groups, key=lambda g: _CLASS_ORDER.get(g["role"], 99)):
+    for g in sorted(plan.groups, key=lambda g: order.get(g["role"], len(order))):
         row = by_class.setdefault(g["role"], {"formats": set(), "groups": set()})
         row[g["tier"]] = row.get(g["tier"], 0) + g["bytes"]
         row["formats"].add(g["format"])
@@ -248,11 +261,6 @@ def _groups_by_class(plan) -> Table:
         table.add_row(cls, str(len(row["groups"])), *[_gib(row[t]) if t in row else "" for t in tiers],
                       ", ".join(sorted(row["formats"])))
     return table
-
-
-_CLASS_ORDER = {name: i for i, name in enumerate(
-    ("embedding", "attention", "indexer", "compressor", "norms_mhc", "router", "hash_router", "shared_expert",
-     "dense_mlp", "routed_experts", "engram_proj", "engram_table", "head"))}
 
 
 def _kv_and_engram(out: Console, plan) -> None:

@@ -357,10 +357,10 @@ def measure() -> dict:
     Printed for docs/runtime.md."""
     import torch
     from mv4deploy.runtime import load_model
+    from mv4deploy.model.tokenizer import load_tokenizer as folder_tokenizer
     from mv4deploy.runtime.evaluate import heldout_nll
     from mv4deploy.validate.evaltext import tokenize_eval
     from mv4deploy.validate.run import compare_models
-    from mv4deploy.runtime.generate import load_tokenizer as folder_tokenizer
     torch.set_num_threads(2)
     numbers = {"unigram": {}, "nll": {}}
     for name in ("tiny-v4", "tiny-v41", "tiny-qwen2", "tiny-v4-fp8fp4"):

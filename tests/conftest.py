@@ -39,6 +39,17 @@ def cli():
     return run_cli
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Kernels run one intra-op thread each (as the quantize pipeline runs them); restored afterwards.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/* from the current code")
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from conftest import PRESETS
-from synthetic import write_checkpoint, write_shard
+from synthetic import write_checkpoint
 from mv4deploy.model.source import resolve_model
 
 V4 = json.loads((PRESETS / "tiny-deepseek-v4.json").read_text())
@@ -233,3 +233,14 @@ def test_user_text_is_not_read_as_markup(cli):
 
 def test_output_into_a_missing_folder(cli, tmp_path):
     _assert_bad_input(cli("profile", "detect", "--out", tmp_path / "no" / "me.yaml"), "folder does not exist")
+
+
+def test_generate_from_a_missing_folder(cli, tmp_path):
+    missing = tmp_path / "nonexistent"
+    _assert_bad_input(cli("generate", missing, "--prompt", "hi"), "not a folder", str(missing))
+
+
+@pytest.mark.parametrize("command", [["validate", "--reference", "x", "--eval", "y"],
+                                     ["generate", "x", "--prompt", "hi"], ["quantize", "x", "y", "--recipe", "fp8"]])
+def test_one_device_rule_for_every_command(cli, command):
+    _assert_bad_input(cli(*command, "--device", "gpu"), "--device: 'gpu': must be one of auto, cpu, cuda")

@@ -109,6 +109,9 @@ def test_output_folder_has_readme_sizes_and_summary(exports):
         for name, size in report["sizes"]["files"].items():
             assert (out / name).stat().st_size == size and f"| {name} | {size:,}" in readme
         assert "tokenizer.json" in report["sizes"]["files"]
+        seconds = report["seconds"]                       # units in the names, as validate's load_s/score_s
+        assert set(seconds) == {"build_s", "validate_s", "total_s"}
+        assert 0 < seconds["build_s"] + seconds["validate_s"] <= seconds["total_s"] + 0.2   # each rounded to 0.1
 
 
 def _spec(model_dir):

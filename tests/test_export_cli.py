@@ -42,7 +42,7 @@ def test_unsupported_architecture(tmp_path, preset):
 def test_missing_tokenizer(tmp_path):
     result = run_cli("export", "onnx", _folder(tmp_path, "tiny-qwen2", tokenizer=False), tmp_path / "out",
                      "--target", "cpu-int4")
-    _assert_one_line_error(result, "tokenizer", "missing tokenizer")
+    _assert_one_line_error(result, "tokenizer", "no tokenizer files")
     assert not (tmp_path / "out").exists()
 
 

@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mv4deploy.runtime import load_model  # noqa: E402
+from mv4deploy.model.tokenizer import load_tokenizer  # noqa: E402
 from mv4deploy.runtime.evaluate import heldout_nll  # noqa: E402
-from mv4deploy.runtime.generate import load_tokenizer  # noqa: E402
 
 from tests.conftest import REPO, run_cli  # noqa: E402
 

@@ -32,7 +32,7 @@ def test_cuda_quantize_is_bit_identical_to_cpu(fmt_name, shape, dtype):
 def test_pipeline_on_cuda_writes_the_same_bytes(tmp_path, recipe):
     from mv4deploy.quant.recipe import get_recipe
     from mv4deploy.quant.run import quantize_checkpoint
-    from mv4deploy.quant.shards import sha256_file
+    from mv4deploy.fileio import sha256_file
     from quant_synth import make_checkpoint, preset_config
     src = make_checkpoint(tmp_path / "src", preset_config("tiny-deepseek-v4"), shards=2)
     quantize_checkpoint(src, tmp_path / "cpu", get_recipe(recipe), device="cpu")

@@ -14,14 +14,7 @@ from mv4deploy.quant.formats import get_format
 
 NAME = "layers.3.attn.wq_a.weight"
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Kernels run one intra-op thread each (as the pipeline runs them); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _weight(*shape, seed=0, dtype=torch.bfloat16):

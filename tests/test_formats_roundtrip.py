@@ -21,14 +21,7 @@ NAME = "layers.0.ffn.experts.3.w1.weight"
 ALL = sorted(FORMATS)
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Kernels run one intra-op thread each (as the pipeline runs them); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @st.composite

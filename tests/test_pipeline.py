@@ -5,7 +5,6 @@ each weight within its format's bound; native weights pass through byte for byte
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -20,14 +19,7 @@ from mv4deploy.quant.recipe import PRESETS, get_recipe
 from mv4deploy.quant.run import quantize_checkpoint
 from quant_synth import make_checkpoint, preset_config
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Kernels run one intra-op thread each (as the pipeline runs them); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +117,7 @@ def test_engram_tables_to_fp8_rows(v41_src, tmp_path):
 
 
 def test_workers_give_identical_bytes(bf16_src, tmp_path):
-    from mv4deploy.quant.shards import sha256_file
+    from mv4deploy.fileio import sha256_file
     quantize_checkpoint(bf16_src, tmp_path / "one", get_recipe("int4-experts"), workers=1)
     quantize_checkpoint(bf16_src, tmp_path / "two", get_recipe("int4-experts"), workers=3)
     for f in sorted((tmp_path / "one").iterdir()):

@@ -116,7 +116,7 @@ def test_index_naming_a_file_outside_the_folder(good_src, tmp_path):
     (["--recipe", "fp3"], "not a preset or a recipe file"),
     (["--recipe", "fp8", "--plan", "plan.json"], "exactly one of"),
     ([], "exactly one of"),
-    (["--recipe", "fp8", "--device", "tpu"], "auto, cpu or cuda"),
+    (["--recipe", "fp8", "--device", "tpu"], "--device: 'tpu': must be one of auto, cpu, cuda"),
 ])
 def test_bad_options(good_src, tmp_path, args, needle):
     _assert_refused(run_cli("quantize", good_src, tmp_path / "out", *args), tmp_path / "out", needle)

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO, run_cli
 from quant_synth import make_checkpoint, scaled_v4_config
 

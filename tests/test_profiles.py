@@ -11,6 +11,7 @@ import yaml
 from mv4deploy.hardware.detect import detect_profile_yaml
 from mv4deploy.errors import InputError
 from mv4deploy.hardware.profile import LinkKind, list_profiles, load_profile, parse_profile, profiles_dir
+from mv4deploy.hardware.rates import MEASURED, Rate, achievable_rates
 from mv4deploy.hardware.units import format_bytes, parse_bytes, parse_bytes_per_s, parse_flops_per_s
 
 SHIPPED = {"rtx4090x2", "rtx5090", "b200", "b200x8", "h100", "h200", "snapdragon-8-elite-gen5"}
@@ -33,7 +34,7 @@ def test_units_are_parsed_once_into_numbers():
     assert p.gpus.bandwidth_bytes_per_s == 1008e9              # GB/s: decimal
     assert p.gpus.compute_flops_per_s["bf16"] == 165.2e12
     assert p.interconnect.kind is LinkKind.PCIE and not p.interconnect.p2p
-    assert p.host_link.effective_bytes_per_s == 25e9           # measured beats nominal (31.5)
+    assert achievable_rates(p).host_link == Rate(25e9, MEASURED)  # measured beats nominal (31.5 x efficiency)
     assert "fp4" not in p.gpus.native_formats                  # Ada
     assert "fp4" in load_profile("rtx5090").gpus.native_formats
     assert load_profile("b200x8").interconnect.kind is LinkKind.NVLINK

@@ -16,12 +16,7 @@ from mv4deploy.quant.rules import logical_weights
 from quant_synth import make_checkpoint, preset_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _correlated(rows=96, cols=384, tokens=3000, seed=0):

@@ -54,7 +54,7 @@ def _eval_start(folder, tmp_path, chars: int = 6000, chunks: int = 4):
 
 
 def ids_of(folder, text: str = PROMPT * 4):
-    from mv4deploy.runtime.generate import load_tokenizer
+    from mv4deploy.model.tokenizer import load_tokenizer
     return load_tokenizer(folder)(text, return_tensors="pt").input_ids
 
 

@@ -42,14 +42,16 @@ def test_self_validation_passes_with_zero_kld_and_writes_the_report(tiny, gate, 
     assert "**PASS**" in text and "| Mean KLD | 0.000000 ± 0.000000 |" in text
     assert "![KLD histogram](report-kld.png)" in text
     assert (tmp_path / "report-kld.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["plot"] == str(tmp_path / "report-kld.png")     # the plot a report draws beside itself
 
 
 def test_damaged_candidate_fails_the_gate_naming_the_metrics(tiny, gate, tmp_path):
     plot = tmp_path / "kld.png"
     r = run_cli(*_common(tiny, "--candidate", tiny.damaged, "--gate", gate, "--plot", plot))
     assert r.code == 1
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]   # the rest: progress bar
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "gate failed" in errors[0]
+    assert "scoring chunks" not in r.stderr           # stderr is no terminal here: no progress bar drawn
     for metric in ("kld_mean", "kld_p99", "ppl_ratio", "same_top1_wilson_low"):
         assert metric in errors[0]
     assert "Mean KLD" in r.stdout and "FAIL" in r.stdout
@@ -61,6 +63,7 @@ def test_golden_round_trip_through_the_cli(tiny, gate, tmp_path):
     made = run_cli(*_common(tiny, "--golden-out", golden, "--json"))
     assert made.code == 0, made.stderr
     assert made.json()["kld_mean"] is None and golden.is_file()
+    assert made.json()["plot"] is None                 # the key is there even when no plot was asked for
     r = run_cli("validate", "--golden", golden, "--candidate", tiny.fp8, "--gate", gate, "--json")
     assert r.code == 0, r.stderr
     data = r.json()

@@ -17,10 +17,11 @@ import shutil
 from pathlib import Path
 
 
-from mv4deploy.export.source import TOKENIZER_FILES, SourceModel
+from mv4deploy.export.source import SourceModel
 from mv4deploy.export.targets import ExportTarget, Precision
+from mv4deploy.model.tokenizer import TOKENIZER_FILES
 
-EXTRA_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "merges.txt", "generation_config.json",
+EXTRA_TOKENIZER_FILES = ("special_tokens_map.json", "merges.txt", "generation_config.json",
                          "config.json")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+from mv4deploy.model.kv import gqa_entry_bytes
 from mv4deploy.model.spec import DenseSpec
 from mv4deploy.export.layouts import get_layout
 
@@ -118,8 +119,7 @@ def footprint(spec: DenseSpec, target, context_tokens: int | None = None) -> Foo
     """Bytes of the export of ``spec`` for ``target`` at ``context_tokens`` (default: the target's)."""
     items = export_items(spec, target)
     context = context_tokens or target.context_tokens
-    kv_per_token = 2 * spec.num_hidden_layers * spec.num_key_value_heads * spec.head_dim * \
-        target.kv_cache.bytes_per_element
+    kv_per_token = spec.num_hidden_layers * gqa_entry_bytes(spec, target.kv_cache.bytes_per_element)
     weights = sum(i.nbytes for i in items)
     tables = [i for i in items if i.kind in ROW_READ]          # a decode step reads one row of each
     read = weights - sum(t.nbytes - t.nbytes // t.shape[0] for t in tables) + kv_per_token * context

@@ -13,8 +13,8 @@ import shutil
 import sysconfig
 import time
 from pathlib import Path
+from typing import Callable
 
-from mv4deploy import output
 from mv4deploy.errors import InputError
 from mv4deploy.export import dynamo, genai, qnn
 from mv4deploy.export.report import folder_sizes, readme, usage, write_outputs
@@ -27,6 +27,7 @@ BUILDERS = {Builder.GENAI: genai.build, Builder.DYNAMO: dynamo.build, Builder.QN
 # disk (offline, deterministic per Python version). Code is what the R1 distillates are often asked for.
 DEFAULT_EVAL_MODULE, DEFAULT_CALIB_MODULE = "textwrap", "argparse"
 CALIB_CHUNKS = 8
+Notify = Callable[[str], None]     # a one-line progress note ("building cpu-int4 ..."); the CLI prints it
 
 
 def default_text(module: str) -> Path:
@@ -47,8 +48,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_path: Path | None = None,
-                calib_path: Path | None = None, overwrite: bool = False) -> dict:
-    """Export, validate and publish; returns the report (also written to OUT/export.json)."""
+                calib_path: Path | None = None, overwrite: bool = False, notify: Notify | None = None) -> dict:
+    """Export, validate and publish; returns the report (also written to OUT/export.json). ``notify``
+    receives a line as each slow step starts. The builders' own chatter is not filtered here: the CLI
+    runs this inside ``output.library_noise_to_stderr`` so that ``--json`` stdout stays clean."""
     started = time.perf_counter()
     target = load_target(target_name)
     out = Path(out)
@@ -63,9 +66,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     try:
-        with output.library_noise_to_stderr():
-            report, max_length = _build_and_verify(source, target, work, tokens, calib)
-        report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        report, max_length = _build_and_verify(source, target, work, tokens, calib, notify or (lambda line: None))
+        report["seconds"]["total_s"] = round(time.perf_counter() - started, 1)
         report["out"] = str(out if report["validation"]["passed"] else out.with_name(out.name + ".rejected"))
         report["command"] = report["command"].replace(str(work / "out"), report["out"]).replace(
             str(work / "builder-cache"), "CACHE_DIR")
@@ -80,21 +82,22 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
     return report
 
 
-def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib) -> tuple[dict, int | None]:
+def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib,
+                      notify: Notify) -> tuple[dict, int | None]:
     seconds = {}
     t0 = time.perf_counter()
-    output.info(f"loading {source.folder} in PyTorch (fp32)")
+    notify(f"loading {source.folder} in PyTorch (fp32)")
     model = load_torch_model(source.folder)
-    output.info(f"building {target.name} with the {target.builder.value} builder")
+    notify(f"building {target.name} with the {target.builder.value} builder")
     built = BUILDERS[target.builder](source, target, work / "out", work, model=model,
                                      calib_chunks=None if calib is None else calib.tokens.numpy())
-    seconds["build"] = round(time.perf_counter() - t0, 1)
+    seconds["build_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     runner = built.runner()
-    output.info(f"validating on {runner.runtime}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
-                f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
+    notify(f"validating on {runner.runtime}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
+           f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
     result = verify(reference_source(model, source), runner, tokens, target.tolerance, target.source)
-    seconds["validate"] = round(time.perf_counter() - t0, 1)
+    seconds["validate_s"] = round(time.perf_counter() - t0, 1)
     return {
         "model": source.folder.resolve().name, "model_dir": str(source.folder), "target": target.name,
         "target_file": target.source, "runtime": target.runtime, "provider": target.provider.value,

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mv4deploy.export.source import TOKENIZER_FILES, SourceModel
+from mv4deploy.export.source import SourceModel
 from mv4deploy.export.static_host import GraphShape, StaticHost, StaticRunner, io_names
 from mv4deploy.export.targets import ExportTarget, Precision
+from mv4deploy.model.tokenizer import TOKENIZER_FILES
 
 GRAPHS = {"prefill.onnx": "step", "decode.onnx": 1}
 CALIB_DECODE_STEPS = 16      # decode feeds per calibration chunk, after prefilling its first half
@@ -91,7 +92,7 @@ def build(source: SourceModel, target: ExportTarget, out: Path, work: Path, mode
     for name in GRAPHS:
         feeds = _calibration_feeds(_run(prefill), _run(decode), shape, calib_chunks, name)
         quantize_graph(fp32[name], out / name, feeds, target)
-    for name in (*TOKENIZER_FILES, "tokenizer_config.json", "config.json", "generation_config.json"):
+    for name in (*TOKENIZER_FILES, "config.json", "generation_config.json"):
         if (source.folder / name).is_file():
             shutil.copy2(source.folder / name, out / name)
     return QnnBuild(out, shape)

@@ -13,10 +13,10 @@ from pathlib import Path
 from mv4deploy.errors import InputError
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.spec import Arch, DenseSpec
+from mv4deploy.model.tokenizer import load_tokenizer
 
 # transformers class per supported family (what the genai builder and our static graph understand)
 SUPPORTED = {Arch.QWEN2: "Qwen2ForCausalLM", Arch.LLAMA: "LlamaForCausalLM"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -43,18 +43,6 @@ def check_source(folder: str | Path) -> SourceModel:
     tokenizer = load_tokenizer(folder)
     eos = raw.get("eos_token_id", getattr(tokenizer, "eos_token_id", None))
     return SourceModel(folder, spec, tokenizer, eos[0] if isinstance(eos, list) else eos)
-
-
-def load_tokenizer(folder: Path):
-    """The folder's own tokenizer, offline, never running code from the folder."""
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise InputError(folder, "tokenizer", None, f"missing tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(folder, "tokenizer", None, f"transformers cannot load it: {first}") from exc
 
 
 def load_torch_model(folder: Path):

@@ -195,6 +195,3 @@ def _ops(value) -> tuple[str, ...]:
     return ops
 
 
-def target_to_dict(t: ExportTarget) -> dict:
-    from dataclasses import asdict
-    return asdict(t)

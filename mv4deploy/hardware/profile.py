@@ -129,10 +129,6 @@ class HostLink:
     latency_s: float = DEFAULT_HOST_LINK_LATENCY_S  # per transfer
     measured_d2h_bytes_per_s: float | None = None  # device -> host, pinned
 
-    @property
-    def effective_bytes_per_s(self) -> float | None:
-        return self.measured_bytes_per_s or self.bandwidth_bytes_per_s
-
 
 @dataclass(frozen=True)
 class Storage:

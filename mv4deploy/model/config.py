@@ -28,6 +28,7 @@ ARCHITECTURES = {
     "DeepseekV4ForCausalLM": Arch.DEEPSEEK_V4, "DeepseekV41ForCausalLM": Arch.DEEPSEEK_V41,
     "Qwen2ForCausalLM": Arch.QWEN2, "LlamaForCausalLM": Arch.LLAMA,
 }
+QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of what `mv4deploy quantize` writes
 
 # Keys that change nothing we count (bytes, tensors, KV): accepted without a warning.
 GENERIC_KEYS = frozenset({
@@ -95,13 +96,13 @@ def load_json(path: Path) -> dict:
 
 def read_config(raw: dict, source: str, name: str | None = None) -> ModelSpec:
     """Build the family's spec from a config dict (``source`` names it in errors)."""
-    cfg, arch, notes = _flatten(raw, source)
-    return _BUILDERS[arch](_Reader(cfg, source), arch, name or source, notes)
+    cfg, arch = _flatten(raw, source)
+    return _BUILDERS[arch](_Reader(cfg, source), arch, name or source)
 
 
-def _flatten(raw: dict, source: str) -> tuple[dict, Arch, list[str]]:
+def _flatten(raw: dict, source: str) -> tuple[dict, Arch]:
     """Lift V4.1's ``text_config`` to the top (quantization_config stays) and find the family."""
-    cfg, notes = dict(raw), []
+    cfg = dict(raw)
     text = cfg.pop("text_config", None)
     if text is not None:
         if not isinstance(text, dict):
@@ -117,10 +118,10 @@ def _flatten(raw: dict, source: str) -> tuple[dict, Arch, list[str]]:
     if arch is None:
         known = ", ".join(sorted(MODEL_TYPES))
         raise InputError(source, "model_type", model_type, f"unsupported architecture; supported: {known}")
-    return cfg, arch, notes
+    return cfg, arch
 
 
-def _dense(r: _Reader, arch: Arch, name: str, notes: list[str]) -> DenseSpec:
+def _dense(r: _Reader, arch: Arch, name: str) -> DenseSpec:
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
     kv_heads = r.int("num_key_value_heads", heads)
@@ -139,11 +140,11 @@ def _dense(r: _Reader, arch: Arch, name: str, notes: list[str]) -> DenseSpec:
         attention_bias=arch is Arch.QWEN2 or r.bool("attention_bias", False),
         max_position_embeddings=r.int("max_position_embeddings", 4096, maximum=2**24),
         tie_word_embeddings=r.bool("tie_word_embeddings", False),
-        formats=_stored_formats(r, arch), warnings=tuple(notes))
+        formats=_stored_formats(r, arch))
     return _with_unknown(spec, r, arch)
 
 
-def _deepseek_v3(r: _Reader, arch: Arch, name: str, notes: list[str]) -> DeepseekV3Spec:
+def _deepseek_v3(r: _Reader, arch: Arch, name: str) -> DeepseekV3Spec:
     layers = r.int("num_hidden_layers")
     routed = r.int("n_routed_experts")
     spec = DeepseekV3Spec(
@@ -159,7 +160,7 @@ def _deepseek_v3(r: _Reader, arch: Arch, name: str, notes: list[str]) -> Deepsee
         num_attention_heads=r.int("num_attention_heads"), q_lora_rank=r.int("q_lora_rank", None),
         kv_lora_rank=r.int("kv_lora_rank"), qk_nope_head_dim=r.int("qk_nope_head_dim"),
         qk_rope_head_dim=r.int("qk_rope_head_dim"), v_head_dim=r.int("v_head_dim"),
-        formats=_stored_formats(r, arch), warnings=tuple(notes),
+        formats=_stored_formats(r, arch),
         **_indexer(r, arch))
     heads, kv_heads = spec.num_attention_heads, r.int("num_key_value_heads", spec.num_attention_heads)
     if kv_heads != heads:
@@ -175,7 +176,7 @@ def _indexer(r: _Reader, arch: Arch) -> dict:
             "index_topk": r.int("index_topk")}
 
 
-def _deepseek_v4(r: _Reader, arch: Arch, name: str, notes: list[str]) -> DeepseekV4Spec:
+def _deepseek_v4(r: _Reader, arch: Arch, name: str) -> DeepseekV4Spec:
     layers = r.int("num_hidden_layers")
     mtp = r.int("num_nextn_predict_layers", 0, minimum=0)
     routed = r.int("n_routed_experts")
@@ -194,7 +195,7 @@ def _deepseek_v4(r: _Reader, arch: Arch, name: str, notes: list[str]) -> Deepsee
         num_hash_layers=_num_hash_layers(r, layers), compress_ratios=_compress_ratios(r, arch, layers, mtp),
         sliding_window=r.int("sliding_window"), index_n_heads=r.int("index_n_heads"),
         index_head_dim=r.int("index_head_dim"), index_topk=r.int("index_topk"),
-        hc_mult=r.int("hc_mult", 1, maximum=64), formats=_stored_formats(r, arch), warnings=tuple(notes),
+        hc_mult=r.int("hc_mult", 1, maximum=64), formats=_stored_formats(r, arch),
         engram=_engram(r, layers), dspark=_dspark(r, layers), vision=_vision(r),
         kv_source_layer_ids=_layer_ids(r, "kv_source_layer_ids", layers),
         index_source_layer_ids=_layer_ids(r, "index_source_layer_ids", layers))
@@ -343,7 +344,7 @@ def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
     source = f"{r.source}: quantization_config"
     if not isinstance(q, dict):
         raise InputError(r.source, "quantization_config", q, "must be an object")
-    if q.get("quant_method") == "mv4deploy":
+    if q.get("quant_method") == QUANT_METHOD:
         return _mv4deploy_formats(r, arch, q, source)
     if q.get("quant_method") != "fp8":
         raise InputError(source, "quant_method", q.get("quant_method"), "unsupported; supported: fp8, mv4deploy")
@@ -373,7 +374,7 @@ def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFo
     (null for a BF16/FP32 source) and gives the native formats; ``rules`` assign each weight's format."""
     from mv4deploy.quant.rules import rules_from_json
     base = q.get("base")
-    if base is not None and (not isinstance(base, dict) or base.get("quant_method") == "mv4deploy"):
+    if base is not None and (not isinstance(base, dict) or base.get("quant_method") == QUANT_METHOD):
         raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")
     native = _stored_formats(_Reader({**r.cfg, "quantization_config": base}, r.source), arch)
     return replace(native, rules=rules_from_json(q.get("rules"), source))
@@ -388,3 +389,9 @@ _BUILDERS = {
     Arch.DEEPSEEK_V3: _deepseek_v3, Arch.DEEPSEEK_V32: _deepseek_v3,
     Arch.DEEPSEEK_V4: _deepseek_v4, Arch.DEEPSEEK_V41: _deepseek_v4,
 }
+
+
+def quantized_by_us(raw: dict) -> bool:
+    """Whether a raw config.json was written by ``mv4deploy quantize`` (its quant_method is ours)."""
+    quant = raw.get("quantization_config")
+    return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD

@@ -135,12 +135,11 @@ class _Builder:
 
 def build_inventory(spec: ModelSpec) -> Inventory:
     from mv4deploy.model import inventory_deepseek, inventory_dense  # noqa: F401  (registers builders)
-    builder = INVENTORY_BUILDERS[spec.architecture]
     if spec.formats.rules:  # written by `mv4deploy quantize`: each weight's format from its first matching rule
         from mv4deploy.quant.rules import apply_rules
         tensors = apply_rules(spec)
     else:
-        tensors = builder(spec)
+        tensors = INVENTORY_BUILDERS[spec.architecture](spec)
     names = Counter(t.name for t in tensors)
     duplicated = [name for name, count in names.items() if count > 1]
     if duplicated:

@@ -103,8 +103,13 @@ def kv_layout(spec: ModelSpec, cache_format: CacheFormat | None = None) -> KVLay
     return _LAYOUTS[spec.architecture](spec, fmt)
 
 
+def gqa_entry_bytes(spec: DenseSpec, element_bytes: int) -> int:
+    """One layer's cache for one token of a GQA model: K and V, ``kv_heads x head_dim`` elements each."""
+    return 2 * spec.num_key_value_heads * spec.head_dim * element_bytes
+
+
 def _gqa(spec: DenseSpec, fmt: CacheFormat) -> KVLayout:
-    entry = 2 * spec.num_key_value_heads * spec.head_dim * GQA_ELEMENT_BYTES[fmt]  # K and V
+    entry = gqa_entry_bytes(spec, GQA_ELEMENT_BYTES[fmt])
     return KVLayout(fmt, (KVPool("kv", tuple(range(spec.num_hidden_layers)), entry),), 0)
 
 

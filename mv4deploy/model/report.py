@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
+from mv4deploy.model.spec import StoredFormats
 from mv4deploy.quant.formats import get_format
 
 
@@ -24,8 +27,7 @@ def inspect_report(resolved: ResolvedModel) -> dict:
         "checkpoint_bytes": inv.checkpoint_bytes,
         "tensors": len(inv.tensors),
         "bytes_by_role": _bytes_by_role(inv),
-        "formats": {"linear": spec.formats.linear, "expert": spec.formats.expert,
-                    "engram_table": spec.formats.engram_table, "plain": spec.formats.plain},
+        "formats": _formats(spec.formats),
         "kv_cache": {
             "format": kv.cache_format.value,
             "bytes_per_token": kv.bytes_per_token,
@@ -38,9 +40,14 @@ def inspect_report(resolved: ResolvedModel) -> dict:
         "engram": _engram(spec),
         "hc_mult": spec.hc_mult,
         "unknown_keys": list(spec.unknown_keys),
-        "warnings": list(spec.warnings),
         "mismatches": [{"name": m.name, "problem": m.problem} for m in resolved.mismatches],
     }
+
+
+def _formats(stored: StoredFormats) -> dict[str, str]:
+    """Every stored-format slot (linear, expert, engram_table, plain, norm), by name: a slot added to
+    ``StoredFormats`` shows up here without an edit. ``rules`` (per-weight overrides) are not a slot."""
+    return {f.name: getattr(stored, f.name) for f in fields(stored) if f.name != "rules"}
 
 
 def _bytes_by_role(inv) -> dict[str, int]:

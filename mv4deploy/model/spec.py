@@ -48,7 +48,6 @@ class ModelSpec:
     formats: StoredFormats = field(default_factory=StoredFormats)
     hc_mult: int = 1  # residual streams per token (mHC widens the residual stream; 1 = plain residual)
     unknown_keys: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,6 @@ Native names map to transformers' modules through the runtime's name map (the ta
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mv4deploy.errors import InputError
+from mv4deploy.fileio import sha256_file
 from mv4deploy.runtime import name_map
 
 INT4_FORMATS = ("int4-g128", "int4-g32")
@@ -42,7 +42,7 @@ class CalibrationSpec:
 
     def key(self) -> dict:
         """What a resumed run must match (the same text and settings give the same bytes)."""
-        return {"sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(), "max_tokens": self.max_tokens,
+        return {"sha256": sha256_file(self.path), "max_tokens": self.max_tokens,
                 "seq_len": self.seq_len, "min_expert_tokens": self.min_expert_tokens}
 
 
@@ -162,20 +162,13 @@ def calibration_report(spec: CalibrationSpec, tokens: int, done: dict[str, dict]
 
 
 def _load_model(src: Path):
-    try:
-        from mv4deploy.runtime import load_model
-    except ImportError:
-        raise InputError(src, "--calib", None, "GPTQ calibration runs the model through mv4deploy.runtime."
-                         "load_model, which this build does not have yet") from None
+    from mv4deploy.runtime import load_model
     return load_model(src, device="cpu", dtype=torch.float32)
 
 
 def _token_ids(src: Path, spec: CalibrationSpec) -> torch.Tensor:
-    from transformers import AutoTokenizer
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(src, "tokenizer", None, f"cannot load the checkpoint's tokenizer ({exc.__class__.__name__})")
+    from mv4deploy.model.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(src, why="--calib")
     ids = tokenizer(spec.path.read_text(errors="replace"))["input_ids"][: spec.max_tokens]
     return torch.tensor(ids, dtype=torch.long)
 

@@ -184,12 +184,6 @@ def pad_rows_cols(x: torch.Tensor, rows_to: int, cols_to: int) -> torch.Tensor:
     return F.pad(x, (0, pc, 0, pr)) if pr or pc else x
 
 
-def group_amax(x: torch.Tensor, group: int) -> torch.Tensor:
-    """max |x| over groups of ``group`` along the last dim: [..., ceil(C / group)] float32."""
-    g = pad_last(x, group).unflatten(-1, (-1, group))
-    return g.abs().amax(dim=-1).float()
-
-
 def expand_groups(scale: torch.Tensor, group: int, cols: int) -> torch.Tensor:
     """[..., G] -> [..., cols]: each group's value repeated over its columns."""
     return scale.repeat_interleave(group, dim=-1)[..., :cols]

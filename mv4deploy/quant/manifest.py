@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from mv4deploy.errors import InputError
-from mv4deploy.fileio import atomic_path, remove_stale_tmp, write_text_atomic
+from mv4deploy.fileio import atomic_path, remove_stale_tmp, sha256_file, write_text_atomic
+from mv4deploy.model.config import QUANT_METHOD
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.quant.job import Job
 
@@ -29,7 +30,7 @@ def output_config(job: Job) -> dict:
     (so ``native`` rules stay meaningful), ``rules`` are the recipe's with aliases resolved."""
     config = dict(job.config)
     config["quantization_config"] = {
-        "quant_method": "mv4deploy", "format_version": FORMAT_VERSION, "recipe": job.recipe.name,
+        "quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "recipe": job.recipe.name,
         "base": job.config.get("quantization_config"), "rules": job.recipe.resolved_rules(job.spec)}
     return config
 
@@ -97,7 +98,6 @@ def verify_output(out: Path) -> dict:
     """Check a finished output against its manifest: every shard's size and sha256, the index, and
     every header against the inventory its config.json implies. Problems are listed, not raised."""
     from mv4deploy.model.source import resolve_model
-    from mv4deploy.quant.shards import sha256_file
     out = Path(out)
     path = out / MANIFEST
     if not path.is_file():

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from mv4deploy.errors import InputError
-from mv4deploy.fileio import write_text_atomic
+from mv4deploy.fileio import sha256_file, write_text_atomic
 from mv4deploy.quant.formats import get_format
 from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
 from mv4deploy.quant.kernels import NonFiniteError
-from mv4deploy.quant.shards import OrderedHasher, copy_bytes, output_layout, read_tensor, sha256_file, write_tensor
+from mv4deploy.quant.shards import OrderedHasher, copy_bytes, output_layout, read_tensor, write_tensor
 
 JOURNAL = "journal.json"
 

@@ -4,25 +4,25 @@ input fails in a fraction of a second with nothing written."""
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
+from mv4deploy.device import check_device, resolve_device
 from mv4deploy.errors import InputError
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 
+AUTO_WORKERS = 0   # --workers 0: one per CPU, at most 4 (FP8 needs two workers to keep up with a copy on 2 cores)
+
 
 def run_quantize(src: Path, out: Path, recipe: str | None = None, plan: Path | None = None,
-                 calib: Path | None = None, workers: int = 1, device: str = "auto",
+                 calib: Path | None = None, workers: int = AUTO_WORKERS, device: str = "auto",
                  allow_nonfinite: bool = False, progress=None) -> dict:
     from mv4deploy.quant.recipe import get_recipe, recipe_from_plan
     if (recipe is None) == (plan is None):
         raise InputError(None, "--recipe/--plan", None, "give exactly one of --recipe NAME or --plan plan.json")
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(None, "--device", device, "must be auto, cpu or cuda")
+    check_device(device)
     chosen = get_recipe(recipe) if recipe is not None else recipe_from_plan(Path(plan))
-    if workers == 0:  # one per CPU (at most 4): FP8 needs two workers to keep up with a copy on 2 cores
-        import os
-        workers = max(1, min(4, os.cpu_count() or 1))
     calibration = None
     if calib is not None:
         from mv4deploy.quant.calibrate import CalibrationSpec
@@ -31,13 +31,16 @@ def run_quantize(src: Path, out: Path, recipe: str | None = None, plan: Path | N
                                device=device, allow_nonfinite=allow_nonfinite, progress=progress)
 
 
-def quantize_checkpoint(src: Path, out: Path, recipe, calibration=None, workers: int = 1, device: str = "auto",
-                        allow_nonfinite: bool = False, progress=None, calibration_inputs=None) -> dict:
-    """``progress`` is a context-manager factory ``(description, total_bytes) -> advance(n)`` (the CLI
-    passes ``output.progress``). ``calibration_inputs`` = (model, token_ids) skips loading them
+def quantize_checkpoint(src: Path, out: Path, recipe, calibration=None, workers: int = AUTO_WORKERS,
+                        device: str = "auto", allow_nonfinite: bool = False, progress=None,
+                        calibration_inputs=None) -> dict:
+    """``workers``: weights quantized in parallel (``AUTO_WORKERS``: one per CPU, at most 4). ``progress``
+    is a context-manager factory ``(description, total_bytes) -> advance(n)`` (the CLI passes
+    ``output.progress``). ``calibration_inputs`` = (model, token_ids) skips loading them
     (tests; callers that hold the model already). Returns a summary with stable keys."""
     from mv4deploy.quant.job import plan_job
     from mv4deploy.quant.manifest import MANIFEST, verify_output
+    workers = _workers(workers)
     extra_key = {"calibration": calibration.key()} if calibration is not None else {}
     job = plan_job(src, out, recipe, extra_key)
     if (job.out / INDEX_NAME).is_file() and (job.out / MANIFEST).is_file():
@@ -58,7 +61,7 @@ def _run(job, calibration, workers, device, allow_nonfinite, progress, calibrati
 
     from mv4deploy.quant.manifest import finalize
     from mv4deploy.quant.pipeline import Options, prepare_out, run_shards
-    options = Options(allow_nonfinite=allow_nonfinite, workers=workers, device=_device(device))
+    options = Options(allow_nonfinite=allow_nonfinite, workers=workers, device=resolve_device(device))
     # Parallelism comes from --workers, one intra-op thread each: the kernels work on cache-sized
     # strips, too small to split, and an OpenMP team waiting on a busy core costs ~10 ms per op.
     torch.set_num_threads(1)
@@ -78,15 +81,10 @@ def _run(job, calibration, workers, device, allow_nonfinite, progress, calibrati
     return {**_summary(job, resumed_shards=resumed, already_complete=False), "calibration": report}
 
 
-def _device(name: str) -> str:
-    if name == "cpu":
-        return "cpu"
-    import torch
-    if torch.cuda.is_available():
-        return "cuda"
-    if name == "cuda":
-        raise InputError(None, "--device", name, "CUDA is not available on this machine")
-    return "cpu"
+def _workers(count: int) -> int:
+    if count < 0:
+        raise InputError(None, "--workers", count, "must be 0 (one per CPU, at most 4) or more")
+    return count or max(1, min(4, os.cpu_count() or 1))
 
 
 def _summary(job, resumed_shards: int, already_complete: bool) -> dict:

@@ -21,7 +21,6 @@ from mv4deploy.errors import InputError
 from mv4deploy.model.safetensors_headers import HeaderTensor, tensor_nbytes
 
 COPY_BYTES = 64 << 20   # pass-through copies move this much per read/write
-HASH_BYTES = 16 << 20
 
 
 def read_tensor(fd: int, slot: HeaderTensor, path: Path):
@@ -127,10 +126,3 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         n = os.pwrite(fd, data, offset)
         data, offset = data[n:], offset + n
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()

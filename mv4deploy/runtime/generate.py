@@ -5,28 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mv4deploy.device import resolve_device
 from mv4deploy.errors import InputError
-
-DEVICES = ("cpu", "cuda")
-
-
-def load_tokenizer(path: str | Path):
-    """The checkpoint's own tokenizer, offline."""
-    from transformers import AutoTokenizer
-    folder = Path(path)
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(folder, "tokenizer", None, f"cannot load the tokenizer: {exc}") from exc
-
-
-def check_device(device: str) -> str:
-    import torch
-    if device not in DEVICES:
-        raise InputError(None, "--device", device, f"must be one of {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "--device", device, "CUDA is not available on this machine")
-    return device
+from mv4deploy.model.tokenizer import load_tokenizer
 
 
 def generate_text(path: str | Path, prompt: str, max_new_tokens: int = 32, device: str = "cpu") -> dict:
@@ -34,7 +15,7 @@ def generate_text(path: str | Path, prompt: str, max_new_tokens: int = 32, devic
     import torch
 
     from mv4deploy.runtime.loader import load_model
-    check_device(device)
+    device = resolve_device(device)
     if max_new_tokens < 1:
         raise InputError(None, "--max-new-tokens", max_new_tokens, "must be at least 1")
     tokenizer = load_tokenizer(path)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mv4deploy.errors import InputError
-from mv4deploy.model.config import load_json
+from mv4deploy.model.config import QUANT_METHOD, load_json, quantized_by_us
 from mv4deploy.model.inventory import Role, build_inventory
 from mv4deploy.model.source import refuse_mismatches, resolve_model
 from mv4deploy.model.spec import Arch
@@ -48,8 +48,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     raw = load_json(folder / "config.json")
     resolved = resolve_model(folder)
     spec, headers = resolved.spec, resolved.headers
-    native = spec.architecture in NATIVE and not any(h.name.startswith("model.") for h in headers)
-    ours = (raw.get("quantization_config") or {}).get("quant_method") == "mv4deploy"  # `mv4deploy quantize`
+    native = spec.architecture in NATIVE and name_map.native_layout([h.name for h in headers])
+    ours = quantized_by_us(raw)
     if native or (ours and spec.architecture in DENSE):
         if native:
             check_runnable(spec.architecture, raw, str(folder / "config.json"))
@@ -57,7 +57,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         model = _load_streaming(folder, raw, spec, {h.name: h.file for h in headers}, native,
                                 (torch.device(device), dtype, torch.device(engram_device or device)))
     elif ours:
-        raise InputError(folder / "config.json", "quantization_config.quant_method", "mv4deploy",
+        raise InputError(folder / "config.json", "quantization_config.quant_method", QUANT_METHOD,
                          f"loading an mv4deploy-quantized {spec.architecture.value} checkpoint is not implemented; "
                          "supported: deepseek_v4 (native names), qwen2, llama")
     else:
@@ -145,12 +145,8 @@ def _decoded(shard: Path, weight: LogicalWeight, tensors: dict) -> torch.Tensor:
 
 def _attach_token_map(model, folder: Path) -> None:
     from mv4deploy.runtime.engram import compressed_token_map
-    try:
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(folder, "tokenizer", None, f"Engram hashing needs the tokenizer: {exc}") from exc
-    token_map, _ = compressed_token_map(tokenizer)
+    from mv4deploy.model.tokenizer import load_tokenizer
+    token_map, _ = compressed_token_map(load_tokenizer(folder, why="Engram hashing"))
     try:
         model.set_token_map(token_map)
     except ValueError as exc:

@@ -144,3 +144,10 @@ def to_native(target: Target | str) -> str:
         raise KeyError(f"name map: target {key!r} matches {len(hits)} rows")
     return hits[0]
 
+
+
+def native_layout(names) -> bool:
+    """Whether tensor ``names`` are DeepSeek's own layout: none carries transformers' ``model.`` prefix
+    (``embed.weight``, ``layers.0.attn...``); an empty list is neither layout, so False."""
+    names = list(names)
+    return bool(names) and not any(name.startswith("model.") for name in names)

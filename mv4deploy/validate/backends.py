@@ -27,10 +27,9 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from mv4deploy.errors import InputError
-from mv4deploy.validate.evaltext import first_line, load_tokenizer, tokenizer_fingerprint
-
-RUNTIME_QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of `mv4deploy quantize` outputs
+from mv4deploy.errors import InputError, first_line
+from mv4deploy.model.tokenizer import load_tokenizer
+from mv4deploy.validate.evaltext import tokenizer_fingerprint
 
 
 class LogitsSource(Protocol):
@@ -134,11 +133,11 @@ def _read_config(folder: Path) -> dict:
 def _is_native(folder: Path) -> bool:
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         return False
+    from mv4deploy.model.config import quantized_by_us
     from mv4deploy.model.safetensors_headers import read_checkpoint_headers
+    from mv4deploy.runtime.name_map import native_layout
     names = [h.name for h in read_checkpoint_headers(folder)]
-    quant = _read_config(folder).get("quantization_config") or {}
-    marked = isinstance(quant, dict) and quant.get("quant_method") == RUNTIME_QUANT_METHOD
-    return marked or bool(names) and not any(name.startswith("model.") for name in names)
+    return quantized_by_us(_read_config(folder)) or native_layout(names)
 
 
 def _open_runtime(folder: Path, device: str) -> TorchSource:

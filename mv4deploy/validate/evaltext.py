@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from mv4deploy.errors import InputError
+from mv4deploy.fileio import sha256_file
 
 MIN_CHUNK_TOKENS = 4
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # Exercises what tokenizers disagree on: digits, case, accents, CJK, emoji, runs of spaces and newlines, code.
 PROBE_TEXT = ("The 2024 Q3 résumé: naïve café ÉCOLE straße 東京都 😀 ½ x² ﬁ\n\n\tdef f(x):  return x**2 "
               "# 12345678\r\n    if a!=b and c<=d: print('ok')   \n\nI'm we'll they've 3.14159 0x1F -42")
@@ -70,18 +70,6 @@ class EvalTokens:
         return self.chunks * self.chunking.scored_per_chunk
 
 
-def load_tokenizer(folder: Path):
-    """The tokenizer saved in ``folder``, read offline; never runs code from the folder."""
-    folder = Path(folder)
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise InputError(folder, "tokenizer", None, f"no tokenizer files ({', '.join(TOKENIZER_FILES)})")
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(folder, "tokenizer", None, f"cannot be loaded: {first_line(exc)}") from exc
-
-
 def bos_id(tokenizer) -> int | None:
     """The BOS id if this tokenizer puts one in front of text, else None."""
     bos = tokenizer.bos_token_id
@@ -99,14 +87,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     probe = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
     blob = json.dumps({"vocab": vocab, "probe": probe, "bos": bos_id(tokenizer)}, ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenize_eval(path: Path, tokenizer, chunk_tokens: int, max_chunks: int | None = None) -> EvalTokens:
@@ -127,7 +107,7 @@ def tokenize_eval(path: Path, tokenizer, chunk_tokens: int, max_chunks: int | No
     bos = bos_id(tokenizer)
     if bos is not None:
         tokens[:, 0] = bos
-    return EvalTokens(tokens, Chunking(chunk_tokens), path.name, file_sha256(path), len(ids), bos)
+    return EvalTokens(tokens, Chunking(chunk_tokens), path.name, sha256_file(path), len(ids), bos)
 
 
 def read_text(path: Path) -> str:
@@ -138,7 +118,3 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise InputError(path, None, None, f"not UTF-8 text (byte {exc.start})") from exc
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mv4deploy.errors import InputError
-from mv4deploy.validate.evaltext import first_line, load_tokenizer
+from mv4deploy.errors import InputError, first_line
+from mv4deploy.model.tokenizer import load_tokenizer
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bfloat16)": np.float32}

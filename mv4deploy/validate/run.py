@@ -21,9 +21,11 @@ from typing import Callable
 
 import torch
 
+from mv4deploy.device import resolve_device
 from mv4deploy.errors import InputError
+from mv4deploy.fileio import sha256_file
 from mv4deploy.validate.backends import LogitsSource, TorchSource, fingerprint, label, open_source
-from mv4deploy.validate.evaltext import EvalTokens, file_sha256, tokenize_eval
+from mv4deploy.validate.evaltext import EvalTokens, tokenize_eval
 from mv4deploy.validate.gate import Gate, GateResult, check_gate, load_gate
 from mv4deploy.validate.golden import (DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, Golden, GoldenHeader, read_golden,
                                        write_golden)
@@ -83,6 +85,7 @@ class ValidationResult:
 
 def validate(req: ValidateRequest, progress: Progress | None = None) -> ValidationResult:
     _check_request(req)
+    req = replace(req, device=resolve_device(req.device))
     gate = load_gate(req.gate, summary_keys()) if req.gate else None   # fail on a bad gate before loading
     progress = progress or _no_progress
     if req.golden is not None:
@@ -126,8 +129,8 @@ def _against_golden(req: ValidateRequest, gate: Gate | None, progress: Progress)
     start = time.perf_counter()
     golden = read_golden(req.golden)
     h = golden.header
-    if req.eval_path is not None and file_sha256(req.eval_path) != h.eval_sha256:
-        raise InputError(req.eval_path, "sha256", file_sha256(req.eval_path)[:12],
+    if req.eval_path is not None and sha256_file(req.eval_path) != h.eval_sha256:
+        raise InputError(req.eval_path, "sha256", sha256_file(req.eval_path)[:12],
                          f"differs from the eval text the golden file was made from "
                          f"({h.eval_name}, {h.eval_sha256[:12]})")
     cand = open_source(req.candidate, req.device, role="candidate")
