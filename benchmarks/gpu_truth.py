@@ -160,10 +160,11 @@ def step_calibrate(args) -> None:
     """runtime_overhead from tiny models on the GPU; runtime_reserve from the all-GPU run (measured peak minus
     the plan's bytes other than the reserve), both written into h100-calibrated.yaml."""
     settings, probed = _settings(args), _profile(args, "probed")
+    cases = [c for c in CALIBRATION if not args.dry_run or c.model["hidden"] == truth.TINY["hidden"]]
     first = [truth.measure(c, truth.ensure_checkpoint(c, args.dir), probed, settings, args.dir, _run_args(args))
-             for c in CALIBRATION]
+             for c in cases]
     fit = truth.fit_overhead(first)
-    calibrated = truth.write_calibrated(probed, fit, [c.name for c in CALIBRATION], _profile(args, "calibrated"))
+    calibrated = truth.write_calibrated(probed, fit, [c.name for c in cases], _profile(args, "calibrated"))
     name = "all on GPU"
     case = _case(name, None, args)
     result = truth.measure(case, args.dir / PLACEMENTS[name][0], calibrated, settings, args.dir, _run_args(args))
@@ -176,7 +177,7 @@ def step_calibrate(args) -> None:
         data["runtime_overhead"]["source"] += "; gpus.runtime_reserve from the all-GPU run"
         calibrated.write_text("# runtime_overhead and gpus.runtime_reserve fitted by benchmarks/gpu_truth.py\n"
                               + yaml.safe_dump(data, sort_keys=False))
-    (args.dir / "calibration.json").write_text(json.dumps({"fit": fit, "cases": [c.name for c in CALIBRATION]}))
+    (args.dir / "calibration.json").write_text(json.dumps({"fit": fit, "cases": [c.name for c in cases]}))
 
 
 def step_run(args) -> None:
