@@ -15,7 +15,8 @@ synthetic V4-architecture checkpoints beside what `mv4deploy plan` predicts for 
    non-negative least squares to per_step + per_layer x layers + per_expert x expert calls; a prefill chunk's
    measured time (batch-1 runs) to roofline / prefill_efficiency + prefill_per_layer x layers; and the RSS a
    run adds beyond the model's bytes (the engine's own memory) to host_bytes + host_bytes_per_token x batch
-   x context, as an envelope over the calibration runs. All go into the profile's `runtime_overhead` (written to --out-profile).
+   x context, as an envelope over the calibration runs. All go into the profile's `runtime_overhead`
+   (written to --out-profile).
 4. Test: every model is planned again with the calibrated profile and run; the table shows predicted vs
    measured decode and prefill tokens/s and the host RSS the model adds (the runs used for the fit are
    marked). Speeds are the best of the trials (interference only slows a run; the probe's figures are best
