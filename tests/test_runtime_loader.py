@@ -47,7 +47,8 @@ def rewrite_shard(folder, tensor_name: str, change) -> str:
 
 def _eval_start(folder, tmp_path, chars: int = 6000, chunks: int = 4):
     """The first ``chars`` of eval.txt, chunked and scored as `mv4deploy validate --chunk 256` does."""
-    from mv4deploy.validate.evaltext import load_tokenizer, tokenize_eval
+    from mv4deploy.model.tokenizer import load_tokenizer
+    from mv4deploy.validate.evaltext import tokenize_eval
     text = tmp_path / "eval-start.txt"
     text.write_text((REPO / "tests" / "fixtures" / "eval.txt").read_text()[:chars])
     return tokenize_eval(text, load_tokenizer(folder), 256, chunks)

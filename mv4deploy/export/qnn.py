@@ -140,7 +140,7 @@ class QnnBuild:
         folder = folder or self.folder
         prefill, decode = (htp_session(folder / name) for name in GRAPHS)
         import onnxruntime_qnn
-        from mv4deploy.validate.evaltext import load_tokenizer
+        from mv4deploy.model.tokenizer import load_tokenizer
         return StaticRunner(self.shape, _run(prefill), _run(decode),
                             f"QNN HTP (onnxruntime-qnn {onnxruntime_qnn.__version__}, CPU fallback disabled)",
                             folder, load_tokenizer(folder))
