@@ -5,7 +5,7 @@ Each step writes its results under --dir and fits in one 10-minute command on th
 
     python benchmarks/gpu_truth.py probe   --dir $OUT/gt    # profile probe --base h100 -> h100-probed.yaml
     python benchmarks/gpu_truth.py make    --dir $OUT/gt    # synthetic V4 (~3.8B) and V4.1-style (~3.8B + Engram)
-    python benchmarks/gpu_truth.py calibrate --dir $OUT/gt  # tiny models on the GPU -> runtime_overhead,
+    python benchmarks/gpu_truth.py calibrate --dir $OUT/gt  # truth.py's calibration models -> runtime_overhead,
                                                             # all-GPU run -> runtime_reserve: h100-calibrated.yaml
     python benchmarks/gpu_truth.py plans   --dir $OUT/gt    # the --gpu-mem-util giving each placement
     python benchmarks/gpu_truth.py run     --dir $OUT/gt    # the four placements, calibrated profile
@@ -15,8 +15,9 @@ Each step writes its results under --dir and fits in one 10-minute command on th
 The four placements (issue 8): all on the GPU; routed experts in host RAM (CPU compute or streamed, as the
 plan chooses); Engram tables in pinned host RAM with prefetched lookups (V4.1-style checkpoint); the CSA
 entries pool in host RAM with top-k fetches (16K context). Each placement comes from the planner itself:
-`plans` lowers --gpu-mem-util until the plan puts exactly that off the GPU. Calibration uses only tiny-
-dimension models and the all-GPU placement; the other three placements are the test (say so in the doc).
+`plans` lowers --gpu-mem-util until the plan puts exactly that off the GPU. Calibration uses truth.py's
+calibration models (--dry-run: only its tiny ones) and the all-GPU placement; the other three placements
+are the test (say so in the doc).
 
 --dry-run runs every step on this CPU with tiny checkpoints and `--device-map gpu:0=cpu` (checks the script;
 its numbers mean nothing).
@@ -48,7 +49,6 @@ BIG = {
 }
 DRY = {"v4": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64),
        "v41": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64, engram_layers=(1,), engram_vocab=50000)}
-# name -> (checkpoint, context, predicate on the plan JSON)
 # (checkpoint, context, what must be off the GPU, what may be): group roles and KV pool names. The planner evicts
 # the bytes cheapest to lose first (Engram tables, the embedding: one row per token, the CSA pool: top-k
 # reads, then experts), so a placement may come with the embedding (and, at 4K context, the small CSA pool)

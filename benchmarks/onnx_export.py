@@ -51,7 +51,7 @@ def export(model: Path, out: Path, target: str, eval_path: Path, calib_path: Pat
 
 def reuse(folder: Path) -> dict:
     report = json.loads((folder / "export.json").read_text())
-    report["wall_s"] = report["seconds"]["total"]
+    report["wall_s"] = report["seconds"]["total_s"]
     return report
 
 

@@ -224,6 +224,8 @@ def fit_overhead(results: list[Result]) -> dict:
     batch x context (its masks and eager-attention buffers grow with the sequences): the slope by least
     squares, host_bytes the smallest that covers every calibration run (memory is never under-predicted
     on them; the run-to-run spread of one model's RSS is ~100 MiB)."""
+    from math import ceil
+
     import numpy as np
     from scipy.optimize import nnls
     rows, extra, chunk_rows, chunks = [], [], [], []
@@ -243,7 +245,7 @@ def fit_overhead(results: list[Result]) -> dict:
     engine = [r.row("host RSS added (model)")["measured"] - r.row("host RSS added (model)")["predicted"]
               for r in results]
     (_, per_token), _ = nnls(np.array(slots), np.array(engine, dtype=float))
-    host_bytes = max(e - per_token * s for (_, s), e in zip(slots, engine))     # an envelope: never under
+    host_bytes = ceil(max(e - per_token * s for (_, s), e in zip(slots, engine)))  # an envelope: never under
     return {"per_step_s": step, "per_layer_s": layer, "per_expert_s": expert, "residual_s": residual,
             "prefill_per_layer_s": prefill_layer, "prefill_efficiency": min(1.0, 1 / slowdown) if slowdown else 1.0,
             "prefill_relative_residual": prefill_residual, "host_bytes": int(host_bytes),
@@ -257,8 +259,9 @@ def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> P
         "per_step": f"{fit['per_step_s'] * 1e6:.1f}us", "per_layer": f"{fit['per_layer_s'] * 1e6:.1f}us",
         "per_expert": f"{fit['per_expert_s'] * 1e6:.1f}us",
         "prefill_per_layer": f"{fit['prefill_per_layer_s'] * 1e6:.1f}us",
-        "prefill_efficiency": round(float(fit["prefill_efficiency"]), 4), "host_bytes": f"{fit['host_bytes'] // 2**20}MiB",
-        "host_bytes_per_token": f"{fit['host_bytes_per_token']}B",
+        "prefill_efficiency": round(float(fit["prefill_efficiency"]), 4),
+        "host_bytes": f"{max(fit['host_bytes'], 0)}B",
+        "host_bytes_per_token": f"{max(fit['host_bytes_per_token'], 0)}B",
         "engine": f"mv4deploy run: eager PyTorch {torch.__version__}, BF16 weights, CPU",
         "source": f"benchmarks/truth.py fit on {', '.join(names)}"}
     out.write_text("# Probed by `mv4deploy profile probe`; runtime_overhead fitted by benchmarks/truth.py\n"
@@ -305,7 +308,11 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     cases = [c for c in CASES if not args.quick or c.name in QUICK]
     profile = args.profile
-    if profile is None:
+    if profile is not None:           # calibration plans against the roofline: no overhead modelled
+        data = {k: v for k, v in yaml.safe_load(profile.read_text()).items() if k != "runtime_overhead"}
+        profile = args.workdir / "probed.yaml"
+        profile.write_text(yaml.safe_dump(data, sort_keys=False))
+    else:
         profile = args.workdir / "probed.yaml"
         wait_quiet(args.quiet_cores, args.max_wait_s)
         cli("profile", "probe", "--name", "truth-cpu", "--size", args.probe_size, "--storage-dir", args.workdir,

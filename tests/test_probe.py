@@ -110,3 +110,13 @@ def test_gpu_probe_measures_links_both_ways_and_four_formats():
     assert result.host_to_gpu_bytes_per_s > 1e9 and result.gpu_to_host_bytes_per_s > 1e9
     assert result.gpu_bandwidth_bytes_per_s > 1e11
     assert {"bf16", "fp16"} <= set(result.gpu_compute_flops_per_s)
+
+
+def test_probe_drops_a_base_profiles_runtime_overhead():
+    """The overhead was fitted against the figures a probe replaces: a calibration must start from zero."""
+    from mv4deploy.hardware.probe import ProbeResult, with_measurements
+    base = {"name": "x", "host": {"memory": "8GiB"}, "runtime_overhead": {"per_layer": "1ms"}}
+    result = ProbeResult(host_bandwidth_bytes_per_s=1e10, host_threads=1)
+    data = with_measurements(base, result)
+    assert "runtime_overhead" not in data and "runtime_overhead" in base
+    assert data["host"]["measured"]["bandwidth"] == "10.000GB/s"

@@ -109,3 +109,34 @@ def test_bad_workload_options_are_one_line(setup):
     line = _one_line_error(run_cli("run", FIXTURES / "tiny-v4", "--plan", plan, "--profile", profile,
                                    "--prompt-tokens", "100"))
     assert "--prompt-tokens" in line and "64" in line
+    line = _one_line_error(run_cli("run", FIXTURES / "tiny-v4", "--plan", plan, "--profile", profile,
+                                   "--threads", "0"))
+    assert "--threads" in line
+
+
+@pytest.mark.parametrize("field, edit", [
+    ("groups[0]", lambda d: d["groups"][0].update(bytes="abc")),
+    ("kv_cache.pools", lambda d: d.update(kv_cache={})),
+    ("devices[0]", lambda d: d["devices"][0].pop("name")),
+    ("workload.context_tokens", lambda d: d["workload"].update(context_tokens="256")),
+    ("groups", lambda d: d.update(groups={"a": 1})),
+])
+def test_a_malformed_plan_is_one_line_naming_the_field(setup, field, edit):
+    tmp, profile, plan = setup
+    data = json.loads(plan.read_text())
+    edit(data)
+    bad = tmp / f"bad-{field}.json"
+    bad.write_text(json.dumps(data))
+    line = _one_line_error(run_cli("run", FIXTURES / "tiny-v4", "--plan", bad, "--profile", profile))
+    assert field in line, line
+    listed = tmp / "list.json"
+    listed.write_text("[1, 2]")
+    assert "a plan is a JSON object" in _one_line_error(run_cli("run", FIXTURES / "tiny-v4", "--plan", listed))
+
+
+def test_a_run_filling_less_than_the_context_says_so(setup):
+    tmp, profile, plan = setup
+    result = run_cli("run", FIXTURES / "tiny-v4", "--plan", plan, "--profile", profile, "--prompt-tokens", "16",
+                     "--tokens", "2", "--warmup", "0", "--json")
+    assert result.code == 0, result.stderr
+    assert any("fills 18 of the plan's 64 context tokens" in d for d in result.json()["deviations"])

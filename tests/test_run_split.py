@@ -213,3 +213,27 @@ def test_split_across_cuda_and_host_gives_the_cpu_logits(name, edit, plans, refe
     for step, (a, b) in enumerate(zip(got, reference[name])):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3, msg=f"step {step}")
     assert executor.state.counters["streamed_bytes"] > 0 and executor.state.counters["kv_fetched_entries"] > 0
+
+
+def test_experts_all_on_the_layers_gpu_move_there(plans, tmp_path, monkeypatch):
+    """A layer whose experts all sit on the GPU that runs it keeps transformers' module and must move it to
+    that GPU (not leave it where it was loaded). On the CPU both devices are the CPU, so the moves are
+    recorded: layers 0, 1, 3 (all on gpu:0) move to gpu:0's device; layer 2 (on the host) is wrapped."""
+    plan = copy.deepcopy(plans["tiny-v4"])
+    _move(plan, "routed_experts", "host", "cpu", "cpu", layers={2})
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    plan_file = read_plan(path)
+    resolved = resolve_model(str(FIXTURES / "tiny-v4"))
+    placement = resolve_placement(plan_file, resolved.inventory, build_groups(resolved.inventory))
+    model = load_model(FIXTURES / "tiny-v4", dtype=torch.float32)
+    experts_type, moved = type(model.model.layers[0].mlp.experts), []
+    original_to = experts_type.to
+    monkeypatch.setattr(experts_type, "to", lambda self, *a, **k: moved.append((self, a)) or original_to(self, *a, **k))
+    gpu = torch.device("cpu")
+    executor = apply_placement(model, placement, {"gpu:0": gpu, "host": torch.device("cpu"),
+                                                  "nvme": torch.device("cpu")})
+    layers = executor.model.model.layers
+    originals = [layer.mlp.experts for layer in layers]
+    assert [(originals.index(module), args) for module, args in moved] == [(0, (gpu,)), (1, (gpu,)), (3, (gpu,))]
+    assert type(layers[2].mlp.experts).__name__ == "PlacedExperts"

@@ -30,8 +30,9 @@ def test_load_tokenizer_refuses_a_folder_without_tokenizer_files(tmp_path):
         load_tokenizer(tmp_path, why="Engram hashing")
 
 
-def test_load_tokenizer_turns_a_broken_tokenizer_into_bad_input(tmp_path):
-    (tmp_path / "tokenizer.json").write_text("{not json")
+@pytest.mark.parametrize("content", ["{not json", '{"model": 5}'])      # the second: tokenizers' bare Exception
+def test_load_tokenizer_turns_a_broken_tokenizer_into_bad_input(tmp_path, content):
+    (tmp_path / "tokenizer.json").write_text(content)
     with pytest.raises(InputError) as err:
         load_tokenizer(tmp_path, why="--calib")
     line = err.value.one_line()

@@ -31,6 +31,7 @@ def default_devices(tiers: list[str], overrides: dict[str, str] | None = None) -
         if tier.startswith("gpu:"):
             out[tier] = torch.device(f"cuda:{tier.split(':')[1]}")
     out.update({k: torch.device(v) for k, v in (overrides or {}).items()})
+    out = {tier: torch.device("cuda", 0) if d.type == "cuda" and d.index is None else d for tier, d in out.items()}
     for tier, device in out.items():
         if device.type == "cuda" and (not torch.cuda.is_available() or device.index >= torch.cuda.device_count()):
             raise InputError(None, "--device-map", f"{tier}={device}",
@@ -66,8 +67,10 @@ def apply_placement(model, placement: ModelPlacement, devices: dict[str, torch.d
     for index, layer in enumerate(layers):
         parts = placement.experts.get(index)
         run_tier = placement.layer_tier.get(index)
-        if parts and any(part.where.tier != run_tier for part in parts):     # else: in place, as loaded
+        if parts and any(part.where.tier != run_tier for part in parts):
             layer.mlp.experts = PlacedExperts(layer.mlp.experts, parts, devices, state)
+        elif parts:                                  # every expert on the tier that runs the layer
+            layer.mlp.experts.to(devices[run_tier])
     _move_generic(executor)
     _engram(executor)
     for index in placement.host_topk_pools:
@@ -131,7 +134,8 @@ def _engram(executor: Executor) -> None:
     model, placement = executor.model, executor.placement
     if not placement.engram:
         return
-    model.model.engram_row_devices = {layer: executor.devices[placement.layer_tier[layer]] for layer in placement.engram}
+    model.model.engram_row_devices = {layer: executor.devices[placement.layer_tier[layer]]
+                                      for layer in placement.engram}
     from mv4deploy.runtime.model_v41 import place_engram_tables
     tiers = {where.tier for where in placement.engram.values()}
     if len(tiers) == 1:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +74,10 @@ class PlacedExperts(nn.Module):
                  state: ExecState):
         super().__init__()
         self.num_experts, self.state = experts.num_experts, state
-        self.apply_gate = experts._apply_gate            # transformers' clamp + SwiGLU, bound to the original
+        # transformers' clamp + SwiGLU, bound to a stand-in holding only what it reads (binding it to the
+        # original module would keep that module's full expert weights alive beside the placed copies)
+        self.apply_gate = partial(type(experts)._apply_gate, SimpleNamespace(limit=experts.limit,
+                                                                             act_fn=experts.act_fn))
         self.parts = []
         for part in parts:
             index = torch.tensor(part.experts, dtype=torch.long)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy.errors import InputError
-from mv4deploy.model.config import load_json
+from mv4deploy import schema
 
 REQUIRED = ("model", "profile", "workload", "devices", "groups", "kv_cache", "estimates", "fingerprint")
 _CUT = re.compile(r"^(?P<base>.+?)(?:\[(?P<start>\d+):(?P<stop>\d+)\])?$")
@@ -58,16 +58,41 @@ class PlanFile:
 def read_plan(path: str | Path) -> PlanFile:
     """The plan at ``path`` (what ``mv4deploy plan --out`` or ``--json`` wrote); one-line errors otherwise."""
     path = Path(path)
-    data = load_json(path)
+    data = schema.load_json(path)
+    if not isinstance(data, dict):
+        raise InputError(path, None, type(data).__name__, "a plan is a JSON object (what `mv4deploy plan --out` "
+                         "writes)")
     if "points" in data and "groups" not in data:
         raise InputError(path, None, None, "a sweep, not a plan: plan one point (no --sweep) to run it")
     for key in REQUIRED:
         if key not in data:
             hint = " (written by an older mv4deploy: plan again)" if key == "fingerprint" else ""
             raise InputError(path, key, None, f"missing from the plan{hint}")
-    rows = tuple(_row(path, i, g) for i, g in enumerate(data["groups"]))
-    return PlanFile(path, data["model"], data["profile"], data["workload"], rows, tuple(data["kv_cache"]["pools"]),
-                    {d["name"]: d for d in data["devices"]}, data["estimates"], data["fingerprint"], data)
+    workload = schema.Section(data["workload"], str(path), "workload")
+    for key in ("context_tokens", "batch", "prefill_chunk"):
+        workload.get(key, schema.positive_int)
+    rows = tuple(_row(path, i, g) for i, g in enumerate(_list(path, "groups", data["groups"])))
+    kv = schema.Section(data["kv_cache"], str(path), "kv_cache")
+    pools = tuple(_list(path, "kv_cache.pools", kv.get("pools", lambda v: v)))
+    for i, pool in enumerate(pools):
+        _keys(path, f"kv_cache.pools[{i}]", pool, ("name", "tier", "bytes"))
+    devices = _list(path, "devices", data["devices"])
+    for i, device in enumerate(devices):
+        _keys(path, f"devices[{i}]", device, ("name", "capacity_bytes", "used_bytes", "breakdown"))
+    return PlanFile(path, data["model"], data["profile"], data["workload"], rows, pools,
+                    {d["name"]: d for d in devices}, data["estimates"], data["fingerprint"], data)
+
+
+def _list(path: Path, field: str, value) -> list:
+    if not isinstance(value, list):
+        raise InputError(path, field, type(value).__name__, "must be a list; plan again")
+    return value
+
+
+def _keys(path: Path, field: str, value, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+    if missing:
+        raise InputError(path, field, None, f"malformed (missing {missing[0]!r}); plan again")
 
 
 def _row(path: Path, index: int, g: dict) -> GroupRow:
@@ -80,8 +105,10 @@ def _row(path: Path, index: int, g: dict) -> GroupRow:
         experts = tuple(g["experts"]) if g.get("experts") is not None else None
         return GroupRow(match["base"], g["role"], g["layer"], tier, execution["decode"], execution["prefill"],
                         experts, int(g["bytes"]), g["format"])
-    except (KeyError, TypeError) as exc:
+    except KeyError as exc:
         raise InputError(path, where, None, f"malformed group row (missing {exc}); plan again") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, where, None, f"malformed group row ({exc}); plan again") from None
 
 
 def check_model(plan: PlanFile, fingerprint: dict, checkpoint: str | Path) -> None:

@@ -25,8 +25,7 @@ from pathlib import Path
 
 from mv4deploy.errors import InputError
 from mv4deploy.execute.planfile import (check_model, check_profile, expert_skew, parse_device_map, read_plan)
-
-PLAIN_FORMATS = frozenset({"bf16", "f32", "raw"})
+from mv4deploy.quant.rules import PLAIN_FORMATS
 
 
 def _resolve(checkpoint: str | Path, plan, profile_name: str | None):
@@ -61,12 +60,13 @@ def run_checkpoint(checkpoint: str | Path, plan_path: str | Path, tokens: int = 
     overrides = parse_device_map(device_map)
     workload = _workload(plan, tokens, warmup, prompt_tokens, repeats)
     resolved, grouping, hardware = _resolve(checkpoint, plan, profile)
-    threads = threads or hardware.host.measured.threads             # as many as the profile was probed with
+    if threads is None:
+        threads = hardware.host.measured.threads                   # as many as the profile was probed with
     if threads is not None and not 1 <= threads <= 4096:
         raise InputError(None, "--threads", threads, "must be between 1 and 4096")
     from mv4deploy.execute.placement import resolve_placement
     placement = resolve_placement(plan, resolved.inventory, grouping)
-    placement.deviations += _format_notes(plan)
+    placement.deviations += _format_notes(plan) + _fill_note(workload)
     import torch
 
     from mv4deploy.execute.apply import apply_placement, default_devices
@@ -109,6 +109,14 @@ def _format_notes(plan) -> list[str]:
         return []
     return [f"weights planned as {', '.join(formats)} are held in BF16 by this runtime (dequantized at load): "
             f"memory above the plan's for those groups, and no FP8/FP4 kernels"]
+
+
+def _fill_note(workload: dict) -> list[str]:
+    filled = workload["prompt_tokens"] + workload["warmup"] + workload["tokens"]
+    if filled >= workload["context_tokens"]:
+        return []
+    return [f"the run fills {filled:,} of the plan's {workload['context_tokens']:,} context tokens per sequence: "
+            f"its KV cache and engine memory stay below what the plan counts for a full context"]
 
 
 def _process_baseline(devices) -> int:

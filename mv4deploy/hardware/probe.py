@@ -173,8 +173,9 @@ def _rate_text(value: float, unit: str) -> str:
 
 
 def with_measurements(data: dict, result: ProbeResult) -> dict:
-    """A profile dict with ``measured:`` written beside the nominal figures of each section."""
-    data = {**data}
+    """A profile dict with ``measured:`` written beside the nominal figures of each section. A base
+    profile's ``runtime_overhead`` is dropped: it was fitted against the figures this probe replaces."""
+    data = {k: v for k, v in data.items() if k != "runtime_overhead"}
     host = data.setdefault("host", {})
     host["measured"] = {"bandwidth": _rate_text(result.host_bandwidth_bytes_per_s, "B/s"),
                         "compute": {f: _rate_text(v, "FLOPS") for f, v in result.host_compute_flops_per_s.items()},

@@ -28,5 +28,5 @@ def load_tokenizer(folder: str | Path, why: str | None = None):
     from transformers import AutoTokenizer
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:        # the tokenizers library raises a bare Exception for a malformed file
         raise InputError(folder, "tokenizer", None, f"transformers cannot load it{need}: {first_line(exc)}") from exc

@@ -14,8 +14,7 @@ accelerate_device_map}, suggestions[...], warnings[...]``, plus ``decisions``: w
 Added for ``mv4deploy run`` (extra keys; the ones above are unchanged): each group row says how it executes
 (``execution{decode, prefill}``: "gpu", "cpu", "stream", "nvme+cpu", "nvme+stream", "lookup"; null when
 unplaced) and, for routed experts, which experts the row holds (``experts: [start, stop)``; null for other
-groups); ``workload`` also carries ``expert_skew`` and ``include_mtp`` (they change the groups); and
-``fingerprint{model{tensors, placed_bytes, groups_sha256}, profile{name, sha256}}`` lets a run refuse a
+groups); and ``fingerprint{model{tensors, placed_bytes, groups_sha256}, profile{name, sha256}}`` lets a run refuse a
 plan made for another model or machine.
 """
 
@@ -128,8 +127,7 @@ class Plan:
         return {
             "model": self.model,
             "profile": self.profile,
-            "workload": {**self.workload.to_json(), "include_mtp": self.workload.include_mtp,
-                         "expert_skew": _skew(self.workload.expert_skew)},
+            "workload": self.workload.to_json(),
             "verdict": self.verdict,
             "devices": [d.to_json() for d in self.devices],
             "groups": list(self.groups),
@@ -142,7 +140,3 @@ class Plan:
             "decisions": self.decisions,
             "fingerprint": self.fingerprint,
         }
-
-
-def _skew(skew) -> list[float] | None:
-    return [skew.hot_fraction, skew.hot_share] if skew is not None else None
