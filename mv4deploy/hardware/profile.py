@@ -79,11 +79,6 @@ class RuntimeOverhead:
         """The RSS the engine adds beside the model's bytes for ``batch`` sequences of ``context_tokens``."""
         return self.host_bytes + self.host_bytes_per_token * batch * context_tokens
 
-    @property
-    def modelled(self) -> bool:
-        return bool(self.per_step_s or self.per_layer_s or self.per_expert_s or self.prefill_per_layer_s
-                    or self.prefill_efficiency != 1.0)
-
 
 @dataclass(frozen=True)
 class GPUs:
