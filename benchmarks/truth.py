@@ -44,7 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mv4deploy.execute.synthetic import v4_config, write_checkpoint  # noqa: E402
+from synthetic_checkpoints import v4_config, write_checkpoint  # noqa: E402
 
 # Calibration models: the test models' attention (16 heads x 128, window 128, top-64 CSA) around a tiny
 # hidden size and tiny experts, so their step is the engine's fixed cost, not weight bytes.

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from mv4deploy import output
-from mv4deploy.device import DEVICES, check_device, resolve_device
-from mv4deploy.errors import InputError
+from mv4deploy.cli import output
+from mv4deploy.core.device import DEVICES, check_device, resolve_device
+from mv4deploy.core.errors import InputError
 from mv4deploy.quant.run import AUTO_WORKERS, _workers, quantize_checkpoint, run_quantize
 
 

@@ -2,7 +2,7 @@
 
 Each export validates itself (KLD / top-1 through mv4deploy.validate, greedy agreement); the bounds
 pinned here are stated with their reasons in docs/export.md. The byte layout of every quantized weight
-is checked against ``mv4deploy.quant.formats`` and the whole export against ``export.footprint``.
+is checked against ``mv4deploy.formats.registry`` and the whole export against ``export.footprint``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from mv4deploy.export.footprint import export_items
-from mv4deploy.export.layouts import get_layout
+from _support.footprint import export_items
+from mv4deploy.formats.onnx_layouts import get_layout
 from mv4deploy.export.report import initializers
 from mv4deploy.export.targets import load_target
 from mv4deploy.model.config import read_config

@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mv4deploy.export.layouts import get_layout
-from mv4deploy.quant.kernels_mnb import mnb4_dequantize, mnb4_quantize
+from mv4deploy.formats.onnx_layouts import get_layout
+from mv4deploy.formats.kernels_mnb import mnb4_dequantize, mnb4_quantize
 
 ort_kernels = pytest.importorskip("onnxruntime.capi._pybind_state")
 

@@ -17,7 +17,7 @@ from math import prod
 import pytest
 
 from conftest import run_cli
-from mv4deploy.export.footprint import export_items, footprint, phone_budget
+from _support.footprint import export_items, footprint, phone_budget
 from mv4deploy.export.targets import load_target
 from mv4deploy.hardware.profile import load_profile
 from mv4deploy.model.source import resolve_model

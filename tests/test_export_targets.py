@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from conftest import PRESETS
-from mv4deploy.errors import InputError
-from mv4deploy.export.footprint import export_items, footprint
+from mv4deploy.core.errors import InputError
+from _support.footprint import export_items, footprint
 from mv4deploy.export.targets import Builder, list_targets, load_target, parse_target, targets_dir
 from mv4deploy.model.config import read_config
-from mv4deploy.export.layouts import get_layout, layout_names
+from mv4deploy.formats.onnx_layouts import get_layout, layout_names
 
 REQUIRED = {"cpu-int4", "cpu-fp32", "onnx-int4", "snapdragon-qnn"}
 

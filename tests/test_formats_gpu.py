@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mv4deploy.quant.formats import get_format
+from mv4deploy.formats.registry import get_format
 
 GPU_FORMATS = ["fp8-e4m3-block128", "fp8-e4m3-block128-ue8m0", "fp8-e4m3-block32-ue8m0", "fp8-rows-ue8m0",
                "mxfp4", "int4-g128", "int4-g32"]
@@ -32,7 +32,7 @@ def test_cuda_quantize_is_bit_identical_to_cpu(fmt_name, shape, dtype):
 def test_pipeline_on_cuda_writes_the_same_bytes(tmp_path, recipe):
     from mv4deploy.quant.recipe import get_recipe
     from mv4deploy.quant.run import quantize_checkpoint
-    from mv4deploy.fileio import sha256_file
+    from mv4deploy.core.fileio import sha256_file
     from quant_synth import make_checkpoint, preset_config
     src = make_checkpoint(tmp_path / "src", preset_config("tiny-deepseek-v4"), shards=2)
     quantize_checkpoint(src, tmp_path / "cpu", get_recipe(recipe), device="cpu")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mv4deploy.quant.formats import get_format
+from mv4deploy.formats.registry import get_format
 
 NAME = "layers.3.attn.wq_a.weight"
 
@@ -109,7 +109,7 @@ def test_e2m1_rounding_and_packing_match_compressed_tensors():
     compressed-tensors' cast_to_fp4 / pack_fp4_to_uint8."""
     from compressed_tensors.compressors.nvfp4.helpers import pack_fp4_to_uint8
     from compressed_tensors.quantization.utils.fp4_utils import cast_to_fp4
-    from mv4deploy.quant.kernels import e2m1_codes, round_e2m1
+    from mv4deploy.formats.kernels import e2m1_codes, round_e2m1
     ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.2, 0.8, 2.6, 4.9, 5.1, 6.0])
     v = torch.cat([ties, -ties, torch.empty(4000).uniform_(-6, 6, generator=torch.Generator().manual_seed(1))])
     theirs = cast_to_fp4(v.clone())
@@ -124,7 +124,7 @@ def test_e2m1_rounding_and_packing_match_compressed_tensors():
 @pytest.mark.parametrize("cols", [256, 260])
 def test_int4_packing_is_compressed_tensors_pack_to_int32(fmt_name, group, cols):
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
-    from mv4deploy.quant.kernels_int import int4_quant
+    from mv4deploy.formats.kernels_int import int4_quant
     q, _ = int4_quant(_weight(64, cols), group)
     base = NAME[: -len(".weight")]
     ours = get_format(fmt_name).quantize(NAME, _weight(64, cols))
@@ -174,8 +174,8 @@ def test_nf4_matches_bitsandbytes(shape):
 def test_fast_e2m1_table_agrees_with_the_reference_rounding(dtype):
     """The 64K bf16 table (float32 narrowed by round-to-odd first) rounds exactly like bucketize
     over the midpoints, including values a hair either side of each tie."""
-    from mv4deploy.quant.kernels import e2m1_codes
-    from mv4deploy.quant.kernels_fp import e2m1_codes_fast
+    from mv4deploy.formats.kernels import e2m1_codes
+    from mv4deploy.formats.kernels_fp import e2m1_codes_fast
     ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
     near = torch.cat([ties, torch.nextafter(ties, torch.zeros(7)), torch.nextafter(ties, torch.full((7,), 9.0))])
     v = torch.cat([near, -near, torch.empty(20000).uniform_(-6, 6, generator=torch.Generator().manual_seed(3)),

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mv4deploy.model.safetensors_headers import tensor_nbytes
-from mv4deploy.quant.formats import FORMATS, get_format
-from mv4deploy.quant.kernels import TORCH_DTYPES, NonFiniteError
+from mv4deploy.formats.registry import FORMATS, get_format
+from mv4deploy.formats.kernels import TORCH_DTYPES, NonFiniteError
 
 NAME = "layers.0.ffn.experts.3.w1.weight"
 ALL = sorted(FORMATS)
@@ -145,7 +145,7 @@ def test_one_dimensional_weight_is_refused(fmt_name):
 
 
 def test_formats_module_imports_no_torch():
-    code = ("import sys, mv4deploy.quant.formats as f; f.get_format('nf4').nbytes((64, 64)); "
+    code = ("import sys, mv4deploy.formats.registry as f; f.get_format('nf4').nbytes((64, 64)); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.validate.gate import check_gate, load_gate
 from mv4deploy.validate.metrics import PositionStats
 from mv4deploy.validate.stats import summarize, summary_keys

@@ -12,9 +12,9 @@ from safetensors import safe_open
 
 from conftest import run_cli
 from mv4deploy.model.source import resolve_model
-from mv4deploy.quant.formats import get_format
+from mv4deploy.formats.registry import get_format
 from mv4deploy.quant.manifest import MANIFEST, verify_output
-from mv4deploy.quant.readback import load_logical
+from _support.readback import load_logical
 from mv4deploy.quant.recipe import PRESETS, get_recipe
 from mv4deploy.quant.run import quantize_checkpoint
 from quant_synth import make_checkpoint, preset_config
@@ -117,7 +117,7 @@ def test_engram_tables_to_fp8_rows(v41_src, tmp_path):
 
 
 def test_workers_give_identical_bytes(bf16_src, tmp_path):
-    from mv4deploy.fileio import sha256_file
+    from mv4deploy.core.fileio import sha256_file
     quantize_checkpoint(bf16_src, tmp_path / "one", get_recipe("int4-experts"), workers=1)
     quantize_checkpoint(bf16_src, tmp_path / "two", get_recipe("int4-experts"), workers=3)
     for f in sorted((tmp_path / "one").iterdir()):

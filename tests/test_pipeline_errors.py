@@ -90,7 +90,7 @@ def test_nan_weights_are_refused_then_allowed(tmp_path):
                     "layers.2.ffn.experts.5.w3.weight", "NaN", "--allow-nonfinite")
     result = run_cli("quantize", src, tmp_path / "out2", "--recipe", "int4-experts", "--allow-nonfinite")
     assert result.code == 0, result.stderr
-    from mv4deploy.quant.readback import load_logical
+    from _support.readback import load_logical
     w = load_logical(tmp_path / "out2", names={"layers.2.ffn.experts.5.w3.weight"})["layers.2.ffn.experts.5.w3.weight"]
     assert w[3, 7] == 0 and bool(torch.isfinite(w).all())
 

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.profile import DeviceKind, parse_profile
-from mv4deploy.hardware.units import parse_seconds, parse_tokens
+from mv4deploy.core.units import parse_seconds, parse_tokens
 from mv4deploy.model.source import resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.plan.costs import Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu, on_host

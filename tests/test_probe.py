@@ -8,7 +8,7 @@ import copy
 import pytest
 import yaml
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.probe import ProbeResult, host_matvec_rate, with_measurements
 from mv4deploy.hardware.profile import load_profile_dict, parse_profile
 from mv4deploy.hardware.rates import MEASURED, achievable_rates

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from mv4deploy.hardware.detect import detect_profile_yaml
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.profile import LinkKind, list_profiles, load_profile, parse_profile, profiles_dir
 from mv4deploy.hardware.rates import MEASURED, Rate, achievable_rates
-from mv4deploy.hardware.units import format_bytes, parse_bytes, parse_bytes_per_s, parse_flops_per_s
+from mv4deploy.core.units import format_bytes, parse_bytes, parse_bytes_per_s, parse_flops_per_s
 
 SHIPPED = {"rtx4090x2", "rtx5090", "b200", "b200x8", "h100", "h200", "snapdragon-8-elite-gen5"}
 

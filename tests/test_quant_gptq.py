@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mv4deploy.quant.calibrate import CalibrationSpec, HessianCollector, collect_hessians, hessian_key
-from mv4deploy.quant.formats import get_format
+from mv4deploy.formats.registry import get_format
 from mv4deploy.quant.gptq import gptq_quantize, rtn_hessian_error
 from mv4deploy.quant.recipe import get_recipe
 from mv4deploy.quant.rules import logical_weights
@@ -45,7 +45,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output(group):
 
 def test_gptq_with_identity_hessian_is_round_to_nearest():
     """With H = I no column informs another: GPTQ must reduce to RTN exactly."""
-    from mv4deploy.quant.kernels_int import int4_quant
+    from mv4deploy.formats.kernels_int import int4_quant
     w, _ = _correlated(rows=16, cols=256)
     result = gptq_quantize(w, torch.eye(256), 128, damp=0.0)
     q, s = int4_quant(w, 128)
@@ -108,7 +108,7 @@ def test_hooks_give_every_routed_expert_its_own_hessians(hf_model):
 
 def test_calibrated_pipeline_uses_gptq_and_lists_every_fallback(hf_model, tmp_path):
     from mv4deploy.quant.manifest import MANIFEST
-    from mv4deploy.quant.readback import load_logical
+    from _support.readback import load_logical
     from mv4deploy.quant.run import quantize_checkpoint
     src = make_checkpoint(tmp_path / "src", preset_config("tiny-deepseek-v4"), shards=2)
     (tmp_path / "calib.txt").write_text("calibration text")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.profile import load_profile
 from mv4deploy.model.config import read_config
 from mv4deploy.model.inventory import build_inventory

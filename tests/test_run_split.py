@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mv4deploy.execute.apply import apply_placement, default_devices  # noqa: E402
-from mv4deploy.execute.placement import resolve_placement  # noqa: E402
-from mv4deploy.execute.planfile import read_plan  # noqa: E402
+from mv4deploy.runtime.apply import apply_placement, default_devices  # noqa: E402
+from mv4deploy.runtime.placement import resolve_placement  # noqa: E402
+from mv4deploy.runtime.planfile import read_plan  # noqa: E402
 from mv4deploy.hardware.profile import parse_profile  # noqa: E402
 from mv4deploy.model.source import resolve_model  # noqa: E402
 from mv4deploy.plan.assemble import make_plan  # noqa: E402

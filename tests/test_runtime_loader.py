@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mv4deploy.errors import InputError  # noqa: E402
+from mv4deploy.core.errors import InputError  # noqa: E402
 from mv4deploy.runtime import load_model  # noqa: E402
 from mv4deploy.validate.run import compare_models  # noqa: E402
 

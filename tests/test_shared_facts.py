@@ -8,10 +8,10 @@ import hashlib
 import pytest
 
 from conftest import PRESETS
-from mv4deploy.errors import InputError
-from mv4deploy.export.footprint import footprint
+from mv4deploy.core.errors import InputError
+from _support.footprint import footprint
 from mv4deploy.export.targets import load_target
-from mv4deploy.fileio import sha256_file
+from mv4deploy.core.fileio import sha256_file
 from mv4deploy.model.config import QUANT_METHOD, load_json, quantized_by_us, read_config
 from mv4deploy.model.kv import CacheFormat, kv_layout
 from mv4deploy.model.tokenizer import load_tokenizer

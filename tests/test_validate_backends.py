@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.validate.backends import BACKENDS, fingerprint, open_source
 from mv4deploy.validate.run import ValidateRequest, validate
 from validate_fixtures import build_tiny_models

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.validate.golden import (FORMAT, HEADER_KEY, Golden, GoldenHeader, read_golden, write_golden)
 from mv4deploy.validate.compressed import compress
 from mv4deploy.validate.metrics import log_probs

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 
-from mv4deploy.errors import CheckFailed
+from mv4deploy.core.errors import CheckFailed
 from mv4deploy.export.source import SourceModel
 from mv4deploy.export.targets import ExportTarget, Precision
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.export import dynamo, genai, qnn
 from mv4deploy.export.report import folder_sizes, readme, usage, write_outputs
 from mv4deploy.export.source import check_source, load_torch_model

@@ -2,7 +2,7 @@
 
 Initializer bytes are read from the ONNX protobuf without loading external data (the ``length`` of each
 external tensor, or the packed size of an inline one), so the formula check in
-tests/test_export_formats.py compares ``mv4deploy.quant.formats`` with bytes the export really stores.
+tests/test_export_formats.py compares ``mv4deploy.formats.registry`` with bytes the export really stores.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from math import prod
 from pathlib import Path
 
 from mv4deploy.export.targets import Builder, ExportTarget
-from mv4deploy.fileio import write_text_atomic
-from mv4deploy.hardware.units import format_bytes
+from mv4deploy.core.fileio import write_text_atomic
+from mv4deploy.core.units import format_bytes
 
 SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.spec import Arch, DenseSpec
 from mv4deploy.model.tokenizer import load_tokenizer

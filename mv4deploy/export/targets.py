@@ -5,7 +5,7 @@ and its exact stored layout (a name in ``quant.formats.FORMATS`` or ``export.lay
 same bytes), block size and accuracy level, activation precision, static or dynamic shapes, the KV-cache
 layout, the execution provider, and the tolerance its self-validation must meet. Unknown keys, missing
 fields and out-of-range values are one-line errors naming the file and the field (the profile loader's
-rules: ``mv4deploy.schema``).
+rules: ``mv4deploy.core.schema``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from mv4deploy.errors import InputError
-from mv4deploy.schema import (Section, boolean, choice, enum_of, fraction, load_yaml, non_negative, positive_int,
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.schema import (Section, boolean, choice, enum_of, fraction, load_yaml, non_negative, positive_int,
                               strings, text)
-from mv4deploy.paths import data_dir
+from mv4deploy.core.paths import data_dir
 
 
 class Builder(str, Enum):
@@ -124,7 +124,7 @@ def parse_target(data: object, source: str) -> ExportTarget:
 
 
 def _weights(s: Section) -> Weights:
-    from mv4deploy.export.layouts import get_layout, layout_names
+    from mv4deploy.formats.onnx_layouts import get_layout, layout_names
     fmt = s.get("format", text)
     try:
         get_layout(fmt)

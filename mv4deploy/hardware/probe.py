@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 
 
 @dataclass
@@ -199,7 +199,7 @@ def probe_profile_yaml(name: str, base: str | None, storage_dir: Path, size: str
 
     from mv4deploy.hardware.detect import detect_profile_dict
     from mv4deploy.hardware.profile import load_profile_dict, parse_profile
-    from mv4deploy.hardware.units import parse_bytes
+    from mv4deploy.core.units import parse_bytes
     try:
         size_bytes = parse_bytes(size)
     except ValueError as exc:

@@ -4,7 +4,7 @@ Every figure is parsed once here ("24GiB" -> bytes, "1008GB/s" -> bytes/s, "838T
 Unknown keys, missing fields, negative or absurd sizes and unknown format names are one-line errors
 naming the file and the field. A figure nobody measured may be written ``unknown`` (``profile detect``
 does this) and loads as ``None``; the planner refuses to guess it. How a file is read and a field parsed
-is ``mv4deploy.schema``'s (shared with export targets, gates and recipes); this module is the profile's schema.
+is ``mv4deploy.core.schema``'s (shared with export targets, gates and recipes); this module is the profile's schema.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.isa import parse_isa
-from mv4deploy.hardware.units import parse_flops_per_s, parse_seconds
-from mv4deploy.schema import (Section, boolean, enum_of, fraction, latency, load_yaml, positive_int, positive_iops,
+from mv4deploy.core.units import parse_flops_per_s, parse_seconds
+from mv4deploy.core.schema import (Section, boolean, enum_of, fraction, latency, load_yaml, positive_int, positive_iops,
                               positive_rate, positive_size, size, text)
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
@@ -317,7 +317,7 @@ def _efficiency(s: Section | None) -> Efficiency:
 
 def profiles_dir() -> Path:
     """Shipped profiles: inside the installed wheel, or ``profiles/`` of a source checkout."""
-    from mv4deploy.paths import data_dir
+    from mv4deploy.core.paths import data_dir
     return data_dir("profiles")
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from mv4deploy import schema
-from mv4deploy.errors import InputError
+from mv4deploy.core import schema
+from mv4deploy.core.errors import InputError
 from mv4deploy.model import engram_tables
 from mv4deploy.model.spec import (Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, DSparkSpec, EngramSpec,
                                   ModelSpec, StoredFormats, VisionSpec)
-from mv4deploy.schema import Section, boolean, integer, integers
+from mv4deploy.core.schema import Section, boolean, integer, integers
 
 MODEL_TYPES = {
     "deepseek_v3": Arch.DEEPSEEK_V3, "kimi_k2": Arch.DEEPSEEK_V3, "deepseek_v32": Arch.DEEPSEEK_V32,

@@ -15,7 +15,7 @@ from functools import cached_property, lru_cache
 
 from mv4deploy.model.safetensors_headers import tensor_nbytes
 from mv4deploy.model.spec import Arch, ModelSpec
-from mv4deploy.quant.formats import get_format
+from mv4deploy.formats.registry import get_format
 
 
 RAW_FORMAT = "raw"  # a tensor outside the format registry, kept exactly as stored

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 
 # Bits per element of each safetensors dtype.
 DTYPE_BITS: dict[str, int] = {

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.inventory import Inventory, TensorInfo, build_inventory
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers

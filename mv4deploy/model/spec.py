@@ -23,7 +23,7 @@ class Arch(str, Enum):
 
 @dataclass(frozen=True)
 class StoredFormats:
-    """How the checkpoint stores its weights: format names from ``mv4deploy.quant.formats.FORMATS``."""
+    """How the checkpoint stores its weights: format names from ``mv4deploy.formats.registry.FORMATS``."""
 
     linear: str = "bf16"        # attention, shared experts, dense MLPs, routers' projections
     expert: str = "bf16"        # routed experts

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mv4deploy.errors import InputError, first_line
+from mv4deploy.core.errors import InputError, first_line
 
 # Any of these makes a folder a tokenizer folder for AutoTokenizer (fast, sentencepiece, BPE vocab).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

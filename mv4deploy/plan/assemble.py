@@ -21,7 +21,7 @@ from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, exper
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import TierKind
 from mv4deploy.plan.workload import Workload
-from mv4deploy.quant.formats import FORMATS
+from mv4deploy.formats.registry import FORMATS
 
 
 def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,

@@ -7,12 +7,12 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.plan.plan import Plan
 from mv4deploy.plan.policy import policy_names
 from mv4deploy.plan.sweep import Sweep, parse_sweep, sweep_points
 from mv4deploy.plan.workload import host_mem_bytes, make_workload
-from mv4deploy.schema import fraction, numeric, option
+from mv4deploy.core.schema import fraction, numeric, option
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.profile import DeviceKind
 from mv4deploy.model.kv import CacheFormat, cache_formats
 from mv4deploy.model.spec import Arch
 from mv4deploy.plan.groups import GroupClass
-from mv4deploy.quant.formats import get_format
+from mv4deploy.formats.registry import get_format
 
 LINEAR = frozenset({GroupClass.ATTENTION, GroupClass.INDEXER, GroupClass.SHARED_EXPERT, GroupClass.DENSE_MLP,
                     GroupClass.ROUTED_EXPERTS, GroupClass.ENGRAM_PROJ})
@@ -26,7 +26,7 @@ LINEAR = frozenset({GroupClass.ATTENTION, GroupClass.INDEXER, GroupClass.SHARED_
 @dataclass(frozen=True)
 class Rule:
     classes: frozenset[GroupClass]
-    target: str                                  # a name in mv4deploy.quant.formats.FORMATS
+    target: str                                  # a name in mv4deploy.formats.registry.FORMATS
     unless_compute: frozenset[str] = frozenset()  # leave weights that already compute in one of these
 
 

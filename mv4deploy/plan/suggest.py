@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.profile import DeviceKind, HardwareProfile, list_profiles, load_profile
-from mv4deploy.hardware.units import format_bytes
+from mv4deploy.core.units import format_bytes
 from mv4deploy.model.source import ResolvedModel, resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.plan.groups import GroupClass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.plan.plan import BREAKDOWN, Plan
 from mv4deploy.plan.tiers import MemoryKind
 from mv4deploy.plan.workload import Workload, batch_size, context_tokens, host_mem_bytes, prefill_chunk_tokens
@@ -73,7 +73,7 @@ def plot(path: Path, plan: Plan, points: list[tuple[str, Plan]] | None = None) -
         import matplotlib.pyplot as plt
     except ImportError:
         raise InputError(None, "--plot", str(path), "needs matplotlib: pip install 'mv4deploy[plot]'") from None
-    from mv4deploy.fileio import atomic_path
+    from mv4deploy.core.fileio import atomic_path
     panels = 2 if points else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
     _memory_stack(axes[0][0], plan)

@@ -15,7 +15,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.isa import Isa
 from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
 from mv4deploy.hardware.rates import achievable_rates

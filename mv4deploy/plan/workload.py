@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mv4deploy import schema
-from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_tokens
+from mv4deploy.core import schema
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.units import parse_tokens
 
 DEFAULT_CONTEXT_TOKENS = 131072
 # llama.cpp's default logical batch (-b 2048); vLLM's chunked prefill uses 2048-8192. A larger chunk

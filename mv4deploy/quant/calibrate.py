@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mv4deploy.errors import InputError
-from mv4deploy.fileio import sha256_file
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.fileio import sha256_file
 from mv4deploy.runtime import name_map
 
 INT4_FORMATS = ("int4-g128", "int4-g32")
@@ -142,7 +142,7 @@ class GPTQQuantizer:
             with self.lock:
                 self.outcomes[job.weight.name] = {"method": "rtn", "tokens": tokens, "reason": reason}
             return None
-        from mv4deploy.quant.formats import get_format
+        from mv4deploy.formats.registry import get_format
         from mv4deploy.quant.gptq import gptq_quantize
         fmt = get_format(job.target)
         result = gptq_quantize(x.float(), self.collector.h[key], fmt.group)

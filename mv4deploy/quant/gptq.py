@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mv4deploy.quant.kernels_int import int4_scale
+from mv4deploy.formats.kernels_int import int4_scale
 
 BLOCK = 128          # columns updated lazily together (the paper's block size)
 DAMP = 0.01          # fraction of mean(diag(H)) added to the diagonal
@@ -75,7 +75,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group: int, damp:
 
 def rtn_hessian_error(weight: torch.Tensor, hessian: torch.Tensor, group: int) -> float:
     """The same objective for round-to-nearest INT4 (what GPTQ must beat)."""
-    from mv4deploy.quant.kernels_int import int4_quant
+    from mv4deploy.formats.kernels_int import int4_quant
     q, s = int4_quant(weight.float(), group)
     deq = q.double() * s.double().repeat_interleave(group, dim=1)[:, : weight.shape[1]]
     diff = weight.double() - deq

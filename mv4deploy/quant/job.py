@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy import __version__
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import QUANT_METHOD, load_json, read_config
 from mv4deploy.model.inventory import RAW_FORMAT
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers, shard_files
 from mv4deploy.model.source import compare, refuse_mismatches
 from mv4deploy.model.spec import ModelSpec
-from mv4deploy.quant.formats import StoredTensor, get_format
+from mv4deploy.formats.registry import StoredTensor, get_format
 from mv4deploy.quant.recipe import Recipe
 from mv4deploy.quant.rules import LogicalWeight, assign, logical_weights
 

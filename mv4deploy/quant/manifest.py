@@ -14,8 +14,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from mv4deploy.errors import InputError
-from mv4deploy.fileio import atomic_path, remove_stale_tmp, sha256_file, write_text_atomic
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.fileio import atomic_path, remove_stale_tmp, sha256_file, write_text_atomic
 from mv4deploy.model.config import QUANT_METHOD
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.quant.job import Job

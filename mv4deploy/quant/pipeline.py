@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from mv4deploy.errors import InputError
-from mv4deploy.fileio import sha256_file, write_text_atomic
-from mv4deploy.quant.formats import get_format
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.fileio import sha256_file, write_text_atomic
+from mv4deploy.formats.registry import get_format
 from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
-from mv4deploy.quant.kernels import NonFiniteError
+from mv4deploy.formats.kernels import NonFiniteError
 from mv4deploy.quant.shards import OrderedHasher, copy_bytes, output_layout, read_tensor, write_tensor
 
 JOURNAL = "journal.json"
@@ -196,7 +196,7 @@ def _bf16_exact(stored: dict) -> bool:
 
 def _finite_check(name: str, file: str, slot):
     """A callback that refuses NaN/Inf in a float tensor copied unchanged (None for integer data)."""
-    from mv4deploy.quant.kernels import TORCH_DTYPES, finite_or_zero
+    from mv4deploy.formats.kernels import TORCH_DTYPES, finite_or_zero
     dtype = TORCH_DTYPES[slot.dtype]
     if not dtype.is_floating_point:
         return None

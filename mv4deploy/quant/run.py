@@ -8,8 +8,8 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-from mv4deploy.device import check_device, resolve_device
-from mv4deploy.errors import InputError
+from mv4deploy.core.device import check_device, resolve_device
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 
 AUTO_WORKERS = 0   # --workers 0: one per CPU, at most 4 (FP8 needs two workers to keep up with a copy on 2 cores)

@@ -17,7 +17,7 @@ import struct
 import threading
 from pathlib import Path
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.safetensors_headers import HeaderTensor, tensor_nbytes
 
 COPY_BYTES = 64 << 20   # pass-through copies move this much per read/write
@@ -26,7 +26,7 @@ COPY_BYTES = 64 << 20   # pass-through copies move this much per read/write
 def read_tensor(fd: int, slot: HeaderTensor, path: Path):
     """One tensor from an open file descriptor, into a new CPU tensor (no mmap)."""
     import torch
-    from mv4deploy.quant.kernels import TORCH_DTYPES
+    from mv4deploy.formats.kernels import TORCH_DTYPES
     buf = torch.empty(slot.nbytes, dtype=torch.uint8)
     view, done = memoryview(buf.numpy()), 0
     while done < slot.nbytes:
@@ -87,7 +87,7 @@ class OrderedHasher:
 def write_tensor(fd: int, slot: HeaderTensor, tensor, hasher: OrderedHasher | None = None) -> None:
     """Write one tensor's bytes at its slot (checks dtype and shape against the header)."""
     import torch
-    from mv4deploy.quant.kernels import TORCH_DTYPES
+    from mv4deploy.formats.kernels import TORCH_DTYPES
     if tensor.dtype != TORCH_DTYPES[slot.dtype] or tuple(tensor.shape) != slot.shape:
         raise AssertionError(f"{slot.name}: got {tensor.dtype}{list(tensor.shape)}, header says "
                              f"{slot.dtype}{list(slot.shape)}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mv4deploy.device import resolve_device
-from mv4deploy.errors import InputError
+from mv4deploy.core.device import resolve_device
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.tokenizer import load_tokenizer
 
 

@@ -9,7 +9,7 @@ is an ordinary full-precision one. ``engram_*`` keys ride along as config attrib
 
 from __future__ import annotations
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.spec import Arch
 
 # Keys about storage or provenance, not about the network a transformers class builds.

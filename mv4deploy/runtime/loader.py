@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import QUANT_METHOD, load_json, quantized_by_us
 from mv4deploy.model.inventory import Role, build_inventory
 from mv4deploy.model.source import refuse_mismatches, resolve_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mv4deploy.fileio import atomic_path, write_text_atomic
+from mv4deploy.core.fileio import atomic_path, write_text_atomic
 from mv4deploy.model.config import read_config
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.model.spec import Arch

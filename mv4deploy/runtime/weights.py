@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from mv4deploy.quant.formats import get_format
-from mv4deploy.quant.kernels import TORCH_DTYPES  # safetensors dtype name -> torch dtype
+from mv4deploy.formats.registry import get_format
+from mv4deploy.formats.kernels import TORCH_DTYPES  # safetensors dtype name -> torch dtype
 from mv4deploy.quant.rules import LogicalWeight
 
 __all__ = ["TORCH_DTYPES", "encode", "slot_view"]

@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from mv4deploy.errors import InputError, first_line
+from mv4deploy.core.errors import InputError, first_line
 from mv4deploy.model.tokenizer import load_tokenizer
 from mv4deploy.validate.evaltext import tokenizer_fingerprint
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mv4deploy.errors import InputError
-from mv4deploy.fileio import sha256_file
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.fileio import sha256_file
 
 MIN_CHUNK_TOKENS = 4
 # Exercises what tokenizers disagree on: digits, case, accents, CJK, emoji, runs of spaces and newlines, code.

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mv4deploy.errors import InputError
-from mv4deploy.schema import Section, finite, load_yaml
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.schema import Section, finite, load_yaml
 
 DEFAULT_CONFIDENCE = 0.95
 ALIASES = {"top1_min": "same_top1_wilson_low"}   # limit key -> the statistic it bounds

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from mv4deploy import __version__
-from mv4deploy.errors import InputError
-from mv4deploy.fileio import atomic_path
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.fileio import atomic_path
 from mv4deploy.validate.compressed import CompressedRef
 from mv4deploy.validate.evaltext import Chunking, EvalTokens
 

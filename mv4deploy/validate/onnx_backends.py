@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mv4deploy.errors import InputError, first_line
+from mv4deploy.core.errors import InputError, first_line
 from mv4deploy.model.tokenizer import load_tokenizer
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mv4deploy.fileio import atomic_path, write_text_atomic
+from mv4deploy.core.fileio import atomic_path, write_text_atomic
 from mv4deploy.validate.table import STAT_SECTIONS, format_row
 
 KLD_FLOOR = 1e-10   # the lowest edge the log axis goes down to (identical tokens give 0, rounding tiny negatives)

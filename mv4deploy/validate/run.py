@@ -21,9 +21,9 @@ from typing import Callable
 
 import torch
 
-from mv4deploy.device import resolve_device
-from mv4deploy.errors import InputError
-from mv4deploy.fileio import sha256_file
+from mv4deploy.core.device import resolve_device
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.fileio import sha256_file
 from mv4deploy.validate.backends import LogitsSource, TorchSource, fingerprint, label, open_source
 from mv4deploy.validate.evaltext import EvalTokens, tokenize_eval
 from mv4deploy.validate.gate import Gate, GateResult, check_gate, load_gate

@@ -69,7 +69,7 @@ class QuantFormat:
     def quantize(self, name: str, weight, allow_nonfinite: bool = False) -> dict:
         """Quantize one logical weight. NaN/Inf raise ``kernels.NonFiniteError`` naming ``name``
         unless ``allow_nonfinite`` (then they are stored as 0)."""
-        from mv4deploy.quant.kernels import finite_or_zero
+        from mv4deploy.formats.kernels import finite_or_zero
         if weight.ndim < self.min_ndim:
             raise ValueError(f"{name}: {self.name} needs at least {self.min_ndim} dims, got shape "
                              f"{list(weight.shape)}")
@@ -125,7 +125,7 @@ class Plain(QuantFormat, register=False):
         return (StoredTensor(name, self.dtype, tuple(shape), prod(shape)),)
 
     def _quantize(self, weight):
-        from mv4deploy.quant.kernels import TORCH_DTYPES
+        from mv4deploy.formats.kernels import TORCH_DTYPES
         return (weight.to(TORCH_DTYPES[self.dtype]).contiguous(),)
 
     def _dequantize(self, stored, shape, dtype):
@@ -179,15 +179,15 @@ class FP8Block(QuantFormat, register=False):
         return self.scale_dtype == "F8_E8M0"
 
     def _quantize(self, weight):
-        from mv4deploy.quant.kernels_fp import fp8_block_quant
+        from mv4deploy.formats.kernels_fp import fp8_block_quant
         return fp8_block_quant(weight, self.block, self.ue8m0)
 
     def _dequantize(self, stored, shape, dtype):
-        from mv4deploy.quant.kernels_fp import fp8_block_dequant
+        from mv4deploy.formats.kernels_fp import fp8_block_dequant
         return fp8_block_dequant(stored[0], stored[1], self.block, dtype)
 
     def error_bound(self, weight):
-        from mv4deploy.quant.kernels_fp import fp8_block_scale_per_element
+        from mv4deploy.formats.kernels_fp import fp8_block_scale_per_element
         s = fp8_block_scale_per_element(weight, self.block, self.ue8m0)
         bound = (weight.float().abs() * 2.0**-4).maximum(s * 2.0**-10)
         return bound if self.ue8m0 else bound + weight.float().abs() * 2.0**-20
@@ -222,16 +222,16 @@ class FP8RowsUE8M0(QuantFormat):
                 StoredTensor(_base(name) + ".scale", "F8_E8M0", (*lead, ceil(cols / self.group)), 0))
 
     def _quantize(self, weight):
-        from mv4deploy.quant.kernels_fp import fp8_rows_quant
+        from mv4deploy.formats.kernels_fp import fp8_rows_quant
         return fp8_rows_quant(weight, self.group)
 
     def _dequantize(self, stored, shape, dtype):
-        from mv4deploy.quant.kernels_fp import fp8_rows_dequant
+        from mv4deploy.formats.kernels_fp import fp8_rows_dequant
         return fp8_rows_dequant(stored[0], stored[1], self.group, dtype)
 
     def error_bound(self, weight):
-        from mv4deploy.quant.kernels import E4M3
-        from mv4deploy.quant.kernels_fp import group_scale_per_element
+        from mv4deploy.formats.kernels import E4M3
+        from mv4deploy.formats.kernels_fp import group_scale_per_element
         s = group_scale_per_element(weight, self.group, E4M3)
         return (weight.float().abs() * 2.0**-4).maximum(s * 2.0**-10)
 
@@ -250,17 +250,17 @@ class MXFP4(QuantFormat):
                 StoredTensor(_base(name) + ".scale", "F8_E8M0", (*lead, rows, ceil(cols / self.group)), 0))
 
     def _quantize(self, weight):
-        from mv4deploy.quant.kernels_fp import mxfp4_quant
+        from mv4deploy.formats.kernels_fp import mxfp4_quant
         return mxfp4_quant(weight, self.group)
 
     def _dequantize(self, stored, shape, dtype):
-        from mv4deploy.quant.kernels_fp import mxfp4_dequant
+        from mv4deploy.formats.kernels_fp import mxfp4_dequant
         cols = shape[-1] if shape else 2 * stored[0].shape[-1]
         return mxfp4_dequant(stored[0], stored[1], cols, self.group, dtype)
 
     def error_bound(self, weight):
-        from mv4deploy.quant.kernels import E2M1
-        from mv4deploy.quant.kernels_fp import group_scale_per_element
+        from mv4deploy.formats.kernels import E2M1
+        from mv4deploy.formats.kernels_fp import group_scale_per_element
         s = group_scale_per_element(weight, self.group, E2M1)
         return (weight.float().abs() / 4).maximum(s / 4)
 
@@ -281,24 +281,24 @@ class Int4Group(QuantFormat, register=False):
                 StoredTensor(base + ".weight_shape", "I64", (len(shape),), 0))
 
     def _quantize(self, weight):
-        from mv4deploy.quant.kernels_int import int4_quant
+        from mv4deploy.formats.kernels_int import int4_quant
         q, scale = int4_quant(weight, self.group)
         return self.pack(q, scale)
 
     def pack(self, q, scale) -> tuple:
         """Stored tensors from integer codes and scales (also used by GPTQ)."""
         import torch
-        from mv4deploy.quant.kernels_int import int4_pack
+        from mv4deploy.formats.kernels_int import int4_pack
         return int4_pack(q), scale.to(torch.bfloat16), torch.tensor(tuple(q.shape), dtype=torch.int64)
 
     def _dequantize(self, stored, shape, dtype):
-        from mv4deploy.quant.kernels_int import int4_dequant
+        from mv4deploy.formats.kernels_int import int4_dequant
         packed, scale, logical = stored
         return int4_dequant(packed, scale, int(logical[-1]), self.group, dtype)
 
     def error_bound(self, weight):
-        from mv4deploy.quant.kernels import expand_groups
-        from mv4deploy.quant.kernels_int import int4_group_scales
+        from mv4deploy.formats.kernels import expand_groups
+        from mv4deploy.formats.kernels_int import int4_group_scales
         s = expand_groups(int4_group_scales(weight, self.group).float(), self.group, weight.shape[-1])
         return s * (0.5 + 2.0**-20)
 
@@ -335,16 +335,16 @@ class MatMulNBits4(QuantFormat, register=False):
         return tuple(out)
 
     def _quantize(self, weight):
-        from mv4deploy.quant.kernels_mnb import mnb4_quantize
+        from mv4deploy.formats.kernels_mnb import mnb4_quantize
         return mnb4_quantize(weight, self.block, self.symmetric)
 
     def _dequantize(self, stored, shape, dtype):
-        from mv4deploy.quant.kernels_mnb import mnb4_dequantize
+        from mv4deploy.formats.kernels_mnb import mnb4_dequantize
         zero = None if self.symmetric else stored[2]
         return mnb4_dequantize(stored[0], stored[1], zero, shape[-1] if shape else None, dtype)
 
     def error_bound(self, weight):
-        from mv4deploy.quant.kernels_mnb import mnb4_error_bound
+        from mv4deploy.formats.kernels_mnb import mnb4_error_bound
         if not self.symmetric:
             raise NotImplementedError(f"{self.name}: error_bound (asymmetric)")
         return mnb4_error_bound(weight, self.block)
@@ -377,16 +377,16 @@ class NF4(QuantFormat):
                 StoredTensor(name + ".quant_state.bitsandbytes__nf4", "U8", (len(nf4_state_json(shape)),), 0))
 
     def _quantize(self, weight):
-        from mv4deploy.quant.kernels_int import nf4_quant
+        from mv4deploy.formats.kernels_int import nf4_quant
         return nf4_quant(weight)
 
     def _dequantize(self, stored, shape, dtype):
-        from mv4deploy.quant.kernels_int import nf4_dequant
+        from mv4deploy.formats.kernels_int import nf4_dequant
         state = json.loads(bytes(stored[3].tolist()))
         return nf4_dequant(stored[0], stored[1], stored[2], tuple(state["shape"]), dtype)
 
     def error_bound(self, weight):
-        from mv4deploy.quant.kernels_int import nf4_error_bound
+        from mv4deploy.formats.kernels_int import nf4_error_bound
         return nf4_error_bound(weight)
 
 

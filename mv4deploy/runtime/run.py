@@ -23,8 +23,8 @@ import gc
 import statistics
 from pathlib import Path
 
-from mv4deploy.errors import InputError
-from mv4deploy.execute.planfile import (check_model, check_profile, expert_skew, parse_device_map, read_plan)
+from mv4deploy.core.errors import InputError
+from mv4deploy.runtime.planfile import (check_model, check_profile, expert_skew, parse_device_map, read_plan)
 from mv4deploy.quant.rules import PLAIN_FORMATS
 
 
@@ -64,13 +64,13 @@ def run_checkpoint(checkpoint: str | Path, plan_path: str | Path, tokens: int = 
         threads = hardware.host.measured.threads                   # as many as the profile was probed with
     if threads is not None and not 1 <= threads <= 4096:
         raise InputError(None, "--threads", threads, "must be between 1 and 4096")
-    from mv4deploy.execute.placement import resolve_placement
+    from mv4deploy.runtime.placement import resolve_placement
     placement = resolve_placement(plan, resolved.inventory, grouping)
     placement.deviations += _format_notes(plan) + _fill_note(workload)
     import torch
 
-    from mv4deploy.execute.apply import apply_placement, default_devices
-    from mv4deploy.execute.measure import cuda_devices, non_torch_bytes, rss_bytes, trial
+    from mv4deploy.runtime.apply import apply_placement, default_devices
+    from mv4deploy.runtime.measure import cuda_devices, non_torch_bytes, rss_bytes, trial
     from mv4deploy.runtime.loader import load_model
     devices = default_devices(plan.gpu_tiers, overrides)
     if threads:
@@ -126,7 +126,7 @@ def _process_baseline(devices) -> int:
     import transformers.models.deepseek_v4.modeling_deepseek_v4  # noqa: F401  (what load_model imports)
 
     import mv4deploy.runtime.model_v41  # noqa: F401
-    from mv4deploy.execute.measure import rss_bytes
+    from mv4deploy.runtime.measure import rss_bytes
     probe = torch.ones(64, 64, dtype=torch.bfloat16)
     probe @ probe
     for device in {d for d in devices.values() if d.type == "cuda"}:

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from mv4deploy.quant.kernels import (E2M1, E4M3, E4M3_MAX, abs_max, block_exponent, clamp_scaled, e2m1_codes,
+from mv4deploy.formats.kernels import (E2M1, E4M3, E4M3_MAX, abs_max, block_exponent, clamp_scaled, e2m1_codes,
                                      e2m1_lut, e8m0_to_exp, exp_to_e8m0, pad_last, pad_rows_cols, pow2,
                                      row_strips)
 

@@ -1,7 +1,7 @@
 """What an export of a distillate stores and reads, from its config alone: no torch, no ONNX.
 
 For a ``DenseSpec`` and an export target this lists every tensor the export writes with its exact bytes
-(the target's weight format from ``mv4deploy.quant.formats`` for matmul weights, the builder's own
+(the target's weight format from ``mv4deploy.formats.registry`` for matmul weights, the builder's own
 layout for the rest), the KV cache per token in the runtime's element type, and what one decode step
 reads. tests/test_export_formats.py checks the tensor list against the initializers of real exports of
 the tiny fixtures, byte for byte; the planner's phone policy uses the same format, so ``mv4deploy plan``
@@ -26,7 +26,7 @@ from math import prod
 
 from mv4deploy.model.kv import gqa_entry_bytes
 from mv4deploy.model.spec import DenseSpec
-from mv4deploy.export.layouts import get_layout
+from mv4deploy.formats.onnx_layouts import get_layout
 
 
 @dataclass(frozen=True)

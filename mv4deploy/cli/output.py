@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mv4deploy.hardware.units import format_bytes
+from mv4deploy.core.units import format_bytes
 
 
 def _stdout() -> Console:

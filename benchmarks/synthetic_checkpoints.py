@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from mv4deploy.errors import InputError
-from mv4deploy.fileio import atomic_path, write_text_atomic
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.fileio import atomic_path, write_text_atomic
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.inventory import Role, build_inventory
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.model.source import PRESETS_DIR
-from mv4deploy.quant.kernels import TORCH_DTYPES
+from mv4deploy.formats.kernels import TORCH_DTYPES
 
 STD = 0.02                                       # DeepseekV4Config.initializer_range
 ENGRAM_TOKENIZER = ("tokenizer.json", "tokenizer_config.json")

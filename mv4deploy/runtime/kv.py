@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4CSACache
 
-from mv4deploy.execute.modules import ExecState
+from mv4deploy.runtime.modules import ExecState
 
 POOL = "compressor"
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mv4deploy.execute.placement import ExpertPart
+from mv4deploy.runtime.placement import ExpertPart
 
 
 @dataclass

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from mv4deploy.errors import InputError
-from mv4deploy.execute.planfile import PlanFile
+from mv4deploy.core.errors import InputError
+from mv4deploy.runtime.planfile import PlanFile
 from mv4deploy.model.inventory import Role
 from mv4deploy.model.kv import Access, kv_layout
 from mv4deploy.runtime import name_map

@@ -14,8 +14,8 @@ import difflib
 import math
 from pathlib import Path
 
-from mv4deploy.errors import InputError
-from mv4deploy.hardware.units import parse_bytes, parse_bytes_per_s, parse_iops, parse_seconds
+from mv4deploy.core.errors import InputError
+from mv4deploy.core.units import parse_bytes, parse_bytes_per_s, parse_iops, parse_seconds
 
 UNKNOWN = "unknown"   # a figure nobody measured (``profile detect`` writes it); loads as None where allowed
 

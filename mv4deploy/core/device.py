@@ -7,7 +7,7 @@ present and refuses ``cuda`` on a machine without it. Bad input names ``--device
 
 from __future__ import annotations
 
-from mv4deploy.errors import InputError
+from mv4deploy.core.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")   # auto: CUDA when present, else the CPU
 

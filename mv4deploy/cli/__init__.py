@@ -18,9 +18,9 @@ try:  # typer >= 0.20 ships its own copy of click
 except ImportError:  # pragma: no cover - older typer depends on click itself
     from click import exceptions as click_errors
 
-from mv4deploy import output
-from mv4deploy.device import check_device
-from mv4deploy.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, InputError
+from mv4deploy.cli import output
+from mv4deploy.core.device import check_device
+from mv4deploy.core.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_OK, CheckFailed, InputError
 from mv4deploy.model.source import DEFAULT_MODEL
 from mv4deploy.quant.run import AUTO_WORKERS
 
@@ -93,7 +93,7 @@ def profile_detect(out: Annotated[Optional[Path], typer.Option("--out", help="Wr
     """Describe this machine as a profile (psutil, /proc/cpuinfo, torch.cuda or nvidia-smi when present);
     figures it cannot read are written as 'unknown', never invented."""
     from mv4deploy.hardware.detect import detect_profile_yaml
-    from mv4deploy.fileio import write_text_atomic
+    from mv4deploy.core.fileio import write_text_atomic
     text = detect_profile_yaml(name)
     if out is None:
         output.text(text)
@@ -117,7 +117,7 @@ def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Wri
     """Measure host memory bandwidth, CPU matmul rates, storage reads (and GPU bandwidth, host<->GPU copies,
     bf16/fp8 matmul when CUDA is present); write a profile with `measured:` beside the nominal figures."""
     from mv4deploy.hardware.probe import probe_profile_yaml
-    from mv4deploy.fileio import write_text_atomic
+    from mv4deploy.core.fileio import write_text_atomic
     text = probe_profile_yaml(name, base, storage_dir, size, threads)
     if out is None:
         output.text(text)
@@ -195,7 +195,7 @@ def plan(profile: ProfileOpt,
         output.emit_json(data) if json_out else output.plan_table(result.plan)
     if out is not None:
         import json
-        from mv4deploy.fileio import write_text_atomic
+        from mv4deploy.core.fileio import write_text_atomic
         write_text_atomic(out, json.dumps(data, indent=2) + "\n")
         output.info(f"wrote {out}")
     if plot is not None:
@@ -327,7 +327,7 @@ def run_plan_file(
                                                        "host figures were probed with).")] = None,
         json_out: JsonOpt = False) -> int:
     """Execute a plan on a checkpoint and print measured memory and tokens/s beside the plan's predictions."""
-    from mv4deploy.execute.run import run_checkpoint
+    from mv4deploy.runtime.run import run_checkpoint
     report = run_checkpoint(checkpoint, plan, tokens, warmup, prompt_tokens, profile, device_map, repeats,
                             threads=threads)
     output.emit_json(report) if json_out else output.run_table(report)

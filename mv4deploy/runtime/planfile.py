@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mv4deploy.errors import InputError
-from mv4deploy import schema
+from mv4deploy.core.errors import InputError
+from mv4deploy.core import schema
 
 REQUIRED = ("model", "profile", "workload", "devices", "groups", "kv_cache", "estimates", "fingerprint")
 _CUT = re.compile(r"^(?P<base>.+?)(?:\[(?P<start>\d+):(?P<stop>\d+)\])?$")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from mv4deploy.errors import InputError
-from mv4deploy.execute.kv import HostCSACache, fetch_selected
-from mv4deploy.execute.modules import ExecState, PlacedExperts, pin, run_on, stream
-from mv4deploy.execute.placement import HOST, ModelPlacement, Where, cpu_capable
+from mv4deploy.core.errors import InputError
+from mv4deploy.runtime.kv import HostCSACache, fetch_selected
+from mv4deploy.runtime.modules import ExecState, PlacedExperts, pin, run_on, stream
+from mv4deploy.runtime.placement import HOST, ModelPlacement, Where, cpu_capable
 
 SKIP_GENERIC = (".mlp.experts.", ".engram.embed.", "engram_hasher.")   # placed by their own code
 

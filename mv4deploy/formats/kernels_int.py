@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from mv4deploy.quant.formats import NF4_BLOCK, nf4_state_json
-from mv4deploy.quant.kernels import abs_max, pad_last, row_strips
+from mv4deploy.formats.registry import NF4_BLOCK, nf4_state_json
+from mv4deploy.formats.kernels import abs_max, pad_last, row_strips
 
 INT4_QMAX = 7          # symmetric: q in [-7, 7] (the int4 range [-8, 7] is clamped to, never reached)
 

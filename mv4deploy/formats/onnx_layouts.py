@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from math import ceil, prod
 from typing import ClassVar
 
-from mv4deploy.quant.formats import FORMATS, MatMulNBits4, QuantFormat, StoredTensor, _base
+from mv4deploy.formats.registry import FORMATS, MatMulNBits4, QuantFormat, StoredTensor, _base
 
 
 class MatMulNBits4B128ZP(MatMulNBits4, register=False):
