@@ -201,7 +201,7 @@ sys.path.insert(0, {repo!r})
 import torch
 import mv4deploy.quant.pipeline
 from mv4deploy.quant.recipe import Recipe
-from mv4deploy.quant.rules import Rule
+from mv4deploy.model.rules import Rule
 from mv4deploy.quant.run import quantize_checkpoint
 recipe = Recipe({fmt!r}, (Rule("native", role="norm"), Rule("native", role="router"), Rule("native", role="mhc"),
                           Rule({fmt!r}, slot="linear"), Rule({fmt!r}, slot="expert"), Rule("native", match=".*")))

@@ -38,7 +38,7 @@ def stages(model: str, profile: str) -> dict[str, float]:
     sys.path.insert(0, str(REPO))
     from mv4deploy.hardware.profile import load_profile
     from mv4deploy.model.source import resolve_model
-    from mv4deploy.plan.assemble import make_plan
+    from mv4deploy.plan.make import make_plan
     from mv4deploy.plan.groups import build_groups
     from mv4deploy.plan.workload import make_workload
     marks = {}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from mv4deploy.hardware.profile import load_profile  # noqa: E402
 from mv4deploy.model.source import resolve_model  # noqa: E402
 from mv4deploy.plan import planner  # noqa: E402
-from mv4deploy.plan.assemble import make_plan  # noqa: E402
+from mv4deploy.plan.make import make_plan  # noqa: E402
 from mv4deploy.plan.estimates import estimate  # noqa: E402
 from mv4deploy.plan.groups import build_groups  # noqa: E402
 from mv4deploy.plan.hints import MHC_MODULES, MODULES  # noqa: E402

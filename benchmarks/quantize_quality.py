@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 def _recipes():
     from mv4deploy.quant.recipe import CATCH_ALL, KEEP_HIGH_PRECISION, Recipe, get_recipe
-    from mv4deploy.quant.rules import Rule
+    from mv4deploy.model.rules import Rule
     int4_all = Recipe("int4-all", KEEP_HIGH_PRECISION + (Rule("int4-g128", slot="expert"),
                                                          Rule("int4-g128", slot="linear"), CATCH_ALL))
     return [("tiny-v4", "fp8", get_recipe("fp8"), False), ("tiny-v4", "int4-experts RTN", get_recipe("int4-experts"), False),

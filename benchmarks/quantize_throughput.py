@@ -51,7 +51,7 @@ def make_shard(folder: Path, experts: int) -> int:
     import torch
 
     from mv4deploy.model.config import read_config
-    from mv4deploy.quant.rules import logical_weights
+    from mv4deploy.model.rules import logical_weights
     from mv4deploy.quant.shards import output_layout, write_tensor
     folder.mkdir(parents=True, exist_ok=True)
     cfg = flash_one_layer(experts)
@@ -97,7 +97,7 @@ sys.path.insert(0, {repo!r})
 import torch  # imported before the clock starts: startup is not throughput (it is ~2 s, paid once per run)
 import mv4deploy.quant.pipeline, mv4deploy.quant.manifest
 from mv4deploy.quant.recipe import Recipe
-from mv4deploy.quant.rules import Rule
+from mv4deploy.model.rules import Rule
 from mv4deploy.quant.run import quantize_checkpoint
 recipe = Recipe({fmt!r}, (Rule("native", role="norm"), Rule("native", role="router"), Rule("native", role="mhc"),
                           Rule({fmt!r}, slot="linear"), Rule({fmt!r}, slot="expert"), Rule("native", match=".*")))

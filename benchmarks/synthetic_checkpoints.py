@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 from mv4deploy.core.errors import InputError
 from mv4deploy.core.fileio import atomic_path, write_text_atomic
 from mv4deploy.model.config import load_json, read_config
-from mv4deploy.model.inventory import Role, build_inventory
+from mv4deploy.model.tensors import Role
+from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.model.source import PRESETS_DIR
 from mv4deploy.formats.kernels import TORCH_DTYPES

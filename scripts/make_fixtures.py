@@ -293,7 +293,7 @@ def experts_on_fp4_grid(state: dict) -> dict:
     they then differ by the FP8 rounding of the other linears only, and the FP4 path must be exact.
     ``measure`` also reports the unrounded case."""
     import torch
-    from mv4deploy.quant.formats import get_format
+    from mv4deploy.formats import get_format
     fp4 = get_format("mxfp4")
     out = dict(state)
     for key, value in state.items():

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from mv4deploy.model.config import load_json, read_config
-from mv4deploy.model.inventory import RAW_FORMAT, Role
-from mv4deploy.formats.registry import get_format
-from mv4deploy.quant.rules import logical_weights
+from mv4deploy.model.tensors import RAW_FORMAT, Role
+from mv4deploy.formats import get_format
+from mv4deploy.model.rules import logical_weights
 
 PRESETS = Path(__file__).resolve().parents[1] / "mv4deploy" / "model" / "presets"
 

@@ -10,7 +10,7 @@ import json
 import struct
 from pathlib import Path
 
-from mv4deploy.model.inventory import Inventory
+from mv4deploy.model.tensors import Inventory
 
 
 def write_shard(path: Path, tensors: list[tuple[str, str, tuple[int, ...], int]], metadata: dict | None = None) -> None:

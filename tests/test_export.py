@@ -2,7 +2,7 @@
 
 Each export validates itself (KLD / top-1 through mv4deploy.validate, greedy agreement); the bounds
 pinned here are stated with their reasons in docs/export.md. The byte layout of every quantized weight
-is checked against ``mv4deploy.formats.registry`` and the whole export against ``export.footprint``.
+is checked against ``mv4deploy.formats`` and the whole export against ``export.footprint``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 
 GPU_FORMATS = ["fp8-e4m3-block128", "fp8-e4m3-block128-ue8m0", "fp8-e4m3-block32-ue8m0", "fp8-rows-ue8m0",
                "mxfp4", "int4-g128", "int4-g32"]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 
 NAME = "layers.3.attn.wq_a.weight"
 

@@ -13,8 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mv4deploy.model.safetensors_headers import tensor_nbytes
-from mv4deploy.formats.registry import FORMATS, get_format
+from mv4deploy.formats.dtypes import tensor_nbytes
+from mv4deploy.formats import FORMATS, get_format
 from mv4deploy.formats.kernels import TORCH_DTYPES, NonFiniteError
 
 NAME = "layers.0.ffn.experts.3.w1.weight"
@@ -145,7 +145,7 @@ def test_one_dimensional_weight_is_refused(fmt_name):
 
 
 def test_formats_module_imports_no_torch():
-    code = ("import sys, mv4deploy.formats.registry as f; f.get_format('nf4').nbytes((64, 64)); "
+    code = ("import sys, mv4deploy.formats as f; f.get_format('nf4').nbytes((64, 64)); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

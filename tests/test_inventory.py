@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from mv4deploy.model.inventory import Role
+from mv4deploy.model.tensors import Role
 from mv4deploy.model.source import resolve_model
 
 # preset: (published total params, tolerance, tensors in the shipped checkpoint, payload bytes)

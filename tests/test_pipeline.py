@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from conftest import run_cli
 from mv4deploy.model.source import resolve_model
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 from mv4deploy.quant.manifest import MANIFEST, verify_output
 from _support.readback import load_logical
 from mv4deploy.quant.recipe import PRESETS, get_recipe

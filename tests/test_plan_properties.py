@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from mv4deploy.hardware.profile import parse_profile
 from mv4deploy.model.source import resolve_model
-from mv4deploy.plan.assemble import make_plan
+from mv4deploy.plan.make import make_plan
 from mv4deploy.plan.planner import DECODE_TIE
 from mv4deploy.plan.workload import make_workload
 

@@ -19,7 +19,7 @@ import pytest
 
 from mv4deploy.hardware.profile import load_profile
 from mv4deploy.model.source import resolve_model
-from mv4deploy.plan.assemble import make_plan
+from mv4deploy.plan.make import make_plan
 from mv4deploy.plan.workload import make_workload
 
 GiB = 2**30

@@ -131,7 +131,7 @@ def test_a_grouping_is_reused_only_for_the_model_and_workload_it_was_built_for()
     """No module cache: callers pass a grouping along, and the planner rebuilds it when it does not serve
     (another inventory object, --mtp, a skew), so passing one never changes a plan."""
     from mv4deploy.hardware.profile import load_profile
-    from mv4deploy.plan.assemble import make_plan
+    from mv4deploy.plan.make import make_plan
     tiny = resolve_model("tiny-deepseek-v4")
     grouping = build_groups(tiny.inventory)
     assert grouping.serves(tiny.inventory, False, None)

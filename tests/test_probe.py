@@ -13,7 +13,7 @@ from mv4deploy.hardware.probe import ProbeResult, host_matvec_rate, with_measure
 from mv4deploy.hardware.profile import load_profile_dict, parse_profile
 from mv4deploy.hardware.rates import MEASURED, achievable_rates
 from mv4deploy.model.source import resolve_model
-from mv4deploy.plan.assemble import make_plan
+from mv4deploy.plan.make import make_plan
 from mv4deploy.plan.costs import Work, on_host
 from mv4deploy.plan.tiers import host_tier
 from mv4deploy.plan.workload import make_workload

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mv4deploy.quant.calibrate import CalibrationSpec, HessianCollector, collect_hessians, hessian_key
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 from mv4deploy.quant.gptq import gptq_quantize, rtn_hessian_error
 from mv4deploy.quant.recipe import get_recipe
-from mv4deploy.quant.rules import logical_weights
+from mv4deploy.model.rules import logical_weights
 from quant_synth import make_checkpoint, preset_config
 
 

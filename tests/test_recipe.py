@@ -15,11 +15,11 @@ from mv4deploy.hardware.profile import load_profile
 from mv4deploy.model.config import read_config
 from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.source import resolve_model
-from mv4deploy.plan.assemble import make_plan
+from mv4deploy.plan.make import make_plan
 from mv4deploy.plan.groups import build_groups
 from mv4deploy.plan.workload import make_workload
 from mv4deploy.quant.recipe import PLAN_GUARD, PRESETS, get_recipe, recipe_from_plan
-from mv4deploy.quant.rules import Rule, assign, logical_weights, rules_from_json
+from mv4deploy.model.rules import Rule, assign, logical_weights, rules_from_json
 from quant_synth import PRESETS as PRESET_CONFIGS
 from quant_synth import preset_config
 

@@ -21,7 +21,7 @@ from mv4deploy.runtime.placement import resolve_placement  # noqa: E402
 from mv4deploy.runtime.planfile import read_plan  # noqa: E402
 from mv4deploy.hardware.profile import parse_profile  # noqa: E402
 from mv4deploy.model.source import resolve_model  # noqa: E402
-from mv4deploy.plan.assemble import make_plan  # noqa: E402
+from mv4deploy.plan.make import make_plan  # noqa: E402
 from mv4deploy.plan.groups import build_groups  # noqa: E402
 from mv4deploy.plan.workload import make_workload  # noqa: E402
 from mv4deploy.runtime.loader import load_model  # noqa: E402

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from mv4deploy.model.source import resolve_model  # noqa: E402
 from mv4deploy.runtime import name_map  # noqa: E402
-from mv4deploy.quant.rules import logical_weights  # noqa: E402
+from mv4deploy.model.rules import logical_weights  # noqa: E402
 
 from tests.conftest import REPO  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Initializer bytes are read from the ONNX protobuf without loading external data (the ``length`` of each
 external tensor, or the packed size of an inline one), so the formula check in
-tests/test_export_formats.py compares ``mv4deploy.formats.registry`` with bytes the export really stores.
+tests/test_export_formats.py compares ``mv4deploy.formats`` with bytes the export really stores.
 """
 
 from __future__ import annotations

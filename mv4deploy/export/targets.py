@@ -1,7 +1,7 @@
 """Export targets as data: ``exporters/NAME.yaml`` -> a frozen ``ExportTarget``.
 
 A target says what an ONNX export means for one runtime: which builder makes it, the weight precision
-and its exact stored layout (a name in ``quant.formats.FORMATS`` or ``export.layouts``, so the planner can count the
+and its exact stored layout (a name in ``formats.FORMATS`` or ``formats.onnx_layouts``, so the planner can count the
 same bytes), block size and accuracy level, activation precision, static or dynamic shapes, the KV-cache
 layout, the execution provider, and the tolerance its self-validation must meet. Unknown keys, missing
 fields and out-of-range values are one-line errors naming the file and the field (the profile loader's
@@ -40,7 +40,7 @@ class Precision(str, Enum):
 @dataclass(frozen=True)
 class Weights:
     precision: Precision
-    format: str                    # layout of the linear weights as the export stores them (export.layouts)
+    format: str                    # layout of the linear weights as the export stores them (formats.onnx_layouts)
     block_size: int | None = None  # int4 MatMulNBits: values per scale along K
     symmetric: bool = True         # False: zero points are stored too
     accuracy_level: int | None = None   # MatMulNBits: 1 fp32, 2 fp16, 3 bf16, 4 int8 compute

@@ -7,7 +7,6 @@ import sys
 
 import torch
 
-from mv4deploy.formats.registry import NF4_BLOCK, nf4_state_json
 from mv4deploy.formats.kernels import abs_max, pad_last, row_strips
 
 INT4_QMAX = 7          # symmetric: q in [-7, 7] (the int4 range [-8, 7] is clamped to, never reached)
@@ -82,21 +81,22 @@ def _bnb():
     return bnb_functional
 
 
-def nf4_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(packed uint8 [ceil(n/2), 1], absmax f32 [ceil(n/64)], quant_map f32 [16], state uint8 [json])."""
-    q, state = _bnb().quantize_4bit(x.to(torch.bfloat16).contiguous(), blocksize=NF4_BLOCK, quant_type="nf4",
+def nf4_quant(x: torch.Tensor, block: int, state_json: bytes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor]:
+    """(packed uint8 [ceil(n/2), 1], absmax f32 [ceil(n/block)], quant_map f32 [16], state uint8 [json])."""
+    q, state = _bnb().quantize_4bit(x.to(torch.bfloat16).contiguous(), blocksize=block, quant_type="nf4",
                                     compress_statistics=False)
-    packed_state = torch.tensor(list(nf4_state_json(tuple(x.shape))), dtype=torch.uint8)
+    packed_state = torch.tensor(list(state_json), dtype=torch.uint8)
     return q, state.absmax.float(), state.code.float(), packed_state
 
 
 def nf4_dequant(q: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor, shape: tuple[int, ...],
-                dtype=torch.float32) -> torch.Tensor:
+                block: int, dtype=torch.float32) -> torch.Tensor:
     """Dequantized as one flat row: bitsandbytes 0.50's CPU kernel mis-assigns absmax blocks for a 2-D
     shape whose last dim is not a multiple of 64 (its quantizer always blocks the flattened weight)."""
     bnb = _bnb()
     numel = int(torch.Size(shape).numel())
-    state = bnb.QuantState(absmax=absmax, shape=torch.Size([numel]), code=quant_map, blocksize=NF4_BLOCK,
+    state = bnb.QuantState(absmax=absmax, shape=torch.Size([numel]), code=quant_map, blocksize=block,
                            quant_type="nf4", dtype=torch.bfloat16)
     return bnb.dequantize_4bit(q, state).reshape(shape).to(dtype)
 
@@ -105,15 +105,15 @@ def nf4_levels() -> torch.Tensor:
     return _bnb().get_4bit_type("nf4", device="cpu").float()
 
 
-def nf4_error_bound(x: torch.Tensor) -> torch.Tensor:
+def nf4_error_bound(x: torch.Tensor, block: int) -> torch.Tensor:
     """Half the widest gap between NF4 levels times the block absmax (of the bf16 weight), plus the
     bf16 roundings on the way in and out. Blocks whose absmax is subnormal are flushed to zero by
     bitsandbytes' CPU kernel (it multiplies by 1 / absmax), so their bound is the absmax itself."""
     levels = nf4_levels()
     half_gap = float((levels[1:] - levels[:-1]).max()) / 2
     xb = x.to(torch.bfloat16).float()
-    flat = pad_last(xb.reshape(-1), NF4_BLOCK).unflatten(-1, (-1, NF4_BLOCK))
-    absmax = flat.abs().amax(dim=-1).repeat_interleave(NF4_BLOCK)[: x.numel()].reshape(x.shape)
+    flat = pad_last(xb.reshape(-1), block).unflatten(-1, (-1, block))
+    absmax = flat.abs().amax(dim=-1).repeat_interleave(block)[: x.numel()].reshape(x.shape)
     into = (x.float() - xb).abs()
     flushed = torch.where(absmax < torch.finfo(torch.float32).tiny, absmax, torch.zeros_like(absmax))
     return absmax * half_gap * (1 + 2.0**-7) + xb.abs() * 2.0**-7 + into + flushed

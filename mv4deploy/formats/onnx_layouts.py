@@ -1,4 +1,4 @@
-"""Weight layouts that only ONNX exports produce, beside the shared registry ``quant.formats.FORMATS``.
+"""Weight layouts that only ONNX exports produce, beside the shared registry ``formats.FORMATS``.
 
 ``FORMATS`` holds formats a checkpoint pipeline can write and read back (each with a torch side that the
 registry's property tests exercise). The layouts here describe bytes that onnxruntime's own tools write
@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from math import ceil, prod
 from typing import ClassVar
 
-from mv4deploy.formats.registry import FORMATS, MatMulNBits4, QuantFormat, StoredTensor, _base
+from mv4deploy.formats.base import FORMATS, QuantFormat, StoredTensor, _base
+
+
+from mv4deploy.formats.catalog import MatMulNBits4
 
 
 class MatMulNBits4B128ZP(MatMulNBits4, register=False):

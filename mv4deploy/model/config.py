@@ -372,7 +372,7 @@ def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
 def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFormats:
     """A checkpoint written by ``mv4deploy quantize``: ``base`` is the source's quantization_config
     (null for a BF16/FP32 source) and gives the native formats; ``rules`` assign each weight's format."""
-    from mv4deploy.quant.rules import rules_from_json
+    from mv4deploy.model.rules import rules_from_json
     base = q.get("base")
     if base is not None and (not isinstance(base, dict) or base.get("quant_method") == QUANT_METHOD):
         raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")

@@ -1,142 +1,19 @@
-"""The tensor inventory: every tensor of a checkpoint as shipped, built from the config alone.
-
-Each entry has the checkpoint's own name (V4: no ``model.`` prefix and ``.scale`` in F8_E8M0; V3:
-``weight_scale_inv`` in F32; distillates: HF names), its stored dtype and shape, the format of the
-logical weight it belongs to, its role, layer and expert. Scales are entries of their own (0 params),
-so ``checkpoint_bytes`` and ``len(tensors)`` describe the files exactly. Never touches weights.
-"""
+"""The tensor inventory of a model: every tensor of its checkpoint as shipped, built from the config alone
+(``build_inventory``). The types are in ``tensors``, the per-family builders in ``inventory_deepseek`` and
+``inventory_dense``, the per-weight format rules of a quantized checkpoint in ``rules``."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from enum import Enum
-from functools import cached_property, lru_cache
 
-from mv4deploy.model.safetensors_headers import tensor_nbytes
-from mv4deploy.model.spec import Arch, ModelSpec
-from mv4deploy.formats.registry import get_format
-
-
-RAW_FORMAT = "raw"  # a tensor outside the format registry, kept exactly as stored
-
-
-class Role(str, Enum):
-    EMBEDDING = "embedding"
-    ATTENTION = "attention"
-    INDEXER = "indexer"
-    COMPRESSOR = "compressor"
-    ROUTED_EXPERT = "routed_expert"
-    SHARED_EXPERT = "shared_expert"
-    DENSE_MLP = "dense_mlp"
-    HASH_ROUTER = "hash_router"
-    ROUTER = "router"
-    ENGRAM_TABLE = "engram_table"
-    ENGRAM_PROJ = "engram_proj"
-    MHC = "mhc"
-    NORM = "norm"
-    LM_HEAD = "lm_head"
-    VISION = "vision"
-
-
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    name: str
-    dtype: str                 # safetensors dtype as stored
-    shape: tuple[int, ...]     # stored shape (FP4 packed: half the columns)
-    role: Role
-    format: str                # format of the logical weight this tensor belongs to
-    params: int                # logical parameters it carries (0 for scales)
-    layer: int | None = None
-    expert: int | None = None
-    mtp: bool = False          # part of the multi-token-prediction (draft) layers
-
-    @property
-    def nbytes(self) -> int:
-        return tensor_nbytes(self.dtype, self.shape)
-
-
-@dataclass(frozen=True)
-class Inventory:
-    spec: ModelSpec
-    tensors: tuple[TensorInfo, ...]
-
-    @cached_property
-    def checkpoint_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    @cached_property
-    def params_total(self) -> int:
-        """Logical parameters without the MTP layers (the published figure)."""
-        return sum(t.params for t in self.tensors if not t.mtp)
-
-    @cached_property
-    def params_mtp(self) -> int:
-        return sum(t.params for t in self.tensors if t.mtp)
-
-    @cached_property
-    def params_by_role(self) -> dict[str, int]:
-        counts: Counter[str] = Counter()
-        for t in self.tensors:
-            counts["mtp" if t.mtp else t.role.value] += t.params
-        return dict(sorted(counts.items()))
-
-    @cached_property
-    def params_active_per_token(self) -> int:
-        """Parameters one decoded token touches: all but the routed experts (top-k of E per layer) and the
-        Engram tables (one row per hash column); embedding and head counted whole, as DeepSeek counts."""
-        spec, active = self.spec, 0.0
-        for t in self.tensors:
-            if t.mtp:
-                continue
-            if t.role is Role.ROUTED_EXPERT:
-                active += t.params * spec.num_experts_per_tok / spec.n_routed_experts
-            elif t.role is Role.ENGRAM_TABLE:
-                engram = spec.engram
-                active += engram.hash_columns * engram.head_dim if t.params else 0
-            else:
-                active += t.params
-        return round(active)
-
-
-_SLOT = "\x00"
-
-
-@lru_cache(maxsize=4096)
-def _layout(fmt: str, shape: tuple[int, ...], is_weight: bool) -> tuple[tuple[str, str, tuple, int], ...]:
-    """The stored tensors of one weight, names templated on ``_SLOT`` (145K tensors build in well
-    under a second because experts share a handful of layouts)."""
-    placeholder = _SLOT + ".weight" if is_weight else _SLOT
-    return tuple((t.name, t.dtype, t.shape, t.params) for t in get_format(fmt).stored(placeholder, shape))
-
-
-class _Builder:
-    """Collects TensorInfo entries; a quantized weight expands into payload + scale tensors."""
-
-    def __init__(self, mtp_from: int | None = None):
-        self.tensors: list[TensorInfo] = []
-        self.mtp_from = mtp_from
-
-    def add(self, name: str, shape: tuple[int, ...], fmt: str, role: Role,
-            layer: int | None = None, expert: int | None = None) -> None:
-        mtp = self.mtp_from is not None and layer is not None and layer >= self.mtp_from
-        is_weight = name.endswith(".weight")
-        base = name[: -len(".weight")] if is_weight else name
-        for template, dtype, stored_shape, params in _layout(fmt, tuple(shape), is_weight):
-            self.tensors.append(TensorInfo(template.replace(_SLOT, base), dtype, stored_shape, role, fmt, params,
-                                           layer, expert, mtp))
-
-    def table(self, name: str, dtype: str, shape: tuple[int, ...], role: Role, layer: int | None = None) -> None:
-        """An integer lookup table (V4's ``tid2eid``): stored as given, never quantized, 0 parameters
-        (published parameter counts leave it out)."""
-        mtp = self.mtp_from is not None and layer is not None and layer >= self.mtp_from
-        self.tensors.append(TensorInfo(name, dtype, tuple(shape), role, RAW_FORMAT, 0, layer, None, mtp))
+from mv4deploy.model import inventory_deepseek, inventory_dense  # noqa: F401  (registers builders)
+from mv4deploy.model.rules import apply_rules
+from mv4deploy.model.spec import ModelSpec
+from mv4deploy.model.tensors import INVENTORY_BUILDERS, Inventory
 
 
 def build_inventory(spec: ModelSpec) -> Inventory:
-    from mv4deploy.model import inventory_deepseek, inventory_dense  # noqa: F401  (registers builders)
     if spec.formats.rules:  # written by `mv4deploy quantize`: each weight's format from its first matching rule
-        from mv4deploy.quant.rules import apply_rules
         tensors = apply_rules(spec)
     else:
         tensors = INVENTORY_BUILDERS[spec.architecture](spec)
@@ -145,14 +22,3 @@ def build_inventory(spec: ModelSpec) -> Inventory:
     if duplicated:
         raise AssertionError(f"inventory of {spec.name} names {duplicated[0]!r} twice")
     return Inventory(spec=spec, tensors=tuple(tensors))
-
-
-INVENTORY_BUILDERS: dict[Arch, callable] = {}
-
-
-def registers(*arches: Arch):
-    def wrap(fn):
-        for arch in arches:
-            INVENTORY_BUILDERS[arch] = fn
-        return fn
-    return wrap

@@ -6,7 +6,7 @@ exactly (tests/test_inventory.py pins them; the sources are listed in docs/inven
 
 from __future__ import annotations
 
-from mv4deploy.model.inventory import Role, TensorInfo, _Builder, registers
+from mv4deploy.model.tensors import Role, TensorInfo, _Builder, registers
 from mv4deploy.model.spec import Arch, DeepseekV3Spec, DeepseekV4Spec
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mv4deploy.model.inventory import Role, TensorInfo, _Builder, registers
+from mv4deploy.model.tensors import Role, TensorInfo, _Builder, registers
 from mv4deploy.model.spec import Arch, DenseSpec
 
 

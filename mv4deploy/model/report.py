@@ -7,7 +7,7 @@ from dataclasses import fields
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.model.spec import StoredFormats
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 
 
 def inspect_report(resolved: ResolvedModel) -> dict:

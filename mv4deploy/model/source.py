@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import load_json, read_config
-from mv4deploy.model.inventory import Inventory, TensorInfo, build_inventory
+from mv4deploy.model.tensors import Inventory, TensorInfo
+from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers
 from mv4deploy.model.spec import ModelSpec
 

@@ -23,14 +23,14 @@ class Arch(str, Enum):
 
 @dataclass(frozen=True)
 class StoredFormats:
-    """How the checkpoint stores its weights: format names from ``mv4deploy.formats.registry.FORMATS``."""
+    """How the checkpoint stores its weights: format names from ``mv4deploy.formats.FORMATS``."""
 
     linear: str = "bf16"        # attention, shared experts, dense MLPs, routers' projections
     expert: str = "bf16"        # routed experts
     engram_table: str = "bf16"  # Engram embedding rows (V4.1)
     plain: str = "bf16"         # embeddings, head and other tensors stored unquantized
     norm: str = "bf16"          # RMSNorm weights (V3.2 ships them in F32)
-    # A checkpoint written by ``mv4deploy quantize``: ordered per-weight rules (``quant.rules.Rule``)
+    # A checkpoint written by ``mv4deploy quantize``: ordered per-weight rules (``model.rules.Rule``)
     # applied on top of the fields above, which then describe the source ("native") layout.
     rules: tuple = ()
 

@@ -1,6 +1,5 @@
-"""``make_plan``: weigh the candidates, keep the best, and assemble the ``Plan`` a user reads.
-
-This is the planner's entry point. It is pure: it reads the resolved model and the profile it is
+"""``assemble_plan``: weigh the candidates, keep the best, and assemble the ``Plan`` a user reads
+(``make.make_plan`` adds the suggestions). It is pure: it reads the resolved model and the profile it is
 given, imports no torch, probes no device and writes nothing.
 """
 
@@ -21,16 +20,18 @@ from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, exper
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import TierKind
 from mv4deploy.plan.workload import Workload
-from mv4deploy.formats.registry import FORMATS
+from mv4deploy.formats import FORMATS
 
 
-def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
-              host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
-              prefill_stream: bool | None = None, quick: bool = False, grouping: Grouping | None = None) -> Plan:
-    """The plan. ``suggest`` False skips suggestions; ``quick`` weighs fewer candidates (no prefill
-    streaming) and derives no engine hints: what suggestion re-plans use; ``prefill_stream`` forces
-    streaming offloaded experts to the GPU for prefill on or off (None: the planner chooses);
-    ``grouping``: the model's groups when the caller already built them (a sweep, a re-plan)."""
+def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
+                  host_mem_bytes: int | None = None, gpu_mem_util: float | None = None,
+                  prefill_stream: bool | None = None, quick: bool = False,
+                  grouping: Grouping | None = None) -> tuple[Plan, Candidate, Grouping]:
+    """The plan without suggestions, with the chosen candidate and the grouping (what ``suggest`` needs).
+    ``quick`` weighs fewer candidates (no prefill streaming) and derives no engine hints: what
+    suggestion re-plans use; ``prefill_stream`` forces streaming offloaded experts to the GPU for prefill
+    on or off (None: the planner chooses); ``grouping``: the model's groups when the caller already built
+    them (a sweep, a re-plan)."""
     found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
                                                          gpu_mem_util, quick=quick, prefill_stream=prefill_stream,
                                                          grouping=grouping)
@@ -53,12 +54,7 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
                 fingerprint={"model": model_fingerprint(resolved.inventory, grouping.groups),
                              "profile": profile_fingerprint(profile)})
     hints, hint_warnings = engine_hints(plan, best, resolved, machine) if not quick else ({}, [])
-    suggestions = ()
-    if suggest and best.verdict.value != "fits":
-        from mv4deploy.plan.suggest import suggestions_for
-        suggestions = tuple(suggestions_for(plan, resolved, profile, workload, policy, host_mem_bytes,
-                                            gpu_mem_util, best, grouping))
-    return replace(plan, hints=hints, suggestions=suggestions, warnings=plan.warnings + tuple(hint_warnings))
+    return replace(plan, hints=hints, warnings=plan.warnings + tuple(hint_warnings)), best, grouping
 
 
 def _execution_formats(best: Candidate) -> list[dict]:

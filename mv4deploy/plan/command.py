@@ -47,7 +47,7 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
     parsed_sweep = parse_sweep(sweep) if sweep is not None else None
     from mv4deploy.hardware.profile import load_profile
     from mv4deploy.model.source import resolve_model
-    from mv4deploy.plan.assemble import make_plan
+    from mv4deploy.plan.make import make_plan
     with _without_cyclic_gc():
         hardware = load_profile(profile)
         resolved = resolve_model(model)

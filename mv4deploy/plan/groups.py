@@ -7,7 +7,7 @@ are left out unless asked; the vision tower always is (the plan is for text deco
 
 Each group knows its tensors (indices into the inventory, so "every tensor placed exactly once" can be
 checked), its bytes as stored, the logical shapes of its quantizable weights (to size it in any other
-format through ``mv4deploy.formats.registry``), and how a decoded token reads it: entirely (attention,
+format through ``mv4deploy.formats``), and how a decoded token reads it: entirely (attention,
 dense and shared blocks), by rows (embedding, ``tid2eid``, Engram tables), or by routing (experts).
 """
 
@@ -21,10 +21,10 @@ from math import prod
 from operator import attrgetter
 from typing import Callable
 
-from mv4deploy.model.inventory import RAW_FORMAT, Inventory, Role
-from mv4deploy.model.safetensors_headers import tensor_nbytes
+from mv4deploy.model.tensors import RAW_FORMAT, Inventory, Role
+from mv4deploy.formats.dtypes import tensor_nbytes
 from mv4deploy.plan.workload import ExpertSkew
-from mv4deploy.formats.registry import FORMATS, get_format
+from mv4deploy.formats import FORMATS, get_format
 
 
 class GroupClass(str, Enum):

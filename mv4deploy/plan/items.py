@@ -17,7 +17,7 @@ from mv4deploy.plan.groups import Group, GroupClass
 from mv4deploy.plan.policy import Policy, main_format
 from mv4deploy.plan.tiers import Tier, TierKind
 from mv4deploy.plan.workload import ACTIVATION_BYTES, Workload
-from mv4deploy.formats.registry import FORMATS
+from mv4deploy.formats import FORMATS
 
 NO_LINK = Tier("no-stream", TierKind.GPU, (), None)   # a GPU tier that cannot receive streamed weights
 

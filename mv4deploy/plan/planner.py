@@ -1,4 +1,4 @@
-"""``make_plan(model, profile, workload, policy)``: the planner, pure (no torch, no device probing).
+"""The planner's search (pure: no torch, no device probing): candidates per layout and policy, and the choice.
 
 For each way the GPUs can share the model (``multigpu``) and each prefill mode (CPU-side, or streaming
 offloaded experts to the GPU, which needs a stream buffer there), it builds the items with their costs,

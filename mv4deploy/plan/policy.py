@@ -17,7 +17,7 @@ from mv4deploy.hardware.profile import DeviceKind
 from mv4deploy.model.kv import CacheFormat, cache_formats
 from mv4deploy.model.spec import Arch
 from mv4deploy.plan.groups import GroupClass
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 
 LINEAR = frozenset({GroupClass.ATTENTION, GroupClass.INDEXER, GroupClass.SHARED_EXPERT, GroupClass.DENSE_MLP,
                     GroupClass.ROUTED_EXPERTS, GroupClass.ENGRAM_PROJ})
@@ -26,7 +26,7 @@ LINEAR = frozenset({GroupClass.ATTENTION, GroupClass.INDEXER, GroupClass.SHARED_
 @dataclass(frozen=True)
 class Rule:
     classes: frozenset[GroupClass]
-    target: str                                  # a name in mv4deploy.formats.registry.FORMATS
+    target: str                                  # a name in mv4deploy.formats.FORMATS
     unless_compute: frozenset[str] = frozenset()  # leave weights that already compute in one of these
 
 

@@ -13,6 +13,7 @@ from mv4deploy.hardware.profile import DeviceKind, HardwareProfile, list_profile
 from mv4deploy.core.units import format_bytes
 from mv4deploy.model.source import ResolvedModel, resolve_model
 from mv4deploy.model.spec import Arch
+from mv4deploy.plan.assemble import assemble_plan
 from mv4deploy.plan.groups import GroupClass
 from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.verdict import (DISTILLATE, MIN_CONTEXT, Change, Verdict, host_needed_bytes, improves,
@@ -25,9 +26,7 @@ DENSE = (Arch.QWEN2, Arch.LLAMA)
 
 
 def _replan(resolved, profile, workload, policy, host_mem, gpu_util, grouping=None):
-    from mv4deploy.plan.assemble import make_plan
-    return make_plan(resolved, profile, workload, policy, host_mem, gpu_util, suggest=False, quick=True,
-                     grouping=grouping)
+    return assemble_plan(resolved, profile, workload, policy, host_mem, gpu_util, quick=True, grouping=grouping)[0]
 
 
 def _other_profiles(current: str, dense_model: bool) -> dict[str, HardwareProfile]:

@@ -142,7 +142,7 @@ class GPTQQuantizer:
             with self.lock:
                 self.outcomes[job.weight.name] = {"method": "rtn", "tokens": tokens, "reason": reason}
             return None
-        from mv4deploy.formats.registry import get_format
+        from mv4deploy.formats import get_format
         from mv4deploy.quant.gptq import gptq_quantize
         fmt = get_format(job.target)
         result = gptq_quantize(x.float(), self.collector.h[key], fmt.group)

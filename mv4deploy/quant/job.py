@@ -16,13 +16,13 @@ from pathlib import Path
 from mv4deploy import __version__
 from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import QUANT_METHOD, load_json, read_config
-from mv4deploy.model.inventory import RAW_FORMAT
+from mv4deploy.model.tensors import RAW_FORMAT
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers, shard_files
 from mv4deploy.model.source import compare, refuse_mismatches
 from mv4deploy.model.spec import ModelSpec
-from mv4deploy.formats.registry import StoredTensor, get_format
+from mv4deploy.formats import StoredTensor, get_format
 from mv4deploy.quant.recipe import Recipe
-from mv4deploy.quant.rules import LogicalWeight, assign, logical_weights
+from mv4deploy.model.rules import LogicalWeight, assign, logical_weights
 
 STAGING = ".mv4deploy-partial"   # OUT/STAGING holds an unfinished run: staged shards + journal
 

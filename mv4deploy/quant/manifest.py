@@ -54,7 +54,7 @@ def manifest(job: Job, done: dict[str, dict], calibration: dict | None = None) -
 
 
 def index(job: Job) -> dict:
-    from mv4deploy.model.safetensors_headers import tensor_nbytes
+    from mv4deploy.formats.dtypes import tensor_nbytes
     weight_map = {t.name: s.file for s in job.shards for w in s.weights for t in w.outputs}
     total = sum(tensor_nbytes(t.dtype, t.shape) for s in job.shards for w in s.weights for t in w.outputs)
     return {"metadata": {"total_size": total, "quantized_by": job.run_key["tool"]},

@@ -23,7 +23,7 @@ import torch
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.core.fileio import sha256_file, write_text_atomic
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
 from mv4deploy.formats.kernels import NonFiniteError
 from mv4deploy.quant.shards import OrderedHasher, copy_bytes, output_layout, read_tensor, write_tensor

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.inventory import RAW_FORMAT, Role
+from mv4deploy.model.tensors import RAW_FORMAT, Role
 from mv4deploy.model.spec import ModelSpec
 from mv4deploy.plan.groups import CLASS_ROLES, GroupClass
-from mv4deploy.quant.rules import NATIVE, Rule, assign, logical_weights, resolve_format, rules_from_json
+from mv4deploy.model.rules import NATIVE, Rule, assign, logical_weights, resolve_format, rules_from_json
 from mv4deploy.core.schema import load_data
 
 KEEP_HIGH_PRECISION = (

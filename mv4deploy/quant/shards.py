@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.safetensors_headers import HeaderTensor, tensor_nbytes
+from mv4deploy.formats.dtypes import tensor_nbytes
+from mv4deploy.model.safetensors_headers import HeaderTensor
 
 COPY_BYTES = 64 << 20   # pass-through copies move this much per read/write
 

@@ -25,12 +25,13 @@ import torch
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import QUANT_METHOD, load_json, quantized_by_us
-from mv4deploy.model.inventory import Role, build_inventory
+from mv4deploy.model.tensors import Role
+from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.source import refuse_mismatches, resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.runtime import name_map
 from mv4deploy.runtime.hf_config import STORAGE_KEYS, check_runnable, has_engram, v4_config
-from mv4deploy.quant.rules import LogicalWeight, logical_weights
+from mv4deploy.model.rules import LogicalWeight, logical_weights
 from mv4deploy.runtime.weights import TORCH_DTYPES, slot_view
 
 NATIVE = (Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41)

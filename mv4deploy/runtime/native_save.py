@@ -18,7 +18,7 @@ from mv4deploy.core.fileio import atomic_path, write_text_atomic
 from mv4deploy.model.config import read_config
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.model.spec import Arch
-from mv4deploy.quant.rules import LogicalWeight, logical_weights
+from mv4deploy.model.rules import LogicalWeight, logical_weights
 from mv4deploy.runtime import name_map
 from mv4deploy.runtime.weights import encode, slot_view
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.runtime.planfile import PlanFile
-from mv4deploy.model.inventory import Role
+from mv4deploy.model.tensors import Role
 from mv4deploy.model.kv import Access, kv_layout
 from mv4deploy.runtime import name_map
 
@@ -115,7 +115,7 @@ def _layer_tiers(plan: PlanFile, grouping) -> dict[int, str]:
 
 
 def _params(placement: ModelPlacement, inventory, owner: dict[str, str], rows) -> None:
-    from mv4deploy.quant.rules import logical_weights
+    from mv4deploy.model.rules import logical_weights
     for weight in logical_weights(inventory.spec):
         group = owner.get(weight.payload)
         if group is None:

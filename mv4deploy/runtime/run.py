@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.runtime.planfile import (check_model, check_profile, expert_skew, parse_device_map, read_plan)
-from mv4deploy.quant.rules import PLAIN_FORMATS
+from mv4deploy.model.rules import PLAIN_FORMATS
 
 
 def _resolve(checkpoint: str | Path, plan, profile_name: str | None):

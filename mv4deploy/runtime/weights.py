@@ -1,7 +1,7 @@
 """Encoding a logical weight for the runtime's writer, and the slice of a fused parameter it fills.
 
 The logical weights themselves (one tensor of the network and the stored tensors that hold it, payload
-first) and their decoding are ``quant.rules.LogicalWeight`` / ``logical_weights(spec)`` /
+first) and their decoding are ``model.rules.LogicalWeight`` / ``logical_weights(spec)`` /
 ``LogicalWeight.decode``: one model of a weight for the quantizer, the readback and the runtime. Encoding
 a quantized weight is the format registry's ``quantize``; plain formats are a cast.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from mv4deploy.formats.registry import get_format
+from mv4deploy.formats import get_format
 from mv4deploy.formats.kernels import TORCH_DTYPES  # safetensors dtype name -> torch dtype
-from mv4deploy.quant.rules import LogicalWeight
+from mv4deploy.model.rules import LogicalWeight
 
 __all__ = ["TORCH_DTYPES", "encode", "slot_view"]
 

@@ -1,7 +1,7 @@
 """What an export of a distillate stores and reads, from its config alone: no torch, no ONNX.
 
 For a ``DenseSpec`` and an export target this lists every tensor the export writes with its exact bytes
-(the target's weight format from ``mv4deploy.formats.registry`` for matmul weights, the builder's own
+(the target's weight format from ``mv4deploy.formats`` for matmul weights, the builder's own
 layout for the rest), the KV cache per token in the runtime's element type, and what one decode step
 reads. tests/test_export_formats.py checks the tensor list against the initializers of real exports of
 the tiny fixtures, byte for byte; the planner's phone policy uses the same format, so ``mv4deploy plan``
@@ -34,7 +34,7 @@ class Item:
     name: str           # the logical weight (transformers name) or the builder's own tensor
     kind: str           # matmul | embedding | head | bias | norm | rope
     shape: tuple[int, ...]
-    format: str         # a layout name (export.layouts) or one of QDQ_LAYOUTS
+    format: str         # a layout name (formats.onnx_layouts) or one of QDQ_LAYOUTS
     nbytes: int
 
 

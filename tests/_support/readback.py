@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.safetensors_headers import shard_files
-from mv4deploy.quant.rules import logical_weights
+from mv4deploy.model.rules import logical_weights
 
 
 def iter_logical(folder: Path, dtype=torch.float32, names=None):

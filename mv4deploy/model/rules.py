@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.inventory import INVENTORY_BUILDERS, RAW_FORMAT, Role, TensorInfo
+from mv4deploy.model.tensors import INVENTORY_BUILDERS, RAW_FORMAT, Role, TensorInfo
 from mv4deploy.model.spec import Arch, ModelSpec, StoredFormats
-from mv4deploy.formats.registry import FORMATS, get_format
+from mv4deploy.formats import FORMATS, get_format
 
 NATIVE = "native"   # keep the format the source checkpoint stores the weight in
 SLOTS = ("linear", "expert", "engram_table", "plain", "norm")
