@@ -146,3 +146,9 @@ def test_summary_keys_are_stable():
                 "ln_ppl_cor", "ppl_diff_unc"):
         assert key in s
     assert s["kld_min"] <= s["kld_p1"] <= s["kld_median"] <= s["kld_p99"] <= s["kld_max"]
+
+
+def test_summary_keys_name_exactly_what_summarize_returns():
+    from mv4deploy.validate.stats import summary_keys
+    lp, lq, targets = _random_logp(3, positions=12)
+    assert set(summarize(position_stats(lp, lq, targets))) == summary_keys()

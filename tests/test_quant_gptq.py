@@ -10,7 +10,9 @@ import torch
 
 from mv4deploy.quant.calibrate import CalibrationSpec, HessianCollector, collect_hessians, hessian_key
 from mv4deploy.formats import get_format
-from mv4deploy.quant.gptq import gptq_quantize, rtn_hessian_error
+from mv4deploy.quant.gptq import gptq_quantize
+
+from _support.gptq_objective import rtn_hessian_error
 from mv4deploy.quant.recipe import get_recipe
 from mv4deploy.model.rules import logical_weights
 from quant_synth import make_checkpoint, preset_config

@@ -14,7 +14,6 @@ Byte layouts and error bounds are tabulated in docs/quantization.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, prod
 from typing import ClassVar
 
 from mv4deploy.formats.dtypes import tensor_nbytes

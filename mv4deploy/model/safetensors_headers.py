@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError

@@ -71,12 +71,3 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group: int, damp:
     deq = codes.double() * scales.double().repeat_interleave(group, dim=1)[:, :cols]
     diff = weight.double() - deq
     return GPTQResult(codes, scales, float(torch.einsum("ri,ij,rj->", diff, hessian.double(), diff)))
-
-
-def rtn_hessian_error(weight: torch.Tensor, hessian: torch.Tensor, group: int) -> float:
-    """The same objective for round-to-nearest INT4 (what GPTQ must beat)."""
-    from mv4deploy.formats.kernels_int import int4_quant
-    q, s = int4_quant(weight.float(), group)
-    deq = q.double() * s.double().repeat_interleave(group, dim=1)[:, : weight.shape[1]]
-    diff = weight.double() - deq
-    return float(torch.einsum("ri,ij,rj->", diff, hessian.double(), diff))

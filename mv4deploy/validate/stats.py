@@ -143,7 +143,16 @@ def _same_top1(same: int, n: int, confidence: float) -> dict[str, float]:
             "same_top1_wilson_low": low, "same_top1_wilson_high": high, "wilson_confidence": confidence}
 
 
+PERPLEXITY_KEYS = ("ppl_q", "ppl_q_unc", "ppl_base", "ppl_base_unc", "ln_ppl_cor", "ln_ppl_ratio",
+                   "ln_ppl_ratio_unc", "ppl_ratio", "ppl_ratio_unc", "ppl_diff", "ppl_diff_unc")
+SAME_TOP1_KEYS = ("same_top1", "same_top1_unc", "same_top1_wilson_low", "same_top1_wilson_high",
+                  "wilson_confidence")
+
+
 def summary_keys() -> frozenset[str]:
-    """Every key ``summarize`` returns (what a gate may name)."""
-    two = torch.tensor([0.1, 0.2], dtype=torch.float64)
-    return frozenset(summarize(PositionStats(two, two, two, torch.tensor([True, False]))))
+    """Every key ``summarize`` returns (what a gate may name); a test holds it against ``summarize``."""
+    distributions = [f"{prefix}_{name}" for prefix, quantiles in (("kld", KLD_QUANTILES),
+                                                                  ("delta_p", DELTA_P_QUANTILES))
+                     for name in ("mean", "mean_unc", *(q for q, _ in quantiles))]
+    return frozenset(("tokens_scored", "nonfinite_positions", *PERPLEXITY_KEYS, *distributions,
+                      "delta_p_rms", "delta_p_rms_unc", *SAME_TOP1_KEYS))

@@ -1,0 +1,59 @@
+"""``mv4deploy validate``: a candidate against a reference or a golden file; exit 1 when the gate fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mv4deploy.cli import output, tables
+from mv4deploy.cli.app import DeviceOpt, JsonOpt, app
+from mv4deploy.core.errors import EXIT_OK, CheckFailed, InputError
+
+PathOpt = Optional[Path]
+
+
+@app.command()
+def validate(
+    reference: Annotated[PathOpt, typer.Option("--reference", help="Reference model folder (checkpoint, "
+                                               "transformers or ONNX).")] = None,
+    candidate: Annotated[PathOpt, typer.Option("--candidate", help="Candidate model folder.")] = None,
+    eval_path: Annotated[PathOpt, typer.Option("--eval", help="Held-out UTF-8 text to score.")] = None,
+    chunk: Annotated[int, typer.Option("--chunk", help="Tokens per chunk; the second half is scored.")] = 256,
+    max_chunks: Annotated[Optional[int], typer.Option("--max-chunks", help="Score at most this many chunks.")] = None,
+    golden: Annotated[PathOpt, typer.Option("--golden", help="Score against this golden file instead of "
+                                            "--reference.")] = None,
+    golden_out: Annotated[PathOpt, typer.Option("--golden-out", help="Write the reference's top-k log-probs "
+                                                "here.")] = None,
+    topk: Annotated[Optional[int], typer.Option("--topk", help="Tokens per position kept in --golden-out "
+                                                "(default 128).")] = None,
+    tail_samples: Annotated[Optional[int], typer.Option("--tail-samples", help="Tail tokens sampled per position "
+                                                        "in --golden-out (default 64).")] = None,
+    gate: Annotated[PathOpt, typer.Option("--gate", help="YAML limits; exit 1 if any fails.")] = None,
+    report: Annotated[PathOpt, typer.Option("--report", help="Write a Markdown report here.")] = None,
+    plot: Annotated[PathOpt, typer.Option("--plot", help="Write the KLD histogram (PNG) here.")] = None,
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> int:
+    """Compare a candidate with a reference (or a golden file): KLD, Δp, top-1 and PPL statistics as
+    llama-perplexity --kl-divergence reports them; exit 1 when --gate fails."""
+    from mv4deploy.validate.report import write_report
+    from mv4deploy.validate.run import ValidateRequest
+    from mv4deploy.validate.run import validate as run_validate
+    for option, path in (("--report", report), ("--plot", plot)):
+        if path is not None and candidate is None:
+            raise InputError(None, option, str(path), "needs --candidate")
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InputError(path, option, None, "its folder does not exist")
+    request = ValidateRequest(reference=reference, candidate=candidate, eval_path=eval_path, chunk_tokens=chunk,
+                              max_chunks=max_chunks, golden=golden, golden_out=golden_out, gate=gate, device=device,
+                              **{k: v for k, v in (("topk", topk), ("tail_samples", tail_samples)) if v is not None})
+    result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
+    data = result.to_json()
+    drawn = write_report(data, result.positions.kld, report, plot) if report or plot else None
+    data["plot"] = None if drawn is None else str(drawn)   # always present: --json keys are stable
+    output.emit_json(data) if json_out else tables.validation_table(data)
+    if result.gate is not None and not result.gate.passed:
+        raise CheckFailed("gate failed: " + "; ".join(c.describe() for c in result.gate.failures))
+    return EXIT_OK
