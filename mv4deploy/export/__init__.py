@@ -4,6 +4,6 @@ Modules: ``targets`` (exporters/*.yaml -> ExportTarget), ``source`` (preflight o
 builder kind (``genai``: onnxruntime-genai model builder; ``dynamo``: torch.onnx + MatMulNBitsQuantizer;
 ``qnn``: static-shape QDQ graphs for the QNN HTP, with ``static_graph`` and ``static_host``), ``verify``
 (KLD / top-1 through mv4deploy.validate, greedy agreement), ``report`` (sizes, README, export.json),
-``footprint`` (the export's bytes for any config, torch-free, for the planner) and ``run`` (the command).
+and ``run`` (the command).
 Heavy libraries (torch, onnx, onnxruntime*) are imported inside the functions that use them.
 """
