@@ -5,7 +5,7 @@ from __future__ import annotations
 from mv4deploy.cli import output, tables
 from mv4deploy.cli.app import JsonOpt, ModelArg, app
 from mv4deploy.core.errors import EXIT_OK, CheckFailed
-from mv4deploy.model.source import DEFAULT_MODEL
+from mv4deploy.model import DEFAULT_MODEL
 
 
 @app.command()

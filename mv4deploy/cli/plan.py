@@ -7,19 +7,18 @@ import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from mv4deploy.cli import output, tables
 from mv4deploy.cli.app import JsonOpt, ModelOpt, ProfileOpt, app
 from mv4deploy.core.errors import EXIT_OK, InputError
-from mv4deploy.core.schema import fraction, numeric, option
-from mv4deploy.model.source import DEFAULT_MODEL
-from mv4deploy.plan.plan import Plan
-from mv4deploy.plan.policy import policy_names
-from mv4deploy.plan.sweep import Sweep, parse_sweep, sweep_points
-from mv4deploy.plan.workload import host_mem_bytes, make_workload
+from mv4deploy.model import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # the planner is imported when the command runs, so `--help` stays fast
+    from mv4deploy.plan.plan import Plan
+    from mv4deploy.plan.sweep import Sweep
 
 
 @app.command("plan")
@@ -86,6 +85,10 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
              policy: str = "auto", host_mem: str | None = None, gpu_mem_util: str | None = None,
              expert_skew: str | None = None, mtp: bool = False, sweep: str | None = None) -> PlanResult:
     """Validate everything before any work, so a bad option costs nothing and says exactly what is wrong."""
+    from mv4deploy.core.schema import fraction, numeric, option
+    from mv4deploy.plan.policy import policy_names
+    from mv4deploy.plan.sweep import parse_sweep, sweep_points
+    from mv4deploy.plan.workload import host_mem_bytes, make_workload
     workload = make_workload(context, batch, prefill_chunk, expert_skew, mtp)
     if policy not in policy_names():
         raise InputError(None, "--policy", policy, f"unknown policy; known: {', '.join(policy_names())}")

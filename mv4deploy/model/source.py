@@ -12,13 +12,13 @@ from pathlib import Path
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model import DEFAULT_MODEL  # noqa: F401  (re-exported: callers name it here)
 from mv4deploy.model.tensors import Inventory, TensorInfo
 from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers
 from mv4deploy.model.spec import ModelSpec
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-DEFAULT_MODEL = "deepseek-v4-flash"
 
 
 def list_presets() -> list[str]:
