@@ -36,14 +36,8 @@ def profile_detect(out: Annotated[Optional[Path], typer.Option("--out", help="Wr
     """Describe this machine as a profile (psutil, /proc/cpuinfo, torch.cuda or nvidia-smi when present);
     figures it cannot read are written as 'unknown', never invented."""
     from mv4deploy.hardware.detect import detect_profile_yaml
-    from mv4deploy.core.fileio import write_text_atomic
     text = detect_profile_yaml(name)
-    if out is None:
-        output.text(text)
-    else:
-        write_text_atomic(out, text)
-        output.info(f"wrote {out}")
-    return EXIT_OK
+    return _write_yaml(text, out)
 
 
 @profile_app.command("probe")
@@ -60,11 +54,16 @@ def profile_probe(out: Annotated[Optional[Path], typer.Option("--out", help="Wri
     """Measure host memory bandwidth, CPU matmul rates, storage reads (and GPU bandwidth, host<->GPU copies,
     bf16/fp8 matmul when CUDA is present); write a profile with `measured:` beside the nominal figures."""
     from mv4deploy.hardware.probe import probe_profile_yaml
-    from mv4deploy.core.fileio import write_text_atomic
     text = probe_profile_yaml(name, base, storage_dir, size, threads)
+    return _write_yaml(text, out)
+
+
+def _write_yaml(text: str, out: Path | None) -> int:
+    """A profile YAML to stdout, or to ``out`` (temp then rename)."""
     if out is None:
         output.text(text)
-    else:
-        write_text_atomic(out, text)
-        output.info(f"wrote {out}")
+        return EXIT_OK
+    from mv4deploy.core.fileio import write_text_atomic
+    write_text_atomic(out, text)
+    output.info(f"wrote {out}")
     return EXIT_OK
