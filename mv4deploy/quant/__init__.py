@@ -1,1 +1,1 @@
-"""Quantization: the format registry (pure, no torch at import), recipes and the shard pipeline."""
+"""Quantization: recipes (rules -> formats), GPTQ calibration, and the streaming shard pipeline that writes checkpoints."""
