@@ -63,21 +63,23 @@ def _v3_layer(b: _Builder, spec: DeepseekV3Spec, i: int) -> None:
         return
     b.add(f"{m}gate.weight", (spec.n_routed_experts, h), spec.formats.plain, Role.ROUTER, i)
     b.add(f"{m}gate.e_score_correction_bias", (spec.n_routed_experts,), "f32", Role.ROUTER, i)
-    for e in range(spec.n_routed_experts):
-        _swiglu(b, f"{m}experts.{e}.", ("gate_proj", "up_proj", "down_proj"), spec.moe_intermediate_size, h,
-                spec.formats.expert, Role.ROUTED_EXPERT, i, e)
+    b.experts(f"{m}experts.", _swiglu_shapes(("gate_proj", "up_proj", "down_proj"), spec.moe_intermediate_size, h),
+              spec.n_routed_experts, spec.formats.expert, i)
     if spec.n_shared_experts:
         _swiglu(b, f"{m}shared_experts.", ("gate_proj", "up_proj", "down_proj"),
                 spec.moe_intermediate_size * spec.n_shared_experts, h, fmt, Role.SHARED_EXPERT, i)
 
 
+def _swiglu_shapes(names: tuple[str, str, str], inter: int, h: int) -> tuple[tuple[str, tuple[int, int]], ...]:
+    """gate [inter, h], down [h, inter], up [inter, h] under the family's names (the order they are listed)."""
+    gate, up, down = names
+    return ((gate, (inter, h)), (down, (h, inter)), (up, (inter, h)))
+
+
 def _swiglu(b: _Builder, prefix: str, names: tuple[str, str, str], inter: int, h: int, fmt: str, role: Role,
             layer: int, expert: int | None = None) -> None:
-    """gate [inter, h], up [inter, h], down [h, inter] under the family's names."""
-    gate, up, down = names
-    b.add(f"{prefix}{gate}.weight", (inter, h), fmt, role, layer, expert)
-    b.add(f"{prefix}{down}.weight", (h, inter), fmt, role, layer, expert)
-    b.add(f"{prefix}{up}.weight", (inter, h), fmt, role, layer, expert)
+    for name, shape in _swiglu_shapes(names, inter, h):
+        b.add(f"{prefix}{name}.weight", shape, fmt, role, layer, expert)
 
 
 V4_SWIGLU = ("w1", "w3", "w2")  # native names of gate, up, down
@@ -180,9 +182,8 @@ def _v4_moe(b: _Builder, spec: DeepseekV4Spec, f: str, i: int) -> None:
         b.add(f"{f}gate.bias", (experts,), "f32", Role.ROUTER, i)
         if spec.architecture is Arch.DEEPSEEK_V41:  # routing bias for image tokens
             b.add(f"{f}gate.bias_vl", (experts,), "f32", Role.ROUTER, i)
-    for e in range(experts):
-        _swiglu(b, f"{f}experts.{e}.", V4_SWIGLU, spec.moe_intermediate_size, h, spec.formats.expert,
-                Role.ROUTED_EXPERT, i, e)
+    b.experts(f"{f}experts.", _swiglu_shapes(V4_SWIGLU, spec.moe_intermediate_size, h), experts,
+              spec.formats.expert, i)
     _swiglu(b, f"{f}shared_experts.", V4_SWIGLU, spec.moe_intermediate_size * spec.n_shared_experts, h,
             spec.formats.linear, Role.SHARED_EXPERT, i)
 

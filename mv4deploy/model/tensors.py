@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property, lru_cache
+from typing import NamedTuple
 
 from mv4deploy.formats.dtypes import tensor_nbytes
 from mv4deploy.model.spec import Arch, ModelSpec
@@ -39,8 +40,10 @@ class Role(str, Enum):
     VISION = "vision"
 
 
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
+    """One tensor of a checkpoint. A NamedTuple, not a frozen dataclass: V4-Pro has 145K of them and a
+    tuple is built ~3.5x faster, which is most of what a cold ``plan`` spends on the inventory."""
+
     name: str
     dtype: str                 # safetensors dtype as stored
     shape: tuple[int, ...]     # stored shape (FP4 packed: half the columns)
@@ -125,6 +128,20 @@ class _Builder:
         for template, dtype, stored_shape, params in _layout(fmt, tuple(shape), is_weight):
             self.tensors.append(TensorInfo(template.replace(_SLOT, base), dtype, stored_shape, role, fmt, params,
                                            layer, expert, mtp))
+
+    def experts(self, prefix: str, weights: tuple[tuple[str, tuple[int, ...]], ...], count: int, fmt: str,
+                layer: int) -> None:
+        """Routed experts ``0 .. count-1`` of one layer: ``{prefix}{e}.{name}.weight`` for each (name, shape) in
+        ``weights``, in that order. The same tensors as ``add`` per weight, built from one layout per weight
+        (a V4-Pro layer has 384 x 3 of them)."""
+        mtp = self.mtp_from is not None and layer >= self.mtp_from
+        rows = [(template.replace(_SLOT, name), dtype, shape, params)
+                for name, logical in weights for template, dtype, shape, params in _layout(fmt, logical, True)]
+        append, role = self.tensors.append, Role.ROUTED_EXPERT
+        for e in range(count):
+            head = f"{prefix}{e}."
+            for tail, dtype, shape, params in rows:
+                append(TensorInfo(head + tail, dtype, shape, role, fmt, params, layer, e, mtp))
 
     def table(self, name: str, dtype: str, shape: tuple[int, ...], role: Role, layer: int | None = None) -> None:
         """An integer lookup table (V4's ``tid2eid``): stored as given, never quantized, 0 parameters
