@@ -41,7 +41,7 @@ from mv4deploy.plan.items import ItemKind, Placed  # noqa: E402
 from mv4deploy.plan.multigpu import Layout, Mode, build_layout, crossing_s  # noqa: E402
 from mv4deploy.plan.placement import Placement  # noqa: E402
 from mv4deploy.plan.policy import resolve_policy  # noqa: E402
-from mv4deploy.plan.tiers import TierKind  # noqa: E402
+from mv4deploy.plan.tiers import TierKind, build_machine  # noqa: E402
 from mv4deploy.plan.workload import make_workload  # noqa: E402
 
 MODEL = "deepseek-v4-flash"
@@ -119,9 +119,9 @@ def our_capacity(candidate) -> dict:
 def evaluate_accelerate(resolved, profile, device_map: dict, workload):
     """Our cost model on accelerate's placement: (generous decode tok/s, as-executed tok/s, bytes per tier)."""
     grouping = build_groups(resolved.inventory)
-    machine = planner.build_machine(profile)
+    machine = build_machine(profile)
     policy = resolve_policy("auto", machine.device_kind)
-    base = build_layout(profile, Mode.SINGLE if profile.gpus.count == 1 else Mode.PIPELINE, grouping)
+    base = build_layout(machine, Mode.SINGLE if profile.gpus.count == 1 else Mode.PIPELINE, grouping)
     stages = {}
     for g in grouping.groups:
         if g.layer is not None:

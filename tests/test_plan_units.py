@@ -23,7 +23,7 @@ from mv4deploy.plan.plan import DeviceUse
 from mv4deploy.plan.suggest import host_memory_needed
 from mv4deploy.plan.verdict import round_up_host
 from mv4deploy.plan.policy import POLICIES, resolve_policy
-from mv4deploy.plan.tiers import MemoryKind, Tier, TierKind, build_devices, gpu_tiers, host_tier, nvme_tier
+from mv4deploy.plan.tiers import MemoryKind, Tier, TierKind, build_machine
 from mv4deploy.plan.workload import ExpertSkew, make_workload
 from mv4deploy.plan.workspace import workspace
 
@@ -182,23 +182,23 @@ TINY_PROFILE = {
 
 def test_tiers_apply_usable_fraction_reserve_and_efficiency():
     profile = parse_profile(TINY_PROFILE, "tiny")
-    devices = {d.name: d for d in build_devices(profile)}
+    machine = build_machine(profile)
+    devices = {d.name: d for d in machine.devices}
     assert devices["gpu:0"].capacity_bytes == int(10 * GiB * 0.9) and devices["gpu:0"].reserve_bytes == GiB
     assert devices["host"].capacity_bytes == 64 * GiB and devices["host"].reserve_bytes == 4 * GiB
-    assert build_devices(profile, host_mem_bytes=8 * GiB)[1].capacity_bytes == 8 * GiB   # --host-mem
-    assert build_devices(profile, gpu_mem_util=0.5)[0].capacity_bytes == 5 * GiB          # --gpu-mem-util
-    (gpu,) = gpu_tiers(profile, sharded=False)
-    host = host_tier(profile)
+    assert build_machine(profile, host_mem_bytes=8 * GiB).devices[1].capacity_bytes == 8 * GiB   # --host-mem
+    assert build_machine(profile, gpu_mem_util=0.5).devices[0].capacity_bytes == 5 * GiB          # --gpu-mem-util
+    (gpu,), host = machine.gpus, machine.host
     assert gpu.bandwidth_bytes_per_s == 500e9 and gpu.compute_flops_per_s["fp8"] == 100e12   # x 0.5
     assert host.bandwidth_bytes_per_s == 50e9 and host.link_bytes_per_s == 50e9
     assert gpu.rate("fp4") == (50e12, "dequant:bf16")        # no FP4 units: weight-only dequant into BF16
-    nvme = nvme_tier(profile, host)
-    assert nvme.random_read_bytes_per_s == min(5e9, 1e6 * 4096)
+    assert machine.nvme.random_read_bytes_per_s == min(5e9, 1e6 * 4096)
 
 
 def test_roofline_and_the_cheaper_host_execution():
     profile = parse_profile(TINY_PROFILE, "tiny")
-    (gpu,), host = gpu_tiers(profile, sharded=False), host_tier(profile)
+    machine = build_machine(profile)
+    (gpu,), host = machine.gpus, machine.host
     work = Work(bytes_read=1e9, flops=1e12, compute="bf16")
     # GPU: max(1e9 / 500e9 = 2 ms, 1e12 / 50e12 = 20 ms) = 20 ms, compute bound
     cost = on_gpu(work, gpu)

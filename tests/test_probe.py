@@ -15,7 +15,7 @@ from mv4deploy.hardware.rates import MEASURED, achievable_rates
 from mv4deploy.model.source import resolve_model
 from mv4deploy.plan.make import make_plan
 from mv4deploy.plan.costs import Work, on_host
-from mv4deploy.plan.tiers import host_tier
+from mv4deploy.plan.tiers import build_machine
 from mv4deploy.plan.workload import make_workload
 
 CPU_ONLY = {  # a CPU-only machine: 16 GB/s read, 100 GFLOP/s in fp32 and bf16
@@ -56,13 +56,13 @@ def test_cpu_weights_are_read_at_the_matvec_rate_of_their_compute_format():
     """1 GB of bf16 weights, 1 GFLOP: 1e9 B / 8e9 B/s = 125 ms (matvec), not 1e9 / 16e9 = 62.5 ms (bandwidth);
     fp32 weights have no matvec figure here, so they read at the bandwidth."""
     profile = _profile(host={"measured": {"matvec": {"bf16": "8GB/s"}}})
-    host = host_tier(profile)
+    host = build_machine(profile).host
     assert on_host(Work(1e9, 1e9, "bf16"), host, None).seconds == pytest.approx(0.125)
     assert on_host(Work(1e9, 1e9, "fp32"), host, None).seconds == pytest.approx(1e9 / 16e9)
     # fp8 weights on this CPU dequantize to bf16 (its best float format): the bf16 matvec rate applies
     assert on_host(Work(1e9, 1e9, "fp8"), host, None).seconds == pytest.approx(0.125)
     faster = _profile(host={"measured": {"matvec": {"bf16": "40GB/s"}}})   # capped by the read bandwidth
-    assert on_host(Work(1e9, 1e9, "bf16"), host_tier(faster), None).seconds == pytest.approx(1e9 / 16e9)
+    assert on_host(Work(1e9, 1e9, "bf16"), build_machine(faster).host, None).seconds == pytest.approx(1e9 / 16e9)
 
 
 def test_runtime_overhead_adds_per_step_layer_and_expert_call():

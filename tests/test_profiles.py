@@ -69,7 +69,7 @@ def test_isa_names_are_one_table_for_detect_profiles_and_the_host_tier(monkeypat
 
     from mv4deploy.hardware import detect
     from mv4deploy.hardware.isa import Isa
-    from mv4deploy.plan.tiers import host_tier
+    from mv4deploy.plan.tiers import build_machine
     cpuinfo = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimdhp cpuid asimddp sve2 fancy\n"
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: cpuinfo)
     assert detect.cpu_flags() == ("asimd", "asimdhp", "asimddp", "sve2")
@@ -79,7 +79,7 @@ def test_isa_names_are_one_table_for_detect_profiles_and_the_host_tier(monkeypat
     data = yaml.safe_load(open(profiles_dir() / "rtx5090.yaml"))
     for isa, formats in (["asimd", "asimdhp"], {"fp32", "fp16"}), (["avx2", "avx_vnni"], {"fp32", "int8"}):
         data["host"]["isa"] = isa
-        assert host_tier(parse_profile(data, "x")).native_formats == formats
+        assert build_machine(parse_profile(data, "x")).host.native_formats == formats
     data["host"]["isa"] = ["neon"]
     with pytest.raises(InputError, match="host.isa.*neon.*unknown ISA"):
         parse_profile(data, "x")

@@ -16,9 +16,9 @@ from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.kv_tiering import kv_summary
 from mv4deploy.plan.multigpu import reason
 from mv4deploy.plan.plan import Plan, device_usage, group_rows, model_fingerprint, profile_fingerprint
-from mv4deploy.plan.planner import Candidate, Machine, candidates, choose, expert_execution, workspace_devices
+from mv4deploy.plan.planner import Candidate, candidates, choose, expert_execution, workspace_devices
 from mv4deploy.plan.policy import AUTO, Policy
-from mv4deploy.plan.tiers import TierKind
+from mv4deploy.plan.tiers import Machine, TierKind
 from mv4deploy.plan.workload import Workload
 from mv4deploy.formats import FORMATS
 

@@ -22,7 +22,7 @@ from enum import Enum
 
 from mv4deploy.hardware.profile import HardwareProfile, LinkKind
 from mv4deploy.plan.groups import GroupClass, Grouping
-from mv4deploy.plan.tiers import Tier, gpu_tiers
+from mv4deploy.plan.tiers import Machine, Tier
 from mv4deploy.plan.workload import ACTIVATION_BYTES
 
 
@@ -86,12 +86,12 @@ def _stages(grouping: Grouping, count: int) -> dict[int, int]:
     return stages
 
 
-def build_layout(profile: HardwareProfile, mode: Mode, grouping: Grouping) -> Layout:
+def build_layout(machine: Machine, mode: Mode, grouping: Grouping) -> Layout:
     if mode is Mode.CPU_ONLY:
         return Layout(mode, ())
     if mode is Mode.TENSOR_EXPERT:
-        return Layout(mode, gpu_tiers(profile, sharded=True), shards=profile.gpus.count)
-    tiers = gpu_tiers(profile, sharded=False)
+        return Layout(mode, machine.gpu_shard, shards=machine.profile.gpus.count)
+    tiers = machine.gpus
     stages = _stages(grouping, len(tiers)) if mode is Mode.PIPELINE else {}
     return Layout(mode, tiers, stages)
 

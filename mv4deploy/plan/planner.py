@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
+from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.costs import expert_calls, overhead_s, prefill_overhead_s
@@ -23,35 +23,12 @@ from mv4deploy.plan.kv_tiering import kv_items
 from mv4deploy.plan.multigpu import Layout, Mode, build_layout, candidate_modes, crossing_s, kv_replicas
 from mv4deploy.plan.placement import Placement, lower_bound, multipliers, place
 from mv4deploy.plan.policy import Policy, resolve_policy
-from mv4deploy.plan.tiers import Device, Tier, TierKind, build_devices, host_tier, nvme_tier
+from mv4deploy.plan.tiers import Machine, TierKind, build_machine
 from mv4deploy.plan.verdict import Verdict, verdict_of
 from mv4deploy.plan.workload import Workload
 from mv4deploy.plan.workspace import Workspace, stream_buffer_bytes, workspace
 
 DECODE_TIE = 0.03
-
-
-@dataclass(frozen=True)
-class Machine:
-    """A profile turned into devices and tiers, with the user's overrides applied."""
-
-    profile: HardwareProfile
-    devices: tuple[Device, ...]
-    host: Tier | None
-    nvme: Tier | None
-
-    @property
-    def device_kind(self) -> DeviceKind | None:
-        """The accelerator's kind; None on a CPU-only machine."""
-        return self.profile.gpus.kind if self.profile.gpus is not None else None
-
-
-def build_machine(profile: HardwareProfile, host_mem_bytes: int | None = None,
-                  gpu_mem_util: float | None = None) -> Machine:
-    devices = build_devices(profile, host_mem_bytes, gpu_mem_util)
-    host = host_tier(profile)
-    nvme = nvme_tier(profile, host) if any(d.name == "nvme" for d in devices) else None
-    return Machine(profile, devices, host, nvme)
 
 
 @dataclass(frozen=True)
@@ -161,7 +138,7 @@ def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Work
         grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
     found = []
     for mode in candidate_modes(profile):
-        layout = build_layout(profile, mode, grouping)
+        layout = build_layout(machine, mode, grouping)
         plain = _evaluate(resolved, grouping, policy, workload, machine, layout, 0)
         offloaded = _offloaded_expert_bytes(plain)
         can_stream = offloaded and layout.gpus and machine.host is not None and layout.gpus[0].link_bytes_per_s

@@ -18,7 +18,7 @@ from typing import Mapping
 from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.isa import Isa
 from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
-from mv4deploy.hardware.rates import achievable_rates
+from mv4deploy.hardware.rates import AchievableRates, achievable_rates
 
 PAGE_BYTES = 4096                 # one NVMe / page-cache read unit
 FLOAT_FALLBACK = ("bf16", "fp16", "fp32")  # what weight-only dequantization computes in, best first
@@ -103,7 +103,7 @@ def _gpu_capacity(profile: HardwareProfile, gpu_mem_util: float | None) -> int:
     return int(profile.gpus.memory_bytes * fraction)
 
 
-def build_devices(profile: HardwareProfile, host_mem_bytes: int | None = None,
+def build_devices(profile: HardwareProfile, rates: AchievableRates, host_mem_bytes: int | None = None,
                   gpu_mem_util: float | None = None) -> tuple[Device, ...]:
     """Every memory of the machine. A unified-memory device (a phone) has no separate host tier: its
     app budget is the whole of what the model may use."""
@@ -117,17 +117,16 @@ def build_devices(profile: HardwareProfile, host_mem_bytes: int | None = None,
         memory = host_mem_bytes if host_mem_bytes is not None else profile.host.memory_bytes
         devices.append(Device("host", MemoryKind.HOST, memory, min(profile.host.reserve_bytes, memory)))
     storage = profile.storage
-    if storage is not None and achievable_rates(profile).storage_read.value and storage.capacity_bytes:
+    if storage is not None and rates.storage_read.value and storage.capacity_bytes:
         devices.append(Device("nvme", MemoryKind.NVME, storage.capacity_bytes, 0))
     return tuple(devices)
 
 
-def gpu_tiers(profile: HardwareProfile, sharded: bool) -> tuple[Tier, ...]:
+def gpu_tiers(profile: HardwareProfile, rates: AchievableRates, sharded: bool) -> tuple[Tier, ...]:
     """One tier per GPU, or one tier sharded over all GPUs (tensor / expert parallel)."""
     gpus = profile.gpus
     if gpus is None:
         return ()
-    rates = achievable_rates(profile)                      # measured where probed, else nominal x efficiency
     if rates.gpu_bandwidth.value is None:
         raise InputError(profile.source, "gpus.bandwidth", "unknown",
                          "the planner needs the GPU memory bandwidth; write it in the profile")
@@ -144,10 +143,10 @@ def gpu_tiers(profile: HardwareProfile, sharded: bool) -> tuple[Tier, ...]:
     return tuple(Tier(name=f"gpu:{i}", devices=(f"gpu:{i}",), **common) for i in range(gpus.count))
 
 
-def host_tier(profile: HardwareProfile) -> Tier | None:
+def host_tier(profile: HardwareProfile, rates: AchievableRates) -> Tier | None:
     if profile.gpus is not None and profile.gpus.unified_memory:
         return None
-    host, rates = profile.host, achievable_rates(profile)
+    host = profile.host
     native = {"fp32"} | {f for isa in host.isa for f in Isa(isa).formats}   # the CPU's ISA extensions
     link = rates.host_link.value
     return Tier(name="host", kind=TierKind.HOST, devices=("host",),
@@ -159,13 +158,43 @@ def host_tier(profile: HardwareProfile) -> Tier | None:
                 matvec_bytes_per_s=MappingProxyType({f: r.value for f, r in rates.host_matvec.items()}))
 
 
-def nvme_tier(profile: HardwareProfile, host: Tier | None) -> Tier | None:
+def nvme_tier(profile: HardwareProfile, rates: AchievableRates, host: Tier | None) -> Tier | None:
     """Storage read through the page cache into host RAM, then to the CPU or over the host link."""
     storage = profile.storage
-    read = achievable_rates(profile).storage_read.value
+    read = rates.storage_read.value
     if storage is None or not read or not storage.capacity_bytes:
         return None
     random = min(read, storage.random_read_iops * PAGE_BYTES) if storage.random_read_iops else None
     link = host.link_bytes_per_s if host is not None else None
     return Tier(name="nvme", kind=TierKind.NVME, devices=("nvme",), bandwidth_bytes_per_s=read,
                 link_bytes_per_s=link, latency_s=storage.latency_s, random_read_bytes_per_s=random)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A profile turned, once, into what the planner reads: its achievable rates (measured where probed,
+    else nominal x efficiency), its devices and its tiers, with the user's overrides applied. Built at the
+    planner's door (``build_machine``); nothing after it goes back to the profile's raw figures for a rate."""
+
+    profile: HardwareProfile
+    rates: AchievableRates
+    devices: tuple[Device, ...]
+    gpus: tuple[Tier, ...]           # one tier per GPU
+    gpu_shard: tuple[Tier, ...]      # one tier sharded over all GPUs (tensor / expert parallel); () without GPUs
+    host: Tier | None
+    nvme: Tier | None
+
+    @property
+    def device_kind(self) -> DeviceKind | None:
+        """The accelerator's kind; None on a CPU-only machine."""
+        return self.profile.gpus.kind if self.profile.gpus is not None else None
+
+
+def build_machine(profile: HardwareProfile, host_mem_bytes: int | None = None,
+                  gpu_mem_util: float | None = None) -> Machine:
+    rates = achievable_rates(profile)
+    devices = build_devices(profile, rates, host_mem_bytes, gpu_mem_util)
+    host = host_tier(profile, rates)
+    nvme = nvme_tier(profile, rates, host) if any(d.name == "nvme" for d in devices) else None
+    return Machine(profile, rates, devices, gpu_tiers(profile, rates, sharded=False),
+                   gpu_tiers(profile, rates, sharded=True), host, nvme)
