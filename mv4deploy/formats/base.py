@@ -33,6 +33,18 @@ class StoredTensor:
         return tensor_nbytes(self.dtype, self.shape)
 
 
+@dataclass(frozen=True, eq=False)
+class Ecosystem:
+    """A format's names outside mv4deploy; None where that ecosystem has no byte-identical layout
+    (tests/test_formats_ecosystem.py holds them against the libraries and the released configs)."""
+
+    safetensors: str                     # dtype of the payload tensor, as the safetensors header names it
+    transformers: dict | None = None     # the checkpoint's config.json ``quantization_config``
+    compressed_tensors: str | None = None  # compressed-tensors' CompressionFormat value
+    onnx: str | None = None              # the ONNX tensor type, or the operator that stores it
+    gguf: str | None = None              # ggml's type name
+
+
 @dataclass(frozen=True)
 class QuantFormat:
     """Base: a format named in ``FORMATS``. ``compute`` is the precision a device must run natively
@@ -49,6 +61,7 @@ class QuantFormat:
     bits: ClassVar[float]  # nominal bits per value of the payload, without scales
     min_ndim: ClassVar[int] = 2     # block and group formats need [*lead, rows, cols]
     lossless: ClassVar[bool] = False  # bf16/f32 keep NaN/Inf as they are; the others refuse them
+    ecosystem: ClassVar[Ecosystem]
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from math import ceil, prod
 from typing import ClassVar
 
-from mv4deploy.formats.base import QuantFormat, StoredTensor, _base, _half_ulp
+from mv4deploy.formats.base import Ecosystem, QuantFormat, StoredTensor, _base, _half_ulp
 
 NF4_BLOCK = 64          # bitsandbytes' default blocksize (transformers' BitsAndBytesConfig uses it too)
 NF4_DTYPE = "bfloat16"  # NF4 quantizes the bf16 weight, as transformers' load_in_4bit does
@@ -42,6 +42,7 @@ class BF16(Plain):
     """Error: half an ulp, |w| * 2**-8 (2**-134 for subnormals); 0 for bf16 inputs."""
 
     name, compute, bits, dtype = "bf16", "bf16", 16, "BF16"
+    ecosystem = Ecosystem("BF16", onnx="BFLOAT16", gguf="BF16")
 
     def error_bound(self, weight):
         import torch
@@ -54,6 +55,7 @@ class F32(Plain):
     """Exact for bf16/f16/f32 inputs."""
 
     name, compute, bits, dtype = "f32", "bf16", 32, "F32"
+    ecosystem = Ecosystem("F32", onnx="FLOAT", gguf="F32")
 
     def error_bound(self, weight):
         import torch
@@ -101,16 +103,22 @@ class FP8Block(QuantFormat, register=False):
 
 class FP8Block128(FP8Block):
     name, compute, bits = "fp8-e4m3-block128", "fp8", 8
+    ecosystem = Ecosystem("F8_E4M3", {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                     "weight_block_size": [128, 128]})   # DeepSeek-V3 / R1
     block, scale_dtype, scale_suffix = 128, "F32", "_scale_inv"
 
 
 class FP8Block128UE8M0(FP8Block):
     name, compute, bits = "fp8-e4m3-block128-ue8m0", "fp8", 8
+    ecosystem = Ecosystem("F8_E4M3", {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                     "scale_fmt": "ue8m0", "weight_block_size": [128, 128]})   # V4
     block, scale_dtype, scale_suffix = 128, "F8_E8M0", ".scale"
 
 
 class FP8Block32UE8M0(FP8Block):
     name, compute, bits = "fp8-e4m3-block32-ue8m0", "fp8", 8
+    ecosystem = Ecosystem("F8_E4M3", {"activation_scheme": "dynamic", "quant_method": "fp8", "scale_fmt": "ue8m0",
+                                     "weight_block_size": [32, 32]})   # V4.1
     block, scale_dtype, scale_suffix = 32, "F8_E8M0", ".scale"
 
 
@@ -119,6 +127,7 @@ class FP8RowsUE8M0(QuantFormat):
     Error as FP8Block with the group's scale: max(|w| * 2**-4, s * 2**-10)."""
 
     name, compute, bits = "fp8-rows-ue8m0", "fp8", 8
+    ecosystem = Ecosystem("F8_E4M3")   # V4.1 Engram table rows: no other ecosystem stores them
     group = 32
     min_ndim = 1
 
@@ -148,6 +157,9 @@ class MXFP4(QuantFormat):
     max(s / 4, |w| / 4)."""
 
     name, compute, bits = "mxfp4", "fp4", 4
+    # V4's experts as DeepSeek ships them (config: "expert_dtype": "fp4"); ggml's MXFP4 is the same OCP MX
+    # block (e2m1, ue8m0 per 32); compressed-tensors' mxfp4-pack-quantized names and packs it differently
+    ecosystem = Ecosystem("I8", gguf="MXFP4")
     group = 32
 
     def stored(self, name, shape):
@@ -211,10 +223,12 @@ class Int4Group(QuantFormat, register=False):
 
 class Int4G128(Int4Group):
     name, compute, bits, group = "int4-g128", "int4", 4, 128
+    ecosystem = Ecosystem("I32", {"quant_method": "compressed-tensors"}, "pack-quantized")
 
 
 class Int4G32(Int4Group):
     name, compute, bits, group = "int4-g32", "int4", 4, 32
+    ecosystem = Ecosystem("I32", {"quant_method": "compressed-tensors"}, "pack-quantized")
 
 
 @dataclass(frozen=True)
@@ -258,6 +272,7 @@ class MatMulNBits4(QuantFormat, register=False):
 
 class MatMulNBits4B32(MatMulNBits4):
     name, compute, bits, block = "mnb-int4-b32", "int4", 4, 32
+    ecosystem = Ecosystem("U8", onnx="MatMulNBits")
 
 
 def nf4_state_json(shape: tuple[int, ...]) -> bytes:
@@ -273,6 +288,8 @@ class NF4(QuantFormat):
     Error: half the widest NF4 gap (0.1385) times the block absmax, plus bf16 roundings."""
 
     name, compute, bits = "nf4", "bf16", 4
+    ecosystem = Ecosystem("U8", {"quant_method": "bitsandbytes", "load_in_4bit": True,
+                                "bnb_4bit_quant_type": "nf4"})
     min_ndim = 1
 
     def stored(self, name, shape):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from math import ceil, prod
 from typing import ClassVar
 
-from mv4deploy.formats.base import FORMATS, QuantFormat, StoredTensor, _base
+from mv4deploy.formats.base import FORMATS, Ecosystem, QuantFormat, StoredTensor, _base
 
 
 from mv4deploy.formats.catalog import MatMulNBits4
@@ -22,6 +22,7 @@ class MatMulNBits4B128ZP(MatMulNBits4, register=False):
     """MatMulNBitsQuantizer's defaults: block 128, asymmetric (a 4-bit zero point per block)."""
 
     name, compute, bits, block, symmetric = "mnb-int4-b128-zp", "int4", 4, 128, False
+    ecosystem = Ecosystem("U8", onnx="MatMulNBits")
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,12 @@ class QDQPerChannel(QuantFormat, register=False):
 
 class QDQUInt8Channel(QDQPerChannel, register=False):
     name, compute, bits, payload_bits = "qdq-u8-channel", "int8", 8, 8
+    ecosystem = Ecosystem("U8", onnx="DequantizeLinear")
 
 
 class QDQInt4Channel(QDQPerChannel, register=False):
     name, compute, bits, payload_bits = "qdq-i4-channel", "int4", 4, 4
+    ecosystem = Ecosystem("U8", onnx="DequantizeLinear")
 
 
 LAYOUTS: dict[str, QuantFormat] = {cls.name: cls() for cls in (MatMulNBits4B128ZP, QDQUInt8Channel, QDQInt4Channel)}

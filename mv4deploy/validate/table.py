@@ -1,6 +1,6 @@
 """How the statistics are labelled and printed, shared by the terminal table and the Markdown report.
 
-Pure Python (no torch): ``output.py`` imports it, and the planner's commands must never import torch.
+Pure Python (no torch): ``cli/tables.py`` imports it, and the planner's commands must never import torch.
 Labels are llama.cpp's, so numbers can be compared line by line with ``llama-perplexity --kl-divergence``.
 """
 
