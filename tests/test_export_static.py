@@ -107,3 +107,14 @@ def test_why_rmsnorm_divides_on_the_htp(tmp_path, op, expect_exact):
     y = htp_session(tmp_path / "q.onnx").run(None, {"x": x})[0]
     relative = np.abs(y - 1 / x).max() / (1 / x).max()
     assert bool(relative < 1e-3) is expect_exact, relative
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([1, 2, 3, 4], [1, 2, 3, 4], 4),      # identical
+    ([1, 2, 3, 4], [1, 2, 9, 4], 2),      # diverge at the third token; agreement after it does not count
+    ([5, 2, 3], [1, 2, 3], 0),            # diverge at once
+    ([1, 2], [1, 2, 3, 4], 2),            # the shorter run ends the comparison
+    ([], [1], 0),
+])
+def test_agreeing_prefix_stops_at_the_first_divergence(a, b, expected):
+    assert agreeing_prefix(a, b) == expected

@@ -83,6 +83,7 @@ def test_hand_computed_two_token_example():
     assert s["ppl_q"] == pytest.approx(1.336306210, abs=1e-9)
     assert s["ppl_base"] == pytest.approx(1.666666667, abs=1e-9)
     assert s["ppl_ratio"] == pytest.approx(0.801783726, abs=1e-9)   # sqrt(0.36 / 0.56)
+    assert s["ppl_diff"] == pytest.approx(1.336306210 - 1.666666667, abs=1e-9)
     assert s["delta_p_rms"] == pytest.approx(0.223606798, abs=1e-9)   # sqrt((0.3^2 + 0.1^2) / 2)
     assert s["delta_p_mean"] == pytest.approx(0.1)
     assert s["same_top1"] == 0.5 and s["tokens_scored"] == 2
@@ -100,6 +101,15 @@ def test_uncertainties_match_scipy_standard_errors():
     assert s["ln_ppl_ratio_unc"] == pytest.approx(scipy.stats.sem(nll_q - nll_b), rel=1e-9)
     assert s["ln_ppl_cor"] == pytest.approx(np.corrcoef(nll_q, nll_b)[0, 1], rel=1e-9)
     assert s["ppl_q_unc"] == pytest.approx(math.exp(nll_q.mean()) * scipy.stats.sem(nll_q), rel=1e-9)
+    ppl_q, ppl_b = math.exp(nll_q.mean()), math.exp(nll_b.mean())
+    assert s["ppl_base_unc"] == pytest.approx(ppl_b * scipy.stats.sem(nll_b), rel=1e-9)
+    assert s["ppl_diff"] == pytest.approx(ppl_q - ppl_b, rel=1e-12)
+    # delta method on PPL(Q) - PPL(base) = exp(mean nll_q) - exp(mean nll_b), with numpy's covariance of the
+    # two per-position series divided by n as the covariance of their means
+    cov_of_means = np.cov(nll_q, nll_b)[0, 1] / len(nll_q)
+    variance = (ppl_q * scipy.stats.sem(nll_q)) ** 2 + (ppl_b * scipy.stats.sem(nll_b)) ** 2 \
+        - 2 * ppl_q * ppl_b * cov_of_means
+    assert s["ppl_diff_unc"] == pytest.approx(math.sqrt(variance), rel=1e-9)
     dp = ps.delta_p.numpy()
     assert s["delta_p_rms"] == pytest.approx(math.sqrt((dp ** 2).mean()), rel=1e-12)
     assert s["delta_p_rms_unc"] == pytest.approx(scipy.stats.sem(dp ** 2) / (2 * math.sqrt((dp ** 2).mean())),
