@@ -11,6 +11,7 @@ import yaml
 
 from conftest import PRESETS, REPO, run_cli
 from mv4deploy.model.source import resolve_model
+from mv4deploy.plan.groups import GroupClass
 from mv4deploy.plan.policy import POLICIES, policy_names
 
 CONTRACT = {"model", "profile", "workload", "verdict", "devices", "groups", "kv_cache", "engram", "estimates",
@@ -124,23 +125,42 @@ def test_the_planner_imports_no_torch():
 TINY = sorted(p.stem for p in PRESETS.glob("tiny-*.json"))
 
 
-@pytest.mark.parametrize("profile", ["rtx5090", "rtx4090x2", "snapdragon-8-elite-gen5"])
-@pytest.mark.parametrize("model", TINY)
-@pytest.mark.parametrize("policy", policy_names())
-def test_every_policy_plans_every_tiny_model(policy, model, profile, capsys):
-    """Every policy x every family, through the CLI's own entry (in process: 108 plans in ~2 s). A plan
-    exits 0 (or 1); a policy the architecture cannot take (mobile-int4's fp32 KV cache off GQA) is bad
-    input, one line naming --policy; nothing is an internal error."""
-    from mv4deploy.cli import run
-    code = run(["plan", "--profile", profile, "--model", model, "--policy", policy, "--json"])
-    out, err = capsys.readouterr()
-    arch = resolve_model(model).spec.architecture
-    if policy in POLICIES and not POLICIES[policy].supports(arch):
-        assert code == 2 and out == ""
-        assert len(err.strip().splitlines()) == 1 and "--policy" in err
-        return
-    assert code in (0, 1), err
-    plan = json.loads(out)
-    assert plan["verdict"] in ("fits", "fits_with_offload", "does_not_fit")
+def _check_policy_plan(plan: dict, policy: str, arch) -> None:
+    """What a policy promises, on the plan's own rows: each placed group's format is the policy's target for
+    its class and stored format (``Policy.target``), and the bytes of the rows on each device add up to
+    the device's weights + Engram (rows on a sharded tier split evenly over its devices)."""
     chosen = plan["decisions"]["policy"]["name"]
     assert chosen == policy if policy != "auto" else POLICIES[chosen].supports(arch)
+    rule = POLICIES[chosen]
+    by_device: dict[str, int] = {}
+    for row in plan["groups"]:
+        if row["tier"] == "unplaced":
+            continue
+        assert row["format"] == rule.target(GroupClass(row["role"]), row["stored_format"]), row
+        devices = [d["name"] for d in plan["devices"] if d["name"] == row["tier"]] or \
+            [f"gpu:{i}" for i in range(int(row["tier"].split("-")[-1]) + 1)]
+        share, rest = divmod(row["bytes"], len(devices))
+        for i, name in enumerate(devices):
+            by_device[name] = by_device.get(name, 0) + share + (rest if i == 0 else 0)
+    for device in plan["devices"]:
+        breakdown = device["breakdown"]
+        assert by_device.get(device["name"], 0) == breakdown["weights"] + breakdown["engram"], device["name"]
+
+
+def test_every_policy_plans_every_tiny_model(capsys):
+    """Every policy x every tiny family x three profiles (108 plans, in process, ~2 s) through the CLI's own
+    entry. A policy the architecture cannot take (mobile-int4's fp32 KV cache off GQA) is bad input, one
+    line naming --policy; every other plan keeps the policy's promise (``_check_policy_plan``)."""
+    from mv4deploy.cli import run
+    for profile in ("rtx5090", "rtx4090x2", "snapdragon-8-elite-gen5"):
+        for model in TINY:
+            arch = resolve_model(model).spec.architecture
+            for policy in policy_names():
+                code = run(["plan", "--profile", profile, "--model", model, "--policy", policy, "--json"])
+                out, err = capsys.readouterr()
+                case = (profile, model, policy)
+                if policy in POLICIES and not POLICIES[policy].supports(arch):
+                    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--policy" in err, case
+                    continue
+                assert code == 0, (case, err)
+                _check_policy_plan(json.loads(out), policy, arch)
