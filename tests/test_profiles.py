@@ -127,3 +127,42 @@ def test_probe_writes_measured_figures_that_the_rates_prefer(cli, tmp_path):
     assert rates.gpu_bandwidth.source == NOMINAL                                  # no GPU here: nominal 5090
     assert rates.gpu_bandwidth.value == pytest.approx(1792e9 * 0.80)
     assert not list(tmp_path.glob(".mv4deploy-probe-*"))                           # temp file removed
+
+
+def test_detect_reads_exactly_what_the_machine_reports(monkeypatch, tmp_path):
+    """psutil, /proc/cpuinfo and nvidia-smi replaced by known answers: every figure detect writes is the
+    one reported (2 x H200, 143,771 MiB each, compute capability 9.0 -> FP8 but no FP4 or INT4 units)."""
+    from types import SimpleNamespace
+
+    from mv4deploy.hardware import detect
+    from mv4deploy.hardware.isa import Isa
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf 'NVIDIA H200, 143771, 9.0\\nNVIDIA H200, 143771, 9.0\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(detect.psutil, "virtual_memory", lambda: SimpleNamespace(total=256 * 2**30))
+    monkeypatch.setattr(detect.psutil, "cpu_count", lambda logical=True: 64 if logical else 32)
+    monkeypatch.setattr(detect.shutil, "disk_usage", lambda path: SimpleNamespace(total=4 * 10**12))
+    cpuinfo = "processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8 xyz\n"
+    monkeypatch.setattr(detect.Path, "read_text", lambda self, *a, **k: cpuinfo)
+    data = yaml.safe_load(detect.detect_profile_yaml("box"))
+    assert data["host"]["memory"] == f"{256 * 2**30}B" and data["host"]["cores"] == 32
+    assert data["host"]["isa"] == [isa.value for isa in Isa if isa.value in cpuinfo.split()]
+    assert "avx512_bf16" in data["host"]["isa"] and "xyz" not in data["host"]["isa"]
+    assert data["storage"]["capacity"] == f"{4 * 10**12}B"
+    gpus = data["gpus"]
+    assert (gpus["model"], gpus["count"], gpus["memory"], gpus["compute_capability"]) == \
+        ("NVIDIA H200", 2, "143771MiB", "9.0")
+    assert gpus["native_formats"] == ["bf16", "fp16", "int8", "fp8"]
+    assert data["interconnect"]["kind"] == "pcie"   # two GPUs: a link is written, its speed unknown
+    profile = parse_profile(data, "detected")
+    assert profile.gpus.memory_bytes == 143771 * 2**20 and profile.host.memory_bytes == 256 * 2**30
+
+
+@pytest.mark.parametrize("capability, formats", [("8.9", ["bf16", "fp16", "int8", "fp8", "int4"]),
+                                                 ("8.0", ["bf16", "fp16", "int8"]),
+                                                 ("10.0", ["bf16", "fp16", "int8", "fp8", "fp4"]),
+                                                 ("unknown", ["bf16", "fp16"])])
+def test_tensor_core_formats_by_compute_capability(capability, formats):
+    from mv4deploy.hardware.detect import _formats_for
+    assert _formats_for(capability) == formats
