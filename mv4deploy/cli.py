@@ -43,16 +43,18 @@ ModelArg = Annotated[str, typer.Argument(help=_MODEL_HELP)]
 ModelOpt = Annotated[str, typer.Option("--model", help=_MODEL_HELP)]
 ProfileArg = Annotated[str, typer.Argument(help=_PROFILE_HELP)]
 ProfileOpt = Annotated[str, typer.Option("--profile", help=_PROFILE_HELP)]
+ExpertDtypeOpt = Annotated[Optional[str], typer.Option(
+    "--expert-dtype", help="fp4 or fp8: how the routed experts are stored, for a config that does not say.")]
 DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
                                         help="auto (CUDA when present), cpu or cuda.")]
 
 
 @app.command()
-def inspect(model: ModelArg = DEFAULT_MODEL, json_out: JsonOpt = False) -> int:
+def inspect(model: ModelArg = DEFAULT_MODEL, expert_dtype: ExpertDtypeOpt = None, json_out: JsonOpt = False) -> int:
     """What a model is: parameters, tensors and bytes by role, KV-cache layout, Engram tables."""
     from mv4deploy.model.report import inspect_report
     from mv4deploy.model.source import resolve_model
-    report = inspect_report(resolve_model(model))
+    report = inspect_report(resolve_model(model, expert_dtype))
     output.print_warnings([f"unknown config key {k!r} is not modelled" for k in report["unknown_keys"]])
     output.emit_json(report) if json_out else output.inspect_table(report)
     if report["mismatches"]:
@@ -175,6 +177,7 @@ def plan(profile: ProfileOpt,
          gpu_mem_util: Annotated[Optional[str], typer.Option(help="Fraction of GPU memory to use.")] = None,
          expert_skew: Annotated[Optional[str], typer.Option(help="HOT:SHARE, e.g. 0.2:0.6.")] = None,
          mtp: Annotated[bool, typer.Option("--mtp", help="Place the MTP / draft layers too.")] = False,
+         expert_dtype: ExpertDtypeOpt = None,
          sweep: Annotated[Optional[str], typer.Option(help="FIELD=V1,V2 (context, batch, prefill-chunk, "
                                                            "host-mem).")] = None,
          plot: Annotated[Optional[Path], typer.Option(help="Draw memory per device (and the sweep) to a PNG.")]
@@ -184,7 +187,7 @@ def plan(profile: ProfileOpt,
     """Where every tensor group, KV pool and Engram table goes, in which format, and how fast it runs."""
     from mv4deploy.plan.command import run_plan
     result = run_plan(model, profile, context, batch, prefill_chunk, policy, host_mem, gpu_mem_util,
-                      expert_skew, mtp, sweep)
+                      expert_skew, mtp, sweep, expert_dtype)
     data = result.plan.to_json()
     output.print_warnings(list(result.plan.warnings))
     if result.sweep is not None:

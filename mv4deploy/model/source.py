@@ -6,12 +6,13 @@ compared, tensor by tensor, with the one the config implies; any difference is r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mv4deploy.errors import InputError
-from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.config import MissingExpertDtype, load_json, read_config
 from mv4deploy.model.inventory import Inventory, TensorInfo, build_inventory
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers
 from mv4deploy.model.spec import ModelSpec
@@ -41,19 +42,20 @@ class ResolvedModel:
     headers: tuple[HeaderTensor, ...] = field(default=())   # a checkpoint's tensors as its headers say
 
 
-def resolve_model(model: str | Path) -> ResolvedModel:
+def resolve_model(model: str | Path, expert_dtype: str | None = None) -> ResolvedModel:
+    """``expert_dtype`` (fp4 | fp8): the routed experts' format where the config leaves it open."""
     text = str(model)
     path = Path(text)
     if path.is_dir():
-        return _from_checkpoint(path)
+        return _from_checkpoint(path, expert_dtype)
     if path.is_file() or text.endswith(".json"):
-        spec = read_config(load_json(path), str(path), name=_model_name(path))
+        spec = read_config(load_json(path), str(path), name=_model_name(path), expert_dtype=expert_dtype)
         return ResolvedModel(spec, build_inventory(spec), str(path), "config")
     preset = PRESETS_DIR / f"{text}.json"
     if not preset.is_file():
         raise InputError(None, "model", text,
                          f"not a preset, config.json or checkpoint folder; presets: {', '.join(list_presets())}")
-    spec = read_config(load_json(preset), f"preset {text}", name=text)
+    spec = read_config(load_json(preset), f"preset {text}", name=text, expert_dtype=expert_dtype)
     return ResolvedModel(spec, build_inventory(spec), text, "preset")
 
 
@@ -62,13 +64,31 @@ def _model_name(config_path: Path) -> str:
     return parent if config_path.name == "config.json" and parent else config_path.stem
 
 
-def _from_checkpoint(folder: Path) -> ResolvedModel:
+# A routed expert's weight in V4's native names, and what its stored dtype says about the format
+EXPERT_WEIGHT = re.compile(r"(?:layers|mtp)\.\d+\.ffn\.experts\.\d+\.w[123]\.weight")
+EXPERT_DTYPE_OF_HEADER = {"I8": "fp4", "U8": "fp4", "F8_E4M3": "fp8"}  # FP4: two values per byte
+
+
+def expert_dtype_from_headers(headers: Iterable[HeaderTensor]) -> str | None:
+    """fp4 | fp8 from the first routed-expert weight in the headers; None if there is none (or it is BF16)."""
+    first = next((h for h in headers if EXPERT_WEIGHT.fullmatch(h.name)), None)
+    return EXPERT_DTYPE_OF_HEADER.get(first.dtype) if first is not None else None
+
+
+def _from_checkpoint(folder: Path, expert_dtype: str | None = None) -> ResolvedModel:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise InputError(folder, "config.json", None, "checkpoint folder has no config.json")
-    spec = read_config(load_json(config_path), str(config_path), name=folder.resolve().name)
-    expected = build_inventory(spec)
+    raw, name = load_json(config_path), folder.resolve().name
     headers = tuple(read_checkpoint_headers(folder))
+    try:
+        spec = read_config(raw, str(config_path), name=name, expert_dtype=expert_dtype)
+    except MissingExpertDtype:
+        found = expert_dtype_from_headers(headers)   # the config is silent: the shards say it
+        if found is None:
+            raise
+        spec = read_config(raw, str(config_path), name=name, expert_dtype=found)
+    expected = build_inventory(spec)
     by_name = {t.name: t for t in expected.tensors}
     tensors = tuple(TensorInfo(h.name, h.dtype, h.shape, want.role, want.format, _params(want, h), want.layer,
                                want.expert, want.mtp) for h in headers if (want := by_name.get(h.name)) is not None)

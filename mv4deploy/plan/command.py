@@ -37,7 +37,8 @@ def _without_cyclic_gc():
 
 def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1", prefill_chunk: str = "2048",
              policy: str = "auto", host_mem: str | None = None, gpu_mem_util: str | None = None,
-             expert_skew: str | None = None, mtp: bool = False, sweep: str | None = None) -> PlanResult:
+             expert_skew: str | None = None, mtp: bool = False, sweep: str | None = None,
+             expert_dtype: str | None = None) -> PlanResult:
     """Validate everything before any work, so a bad option costs nothing and says exactly what is wrong."""
     workload = make_workload(context, batch, prefill_chunk, expert_skew, mtp)
     if policy not in policy_names():
@@ -50,7 +51,7 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
     from mv4deploy.plan.assemble import make_plan
     with _without_cyclic_gc():
         hardware = load_profile(profile)
-        resolved = resolve_model(model)
+        resolved = resolve_model(model, expert_dtype)
         if parsed_sweep is None:
             return PlanResult(make_plan(resolved, hardware, workload, policy, host_bytes, util))
 
