@@ -75,19 +75,27 @@ def expert_dtype_from_headers(headers: Iterable[HeaderTensor]) -> str | None:
     return EXPERT_DTYPE_OF_HEADER.get(first.dtype) if first is not None else None
 
 
-def _from_checkpoint(folder: Path, expert_dtype: str | None = None) -> ResolvedModel:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise InputError(folder, "config.json", None, "checkpoint folder has no config.json")
-    raw, name = load_json(config_path), folder.resolve().name
-    headers = tuple(read_checkpoint_headers(folder))
+def read_folder_config(folder: Path, raw: dict | None = None, expert_dtype: str | None = None,
+                       headers: tuple[HeaderTensor, ...] | None = None) -> ModelSpec:
+    """A checkpoint folder's spec: its config.json (or ``raw``), and where the config is silent on the routed
+    experts' format, what ``expert_dtype`` or else the folder's safetensors headers say."""
+    config_path = Path(folder) / "config.json"
+    raw = load_json(config_path) if raw is None else raw
+    name = Path(folder).resolve().name
     try:
-        spec = read_config(raw, str(config_path), name=name, expert_dtype=expert_dtype)
+        return read_config(raw, str(config_path), name=name, expert_dtype=expert_dtype)
     except MissingExpertDtype:
-        found = expert_dtype_from_headers(headers)   # the config is silent: the shards say it
+        found = expert_dtype_from_headers(headers if headers is not None else read_checkpoint_headers(folder))
         if found is None:
             raise
-        spec = read_config(raw, str(config_path), name=name, expert_dtype=found)
+        return read_config(raw, str(config_path), name=name, expert_dtype=found)
+
+
+def _from_checkpoint(folder: Path, expert_dtype: str | None = None) -> ResolvedModel:
+    if not (folder / "config.json").is_file():
+        raise InputError(folder, "config.json", None, "checkpoint folder has no config.json")
+    headers = tuple(read_checkpoint_headers(folder))
+    spec = read_folder_config(folder, expert_dtype=expert_dtype, headers=headers)
     expected = build_inventory(spec)
     by_name = {t.name: t for t in expected.tensors}
     tensors = tuple(TensorInfo(h.name, h.dtype, h.shape, want.role, want.format, _params(want, h), want.layer,
