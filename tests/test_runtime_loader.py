@@ -201,7 +201,7 @@ def test_fp8_32x32_blocks_load(tmp_path):
     reference = load_model(folder)
     config = json.loads((folder / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", "scale_fmt": "ue8m0",
-                                     "weight_block_size": [32, 32]}
+                                     "weight_block_size": [32, 32], "expert_dtype": "fp8"}  # FP8 experts too
     save_native(reference.state_dict(), config, tmp_path / "b32")
     headers = {h.name: h for h in read_checkpoint_headers(tmp_path / "b32")}
     assert headers["layers.1.attn.wq_a.scale"].shape == (2, 4)        # [64, 128] in 32x32 tiles

@@ -3,7 +3,7 @@ flag means the same everywhere). Each command lives in the module named after it
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -25,5 +25,7 @@ ModelArg = Annotated[str, typer.Argument(help=_MODEL_HELP)]
 ModelOpt = Annotated[str, typer.Option("--model", help=_MODEL_HELP)]
 ProfileArg = Annotated[str, typer.Argument(help=_PROFILE_HELP)]
 ProfileOpt = Annotated[str, typer.Option("--profile", help=_PROFILE_HELP)]
+ExpertDtypeOpt = Annotated[Optional[str], typer.Option(
+    "--expert-dtype", help="fp4 or fp8: how the routed experts are stored, for a config that does not say.")]
 DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
                                         help="auto (CUDA when present), cpu or cuda.")]

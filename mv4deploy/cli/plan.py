@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mv4deploy.cli import output, tables
-from mv4deploy.cli.app import JsonOpt, ModelOpt, ProfileOpt, app
+from mv4deploy.cli.app import ExpertDtypeOpt, JsonOpt, ModelOpt, ProfileOpt, app
 from mv4deploy.core.errors import EXIT_OK, InputError
 from mv4deploy.model import DEFAULT_MODEL
 
@@ -32,6 +32,7 @@ def plan(profile: ProfileOpt,
          gpu_mem_util: Annotated[Optional[str], typer.Option(help="Fraction of GPU memory to use.")] = None,
          expert_skew: Annotated[Optional[str], typer.Option(help="HOT:SHARE, e.g. 0.2:0.6.")] = None,
          mtp: Annotated[bool, typer.Option("--mtp", help="Place the MTP / draft layers too.")] = False,
+         expert_dtype: ExpertDtypeOpt = None,
          sweep: Annotated[Optional[str], typer.Option(help="FIELD=V1,V2 (context, batch, prefill-chunk, "
                                                            "host-mem).")] = None,
          plot: Annotated[Optional[Path], typer.Option(help="Draw memory per device (and the sweep) to a PNG.")]
@@ -40,7 +41,7 @@ def plan(profile: ProfileOpt,
          json_out: JsonOpt = False) -> int:
     """Where every tensor group, KV pool and Engram table goes, in which format, and how fast it runs."""
     result = run_plan(model, profile, context, batch, prefill_chunk, policy, host_mem, gpu_mem_util,
-                      expert_skew, mtp, sweep)
+                      expert_skew, mtp, sweep, expert_dtype)
     data = result.plan.to_json()
     output.print_warnings(list(result.plan.warnings))
     if result.sweep is not None:
@@ -83,7 +84,8 @@ def _without_cyclic_gc():
 
 def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1", prefill_chunk: str = "2048",
              policy: str = "auto", host_mem: str | None = None, gpu_mem_util: str | None = None,
-             expert_skew: str | None = None, mtp: bool = False, sweep: str | None = None) -> PlanResult:
+             expert_skew: str | None = None, mtp: bool = False, sweep: str | None = None,
+             expert_dtype: str | None = None) -> PlanResult:
     """Validate everything before any work, so a bad option costs nothing and says exactly what is wrong."""
     from mv4deploy.core.schema import fraction, numeric, option
     from mv4deploy.plan.policy import policy_names
@@ -100,7 +102,7 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
     from mv4deploy.plan.make import make_plan
     with _without_cyclic_gc():
         hardware = load_profile(profile)
-        resolved = resolve_model(model)
+        resolved = resolve_model(model, expert_dtype)
         if parsed_sweep is None:
             return PlanResult(make_plan(resolved, hardware, workload, policy, host_bytes, util))
 

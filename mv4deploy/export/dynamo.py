@@ -20,6 +20,7 @@ from pathlib import Path
 from mv4deploy.export.source import SourceModel
 from mv4deploy.export.targets import ExportTarget, Precision
 from mv4deploy.model.tokenizer import TOKENIZER_FILES
+from mv4deploy.runtime.cache_names import forward_cache_arg, output_cache
 
 EXTRA_TOKENIZER_FILES = ("special_tokens_map.json", "merges.txt", "generation_config.json",
                          "config.json")
@@ -47,8 +48,8 @@ def _wrapper(model):
             for i in range(len(past) // 2):
                 cache.update(past[2 * i], past[2 * i + 1], i)
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True)
-            flat = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+                             use_cache=True, **{forward_cache_arg(self.model): cache})
+            flat = [t for layer in output_cache(out).layers for t in (layer.keys, layer.values)]
             return (out.logits, *flat)
 
     return CacheIO().eval()

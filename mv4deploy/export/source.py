@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.config import load_json
+from mv4deploy.model.source import read_folder_config
 from mv4deploy.model.spec import Arch, DenseSpec
 from mv4deploy.model.tokenizer import load_tokenizer
 
@@ -33,7 +34,7 @@ def check_source(folder: str | Path) -> SourceModel:
         raise InputError(folder, None, None, "MODEL_DIR must be a folder with config.json, weights and a tokenizer")
     config_path = folder / "config.json"
     raw = load_json(config_path)
-    spec = read_config(raw, str(config_path), name=folder.resolve().name)
+    spec = read_folder_config(folder, raw)
     if spec.architecture not in SUPPORTED:
         known = ", ".join(SUPPORTED.values())
         raise InputError(config_path, "architectures", raw.get("architectures") or spec.architecture.value,

@@ -72,6 +72,7 @@ class _Reader(Section):
         super().__init__(cfg, source)
         self.cfg = cfg
         self.extra_unknown: tuple[str, ...] = ()
+        self.expert_dtype_override: str | None = None
 
     def int(self, key: str, default=_MISSING, minimum: int = 1, maximum: int = _MAX_DIM) -> int | None:
         return self.get(key, integer(minimum, maximum), required=default is _MISSING, default=default)
@@ -94,10 +95,16 @@ def load_json(path: Path) -> dict:
     return data
 
 
-def read_config(raw: dict, source: str, name: str | None = None) -> ModelSpec:
-    """Build the family's spec from a config dict (``source`` names it in errors)."""
+def read_config(raw: dict, source: str, name: str | None = None, expert_dtype: str | None = None) -> ModelSpec:
+    """Build the family's spec from a config dict (``source`` names it in errors).
+
+    ``expert_dtype`` ("fp4" | "fp8") says how the routed experts are stored when the config leaves it
+    open (``--expert-dtype``, or a checkpoint's safetensors headers); a V4 config that is silent on it
+    and gets none is refused, never guessed."""
     cfg, arch = _flatten(raw, source)
-    return _BUILDERS[arch](_Reader(cfg, source), arch, name or source)
+    reader = _Reader(cfg, source)
+    reader.expert_dtype_override = expert_dtype
+    return _BUILDERS[arch](reader, arch, name or source)
 
 
 def _flatten(raw: dict, source: str) -> tuple[dict, Arch]:
@@ -192,13 +199,15 @@ def _deepseek_v4(r: _Reader, arch: Arch, name: str) -> DeepseekV4Spec:
         o_groups=r.int("o_groups"), o_lora_rank=r.int("o_lora_rank"), n_routed_experts=routed,
         n_shared_experts=r.int("n_shared_experts", 0, minimum=0),
         num_experts_per_tok=r.int("num_experts_per_tok", maximum=routed),
-        num_hash_layers=_num_hash_layers(r, layers), compress_ratios=_compress_ratios(r, arch, layers, mtp),
+        num_hash_layers=_num_hash_layers(r, layers), compress_ratios=(ratios := _compress_ratios(r, arch, layers, mtp)),
         sliding_window=r.int("sliding_window"), index_n_heads=r.int("index_n_heads"),
         index_head_dim=r.int("index_head_dim"), index_topk=r.int("index_topk"),
         hc_mult=r.int("hc_mult", 1, maximum=64), formats=_stored_formats(r, arch),
         engram=_engram(r, layers), dspark=_dspark(r, layers), vision=_vision(r),
         kv_source_layer_ids=_layer_ids(r, "kv_source_layer_ids", layers),
         index_source_layer_ids=_layer_ids(r, "index_source_layer_ids", layers))
+    if len(ratios) > layers + mtp:  # draft layers (V4-Flash-0731): placed like MTP, after it
+        spec = replace(spec, num_nextn_predict_layers=len(ratios) - layers)
     if spec.num_attention_heads % spec.o_groups:
         raise InputError(r.source, "o_groups", spec.o_groups,
                          f"must divide num_attention_heads ({spec.num_attention_heads})")
@@ -243,24 +252,41 @@ def _num_hash_layers(r: _Reader, layers: int) -> int:
 
 
 def _compress_ratios(r: _Reader, arch: Arch, layers: int, mtp: int) -> tuple[int, ...]:
+    """One ratio per layer, then one per MTP / draft layer. ``compress_ratios`` (DeepSeek) or a per-layer
+    ``compress_rates`` list; transformers writes ``layer_types`` + a ``compress_rates`` mapping instead."""
     allowed = {0, 1, 2} if arch is Arch.DEEPSEEK_V41 else {0, 4, 128}
-    native = r.ints("compress_ratios", None)
+    native, key = _native_ratios(r)
     folded = _ratios_from_layer_types(r, layers, mtp)
     if native is None and folded is None:
         raise InputError(r.source, "compress_ratios", None, "required key is missing (or layer_types)")
-    if native is not None:
-        if len(native) == layers:
-            native = native + (0,) * mtp  # an MTP layer is sliding-window only in every released config
-        if len(native) != layers + mtp:
-            raise InputError(r.source, "compress_ratios", f"{len(native)} entries",
-                             f"expected num_hidden_layers + num_nextn_predict_layers = {layers + mtp}")
-        bad = sorted(set(native) - allowed)
-        if bad:
-            raise InputError(r.source, "compress_ratios", bad[0], f"ratio must be one of {sorted(allowed)}")
-        if folded is not None and folded[:layers] != native[:layers]:
-            raise InputError(r.source, "layer_types", None, "contradicts compress_ratios")
-        return native
-    return folded
+    if native is None:
+        return folded
+    if len(native) == layers:
+        native = native + (0,) * mtp  # an MTP layer is sliding-window only in every released config
+    drafts = len(native) - layers - mtp
+    if drafts < 0 or (drafts > 0 and r.cfg.get("dspark_n_routed_experts") is None):
+        raise InputError(r.source, key, f"{len(native)} entries",
+                         f"expected num_hidden_layers + num_nextn_predict_layers = {layers + mtp}"
+                         + ("" if drafts < 0 else " (entries beyond that are draft layers, which need dspark_* keys)"))
+    bad = sorted(set(native) - allowed)
+    if bad:
+        raise InputError(r.source, key, bad[0], f"ratio must be one of {sorted(allowed)}")
+    if folded is not None and folded[:layers] != native[:layers]:
+        raise InputError(r.source, "layer_types", None, f"contradicts {key}")
+    return native
+
+
+def _native_ratios(r: _Reader) -> tuple[tuple[int, ...] | None, str]:
+    """Per-layer ratios and the key they came from; ``compress_rates`` counts only as a list (a mapping
+    is transformers' per-layer-type form, read with ``layer_types``)."""
+    native = r.ints("compress_ratios", None)
+    rates = r.cfg.get("compress_rates")
+    if not isinstance(rates, list):
+        return native, "compress_ratios"
+    listed = r.ints("compress_rates")
+    if native is not None and native != listed:
+        raise InputError(r.source, "compress_rates", list(listed), "contradicts compress_ratios")
+    return listed, "compress_rates"
 
 
 def _ratios_from_layer_types(r: _Reader, layers: int, mtp: int) -> tuple[int, ...] | None:
@@ -268,8 +294,11 @@ def _ratios_from_layer_types(r: _Reader, layers: int, mtp: int) -> tuple[int, ..
     r.used.update({"layer_types", "compress_rates"})
     if types is None:
         return None
+    mapping = r.cfg.get("compress_rates")
+    if mapping is not None and not isinstance(mapping, (dict, list)):
+        raise InputError(r.source, "compress_rates", mapping, "must map layer types to ratios (or list one per layer)")
     rates = {"compressed_sparse_attention": 4, "heavily_compressed_attention": 128,
-             **(r.cfg.get("compress_rates") or {}), **_V4_TYPE_RATIO}
+             **(mapping if isinstance(mapping, dict) else {}), **_V4_TYPE_RATIO}
     if not isinstance(types, list) or len(types) != layers or not all(t in rates for t in types):
         raise InputError(r.source, "layer_types", types, f"must list {layers} entries from {sorted(rates)}")
     return tuple(rates[t] for t in types) + (0,) * mtp
@@ -360,13 +389,35 @@ def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
     else:
         # V3.1/V3.2 keep F32 `weight_scale_inv` even with ue8m0 values; V4 stores F8_E8M0 `.scale`.
         linear = "fp8-e4m3-block128-ue8m0" if (v4_family and ue8m0) else "fp8-e4m3-block128"
-    expert_dtype = q.get("expert_dtype", r.cfg.get("expert_dtype"))
-    if expert_dtype not in (None, "fp4", "fp8"):
-        raise InputError(source, "expert_dtype", expert_dtype, "supported: fp4, fp8")
-    expert = "mxfp4" if expert_dtype == "fp4" else linear
+    expert = {"fp4": "mxfp4", "fp8": linear}[_expert_dtype(r, q, source)] if v4_family else linear
     table = "fp8-rows-ue8m0" if arch is Arch.DEEPSEEK_V41 else plain
     norm = "f32" if arch is Arch.DEEPSEEK_V32 else "bf16"  # V3.2 ships its RMSNorm weights in F32
     return StoredFormats(linear=linear, expert=expert, engram_table=table, plain="bf16", norm=norm)
+
+
+EXPERT_DTYPES = ("fp4", "fp8")
+
+
+class MissingExpertDtype(InputError):
+    """The config leaves the routed experts' format open and nobody said it (exit 2, like any InputError)."""
+
+
+def _expert_dtype(r: _Reader, q: dict, source: str) -> str:
+    """V4's routed-expert storage: ``quantization_config.expert_dtype`` (V4.1, transformers-saved V4) or
+    the top-level ``expert_dtype`` (V4), else the caller's (headers, ``--expert-dtype``). Instruct V4
+    ships FP4 experts, the -Base checkpoints FP8: 1.83x the bytes, so a silent config is refused."""
+    declared = q.get("expert_dtype", r.cfg.get("expert_dtype"))
+    override = r.expert_dtype_override
+    for value, where in ((declared, source), (override, "--expert-dtype")):
+        if value is not None and value not in EXPERT_DTYPES:
+            raise InputError(where, "expert_dtype", value, f"supported: {', '.join(EXPERT_DTYPES)}")
+    if declared is not None and override is not None and declared != override:
+        raise InputError(source, "expert_dtype", declared, f"contradicts the given expert dtype {override!r}")
+    if declared is None and override is None:
+        raise MissingExpertDtype(r.source, "expert_dtype", None,
+                         "missing: the routed experts' format (fp4 or fp8) is not in the config; give "
+                         "--expert-dtype fp4|fp8 or a checkpoint folder whose safetensors headers show it")
+    return declared or override
 
 
 def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFormats:
@@ -376,7 +427,9 @@ def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFo
     base = q.get("base")
     if base is not None and (not isinstance(base, dict) or base.get("quant_method") == QUANT_METHOD):
         raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")
-    native = _stored_formats(_Reader({**r.cfg, "quantization_config": base}, r.source), arch)
+    inner = _Reader({**r.cfg, "quantization_config": base}, r.source)
+    inner.expert_dtype_override = r.expert_dtype_override
+    native = _stored_formats(inner, arch)
     return replace(native, rules=rules_from_json(q.get("rules"), source))
 
 

@@ -101,7 +101,7 @@ def deepseek_v4_tensors(spec: DeepseekV4Spec) -> list[TensorInfo]:
     for m in range(spec.num_nextn_predict_layers):
         layer, p = n_layers + m, f"mtp.{m}."
         _v4_block(b, spec, p, layer)
-        if v41:
+        if spec.dspark is not None:  # V4.1, V4-Flash-0731: DSpark draft layers
             _dspark_extras(b, spec, p, m, layer)
         else:
             b.add(f"{p}e_proj.weight", (h, h), spec.formats.linear, Role.ATTENTION, layer)

@@ -6,15 +6,16 @@ compared, tensor by tensor, with the one the config implies; any difference is r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model import DEFAULT_MODEL  # noqa: F401  (re-exported: callers name it here)
-from mv4deploy.model.tensors import Inventory, TensorInfo
+from mv4deploy.model.config import MissingExpertDtype, load_json, read_config
 from mv4deploy.model.inventory import build_inventory
+from mv4deploy.model.tensors import Inventory, TensorInfo
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers
 from mv4deploy.model.spec import ModelSpec
 
@@ -42,19 +43,20 @@ class ResolvedModel:
     headers: tuple[HeaderTensor, ...] = field(default=())   # a checkpoint's tensors as its headers say
 
 
-def resolve_model(model: str | Path) -> ResolvedModel:
+def resolve_model(model: str | Path, expert_dtype: str | None = None) -> ResolvedModel:
+    """``expert_dtype`` (fp4 | fp8): the routed experts' format where the config leaves it open."""
     text = str(model)
     path = Path(text)
     if path.is_dir():
-        return _from_checkpoint(path)
+        return _from_checkpoint(path, expert_dtype)
     if path.is_file() or text.endswith(".json"):
-        spec = read_config(load_json(path), str(path), name=_model_name(path))
+        spec = read_config(load_json(path), str(path), name=_model_name(path), expert_dtype=expert_dtype)
         return ResolvedModel(spec, build_inventory(spec), str(path), "config")
     preset = PRESETS_DIR / f"{text}.json"
     if not preset.is_file():
         raise InputError(None, "model", text,
                          f"not a preset, config.json or checkpoint folder; presets: {', '.join(list_presets())}")
-    spec = read_config(load_json(preset), f"preset {text}", name=text)
+    spec = read_config(load_json(preset), f"preset {text}", name=text, expert_dtype=expert_dtype)
     return ResolvedModel(spec, build_inventory(spec), text, "preset")
 
 
@@ -63,13 +65,39 @@ def _model_name(config_path: Path) -> str:
     return parent if config_path.name == "config.json" and parent else config_path.stem
 
 
-def _from_checkpoint(folder: Path) -> ResolvedModel:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+# A routed expert's weight in V4's native names, and what its stored dtype says about the format
+EXPERT_WEIGHT = re.compile(r"(?:layers|mtp)\.\d+\.ffn\.experts\.\d+\.w[123]\.weight")
+EXPERT_DTYPE_OF_HEADER = {"I8": "fp4", "U8": "fp4", "F8_E4M3": "fp8"}  # FP4: two values per byte
+
+
+def expert_dtype_from_headers(headers: Iterable[HeaderTensor]) -> str | None:
+    """fp4 | fp8 from the first routed-expert weight in the headers; None if there is none (or it is BF16)."""
+    first = next((h for h in headers if EXPERT_WEIGHT.fullmatch(h.name)), None)
+    return EXPERT_DTYPE_OF_HEADER.get(first.dtype) if first is not None else None
+
+
+def read_folder_config(folder: Path, raw: dict | None = None, expert_dtype: str | None = None,
+                       headers: tuple[HeaderTensor, ...] | None = None) -> ModelSpec:
+    """A checkpoint folder's spec: its config.json (or ``raw``), and where the config is silent on the routed
+    experts' format, what ``expert_dtype`` or else the folder's safetensors headers say."""
+    config_path = Path(folder) / "config.json"
+    raw = load_json(config_path) if raw is None else raw
+    name = Path(folder).resolve().name
+    try:
+        return read_config(raw, str(config_path), name=name, expert_dtype=expert_dtype)
+    except MissingExpertDtype:
+        found = expert_dtype_from_headers(headers if headers is not None else read_checkpoint_headers(folder))
+        if found is None:
+            raise
+        return read_config(raw, str(config_path), name=name, expert_dtype=found)
+
+
+def _from_checkpoint(folder: Path, expert_dtype: str | None = None) -> ResolvedModel:
+    if not (folder / "config.json").is_file():
         raise InputError(folder, "config.json", None, "checkpoint folder has no config.json")
-    spec = read_config(load_json(config_path), str(config_path), name=folder.resolve().name)
-    expected = build_inventory(spec)
     headers = tuple(read_checkpoint_headers(folder))
+    spec = read_folder_config(folder, expert_dtype=expert_dtype, headers=headers)
+    expected = build_inventory(spec)
     by_name = {t.name: t for t in expected.tensors}
     tensors = tuple(TensorInfo(h.name, h.dtype, h.shape, want.role, want.format, _params(want, h), want.layer,
                                want.expert, want.mtp) for h in headers if (want := by_name.get(h.name)) is not None)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from mv4deploy import __version__
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import QUANT_METHOD, load_json, read_config
+from mv4deploy.model.config import QUANT_METHOD, load_json
 from mv4deploy.model.tensors import RAW_FORMAT
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers, shard_files
-from mv4deploy.model.source import compare, refuse_mismatches
+from mv4deploy.model.source import compare, read_folder_config, refuse_mismatches
 from mv4deploy.model.spec import ModelSpec
 from mv4deploy.formats import StoredTensor, get_format
 from mv4deploy.quant.recipe import Recipe
@@ -78,7 +78,7 @@ def plan_job(src: Path, out: Path, recipe: Recipe, extra_key: dict | None = None
     if not config_path.is_file():
         raise InputError(src, "config.json", None, "checkpoint folder has no config.json")
     config = load_json(config_path)
-    spec = read_config(config, str(config_path), name=src.resolve().name)
+    spec = read_folder_config(src, config)
     if spec.formats.rules:
         raise InputError(config_path, "quantization_config.quant_method", QUANT_METHOD,
                          "SRC is already an mv4deploy output; quantize from its full-precision or native source")

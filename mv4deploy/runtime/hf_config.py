@@ -21,6 +21,8 @@ def v4_config(raw: dict, source: str):
     """A ``DeepseekV4Config`` from a native (or transformers-folded) V4 config dict."""
     from transformers import DeepseekV4Config
     kwargs = {k: v for k, v in raw.items() if k not in STORAGE_KEYS}
+    if isinstance(kwargs.get("compress_rates"), list):  # the per-layer list under its newer name
+        kwargs["compress_ratios"] = kwargs.pop("compress_rates")
     try:
         return DeepseekV4Config(**kwargs)
     except (TypeError, ValueError) as exc:  # transformers validates layer types, rope parameters, ...

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4CSACache
 
+from mv4deploy.runtime.cache_names import cache_in
 from mv4deploy.runtime.modules import ExecState
 
 POOL = "compressor"
@@ -77,7 +78,9 @@ def fetch_selected(compressor, state: ExecState) -> None:
     selected: dict[str, torch.Tensor] = {}
 
     def cache_of(args, kwargs):
-        past = kwargs.get("past_key_values", args[3] if len(args) > 3 else None)
+        past = cache_in(kwargs)                # ``cache`` from transformers 5.25, else ``past_key_values``
+        if past is None and len(args) > 3:
+            past = args[3]
         layer = kwargs.get("layer_idx", args[4] if len(args) > 4 else None)
         cache = past.layers[layer] if past is not None else None
         return cache if isinstance(cache, HostCSACache) else None

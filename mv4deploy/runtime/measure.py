@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
+from mv4deploy.runtime.cache_names import forward_cache_arg
+
 RSS_INTERVAL_S = 0.025
 
 
@@ -89,7 +91,7 @@ def non_torch_bytes(device: torch.device) -> int:
 
 
 def _forward(model, ids, cache, history, engram: bool):
-    kwargs = {"past_key_values": cache, "use_cache": True, "logits_to_keep": 1}
+    kwargs = {forward_cache_arg(model): cache, "use_cache": True, "logits_to_keep": 1}
     if engram:
         kwargs["engram_input_ids"] = history            # every id so far: the n-gram history
     return model(ids, **kwargs).logits[:, -1]

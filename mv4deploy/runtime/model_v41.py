@@ -21,6 +21,7 @@ from transformers import DeepseekV4ForCausalLM, DeepseekV4Model
 from transformers import initialization as init
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4DecoderLayer
 
+from mv4deploy.runtime.cache_names import cache_in
 from mv4deploy.runtime.engram import Engram, EngramConfig, EngramEmbedding, EngramHasher, ShortConv, engram_indices
 
 
@@ -82,14 +83,16 @@ class DeepseekV41Model(_EngramInit, DeepseekV4Model):
         self.engram_hasher = EngramHasher(self.engram_cfg)
         self.post_init()
 
-    def forward(self, input_ids=None, past_key_values=None, engram_input_ids=None, **kwargs):
+    def forward(self, input_ids=None, engram_input_ids=None, **kwargs):
+        # the cache arrives as ``cache`` (transformers >= 5.25) or ``past_key_values``; pass it on as named
         if input_ids is None:
             raise ValueError("Engram hashes token ids: pass input_ids, not inputs_embeds")
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = cache_in(kwargs)
+        past = cache.get_seq_length() if cache is not None else 0
         if past and engram_input_ids is None:
             raise ValueError("decoding with a cache: pass engram_input_ids (every id so far) for the n-gram history")
         rows = self.fetch_engram_rows(input_ids, engram_input_ids)
-        return super().forward(input_ids=input_ids, past_key_values=past_key_values, engram_rows=rows, **kwargs)
+        return super().forward(input_ids=input_ids, engram_rows=rows, **kwargs)
 
     def fetch_engram_rows(self, input_ids: torch.Tensor, context_ids: torch.Tensor | None = None
                           ) -> dict[int, FetchedRows]:

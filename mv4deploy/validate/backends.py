@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mv4deploy.core.errors import InputError, first_line
 from mv4deploy.model.tokenizer import load_tokenizer
+from mv4deploy.runtime.cache_names import cache_arg, output_cache
 from mv4deploy.validate.evaltext import tokenizer_fingerprint
 
 
@@ -102,14 +103,15 @@ class TorchSource:
 
     def _step(self, ids: list[int]) -> Tensor:
         """Logits [V] after feeding ``ids`` on top of the kept cache (the whole sequence when uncached)."""
-        cached = "past_key_values" in self._accepts and "use_cache" in self._accepts
+        cache_name = cache_arg(self._accepts)     # "cache" from transformers 5.25, else "past_key_values"
+        cached = cache_name is not None and "use_cache" in self._accepts
         kwargs = {"input_ids": torch.tensor([ids], device=self.device)}
         if cached:
-            kwargs.update(past_key_values=self._past, use_cache=True)
+            kwargs.update({cache_name: self._past, "use_cache": True})
         with torch.inference_mode():
             out = self.model(**kwargs)
         if cached:
-            self._past = out.past_key_values
+            self._past = output_cache(out)
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits[0, -1].float()
 

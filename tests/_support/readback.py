@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.source import read_folder_config
 from mv4deploy.model.safetensors_headers import shard_files
 from mv4deploy.model.rules import logical_weights
 
@@ -18,7 +18,7 @@ from mv4deploy.model.rules import logical_weights
 def iter_logical(folder: Path, dtype=torch.float32, names=None):
     """Yield (name, tensor) for every logical weight (raw integer tables as stored), shard by shard."""
     folder = Path(folder)
-    spec = read_config(load_json(folder / "config.json"), str(folder / "config.json"))
+    spec = read_folder_config(folder)
     stored_at = {}
     for file, listed in shard_files(folder).items():
         with safe_open(str(folder / file), "pt") as handle:
