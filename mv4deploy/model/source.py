@@ -15,6 +15,7 @@ from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.inventory import Inventory, TensorInfo, build_inventory
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers
 from mv4deploy.model.spec import ModelSpec
+from mv4deploy.safepaths import check_model_folder
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_MODEL = "deepseek-v4-flash"
@@ -63,6 +64,7 @@ def _model_name(config_path: Path) -> str:
 
 
 def _from_checkpoint(folder: Path) -> ResolvedModel:
+    check_model_folder(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise InputError(folder, "config.json", None, "checkpoint folder has no config.json")

@@ -25,7 +25,7 @@ from mv4deploy.device import resolve_device
 from mv4deploy.errors import InputError
 from mv4deploy.fileio import sha256_file
 from mv4deploy.validate.backends import LogitsSource, TorchSource, fingerprint, label, open_source
-from mv4deploy.validate.evaltext import EvalTokens, tokenize_eval
+from mv4deploy.validate.evaltext import MIN_CHUNK_TOKENS, EvalTokens, tokenize_eval
 from mv4deploy.validate.gate import Gate, GateResult, check_gate, load_gate
 from mv4deploy.validate.golden import (DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, Golden, GoldenHeader, read_golden,
                                        write_golden)
@@ -220,6 +220,7 @@ def _check_request(req: ValidateRequest) -> None:
         (req.reference is not None and req.candidate is None and req.golden_out is None, "--candidate",
          "nothing to do: add --candidate and/or --golden-out"),
         (req.gate is not None and req.candidate is None, "--gate", "needs --candidate"),
+        (req.chunk_tokens < MIN_CHUNK_TOKENS, "--chunk", f"must be at least {MIN_CHUNK_TOKENS} tokens"),
         (req.topk < 1, "--topk", "must be at least 1"),
         (req.tail_samples < 0, "--tail-samples", "must be at least 0"),
         (req.max_chunks is not None and req.max_chunks < 1, "--max-chunks", "must be at least 1"),
