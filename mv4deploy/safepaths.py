@@ -42,12 +42,22 @@ def check_model_folder(folder: str | Path) -> Path:
     return folder
 
 
-def regular_files(folder: str | Path) -> list[Path]:
-    """The regular files directly in ``folder`` (not links, folders, devices or pipes), sorted by name."""
+def regular_files(folder: str | Path) -> list[tuple[str, Path]]:
+    """(name, file to read) for each regular file directly in ``folder``, sorted by name: a symlink counts
+    only when it resolves to a regular file inside ``folder`` (then its target is read); folders, devices,
+    pipes and links out of the folder never do."""
+    folder = Path(folder)
+    root = folder.resolve()
     out = []
-    for path in sorted(Path(folder).iterdir()):
-        if stat.S_ISREG(path.lstat().st_mode):
-            out.append(path)
+    for path in sorted(folder.iterdir()):
+        real = path.resolve() if path.is_symlink() else path
+        if path.is_symlink() and not _within(root, real):
+            continue
+        try:
+            if stat.S_ISREG(os.stat(real, follow_symlinks=False).st_mode):
+                out.append((path.name, real))
+        except OSError:
+            continue
     return out
 
 

@@ -23,6 +23,7 @@ import torch
 
 from mv4deploy.errors import InputError
 from mv4deploy.fileio import sha256_file, write_text_atomic
+from mv4deploy.outdir import LOCK_NAME
 from mv4deploy.quant.formats import get_format
 from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
 from mv4deploy.quant.kernels import NonFiniteError
@@ -48,7 +49,12 @@ class Journal:
         self.run_key = job.run_key
         self.done: dict[str, dict] = {}
         if self.path.is_file():
-            data = json.loads(self.path.read_text())
+            try:
+                data = json.loads(self.path.read_text())
+                data.get("run_key")
+            except (ValueError, RecursionError, AttributeError):
+                raise InputError(self.path, None, None, f"unreadable journal of an interrupted run; delete "
+                                 f"{self.dir} to start over") from None
             if data.get("run_key") != job.run_key:
                 raise InputError(job.out, STAGING, None, "holds an interrupted run of a different recipe, source or "
                                  "tool version; use another OUT or delete it")
@@ -79,7 +85,7 @@ def prepare_out(job: Job) -> Journal:
     out = job.out
     if out.exists() and not out.is_dir():
         raise InputError(out, None, None, "OUT exists and is not a folder")
-    foreign = out.is_dir() and any(p.name != STAGING for p in out.iterdir())
+    foreign = out.is_dir() and any(p.name not in (STAGING, LOCK_NAME) for p in out.iterdir())
     if foreign and not (out / STAGING / JOURNAL).is_file():
         raise InputError(out, None, None, "OUT is not empty and holds no interrupted mv4deploy run; "
                                           "choose an empty or new folder")
