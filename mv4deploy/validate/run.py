@@ -220,7 +220,6 @@ def _check_request(req: ValidateRequest) -> None:
         (req.reference is not None and req.candidate is None and req.golden_out is None, "--candidate",
          "nothing to do: add --candidate and/or --golden-out"),
         (req.gate is not None and req.candidate is None, "--gate", "needs --candidate"),
-        (req.chunk_tokens < MIN_CHUNK_TOKENS, "--chunk", f"must be at least {MIN_CHUNK_TOKENS} tokens"),
         (req.topk < 1, "--topk", "must be at least 1"),
         (req.tail_samples < 0, "--tail-samples", "must be at least 0"),
         (req.max_chunks is not None and req.max_chunks < 1, "--max-chunks", "must be at least 1"),
@@ -228,6 +227,8 @@ def _check_request(req: ValidateRequest) -> None:
     for broken, option, reason in rules:
         if broken:
             raise InputError(None, option, None, reason)
+    if req.chunk_tokens < MIN_CHUNK_TOKENS:   # checked here too: with --golden the file's chunking is used
+        raise InputError(None, "--chunk", req.chunk_tokens, f"must be at least {MIN_CHUNK_TOKENS} tokens")
     if req.eval_path is not None and not Path(req.eval_path).is_file():
         raise InputError(req.eval_path, None, None, "eval text not found")
     if req.golden_out is not None and not Path(req.golden_out).parent.is_dir():
