@@ -29,11 +29,15 @@ def write_errors(out: Path, retry: str = "re-run the same command"):
     try:
         yield
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
-            raise
-        where = exc.filename or out
-        raise InputError(where, None, None, f"cannot write ({exc.strerror or errno.errorcode[exc.errno]}); "
-                                            f"fix that and {retry}") from None
+        raise write_error(exc, out, retry) from None
+
+
+def write_error(exc: OSError, out: Path, retry: str = "re-run the same command") -> Exception:
+    """``exc`` as the one-line error to raise in its place (``exc`` itself when it is not a write error)."""
+    if exc.errno not in WRITE_ERRNOS:
+        return exc
+    return InputError(exc.filename or out, None, None,
+                      f"cannot write ({exc.strerror or errno.errorcode[exc.errno]}); fix that and {retry}")
 
 
 @contextmanager
@@ -78,8 +82,13 @@ def _lock(out: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                os.unlink(path)   # ours (we hold it): no stale lock file is left
+                os.close(fd)
+                raise
             return fd
         os.close(fd)   # the holder removed the file as we opened it: take the new one
     raise InputError(out, LOCK_NAME, None, "could not take the lock on OUT; try again")

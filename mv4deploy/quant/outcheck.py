@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 from mv4deploy.errors import InputError
 
@@ -42,18 +43,21 @@ def _difference(found, wanted: dict) -> str:
 
 
 @contextmanager
-def failed_run_cleanup(job, journal, fresh: bool):
+def failed_run_cleanup(job, fresh: bool):
     """On failure: a fresh run with no finished shard removes its staging (OUT is left as found); one
-    with finished shards keeps them and says so."""
+    with finished shards keeps them and says so. Yields a holder whose ``journal`` the caller sets."""
+    from mv4deploy.quant.job import STAGING
+    run = SimpleNamespace(journal=None)
     try:
-        yield
+        yield run
     except BaseException as exc:
-        if fresh and not journal.done:
-            shutil.rmtree(journal.dir, ignore_errors=True)
-        elif isinstance(exc, InputError):
+        done = run.journal.done if run.journal is not None else {}
+        if fresh and not done:
+            shutil.rmtree(job.out / STAGING, ignore_errors=True)
+        elif isinstance(exc, InputError) and done:
             raise InputError(exc.source, exc.field, exc.value,
-                             f"{exc.reason}; finished shards are kept in {journal.dir}: re-run the same command "
-                             f"to resume, or `rm -r {job.out}` to start over") from None
+                             f"{exc.reason}; finished shards are kept in {job.out / STAGING}: re-run the same "
+                             f"command to resume, or `rm -r {job.out}` to start over") from None
         raise
 
 

@@ -72,9 +72,9 @@ def _run(job, calibration, workers, device, allow_nonfinite, progress, calibrati
     # strips, too small to split, and an OpenMP team waiting on a busy core costs ~10 ms per op.
     torch.set_num_threads(1)
     fresh = not (job.out / STAGING / JOURNAL).is_file()
-    journal = prepare_out(job)
-    with failed_run_cleanup(job, journal, fresh):
-        return _process(job, journal, options, calibration, progress, calibration_inputs)
+    with failed_run_cleanup(job, fresh) as run, write_errors(job.out):
+        run.journal = prepare_out(job)
+        return _process(job, run.journal, options, calibration, progress, calibration_inputs)
 
 
 def _process(job, journal, options, calibration, progress, calibration_inputs) -> dict:
