@@ -82,6 +82,11 @@ def read_plan(path: str | Path) -> PlanFile:
     devices = _list(path, "devices", data["devices"])
     for i, device in enumerate(devices):
         _keys(path, f"devices[{i}]", device, ("name", "capacity_bytes", "used_bytes", "breakdown"))
+        if not isinstance(device["name"], str):
+            raise InputError(path, f"devices[{i}].name", device["name"], "must be a device name; plan again")
+    for key in ("fingerprint", "estimates"):
+        if not isinstance(data[key], dict):
+            raise InputError(path, key, type(data[key]).__name__, "must be an object; plan again")
     return PlanFile(path, data["model"], data["profile"], data["workload"], rows, pools,
                     {d["name"]: d for d in devices}, data["estimates"], data["fingerprint"], data)
 

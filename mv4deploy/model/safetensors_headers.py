@@ -91,7 +91,7 @@ def _check_entry(path: Path, name: str, entry: object, payload_bytes: int, paylo
     if not isinstance(entry, dict):
         raise InputError(path, name, entry, "header entry must be an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise InputError(path, f"{name}.dtype", dtype, f"unknown dtype; known: {', '.join(sorted(DTYPE_BITS))}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
