@@ -112,7 +112,7 @@ def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, a
     total = slots[-1].offset + slots[-1].nbytes if slots else len(header)
     out = _Output(slots, OrderedHasher())
     tmp = staging / f"{shard.file}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)   # never through a planted link
     sources = _SourceFiles(job.src)
     with ThreadPoolExecutor(1) as side:
         source_sha = side.submit(sha256_file, job.src / shard.file)   # on another core, from the page cache
