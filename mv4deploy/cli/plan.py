@@ -40,6 +40,9 @@ def plan(profile: ProfileOpt,
          out: Annotated[Optional[Path], typer.Option(help="Also write the plan JSON here.")] = None,
          json_out: JsonOpt = False) -> int:
     """Where every tensor group, KV pool and Engram table goes, in which format, and how fast it runs."""
+    for option, path in (("--out", out), ("--plot", plot)):   # before anything is printed
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InputError(path, option, None, "its folder does not exist")
     result = run_plan(model, profile, context, batch, prefill_chunk, policy, host_mem, gpu_mem_util,
                       expert_skew, mtp, sweep, expert_dtype)
     data = result.plan.to_json()

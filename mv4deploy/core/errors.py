@@ -5,6 +5,8 @@ Exit codes (STYLE.md): 0 ok, 1 a check failed (``CheckFailed``), 2 bad input (``
 
 from __future__ import annotations
 
+import re
+import reprlib
 from pathlib import Path
 
 EXIT_OK = 0
@@ -23,11 +25,11 @@ class InputError(ValueError):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        where = ": ".join(part for part in (self.source, self.field) if part)
+        where = ": ".join(_clip(part) for part in (self.source, self.field) if part)
         value = _short(self.value)
         head = f"{where}: " if where else ""
         shown = f"{value}: " if value is not None else ""
-        return f"{head}{shown}{self.reason}".replace("\n", " ")
+        return _CONTROL.sub(" ", f"{head}{shown}{self.reason}")
 
 
 class CheckFailed(RuntimeError):
@@ -41,7 +43,17 @@ def first_line(exc: BaseException) -> str:
 
 
 def _short(value: object, limit: int = 80) -> str | None:
+    """A bounded repr: a YAML alias bomb or a 100 MB string costs a few hundred characters, never its size."""
     if value is None:
         return None
-    text = repr(value)
+    return _clip(_REPR.repr(value), limit)
+
+
+def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 80, 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")

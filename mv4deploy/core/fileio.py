@@ -28,6 +28,7 @@ def atomic_path(path: Path):
     if not path.resolve().parent.is_dir():
         raise InputError(path, None, None, "its folder does not exist")
     tmp = tmp_path(path)
+    tmp.unlink(missing_ok=True)   # a link planted under the temporary name is replaced, never written through
     try:
         yield tmp
         with open(tmp, "rb+") as handle:

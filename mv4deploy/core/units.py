@@ -42,7 +42,7 @@ _EXAMPLE = {"a size": "'24GiB' or '128GB'", "a rate": "'1008GB/s'", "a compute r
 
 
 def parse_bytes(text: object) -> int:
-    """'24GiB' -> 25769803776; a bare number is bytes."""
+    """'24GiB' -> 25769803776; a bare number is bytes (profile fields refuse one: ``schema._with_unit``)."""
     return int(round(_split(text, _SIZE_UNITS, "a size")))
 
 

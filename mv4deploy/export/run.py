@@ -21,6 +21,7 @@ from mv4deploy.export.report import folder_sizes, readme, usage, write_outputs
 from mv4deploy.export.source import check_source, load_torch_model
 from mv4deploy.export.targets import Builder, ExportTarget, load_target
 from mv4deploy.export.verify import reference_source, verify
+from mv4deploy.core.outdir import write_error
 
 BUILDERS = {Builder.GENAI: genai.build, Builder.DYNAMO: dynamo.build, Builder.QNN_STATIC: qnn.build}
 # Default texts when --eval / --calib are not given: modules of this Python's standard library, read from
@@ -64,8 +65,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
                         CALIB_CHUNKS) if target.builder is Builder.QNN_STATIC else None
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
-    (work / "out").mkdir(parents=True)
     try:
+        (work / "out").mkdir(parents=True)
         report, max_length = _build_and_verify(source, target, work, tokens, calib, notify or (lambda line: None))
         report["seconds"]["total_s"] = round(time.perf_counter() - started, 1)
         report["out"] = str(out if report["validation"]["passed"] else out.with_name(out.name + ".rejected"))
@@ -77,6 +78,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
         how_to_run = usage(target, Path(report["out"]), source.spec, max_length)
         write_outputs(work / "out", report, readme(report, target, source.spec, how_to_run))
         _publish(work / "out", Path(report["out"]))
+    except OSError as exc:      # a full or read-only disk: one line naming the file, exit 2
+        raise write_error(exc, out) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report

@@ -15,6 +15,7 @@ from mv4deploy.model.config import load_json
 from mv4deploy.model.source import read_folder_config
 from mv4deploy.model.spec import Arch, DenseSpec
 from mv4deploy.model.tokenizer import load_tokenizer
+from mv4deploy.core.safepaths import check_model_folder
 
 # transformers class per supported family (what the genai builder and our static graph understand)
 SUPPORTED = {Arch.QWEN2: "Qwen2ForCausalLM", Arch.LLAMA: "LlamaForCausalLM"}
@@ -32,6 +33,7 @@ def check_source(folder: str | Path) -> SourceModel:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, None, None, "MODEL_DIR must be a folder with config.json, weights and a tokenizer")
+    check_model_folder(folder)
     config_path = folder / "config.json"
     raw = load_json(config_path)
     spec = read_folder_config(folder, raw)
@@ -53,5 +55,5 @@ def load_torch_model(folder: Path):
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True,
-                                                 trust_remote_code=False)
+                                                 trust_remote_code=False, use_safetensors=True)
     return model.eval()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError
+from mv4deploy.core.safepaths import file_name
 from mv4deploy.formats.dtypes import DTYPE_BITS, tensor_nbytes
 
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library refuses larger headers too
@@ -58,8 +59,8 @@ def read_header(path: Path) -> ShardHeader:
         raise InputError(path, None, None, f"cannot read: {exc.strerror}") from exc
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, "header", None, f"not valid JSON ({exc.__class__.__name__})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(path, "header", None, f"not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise InputError(path, "header", type(header).__name__, "must be a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -69,6 +70,7 @@ def read_header(path: Path) -> ShardHeader:
     tensors = tuple(sorted((_check_entry(path, name, entry, payload_bytes, 8 + header_len)
                             for name, entry in header.items()), key=lambda t: t.name))
     _check_no_overlap(path, header)
+    _check_no_trailing_bytes(path, tensors, payload_bytes, 8 + header_len)
     return ShardHeader(path=path, tensors=tensors, metadata=metadata, payload_bytes=payload_bytes)
 
 
@@ -76,7 +78,7 @@ def _check_entry(path: Path, name: str, entry: object, payload_bytes: int, paylo
     if not isinstance(entry, dict):
         raise InputError(path, name, entry, "header entry must be an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise InputError(path, f"{name}.dtype", dtype, f"unknown dtype; known: {', '.join(sorted(DTYPE_BITS))}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
@@ -103,6 +105,16 @@ def _check_no_overlap(path: Path, header: dict) -> None:
             raise InputError(path, next_name, begin, f"overlaps tensor {name!r}")
 
 
+def _check_no_trailing_bytes(path: Path, tensors, payload_bytes: int, payload_offset: int) -> None:
+    """The payload ends where the last tensor ends, as the safetensors library requires: bytes past it
+    are a concatenated or corrupted file, never data we would read."""
+    end = max((t.offset - payload_offset + t.nbytes for t in tensors), default=0)
+    if end != payload_bytes:
+        raise InputError(path, "payload", f"{payload_bytes - end} bytes",
+                         f"trailing bytes after the last tensor (ends at {end} of {payload_bytes}): corrupted "
+                         "or not one safetensors file")
+
+
 def shard_files(folder: Path) -> dict[str, list[str]]:
     """The shard files of a checkpoint folder and the tensor names the index assigns to each.
 
@@ -118,16 +130,15 @@ def shard_files(folder: Path) -> dict[str, list[str]]:
         return {name: [] for name in files}
     try:
         index = json.loads(index_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(index_path, None, None, f"not valid JSON ({exc.__class__.__name__})") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(index_path, None, None, f"not valid JSON ({exc.__class__.__name__})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise InputError(index_path, "weight_map", weight_map, "must be a non-empty object name -> file")
     by_file: dict[str, list[str]] = {}
     root = folder.resolve()
     for name, file in weight_map.items():
-        if not isinstance(file, str) or not file:
-            raise InputError(index_path, f"weight_map.{name}", file, "must be a file name")
+        file_name(index_path, f"weight_map.{name}", file)
         target = (folder / file).resolve()
         if target.parent != root or Path(file).is_absolute() or ".." in Path(file).parts:
             raise InputError(index_path, f"weight_map.{name}", file, "names a file outside the checkpoint folder")

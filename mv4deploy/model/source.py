@@ -18,6 +18,7 @@ from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.tensors import Inventory, TensorInfo
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers
 from mv4deploy.model.spec import ModelSpec
+from mv4deploy.core.safepaths import check_model_folder
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -93,6 +94,7 @@ def read_folder_config(folder: Path, raw: dict | None = None, expert_dtype: str 
 
 
 def _from_checkpoint(folder: Path, expert_dtype: str | None = None) -> ResolvedModel:
+    check_model_folder(folder)
     if not (folder / "config.json").is_file():
         raise InputError(folder, "config.json", None, "checkpoint folder has no config.json")
     headers = tuple(read_checkpoint_headers(folder))

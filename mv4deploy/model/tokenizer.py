@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError, first_line
+from mv4deploy.core.safepaths import check_model_folder
 
 # Any of these makes a folder a tokenizer folder for AutoTokenizer (fast, sentencepiece, BPE vocab).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -22,6 +23,7 @@ def load_tokenizer(folder: str | Path, why: str | None = None):
     need = f" ({why} needs it)" if why else ""
     if not folder.is_dir():
         raise InputError(folder, None, None, f"not a folder; expected a model folder with a tokenizer{need}")
+    check_model_folder(folder)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise InputError(folder, "tokenizer", None, f"no tokenizer files (none of {', '.join(TOKENIZER_FILES)})"
                          + need)

@@ -22,6 +22,7 @@ from mv4deploy.model.source import compare, read_folder_config, refuse_mismatche
 from mv4deploy.model.spec import ModelSpec
 from mv4deploy.formats import StoredTensor, get_format
 from mv4deploy.quant.recipe import Recipe
+from mv4deploy.core.safepaths import check_model_folder
 from mv4deploy.model.rules import LogicalWeight, assign, logical_weights
 
 STAGING = ".mv4deploy-partial"   # OUT/STAGING holds an unfinished run: staged shards + journal
@@ -72,6 +73,7 @@ def plan_job(src: Path, out: Path, recipe: Recipe, extra_key: dict | None = None
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise InputError(src, None, None, "source must be a checkpoint folder (config.json + safetensors)")
+    check_model_folder(src)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise InputError(out, None, None, "OUT must not be SRC or lie inside it (the source is never modified)")
     config_path = src / "config.json"

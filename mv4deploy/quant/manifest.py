@@ -19,6 +19,7 @@ from mv4deploy.core.fileio import atomic_path, remove_stale_tmp, sha256_file, wr
 from mv4deploy.model.config import QUANT_METHOD
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.quant.job import Job
+from mv4deploy.core.safepaths import regular_files
 
 MANIFEST = "quantization_manifest.json"
 FORMAT_VERSION = 1
@@ -50,6 +51,7 @@ def manifest(job: Job, done: dict[str, dict], calibration: dict | None = None) -
         "weights": weights,
         "formats": dict(sorted(Counter(w["format"] for w in weights.values()).items())),
         "calibration": calibration,
+        "run_key": job.run_key,   # what a re-run into this OUT must match (outcheck.check_same_run)
     }
 
 
@@ -69,11 +71,10 @@ def finalize(job: Job, staging: Path, done: dict[str, dict], calibration: dict |
     for shard in job.shards:
         if (staging / shard.file).is_file():
             os.replace(staging / shard.file, out / shard.file)
-    for path in sorted(job.src.iterdir()):
-        if path.is_file() and path.suffix != ".safetensors" and path.name not in _NOT_COPIED \
-                and not path.name.startswith("."):
-            with atomic_path(out / path.name) as tmp:
-                shutil.copyfile(path, tmp)
+    for name, path in regular_files(job.src):   # never a link out of SRC, a device or a pipe
+        if not name.endswith(".safetensors") and name not in _NOT_COPIED and not name.startswith("."):
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(path, tmp, follow_symlinks=False)
     _write_json(out / "config.json", output_config(job))
     _write_json(out / MANIFEST, manifest(job, done, calibration))
     _fsync_dir(out)

@@ -23,6 +23,7 @@ import torch
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.core.fileio import sha256_file, write_text_atomic
+from mv4deploy.core.outdir import LOCK_NAME
 from mv4deploy.formats import get_format
 from mv4deploy.quant.job import STAGING, Job, ShardJob, WeightJob
 from mv4deploy.formats.kernels import NonFiniteError
@@ -48,7 +49,12 @@ class Journal:
         self.run_key = job.run_key
         self.done: dict[str, dict] = {}
         if self.path.is_file():
-            data = json.loads(self.path.read_text())
+            try:
+                data = json.loads(self.path.read_text())
+                data.get("run_key")
+            except (ValueError, RecursionError, AttributeError):
+                raise InputError(self.path, None, None, f"unreadable journal of an interrupted run; delete "
+                                 f"{self.dir} to start over") from None
             if data.get("run_key") != job.run_key:
                 raise InputError(job.out, STAGING, None, "holds an interrupted run of a different recipe, source or "
                                  "tool version; use another OUT or delete it")
@@ -79,7 +85,7 @@ def prepare_out(job: Job) -> Journal:
     out = job.out
     if out.exists() and not out.is_dir():
         raise InputError(out, None, None, "OUT exists and is not a folder")
-    foreign = out.is_dir() and any(p.name != STAGING for p in out.iterdir())
+    foreign = out.is_dir() and any(p.name not in (STAGING, LOCK_NAME) for p in out.iterdir())
     if foreign and not (out / STAGING / JOURNAL).is_file():
         raise InputError(out, None, None, "OUT is not empty and holds no interrupted mv4deploy run; "
                                           "choose an empty or new folder")
@@ -106,7 +112,7 @@ def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, a
     total = slots[-1].offset + slots[-1].nbytes if slots else len(header)
     out = _Output(slots, OrderedHasher())
     tmp = staging / f"{shard.file}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)   # never through a planted link
     sources = _SourceFiles(job.src)
     with ThreadPoolExecutor(1) as side:
         source_sha = side.submit(sha256_file, job.src / shard.file)   # on another core, from the page cache

@@ -18,6 +18,7 @@ from mv4deploy.core.errors import InputError
 from mv4deploy.core import schema
 
 REQUIRED = ("model", "profile", "workload", "devices", "groups", "kv_cache", "estimates", "fingerprint")
+_TIER = re.compile(r"gpu:\d{1,4}|host|nvme")
 _CUT = re.compile(r"^(?P<base>.+?)(?:\[(?P<start>\d+):(?P<stop>\d+)\])?$")
 
 
@@ -76,9 +77,16 @@ def read_plan(path: str | Path) -> PlanFile:
     pools = tuple(_list(path, "kv_cache.pools", kv.get("pools", lambda v: v)))
     for i, pool in enumerate(pools):
         _keys(path, f"kv_cache.pools[{i}]", pool, ("name", "tier", "bytes"))
+        if not isinstance(pool["tier"], str) or not _TIER.fullmatch(pool["tier"]):
+            raise InputError(path, f"kv_cache.pools[{i}].tier", pool["tier"], "unknown tier; expected gpu:N, host or nvme")
     devices = _list(path, "devices", data["devices"])
     for i, device in enumerate(devices):
         _keys(path, f"devices[{i}]", device, ("name", "capacity_bytes", "used_bytes", "breakdown"))
+        if not isinstance(device["name"], str):
+            raise InputError(path, f"devices[{i}].name", device["name"], "must be a device name; plan again")
+    for key in ("fingerprint", "estimates"):
+        if not isinstance(data[key], dict):
+            raise InputError(path, key, type(data[key]).__name__, "must be an object; plan again")
     return PlanFile(path, data["model"], data["profile"], data["workload"], rows, pools,
                     {d["name"]: d for d in devices}, data["estimates"], data["fingerprint"], data)
 
@@ -101,6 +109,8 @@ def _row(path: Path, index: int, g: dict) -> GroupRow:
         tier, execution = g["tier"], g["execution"]
         if tier == "unplaced" or execution is None:
             raise InputError(path, f"{where}.tier", g["name"], "unplaced: the plan does not fit, nothing to run")
+        if not isinstance(tier, str) or not _TIER.fullmatch(tier):
+            raise InputError(path, f"{where}.tier", tier, "unknown tier; expected gpu:N, host or nvme")
         match = _CUT.match(g["name"])
         experts = tuple(g["experts"]) if g.get("experts") is not None else None
         return GroupRow(match["base"], g["role"], g["layer"], tier, execution["decode"], execution["prefill"],

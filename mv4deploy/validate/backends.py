@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mv4deploy.core.errors import InputError, first_line
 from mv4deploy.model.tokenizer import load_tokenizer
+from mv4deploy.core.safepaths import check_model_folder
 from mv4deploy.runtime.cache_names import cache_arg, output_cache
 from mv4deploy.validate.evaltext import tokenizer_fingerprint
 
@@ -160,7 +161,7 @@ def _open_transformers(folder: Path, device: str) -> TorchSource:
     hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
-                                                     dtype=torch.float32)
+                                                     use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(folder, "config.json", None, f"transformers cannot load it: {first_line(exc)}") from exc
     return TorchSource("transformers", folder, model.eval().to(device), tokenizer, device)
@@ -197,6 +198,7 @@ def open_source(path: str | Path, device: str = "cpu", role: str = "model") -> L
     if not folder.is_dir():
         raise InputError(folder, None, None, f"{role} must be a folder: a checkpoint (config.json + safetensors), "
                                              "a transformers folder or an ONNX folder")
+    check_model_folder(folder)
     for backend in BACKENDS:
         if backend.matches(folder):
             return backend.open(folder, device)

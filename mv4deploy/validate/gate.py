@@ -29,6 +29,10 @@ from mv4deploy.core.schema import Section, finite, load_yaml
 DEFAULT_CONFIDENCE = 0.95
 ALIASES = {"top1_min": "same_top1_wilson_low"}   # limit key -> the statistic it bounds
 SUFFIXES = {"_max": "max", "_min": "min"}
+# Statistics that are >= 0 by construction (KL divergence, perplexities, RMS, counts, uncertainties): a
+# negative limit on one is a typo, not a gate. (Δp percentiles and ln ratios can be negative.)
+NON_NEGATIVE = ("kld", "ppl_q", "ppl_base", "ppl_ratio", "delta_p_rms", "tokens_scored", "nonfinite_positions",
+                "same_top1")
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,9 @@ def _limit(top: Section, key: object, known: frozenset[str]) -> Limit:
     number = top.get(key, finite)
     if metric.startswith("same_top1") and not 0 <= number <= 1:
         raise InputError(top.source, str(key), top.data[key], "a top-1 rate is a fraction in [0, 1]")
+    if number < 0 and metric.startswith(NON_NEGATIVE):
+        raise InputError(top.source, str(key), top.data[key], f"{metric} is never negative: a limit below 0 "
+                                                              "can never pass (or always does)")
     return Limit(str(key), metric, bound, number)
 
 

@@ -25,7 +25,7 @@ from mv4deploy.core.device import resolve_device
 from mv4deploy.core.errors import InputError
 from mv4deploy.core.fileio import sha256_file
 from mv4deploy.validate.backends import LogitsSource, TorchSource, fingerprint, label, open_source
-from mv4deploy.validate.evaltext import EvalTokens, tokenize_eval
+from mv4deploy.validate.evaltext import MIN_CHUNK_TOKENS, EvalTokens, tokenize_eval
 from mv4deploy.validate.gate import Gate, GateResult, check_gate, load_gate
 from mv4deploy.validate.golden import (DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, Golden, GoldenHeader, read_golden,
                                        write_golden)
@@ -227,6 +227,8 @@ def _check_request(req: ValidateRequest) -> None:
     for broken, option, reason in rules:
         if broken:
             raise InputError(None, option, None, reason)
+    if req.chunk_tokens < MIN_CHUNK_TOKENS:   # checked here too: with --golden the file's chunking is used
+        raise InputError(None, "--chunk", req.chunk_tokens, f"must be at least {MIN_CHUNK_TOKENS} tokens")
     if req.eval_path is not None and not Path(req.eval_path).is_file():
         raise InputError(req.eval_path, None, None, "eval text not found")
     if req.golden_out is not None and not Path(req.golden_out).parent.is_dir():
