@@ -77,9 +77,9 @@ def test_runtime_overhead_adds_per_step_layer_and_expert_call():
     step = 1 / plain.estimates.decode_tokens_per_s
     assert 1 / slow.estimates.decode_tokens_per_s == pytest.approx(step + 9.8e-3, rel=1e-9)
     assert slow.estimates.prefill_chunk_s == pytest.approx(2 * plain.estimates.prefill_chunk_s + 12e-3, rel=1e-6)
-    assert slow.decisions["decode_seconds_by_resource"]["runtime overhead"] == pytest.approx(9.8e-3)
+    assert slow.decisions.decode_seconds_by_resource["runtime overhead"] == pytest.approx(9.8e-3)
     assert slow.estimates.bound_decode_tokens_per_s <= slow.estimates.decode_tokens_per_s * (1 + 1e-9)
-    assert plain.fingerprint["profile"]["sha256"] != slow.fingerprint["profile"]["sha256"]
+    assert plain.fingerprint.profile.sha256 != slow.fingerprint.profile.sha256
 
 
 @pytest.mark.parametrize("field, value", [("per_layer", "-1ms"), ("per_step", "20s"), ("per_expert", "fast"),

@@ -123,9 +123,9 @@ def plan_table(plan) -> None:
     """Human view of ``mv4deploy plan``: devices, groups by class and tier, KV and Engram decisions,
     estimates, verdict and suggestions, engine hints (the CLI prints the plan's warnings to stderr)."""
     out, w = _wide_stdout(), plan.workload
-    out.print(f"[bold]{plan.model}[/] on [bold]{plan.profile}[/]: [bold]{plan.verdict.replace('_', ' ')}[/]  "
+    out.print(f"[bold]{plan.model}[/] on [bold]{plan.profile}[/]: [bold]{plan.verdict.value.replace('_', ' ')}[/]  "
               f"(context {w.context_tokens:,} x batch {w.batch}, prefill chunk {w.chunk_tokens:,}; "
-              f"policy {plan.decisions['policy']['name']})")
+              f"policy {plan.decisions.policy.name})")
     out.print(_devices(plan))
     out.print(_groups_by_class(plan))
     _kv_and_engram(out, plan)
@@ -150,13 +150,13 @@ def _groups_by_class(plan) -> Table:
     from mv4deploy.plan.groups import GroupClass
     order = {cls.value: i for i, cls in enumerate(GroupClass)}   # rows in the enum's order
     rank = {"host": 1, "nvme": 2, "unplaced": 3}
-    tiers = sorted({g["tier"] for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
+    tiers = sorted({g.tier for g in plan.groups}, key=lambda t: (rank.get(t, 0), t))
     by_class: dict[str, dict] = {}
-    for g in sorted(plan.groups, key=lambda g: order.get(g["role"], len(order))):
-        row = by_class.setdefault(g["role"], {"formats": set(), "groups": set()})
-        row[g["tier"]] = row.get(g["tier"], 0) + g["bytes"]
-        row["formats"].add(g["format"])
-        row["groups"].add(g["group"])     # a group cut over tiers is one group, several rows
+    for g in sorted(plan.groups, key=lambda g: order.get(g.role, len(order))):
+        row = by_class.setdefault(g.role, {"formats": set(), "groups": set()})
+        row[g.tier] = row.get(g.tier, 0) + g.bytes
+        row["formats"].add(g.format)
+        row["groups"].add(g.group)     # a group cut over tiers is one group, several rows
     table = Table(title="weights by group class and tier (GiB)", title_justify="left")
     table.add_column("class")
     table.add_column("groups", justify="right")
@@ -171,48 +171,49 @@ def _groups_by_class(plan) -> Table:
 
 def _kv_and_engram(out: Console, plan) -> None:
     kv = plan.kv_cache
-    pools = ", ".join(f"{p['name']} {format_bytes(p['bytes'])} on {p['tier']}" for p in kv["pools"])
+    pools = ", ".join(f"{p.name} {format_bytes(p.bytes)} on {p.tier}" for p in kv.pools)
     out.print(f"KV cache: {pools}")
-    if kv["gpu_bytes_saved"]:
-        out.print(f"  top-k pools in host RAM save {format_bytes(kv['gpu_bytes_saved'])} of GPU memory and add "
-                  f"{kv['added_s_per_token'] * 1e3:.2f} ms per decode step")
+    if kv.gpu_bytes_saved:
+        out.print(f"  top-k pools in host RAM save {format_bytes(kv.gpu_bytes_saved)} of GPU memory and add "
+                  f"{kv.added_s_per_token * 1e3:.2f} ms per decode step")
     e = plan.engram
     if e:
-        tables = ", ".join(f"layer {t['layer']} {format_bytes(t['bytes'])} on {t['tier']}" for t in e["tables"])
-        out.print(f"Engram: {tables}; {e['rows_per_token']} rows x {e['row_bytes']} B = {e['bytes_per_token']:,} B "
-                  f"per token; lookups {e['lookup_s_per_token'] * 1e6:,.0f} us, "
-                  f"{'hidden behind earlier layers' if e['fits_overlap_window'] else 'partly exposed'} "
-                  f"(exposed {e['exposed_s_per_token'] * 1e6:,.0f} us)")
-        if e["page_cache_bytes"]:
-            out.print(f"  page cache for hot rows: {format_bytes(e['page_cache_bytes'])} of free host RAM")
+        tables = ", ".join(f"layer {t.layer} {format_bytes(t.bytes)} on {t.tier}" for t in e.tables)
+        out.print(f"Engram: {tables}; {e.rows_per_token} rows x {e.row_bytes} B = {e.bytes_per_token:,} B "
+                  f"per token; lookups {e.lookup_s_per_token * 1e6:,.0f} us, "
+                  f"{'hidden behind earlier layers' if e.fits_overlap_window else 'partly exposed'} "
+                  f"(exposed {e.exposed_s_per_token * 1e6:,.0f} us)")
+        if e.page_cache_bytes:
+            out.print(f"  page cache for hot rows: {format_bytes(e.page_cache_bytes)} of free host RAM")
 
 
 def _estimates(out: Console, plan) -> None:
     est, d = plan.estimates, plan.decisions
-    gap = d.get("bound_gap")
+    gap = d.bound_gap
     out.print(f"decode {_rate(est.decode_tokens_per_s, 'tok/s')} (bound {_rate(est.bound_decode_tokens_per_s, 'tok/s')}"
               + (f", plan at {100 / gap:.1f}% of it" if gap else "") + f"); prefill "
               f"{_rate(est.prefill_tokens_per_s, 'tok/s')}; time to first token "
               f"{_rate(est.time_to_first_token_s, 's')} for a {plan.workload.context_tokens:,}-token prompt")
     out.print(f"bottleneck: {est.bottleneck}")
-    out.print(f"layout: {d['parallelism']['reason']}")
-    experts = d["routed_experts"]
-    if experts["offloaded_decode"]:
-        out.print(f"offloaded experts: decode {', '.join(experts['offloaded_decode'])}; prefill "
-                  f"{', '.join(experts['offloaded_prefill'])}")
-    ws = d["workspace"]
+    out.print(f"layout: {d.parallelism.reason}")
+    experts = d.routed_experts
+    if experts.offloaded_decode:
+        out.print(f"offloaded experts: decode {', '.join(experts.offloaded_decode)}; prefill "
+                  f"{', '.join(experts.offloaded_prefill)}")
+    ws = d.workspace
     out.print(f"workspace {format_bytes(ws['total_bytes'])} per device (largest transient: {ws['largest_transient']} "
               f"{format_bytes(ws['largest_transient_bytes'])}; stream buffer {format_bytes(ws['stream_buffer_bytes'])})")
     for s in plan.suggestions:
-        out.print(f"suggestion: {s['change']} -> {s['verdict'].replace('_', ' ')}, "
-                  f"{s['decode_tokens_per_s']:,.1f} tok/s ({s['why']})")
+        out.print(f"suggestion: {s.change} -> {s.verdict.value.replace('_', ' ')}, "
+                  f"{s.decode_tokens_per_s:,.1f} tok/s ({s.why})")
 
 
 def _hints(out: Console, plan) -> None:
     for engine in ("vllm", "sglang", "llama_cpp"):
-        if plan.hints.get(engine):
-            out.print(f"{engine}: {plan.hints[engine]}", soft_wrap=True)
-    device_map = plan.hints.get("accelerate_device_map")
+        line = getattr(plan.hints, engine)
+        if line:
+            out.print(f"{engine}: {line}", soft_wrap=True)
+    device_map = plan.hints.accelerate_device_map
     if device_map:
         out.print(f"accelerate device_map: {len(device_map)} modules (full map with --json)")
 
@@ -229,9 +230,9 @@ def sweep_table(result) -> None:
         gpu = sum(d.used_bytes for d in plan.devices if d.kind in ("gpu", "npu"))
         host = sum(d.used_bytes for d in plan.devices if d.kind == "host")
         est = plan.estimates
-        table.add_row(label, plan.verdict, _gib(gpu), _gib(host), f"{est.decode_tokens_per_s:,.1f}",
+        table.add_row(label, plan.verdict.value, _gib(gpu), _gib(host), f"{est.decode_tokens_per_s:,.1f}",
                       _rate(est.prefill_tokens_per_s, ""), _rate(est.time_to_first_token_s, ""),
-                      _gib(plan.kv_cache["gpu_bytes_saved"]))
+                      _gib(plan.kv_cache.gpu_bytes_saved))
     out.print(table)
 
 

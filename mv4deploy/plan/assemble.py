@@ -11,11 +11,12 @@ from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.engram import engram_summary
 from mv4deploy.plan.groups import Grouping
-from mv4deploy.plan.hints import engine_hints
+from mv4deploy.plan.hints import Hints, engine_hints
 from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.kv_tiering import kv_summary
 from mv4deploy.plan.multigpu import reason
-from mv4deploy.plan.plan import Plan, device_usage, group_rows, model_fingerprint, profile_fingerprint
+from mv4deploy.plan.plan import (Decisions, Exclusion, Fingerprint, FormatUse, Parallelism, Plan, PolicyChoice,
+                                 Unplaced, device_usage, group_rows, model_fingerprint, profile_fingerprint)
 from mv4deploy.plan.planner import Candidate, candidates, choose, expert_execution, workspace_devices
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import Machine, TierKind
@@ -42,22 +43,22 @@ def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: W
     engram = None
     if kinds.get(ItemKind.ENGRAM):
         engram = engram_summary(kinds[ItemKind.ENGRAM], best.estimates.engram_windows_s, best.placement.free_bytes)
-        engram["traffic_bytes_per_s"] = engram["bytes_per_token"] * best.estimates.decode_tokens_per_s
+        engram = replace(engram, traffic_bytes_per_s=engram.bytes_per_token * best.estimates.decode_tokens_per_s)
     activations = dict.fromkeys(workspace_devices(machine), best.workspace.total_bytes)
     devices = device_usage(machine.devices, best.placement.placed, activations)
     decisions = _decisions(best, by_mode, machine, chosen_policy, grouping, resolved)
-    plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=best.verdict.value,
-                devices=devices, groups=tuple(group_rows(best.placement)),
+    plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=best.verdict,
+                devices=devices, groups=group_rows(best.placement),
                 kv_cache=kv_summary(kinds.get(ItemKind.KV, [])), engram=engram, estimates=best.estimates,
-                hints={}, suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
+                hints=Hints(), suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
                 decisions=decisions, placement=best.placement,
-                fingerprint={"model": model_fingerprint(resolved.inventory, grouping.groups),
-                             "profile": profile_fingerprint(profile)})
-    hints, hint_warnings = engine_hints(plan, best, resolved, machine) if not quick else ({}, [])
+                fingerprint=Fingerprint(model_fingerprint(resolved.inventory, grouping.groups),
+                                        profile_fingerprint(profile)))
+    hints, hint_warnings = engine_hints(plan, best, resolved, machine) if not quick else (Hints(), [])
     return replace(plan, hints=hints, warnings=plan.warnings + tuple(hint_warnings)), best, grouping
 
 
-def _execution_formats(best: Candidate) -> list[dict]:
+def _execution_formats(best: Candidate) -> tuple[FormatUse, ...]:
     """Distinct (tier, format, how it executes) among placed weights: native, or weight-only dequant."""
     seen = {}
     for p in best.placement.placed:
@@ -69,25 +70,24 @@ def _execution_formats(best: Candidate) -> list[dict]:
         compute = FORMATS[p.option.format].compute if p.option.format in FORMATS else "bf16"
         _, how = tier.rate(compute)
         seen[(tier.name, p.option.format)] = how
-    return [{"tier": t, "format": f, "execution": how} for (t, f), how in sorted(seen.items())]
+    return tuple(FormatUse(t, f, how) for (t, f), how in sorted(seen.items()))
 
 
-def _decisions(best: Candidate, by_mode, machine: Machine, policy: Policy, grouping, resolved) -> dict:
-    excluded = [{"reason": why, "tensors": len(ids),
-                 "bytes": sum(resolved.inventory.tensors[i].nbytes for i in ids)} for why, ids in grouping.excluded]
+def _decisions(best: Candidate, by_mode, machine: Machine, policy: Policy, grouping, resolved) -> Decisions:
+    excluded = tuple(Exclusion(why, len(ids), sum(resolved.inventory.tensors[i].nbytes for i in ids))
+                     for why, ids in grouping.excluded)
     placement, est = best.placement, best.estimates
-    return {
-        "policy": {"name": policy.name, "description": policy.description},
-        "parallelism": {"mode": best.layout.mode.value, "reason": reason(machine.profile, best.layout, by_mode)},
-        "routed_experts": expert_execution(best),
-        "formats": _execution_formats(best),
-        "workspace": best.workspace.to_json(),
-        "excluded": excluded,
-        "unplaced": [{"name": p.name, "bytes": p.bytes if p.option else 0} for p in placement.unplaced],
-        "bound_gap": (est.bound_decode_tokens_per_s / est.decode_tokens_per_s
-                      if est.decode_tokens_per_s else None),
-        "decode_seconds_by_resource": dict(sorted(est.by_resource_s.items())),
-    }
+    return Decisions(
+        policy=PolicyChoice(policy.name, policy.description),
+        parallelism=Parallelism(best.layout.mode.value, reason(machine.profile, best.layout, by_mode)),
+        routed_experts=expert_execution(best),
+        formats=_execution_formats(best),
+        workspace=best.workspace.to_json(),
+        excluded=excluded,
+        unplaced=tuple(Unplaced(p.name, p.bytes if p.option else 0) for p in placement.unplaced),
+        bound_gap=est.bound_decode_tokens_per_s / est.decode_tokens_per_s if est.decode_tokens_per_s else None,
+        decode_seconds_by_resource=dict(sorted(est.by_resource_s.items())),
+    )
 
 
 def _warnings(best: Candidate, machine: Machine, resolved: ResolvedModel, workload: Workload) -> list[str]:

@@ -16,6 +16,9 @@ profile, so the plan reports that space without counting hits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from mv4deploy.core.jsonify import to_json
 from mv4deploy.plan.costs import Cost
 from mv4deploy.plan.groups import Group
 from mv4deploy.plan.items import Item, ItemKind, Option, Placed
@@ -60,8 +63,37 @@ def exposed_s(lookup: float, window: float) -> float:
     return max(0.0, lookup - window)
 
 
-def engram_summary(placed: list[Placed], windows: dict[int, float], free_bytes: dict[str, int]) -> dict:
+@dataclass(frozen=True)
+class EngramTable:
+    layer: int
+    tier: str
+    bytes: int
+    rows: int
+    lookup_s: float
+    overlap_window_s: float
+    exposed_s: float
+
+
+@dataclass(frozen=True)
+class EngramUse:
     """The ``engram`` block: where each table lives, per-token traffic, the overlap check."""
+
+    tables: tuple[EngramTable, ...]
+    rows_per_token: int
+    row_bytes: int
+    bytes_per_token: int
+    traffic_bytes_per_s: float | None     # filled in by the plan once the decode speed is known
+    lookup_s_per_token: float
+    exposed_s_per_token: float
+    fits_overlap_window: bool
+    page_cache_bytes: int
+    gpu_free_bytes_for_hot_rows: int
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+
+def engram_summary(placed: list[Placed], windows: dict[int, float], free_bytes: dict[str, int]) -> EngramUse:
     tables, lookup_total, exposed_total, fits = [], 0.0, 0.0, True
     for p in placed:
         group, lookup = p.item.group, p.option.decode.seconds
@@ -70,21 +102,11 @@ def engram_summary(placed: list[Placed], windows: dict[int, float], free_bytes: 
         fits &= lookup <= window
         lookup_total += lookup
         exposed_total += exposed
-        tables.append({"layer": p.item.layer, "tier": p.option.tier.name, "bytes": p.bytes, "rows": group.rows,
-                       "lookup_s": lookup, "overlap_window_s": window, "exposed_s": exposed})
+        tables.append(EngramTable(p.item.layer, p.option.tier.name, p.bytes, group.rows, lookup, window, exposed))
     first = placed[0].item.group
     row_bytes = first.native_bytes // first.rows
     rows = sum(p.item.group.rows_per_token for p in placed)
     on_nvme = any(p.option.tier.kind is TierKind.NVME for p in placed)
-    return {
-        "tables": tables,
-        "rows_per_token": rows,
-        "row_bytes": row_bytes,
-        "bytes_per_token": rows * row_bytes,
-        "traffic_bytes_per_s": None,   # filled in by the plan once the decode speed is known
-        "lookup_s_per_token": lookup_total,
-        "exposed_s_per_token": exposed_total,
-        "fits_overlap_window": fits,
-        "page_cache_bytes": free_bytes.get("host", 0) if on_nvme else 0,
-        "gpu_free_bytes_for_hot_rows": sum(v for k, v in free_bytes.items() if k.startswith("gpu")),
-    }
+    return EngramUse(tuple(tables), rows, row_bytes, rows * row_bytes, None, lookup_total, exposed_total, fits,
+                     free_bytes.get("host", 0) if on_nvme else 0,
+                     sum(v for k, v in free_bytes.items() if k.startswith("gpu")))

@@ -10,7 +10,9 @@ takes the conservative side and a warning says what differs.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
+from mv4deploy.core.jsonify import to_json
 from mv4deploy.hardware.profile import DeviceKind
 from mv4deploy.model.kv import CacheFormat
 from mv4deploy.plan.groups import GroupClass
@@ -40,6 +42,19 @@ LLAMA_CPP_EXPERTS = r"blk\.({layers})\.ffn_(gate|up|down)_exps\.="
 KT_METHOD = {"mxfp4": "MXFP4", "fp8-e4m3-block128": "FP8", "fp8-e4m3-block128-ue8m0": "FP8",
              "fp8-e4m3-block32-ue8m0": "FP8", "bf16": "BF16", "int4-g128": "RAWINT4", "int4-g32": "RAWINT4"}
 ACCELERATE_DEVICE = {TierKind.HOST: "cpu", TierKind.NVME: "disk"}
+
+
+@dataclass(frozen=True)
+class Hints:
+    """Launch lines per engine (None where the engine cannot run the plan) and an accelerate device_map."""
+
+    vllm: str | None = None
+    sglang: str | None = None
+    llama_cpp: str | None = None
+    accelerate_device_map: dict[str, int | str] | None = None
+
+    def to_json(self) -> dict:
+        return to_json(self)
 
 
 def _gib(nbytes: int) -> int:
@@ -93,8 +108,8 @@ def vllm_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
         args += ["--cpu-offload-gb", str(_gib(host_weights))]
         notes.append("vLLM: --cpu-offload-gb streams offloaded weights over PCIe at every step; it has no "
                      "per-expert CPU execution, so expect less than the plan's decode speed")
-    if plan.kv_cache["gpu_bytes_saved"]:
-        args += ["--kv-offloading-backend", "native", "--kv-offloading-size", str(_gib(plan.kv_cache["gpu_bytes_saved"]))]
+    if plan.kv_cache.gpu_bytes_saved:
+        args += ["--kv-offloading-backend", "native", "--kv-offloading-size", str(_gib(plan.kv_cache.gpu_bytes_saved))]
     return " ".join(args)
 
 
@@ -124,13 +139,13 @@ def sglang_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
                  "--kt-expert-placement-strategy", "front-loading"]
         notes.append("SGLang: CPU experts need the KTransformers kt-kernel backend (sglang-kt); "
                      "--kt-num-gpu-experts is the plan's total of GPU-resident routed experts")
-    if plan.kv_cache["gpu_bytes_saved"]:
-        total = sum(p["bytes"] for p in plan.kv_cache["pools"])
-        ratio = max(1.0, total / max(total - plan.kv_cache["gpu_bytes_saved"], 1))
+    if plan.kv_cache.gpu_bytes_saved:
+        total = sum(p.bytes for p in plan.kv_cache.pools)
+        ratio = max(1.0, total / max(total - plan.kv_cache.gpu_bytes_saved, 1))
         args += ["--enable-hierarchical-cache", "--hicache-ratio", f"{ratio:.1f}"]
-    if plan.engram and any(not t["tier"].startswith("gpu") for t in plan.engram["tables"]):
+    if plan.engram and any(not t.tier.startswith("gpu") for t in plan.engram.tables):
         env.append("SGLANG_ENABLE_DSV41_ENGRAM_HOST_TABLE=1")
-        if any(t["tier"] == "nvme" for t in plan.engram["tables"]):
+        if any(t.tier == "nvme" for t in plan.engram.tables):
             notes.append("Engram tables on NVMe need an mmap-backed table; SGLang's and vLLM's host tables are "
                          "in RAM (vLLM's disk backend, PR #56757, was not merged)")
     return " ".join(env + args)
@@ -163,8 +178,8 @@ def llama_cpp_hint(plan, best, resolved, machine, notes: list[str]) -> str | Non
             counts[stage] += 1
         args += ["-sm", "layer", "-ts", ",".join(str(counts[i]) for i in range(len(best.layout.gpus)))] \
             if best.layout.mode is Mode.PIPELINE else ["-sm", "row"]
-    kv_host = [p for p in plan.kv_cache["pools"] if p["tier"] == "host"]
-    if kv_host and len(kv_host) == len(plan.kv_cache["pools"]):
+    kv_host = [p for p in plan.kv_cache.pools if p.tier == "host"]
+    if kv_host and len(kv_host) == len(plan.kv_cache.pools):
         args.append("-nkvo")
     elif kv_host:
         notes.append("llama.cpp: KV offload (-nkvo) is all or nothing; the plan keeps only top-k pools in host RAM")
@@ -205,12 +220,11 @@ def _accelerate_device(p, best, n_layers: int) -> int | str:
     return int(tier.name.split(":")[1])
 
 
-def engine_hints(plan, best, resolved, machine) -> tuple[dict, list[str]]:
+def engine_hints(plan, best, resolved, machine) -> tuple[Hints, list[str]]:
     notes: list[str] = []
-    hints = {"vllm": vllm_hint(plan, best, resolved, machine, notes),
-             "sglang": sglang_hint(plan, best, resolved, machine, notes),
-             "llama_cpp": llama_cpp_hint(plan, best, resolved, machine, notes),
-             "accelerate_device_map": accelerate_map(plan, best, resolved, machine, notes)}
+    hints = Hints(vllm_hint(plan, best, resolved, machine, notes), sglang_hint(plan, best, resolved, machine, notes),
+                  llama_cpp_hint(plan, best, resolved, machine, notes),
+                  accelerate_map(plan, best, resolved, machine, notes))
     if machine.device_kind is DeviceKind.NPU:
         notes.append("no server-engine hints for an NPU: build the deployment with `mv4deploy export onnx`")
     return hints, notes

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mv4deploy.core.jsonify import to_json
 from mv4deploy.model.kv import CacheFormat, KVLayout, KVPool
 from mv4deploy.plan.costs import Cost, UNAVAILABLE
 from mv4deploy.plan.items import Item, ItemKind, Option, Placed
@@ -92,15 +93,33 @@ def cache_format(option: Option) -> CacheFormat | None:
     return POOL_FORMATS.get(option.format)
 
 
-def kv_summary(placed: list[Placed]) -> dict:
-    """The ``kv_cache`` block of the plan: pools with their tiers, GPU bytes saved by host tiering and
-    the decode time per step that costs (host fetch minus what the GPU read would have taken)."""
+@dataclass(frozen=True)
+class PoolUse:
+    name: str
+    tier: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class KvCacheUse:
+    """The ``kv_cache`` block of the plan: pools with their tiers, GPU bytes saved by host tiering and the
+    decode time per step that costs (host fetch minus what the GPU read would have taken)."""
+
+    pools: tuple[PoolUse, ...]
+    gpu_bytes_saved: int
+    added_s_per_token: float
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+
+def kv_summary(placed: list[Placed]) -> KvCacheUse:
     pools, saved, added = [], 0, 0.0
     for p in placed:
-        pools.append({"name": p.item.name, "tier": p.option.tier.name, "bytes": p.bytes})
+        pools.append(PoolUse(p.item.name, p.option.tier.name, p.bytes))
         if p.option.tier.kind is TierKind.HOST:
             gpu = p.item.option(TierKind.GPU)
             if gpu is not None:
                 saved += gpu.bytes
                 added += p.option.decode.seconds - gpu.decode.seconds
-    return {"pools": pools, "gpu_bytes_saved": saved, "added_s_per_token": added}
+    return KvCacheUse(tuple(pools), saved, added)

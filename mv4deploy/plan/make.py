@@ -24,7 +24,7 @@ def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workl
     ``assemble_plan``'s."""
     plan, best, grouping = assemble_plan(resolved, profile, workload, policy, host_mem_bytes, gpu_mem_util,
                                          prefill_stream=prefill_stream, quick=quick, grouping=grouping)
-    if not suggest or plan.verdict == Verdict.FITS.value:
+    if not suggest or plan.verdict is Verdict.FITS:
         return plan
     return replace(plan, suggestions=tuple(suggestions_for(plan, resolved, profile, workload, policy, host_mem_bytes,
                                                            gpu_mem_util, best, grouping)))

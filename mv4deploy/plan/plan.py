@@ -24,10 +24,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from mv4deploy.core.jsonify import to_json
+from mv4deploy.plan.engram import EngramUse
 from mv4deploy.plan.estimates import Estimates
+from mv4deploy.plan.hints import Hints
 from mv4deploy.plan.items import ItemKind, Placed
+from mv4deploy.plan.kv_tiering import KvCacheUse
 from mv4deploy.plan.placement import Placement
 from mv4deploy.plan.tiers import Device, MemoryKind
+from mv4deploy.plan.verdict import Suggestion, Verdict
 from mv4deploy.plan.workload import Workload
 
 BREAKDOWN = ("weights", "engram", "kv_cache", "activations", "reserve")
@@ -69,40 +74,147 @@ def device_usage(devices: tuple[Device, ...], placed: tuple[Placed, ...],
     return tuple(DeviceUse(d.name, d.kind, d.capacity_bytes, use[d.name]) for d in devices)
 
 
-def group_rows(placement: Placement) -> list[dict]:
+@dataclass(frozen=True)
+class Execution:
+    decode: str     # "gpu", "cpu", "stream", "nvme+cpu", "nvme+stream", "lookup"
+    prefill: str
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    """One placed piece of a group: ``group`` is the whole group's name, ``role`` its class,
+    ``stored_format`` the checkpoint's format for most of its bytes, ``format`` the plan's."""
+
+    name: str
+    group: str
+    role: str
+    layer: int | None
+    stored_format: str
+    tier: str
+    format: str
+    bytes: int
+    execution: Execution | None          # None when unplaced
+    experts: tuple[int, int] | None      # routed experts: the row holds [start, stop)
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+
+def group_rows(placement: Placement) -> tuple[GroupRow, ...]:
     """One row per placed weight group or Engram table (a cut group gives one row per piece)."""
     rows = []
     for p, placed in [(p, True) for p in placement.placed] + [(p, False) for p in placement.unplaced]:
         if p.item.kind is ItemKind.KV:
             continue
-        execution = {"decode": p.option.decode.mode, "prefill": p.option.prefill.mode} if placed else None
-        rows.append({"name": p.name, "group": p.item.name, "role": p.item.cls.value, "layer": p.item.layer,
-                     "stored_format": p.item.group.main_format,
-                     "tier": p.option.tier.name if placed else "unplaced",
-                     "format": p.option.format if p.option else "as-stored", "bytes": p.bytes if p.option else 0,
-                     "execution": execution, "experts": [p.start, p.stop] if p.item.units > 1 else None})
-    return rows
+        execution = Execution(p.option.decode.mode, p.option.prefill.mode) if placed else None
+        rows.append(GroupRow(p.name, p.item.name, p.item.cls.value, p.item.layer, p.item.group.main_format,
+                             p.option.tier.name if placed else "unplaced",
+                             p.option.format if p.option else "as-stored", p.bytes if p.option else 0,
+                             execution, (p.start, p.stop) if p.item.units > 1 else None))
+    return tuple(rows)
 
 
 def _digest(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def model_fingerprint(inventory, groups) -> dict:
+@dataclass(frozen=True)
+class ModelFingerprint:
+    tensors: int
+    placed_bytes: int
+    groups_sha256: str
+
+
+@dataclass(frozen=True)
+class ProfileFingerprint:
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    model: ModelFingerprint
+    profile: ProfileFingerprint
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+
+def model_fingerprint(inventory, groups) -> ModelFingerprint:
     """What a checkpoint must match to run the plan: the count of tensors its config implies, the bytes of
     the groups the plan placed (as stored), and (name, bytes, tensor count) of every group, hashed. Summed
     from the groups, not the 145K tensors of V4-Pro: the plan stays fast."""
     rows = [(g.name, g.native_bytes, len(g.tensor_ids)) for g in groups]
-    return {"tensors": len(inventory.tensors), "placed_bytes": sum(g.native_bytes for g in groups),
-            "groups_sha256": _digest(rows)}
+    return ModelFingerprint(len(inventory.tensors), sum(g.native_bytes for g in groups), _digest(rows))
 
 
-def profile_fingerprint(profile) -> dict:
+def profile_fingerprint(profile) -> ProfileFingerprint:
     """The profile's name and a hash of every parsed figure (not its description or file path): a plan
     made before a profile was re-probed or re-calibrated no longer matches it."""
     from mv4deploy.hardware.profile import profile_to_dict
     figures = {k: v for k, v in profile_to_dict(profile).items() if k not in ("name", "description", "source")}
-    return {"name": profile.name, "sha256": _digest(figures)}
+    return ProfileFingerprint(profile.name, _digest(figures))
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    mode: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExpertExecution:
+    """Where offloaded routed experts execute, per phase."""
+
+    offloaded_decode: tuple[str, ...]
+    offloaded_prefill: tuple[str, ...]
+    prefill_streams_to_gpu: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class FormatUse:
+    tier: str
+    format: str
+    execution: str      # "native" or how the tier dequantizes it
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    reason: str
+    tensors: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    name: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Why the plan is what it is: policy, parallelism, where offloaded experts execute, formats and their
+    execution, the workspace, what was left out or could not be placed, and the time by resource."""
+
+    policy: PolicyChoice
+    parallelism: Parallelism
+    routed_experts: ExpertExecution
+    formats: tuple[FormatUse, ...]
+    workspace: dict                      # ``Workspace.to_json()``
+    excluded: tuple[Exclusion, ...]
+    unplaced: tuple[Unplaced, ...]
+    bound_gap: float | None
+    decode_seconds_by_resource: dict[str, float]
+
+    def to_json(self) -> dict:
+        return to_json(self)
 
 
 @dataclass(frozen=True)
@@ -110,33 +222,33 @@ class Plan:
     model: str
     profile: str
     workload: Workload
-    verdict: str
+    verdict: Verdict
     devices: tuple[DeviceUse, ...]
-    groups: tuple[dict, ...]
-    kv_cache: dict
-    engram: dict | None
+    groups: tuple[GroupRow, ...]
+    kv_cache: KvCacheUse
+    engram: EngramUse | None
     estimates: Estimates
-    hints: dict
-    suggestions: tuple[dict, ...]
+    hints: Hints
+    suggestions: tuple[Suggestion, ...]
     warnings: tuple[str, ...]
-    decisions: dict
+    decisions: Decisions
     placement: Placement = field(compare=False, repr=False)
-    fingerprint: dict = field(default_factory=dict)
+    fingerprint: Fingerprint | None = None
 
     def to_json(self) -> dict:
         return {
             "model": self.model,
             "profile": self.profile,
             "workload": self.workload.to_json(),
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "devices": [d.to_json() for d in self.devices],
-            "groups": list(self.groups),
-            "kv_cache": self.kv_cache,
-            "engram": self.engram,
+            "groups": [g.to_json() for g in self.groups],
+            "kv_cache": self.kv_cache.to_json(),
+            "engram": self.engram.to_json() if self.engram is not None else None,
             "estimates": self.estimates.to_json(),
-            "hints": self.hints,
-            "suggestions": list(self.suggestions),
+            "hints": self.hints.to_json(),
+            "suggestions": [s.to_json() for s in self.suggestions],
             "warnings": list(self.warnings),
-            "decisions": self.decisions,
-            "fingerprint": self.fingerprint,
+            "decisions": self.decisions.to_json(),
+            "fingerprint": self.fingerprint.to_json() if self.fingerprint is not None else {},
         }

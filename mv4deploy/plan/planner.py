@@ -22,6 +22,7 @@ from mv4deploy.plan.items import Item, weight_item
 from mv4deploy.plan.kv_tiering import kv_items
 from mv4deploy.plan.multigpu import Layout, Mode, build_layout, candidate_modes, crossing_s, kv_replicas
 from mv4deploy.plan.placement import Placement, lower_bound, multipliers, place
+from mv4deploy.plan.plan import ExpertExecution
 from mv4deploy.plan.policy import Policy, resolve_policy
 from mv4deploy.plan.tiers import Machine, TierKind, build_machine
 from mv4deploy.plan.verdict import Verdict, verdict_of
@@ -160,14 +161,13 @@ def choose(found: list[Candidate]) -> tuple[Candidate, dict[Mode, tuple[str, flo
     return best, by_mode
 
 
-def expert_execution(candidate: Candidate) -> dict:
+def expert_execution(candidate: Candidate) -> ExpertExecution:
     """Where offloaded routed experts execute, per phase, from the modes their costs chose."""
     decode, prefill = set(), set()
     for p in candidate.placement.placed:
         if p.item.cls is GroupClass.ROUTED_EXPERTS and p.option.tier.kind is not TierKind.GPU:
             decode.add(p.option.decode.mode)
             prefill.add(p.option.prefill.mode)
-    return {"offloaded_decode": sorted(decode), "offloaded_prefill": sorted(prefill),
-            "prefill_streams_to_gpu": candidate.stream_prefill,
-            "why": "each offloaded group takes the cheaper of running on the CPU beside its weights and "
-                   "streaming them over the host link to the GPU, per phase"}
+    return ExpertExecution(tuple(sorted(decode)), tuple(sorted(prefill)), candidate.stream_prefill,
+                           "each offloaded group takes the cheaper of running on the CPU beside its weights and "
+                           "streaming them over the host link to the GPU, per phase")

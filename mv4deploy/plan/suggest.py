@@ -77,7 +77,7 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
     while context >= MIN_CONTEXT:
         changes.append(Change(f"--context {context}", "context", {"workload": replace(workload, context_tokens=context)}))
         context //= 2
-    if best.placement.unplaced or plan.verdict == Verdict.DOES_NOT_FIT.value:
+    if best.placement.unplaced or plan.verdict is Verdict.DOES_NOT_FIT:
         host = round_up_host(host_memory_needed(plan, best, profile.host.reserve_bytes))
         current = next((d.capacity_bytes for d in plan.devices if d.name == "host"), 0)
         if host and host > current:
@@ -102,20 +102,20 @@ def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_ut
 
 def _why(change: Change, plan, new) -> str:
     if change.kind == "host_memory":
-        return f"holds every weight read per token in RAM instead of NVMe ({new.verdict})"
+        return f"holds every weight read per token in RAM instead of NVMe ({new.verdict.value})"
     if change.kind == "policy":
-        weights = sum(g["bytes"] for g in new.groups)
+        weights = sum(g.bytes for g in new.groups)
         return f"routed experts in INT4: weights {format_bytes(weights)}"
     if change.kind == "context":
-        return f"KV cache and workspace shrink with the context ({new.verdict})"
-    return f"{new.verdict} at {new.estimates.decode_tokens_per_s:,.1f} tok/s"
+        return f"KV cache and workspace shrink with the context ({new.verdict.value})"
+    return f"{new.verdict.value} at {new.estimates.decode_tokens_per_s:,.1f} tok/s"
 
 
-def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best, grouping=None) -> list[dict]:
+def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best, grouping=None) -> list:
     """Helpful changes, at most one per kind: the first (smallest) that helps, except for profiles, where
     the one with the best verdict wins and the smallest machine breaks ties. ``grouping``: the plan's own,
     reused by the re-plans of the same model."""
-    base_verdict = Verdict(plan.verdict)
+    base_verdict = plan.verdict
     base_tps = plan.estimates.decode_tokens_per_s
     found: dict[str, tuple] = {}
     for change in _changes(plan, resolved, profile, workload, policy, best):
@@ -125,7 +125,7 @@ def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_uti
         new = _apply(change, resolved, profile, workload, policy, host_mem, gpu_util, grouping)
         if new is None:
             continue
-        verdict, tps = Verdict(new.verdict), new.estimates.decode_tokens_per_s
+        verdict, tps = new.verdict, new.estimates.decode_tokens_per_s
         if not improves(base_verdict, base_tps, verdict, tps):
             continue
         if change.kind in found and verdict.rank >= found[change.kind][1].rank:

@@ -59,10 +59,10 @@ def sweep_points(sweep: Sweep, workload: Workload, host_mem: int | None, plan_fn
 
 def sweep_json(sweep: Sweep, points: list[tuple[str, Plan]]) -> dict:
     return {"sweep": {"field": sweep.field, "points": [
-        {"value": label, "verdict": p.verdict, "workload": p.workload.to_json(),
+        {"value": label, "verdict": p.verdict.value, "workload": p.workload.to_json(),
          "devices": [d.to_json() for d in p.devices], "estimates": p.estimates.to_json(),
-         "kv_cache": {"gpu_bytes_saved": p.kv_cache["gpu_bytes_saved"],
-                      "added_s_per_token": p.kv_cache["added_s_per_token"]}} for label, p in points]}}
+         "kv_cache": {"gpu_bytes_saved": p.kv_cache.gpu_bytes_saved,
+                      "added_s_per_token": p.kv_cache.added_s_per_token}} for label, p in points]}}
 
 
 def plot(path: Path, plan: Plan, points: list[tuple[str, Plan]] | None = None) -> None:
@@ -96,7 +96,7 @@ def _memory_stack(ax, plan: Plan) -> None:
     ax.scatter(names, [d.capacity_bytes / 2**30 for d in devices], marker="_", s=600, color="black",
                label="capacity", zorder=3)
     ax.set_ylabel("GiB")
-    ax.set_title(f"{plan.model} on {plan.profile}: {plan.verdict}")
+    ax.set_title(f"{plan.model} on {plan.profile}: {plan.verdict.value}")
     ax.legend(fontsize=8)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from math import ceil
 
+from mv4deploy.core.jsonify import to_json
 from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.placement import Placement
 from mv4deploy.plan.tiers import TierKind
@@ -83,6 +84,19 @@ def improves(base_verdict: Verdict, base_tps: float, verdict: Verdict, tps: floa
     return verdict is base_verdict and tps >= SPEEDUP * max(base_tps, 1e-12)
 
 
-def suggestion(change: Change, verdict: Verdict, decode_tps: float, why: str) -> dict:
-    return {"change": change.label, "kind": change.kind, "verdict": verdict.value,
-            "decode_tokens_per_s": decode_tps, "why": why}
+@dataclass(frozen=True)
+class Suggestion:
+    """One change that would make the plan better, with the verdict and speed it would give."""
+
+    change: str
+    kind: str
+    verdict: Verdict
+    decode_tokens_per_s: float
+    why: str
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+
+def suggestion(change: Change, verdict: Verdict, decode_tps: float, why: str) -> Suggestion:
+    return Suggestion(change.label, change.kind, verdict, decode_tps, why)
