@@ -13,10 +13,9 @@ from pathlib import Path
 
 from mv4deploy.core import schema
 from mv4deploy.core.errors import InputError
-from mv4deploy.model import engram_tables
-from mv4deploy.model.spec import (Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, DSparkSpec, EngramSpec,
-                                  ModelSpec, StoredFormats, VisionSpec)
-from mv4deploy.core.schema import Section, boolean, integer, integers
+from mv4deploy.model.config_reader import Reader
+from mv4deploy.model.config_v4 import compress_ratios, dspark, engram, layer_ids, num_hash_layers, vision
+from mv4deploy.model.spec import Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, ModelSpec, StoredFormats
 
 MODEL_TYPES = {
     "deepseek_v3": Arch.DEEPSEEK_V3, "kimi_k2": Arch.DEEPSEEK_V3, "deepseek_v32": Arch.DEEPSEEK_V32,
@@ -31,63 +30,6 @@ ARCHITECTURES = {
 QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of what `mv4deploy quantize` writes
 
 # Keys that change nothing we count (bytes, tensors, KV): accepted without a warning.
-GENERIC_KEYS = frozenset({
-    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path",
-    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "use_cache", "attention_dropout",
-    "hidden_act", "auto_map", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
-    "quantization_config", "pretraining_tp", "output_router_logits", "router_aux_loss_coef",
-    "router_jitter_noise", "mlp_bias", "text_config", "return_dict", "output_hidden_states",
-    "output_attentions", "tie_word_embeddings", "max_position_embeddings", "vocab_size",
-    "hidden_size", "num_hidden_layers", "num_nextn_predict_layers", "attention_bias",
-    # written by transformers' save_pretrained
-    "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "problem_type",
-})
-ROUTER_KEYS = frozenset({"scoring_func", "topk_method", "routed_scaling_factor", "norm_topk_prob",
-                         "n_group", "topk_group", "ep_size", "aux_loss_alpha", "seq_aux"})
-FAMILY_KEYS = {
-    Arch.QWEN2: frozenset({"use_sliding_window", "sliding_window", "max_window_layers", "layer_types",
-                           "use_mrope"}),
-    Arch.LLAMA: frozenset(),
-    Arch.DEEPSEEK_V3: ROUTER_KEYS,
-    Arch.DEEPSEEK_V32: ROUTER_KEYS,
-    Arch.DEEPSEEK_V4: ROUTER_KEYS | {"swiglu_limit", "hc_sinkhorn_iters", "hc_eps", "compress_rope_theta",
-                                     "expert_dtype", "layer_types", "mlp_layer_types", "partial_rotary_factor",
-                                     "compress_rates"},
-}
-FAMILY_KEYS[Arch.DEEPSEEK_V41] = FAMILY_KEYS[Arch.DEEPSEEK_V4] | {
-    "candidate_source_layer_id", "candidate_topk_blocks", "candidate_block_size", "image_token_id",
-}
-_MISSING = object()
-_MAX_DIM = 2**22  # 4M: no hidden size, vocabulary or expert count comes near it
-_V4_TYPE_RATIO = {"sliding_attention": 0}
-
-
-class _Reader(Section):
-    """Typed access to one config dict through ``schema.Section``; a config is not strict (``done`` is
-    never called): keys nobody read are listed by ``unknown`` instead of refused."""
-
-    suggest_typos = False   # a config has dozens of keys: a near name is rarely the one meant
-
-    def __init__(self, cfg: dict, source: str):
-        super().__init__(cfg, source)
-        self.cfg = cfg
-        self.extra_unknown: tuple[str, ...] = ()
-        self.expert_dtype_override: str | None = None
-
-    def int(self, key: str, default=_MISSING, minimum: int = 1, maximum: int = _MAX_DIM) -> int | None:
-        return self.get(key, integer(minimum, maximum), required=default is _MISSING, default=default)
-
-    def bool(self, key: str, default=_MISSING) -> bool:
-        return self.get(key, boolean, required=default is _MISSING, default=default)
-
-    def ints(self, key: str, default=_MISSING, minimum: int = 0) -> tuple[int, ...] | None:
-        return self.get(key, integers(minimum), required=default is _MISSING, default=default)
-
-    def unknown(self, arch: Arch) -> tuple[str, ...]:
-        accepted = GENERIC_KEYS | FAMILY_KEYS[arch] | self.used
-        return tuple(sorted([k for k in self.cfg if k not in accepted] + list(self.extra_unknown)))
-
-
 def load_json(path: Path) -> dict:
     data = schema.load_json(path)
     if not isinstance(data, dict):
@@ -102,7 +44,7 @@ def read_config(raw: dict, source: str, name: str | None = None, expert_dtype: s
     open (``--expert-dtype``, or a checkpoint's safetensors headers); a V4 config that is silent on it
     and gets none is refused, never guessed."""
     cfg, arch = _flatten(raw, source)
-    reader = _Reader(cfg, source)
+    reader = Reader(cfg, source)
     reader.expert_dtype_override = expert_dtype
     return _BUILDERS[arch](reader, arch, name or source)
 
@@ -128,7 +70,7 @@ def _flatten(raw: dict, source: str) -> tuple[dict, Arch]:
     return cfg, arch
 
 
-def _dense(r: _Reader, arch: Arch, name: str) -> DenseSpec:
+def _dense(r: Reader, arch: Arch, name: str) -> DenseSpec:
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
     kv_heads = r.int("num_key_value_heads", heads)
@@ -151,7 +93,7 @@ def _dense(r: _Reader, arch: Arch, name: str) -> DenseSpec:
     return _with_unknown(spec, r, arch)
 
 
-def _deepseek_v3(r: _Reader, arch: Arch, name: str) -> DeepseekV3Spec:
+def _deepseek_v3(r: Reader, arch: Arch, name: str) -> DeepseekV3Spec:
     layers = r.int("num_hidden_layers")
     routed = r.int("n_routed_experts")
     spec = DeepseekV3Spec(
@@ -176,14 +118,14 @@ def _deepseek_v3(r: _Reader, arch: Arch, name: str) -> DeepseekV3Spec:
     return _with_unknown(spec, r, arch)
 
 
-def _indexer(r: _Reader, arch: Arch) -> dict:
+def _indexer(r: Reader, arch: Arch) -> dict:
     if arch is not Arch.DEEPSEEK_V32:
         return {}
     return {"index_n_heads": r.int("index_n_heads"), "index_head_dim": r.int("index_head_dim"),
             "index_topk": r.int("index_topk")}
 
 
-def _deepseek_v4(r: _Reader, arch: Arch, name: str) -> DeepseekV4Spec:
+def _deepseek_v4(r: Reader, arch: Arch, name: str) -> DeepseekV4Spec:
     layers = r.int("num_hidden_layers")
     mtp = r.int("num_nextn_predict_layers", 0, minimum=0)
     routed = r.int("n_routed_experts")
@@ -199,13 +141,13 @@ def _deepseek_v4(r: _Reader, arch: Arch, name: str) -> DeepseekV4Spec:
         o_groups=r.int("o_groups"), o_lora_rank=r.int("o_lora_rank"), n_routed_experts=routed,
         n_shared_experts=r.int("n_shared_experts", 0, minimum=0),
         num_experts_per_tok=r.int("num_experts_per_tok", maximum=routed),
-        num_hash_layers=_num_hash_layers(r, layers), compress_ratios=(ratios := _compress_ratios(r, arch, layers, mtp)),
+        num_hash_layers=num_hash_layers(r, layers), compress_ratios=(ratios := compress_ratios(r, arch, layers, mtp)),
         sliding_window=r.int("sliding_window"), index_n_heads=r.int("index_n_heads"),
         index_head_dim=r.int("index_head_dim"), index_topk=r.int("index_topk"),
         hc_mult=r.int("hc_mult", 1, maximum=64), formats=_stored_formats(r, arch),
-        engram=_engram(r, layers), dspark=_dspark(r, layers), vision=_vision(r),
-        kv_source_layer_ids=_layer_ids(r, "kv_source_layer_ids", layers),
-        index_source_layer_ids=_layer_ids(r, "index_source_layer_ids", layers))
+        engram=engram(r, layers), dspark=dspark(r, layers), vision=vision(r),
+        kv_source_layer_ids=layer_ids(r, "kv_source_layer_ids", layers),
+        index_source_layer_ids=layer_ids(r, "index_source_layer_ids", layers))
     if len(ratios) > layers + mtp:  # draft layers (V4-Flash-0731): placed like MTP, after it
         spec = replace(spec, num_nextn_predict_layers=len(ratios) - layers)
     if spec.num_attention_heads % spec.o_groups:
@@ -214,7 +156,7 @@ def _deepseek_v4(r: _Reader, arch: Arch, name: str) -> DeepseekV4Spec:
     return _with_unknown(spec, r, arch)
 
 
-def _rope_head_dim(r: _Reader, head_dim: int) -> int:
+def _rope_head_dim(r: Reader, head_dim: int) -> int:
     native = r.int("qk_rope_head_dim", None)
     factor = r.cfg.get("partial_rotary_factor")
     r.used.add("partial_rotary_factor")
@@ -233,137 +175,7 @@ def _rope_head_dim(r: _Reader, head_dim: int) -> int:
     return native
 
 
-def _num_hash_layers(r: _Reader, layers: int) -> int:
-    native = r.int("num_hash_layers", None, minimum=0, maximum=layers)
-    types = r.cfg.get("mlp_layer_types")
-    r.used.add("mlp_layer_types")
-    if types is None:
-        return native if native is not None else 0
-    allowed = {"hash_moe", "moe"}
-    if not isinstance(types, list) or len(types) != layers or not set(types) <= allowed:
-        raise InputError(r.source, "mlp_layer_types", types,
-                         f"must list {layers} entries from {sorted(allowed)}")
-    folded = types.count("hash_moe")
-    if types[:folded] != ["hash_moe"] * folded:
-        raise InputError(r.source, "mlp_layer_types", types, "hash_moe layers must come before moe layers")
-    if native is not None and native != folded:
-        raise InputError(r.source, "num_hash_layers", native, f"contradicts mlp_layer_types ({folded} hash_moe)")
-    return folded
-
-
-def _compress_ratios(r: _Reader, arch: Arch, layers: int, mtp: int) -> tuple[int, ...]:
-    """One ratio per layer, then one per MTP / draft layer. ``compress_ratios`` (DeepSeek) or a per-layer
-    ``compress_rates`` list; transformers writes ``layer_types`` + a ``compress_rates`` mapping instead."""
-    allowed = {0, 1, 2} if arch is Arch.DEEPSEEK_V41 else {0, 4, 128}
-    native, key = _native_ratios(r)
-    folded = _ratios_from_layer_types(r, layers, mtp)
-    if native is None and folded is None:
-        raise InputError(r.source, "compress_ratios", None, "required key is missing (or layer_types)")
-    if native is None:
-        return folded
-    if len(native) == layers:
-        native = native + (0,) * mtp  # an MTP layer is sliding-window only in every released config
-    drafts = len(native) - layers - mtp
-    if drafts < 0 or (drafts > 0 and r.cfg.get("dspark_n_routed_experts") is None):
-        raise InputError(r.source, key, f"{len(native)} entries",
-                         f"expected num_hidden_layers + num_nextn_predict_layers = {layers + mtp}"
-                         + ("" if drafts < 0 else " (entries beyond that are draft layers, which need dspark_* keys)"))
-    bad = sorted(set(native) - allowed)
-    if bad:
-        raise InputError(r.source, key, bad[0], f"ratio must be one of {sorted(allowed)}")
-    if folded is not None and folded[:layers] != native[:layers]:
-        raise InputError(r.source, "layer_types", None, f"contradicts {key}")
-    return native
-
-
-def _native_ratios(r: _Reader) -> tuple[tuple[int, ...] | None, str]:
-    """Per-layer ratios and the key they came from; ``compress_rates`` counts only as a list (a mapping
-    is transformers' per-layer-type form, read with ``layer_types``)."""
-    native = r.ints("compress_ratios", None)
-    rates = r.cfg.get("compress_rates")
-    if not isinstance(rates, list):
-        return native, "compress_ratios"
-    listed = r.ints("compress_rates")
-    if native is not None and native != listed:
-        raise InputError(r.source, "compress_rates", list(listed), "contradicts compress_ratios")
-    return listed, "compress_rates"
-
-
-def _ratios_from_layer_types(r: _Reader, layers: int, mtp: int) -> tuple[int, ...] | None:
-    types = r.cfg.get("layer_types")
-    r.used.update({"layer_types", "compress_rates"})
-    if types is None:
-        return None
-    mapping = r.cfg.get("compress_rates")
-    if mapping is not None and not isinstance(mapping, (dict, list)):
-        raise InputError(r.source, "compress_rates", mapping, "must map layer types to ratios (or list one per layer)")
-    rates = {"compressed_sparse_attention": 4, "heavily_compressed_attention": 128,
-             **(mapping if isinstance(mapping, dict) else {}), **_V4_TYPE_RATIO}
-    if not isinstance(types, list) or len(types) != layers or not all(t in rates for t in types):
-        raise InputError(r.source, "layer_types", types, f"must list {layers} entries from {sorted(rates)}")
-    return tuple(rates[t] for t in types) + (0,) * mtp
-
-
-def _layer_ids(r: _Reader, key: str, layers: int) -> tuple[int, ...] | None:
-    ids = r.ints(key, None)
-    if ids is not None and any(i >= layers for i in ids):
-        raise InputError(r.source, key, list(ids), f"layer ids must be < num_hidden_layers ({layers})")
-    return ids
-
-
-def _engram(r: _Reader, layers: int) -> EngramSpec | None:
-    layer_ids = _layer_ids(r, "engram_layer_ids", layers)
-    if not layer_ids:
-        return None
-    max_n, heads = r.int("engram_max_ngram_size", minimum=2, maximum=16), r.int("engram_n_heads")
-    vocab = r.int("engram_vocab_size", maximum=2**40)
-    computed = engram_tables.table_rows(vocab, max_n, heads, len(layer_ids))
-    rows = r.ints("engram_num_embeddings", None, minimum=1) or computed
-    if len(rows) != len(layer_ids):
-        raise InputError(r.source, "engram_num_embeddings", list(rows),
-                         f"needs one entry per engram layer ({len(layer_ids)})")
-    pad = r.int("engram_pad_token_id", None, minimum=0, maximum=2**40)
-    if pad is None:
-        pad = r.int("engram_pad_id", 0, minimum=0, maximum=2**40)
-    return EngramSpec(layer_ids=layer_ids, num_embeddings=rows, max_ngram_size=max_n, n_heads=heads,
-                      head_dim=r.int("engram_head_dim"), vocab_size=vocab, pad_token_id=pad,
-                      compressed_vocab_size=r.int("engram_compressed_vocab_size", None, maximum=2**40))
-
-
-def _dspark(r: _Reader, layers: int) -> DSparkSpec | None:
-    if r.cfg.get("dspark_n_routed_experts") is None:
-        return None
-    r.used.update({"dspark_block_size", "dspark_noise_token_id"})  # decoding details, no tensors
-    experts = r.int("dspark_n_routed_experts")
-    return DSparkSpec(n_routed_experts=experts, num_experts_per_tok=r.int("dspark_num_experts_per_tok", maximum=experts),
-                      target_layer_ids=_layer_ids(r, "dspark_target_layer_ids", layers) or (),
-                      markov_rank=r.int("dspark_markov_rank"))
-
-
-VISION_ACCEPTED = frozenset({"model_type", "num_attention_heads", "rope_theta", "max_image_tokens", "min_pixels",
-                             "max_wh_ratio"})
-
-
-def _mapping(value) -> dict:
-    if not isinstance(value, dict):
-        raise ValueError("must be an object")
-    return value
-
-
-def _vision(r: _Reader) -> VisionSpec | None:
-    raw = r.get("vision_config", _mapping, required=False)
-    if raw is None:
-        return None
-    v = _Reader(raw, f"{r.source}: vision_config")
-    spec = VisionSpec(num_hidden_layers=v.int("num_hidden_layers"), hidden_size=v.int("hidden_size"),
-                      intermediate_size=v.int("intermediate_size"), patch_size=v.int("patch_size"),
-                      downsample_ratio=v.int("downsample_ratio"))
-    unknown = sorted(set(raw) - v.used - VISION_ACCEPTED)
-    r.extra_unknown = tuple(f"vision_config.{k}" for k in unknown)
-    return spec
-
-
-def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
+def _stored_formats(r: Reader, arch: Arch) -> StoredFormats:
     """Map quantization_config (+ V4's top-level expert_dtype) to format names of the checkpoint."""
     dtype = str(r.cfg.get("torch_dtype") or r.cfg.get("dtype") or "bfloat16")
     plain = "f32" if dtype in ("float32", "fp32") else "bf16"
@@ -402,7 +214,7 @@ class MissingExpertDtype(InputError):
     """The config leaves the routed experts' format open and nobody said it (exit 2, like any InputError)."""
 
 
-def _expert_dtype(r: _Reader, q: dict, source: str) -> str:
+def _expert_dtype(r: Reader, q: dict, source: str) -> str:
     """V4's routed-expert storage: ``quantization_config.expert_dtype`` (V4.1, transformers-saved V4) or
     the top-level ``expert_dtype`` (V4), else the caller's (headers, ``--expert-dtype``). Instruct V4
     ships FP4 experts, the -Base checkpoints FP8: 1.83x the bytes, so a silent config is refused."""
@@ -420,20 +232,20 @@ def _expert_dtype(r: _Reader, q: dict, source: str) -> str:
     return declared or override
 
 
-def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFormats:
+def _mv4deploy_formats(r: Reader, arch: Arch, q: dict, source: str) -> StoredFormats:
     """A checkpoint written by ``mv4deploy quantize``: ``base`` is the source's quantization_config
     (null for a BF16/FP32 source) and gives the native formats; ``rules`` assign each weight's format."""
     from mv4deploy.model.rules import rules_from_json
     base = q.get("base")
     if base is not None and (not isinstance(base, dict) or base.get("quant_method") == QUANT_METHOD):
         raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")
-    inner = _Reader({**r.cfg, "quantization_config": base}, r.source)
+    inner = Reader({**r.cfg, "quantization_config": base}, r.source)
     inner.expert_dtype_override = r.expert_dtype_override
     native = _stored_formats(inner, arch)
     return replace(native, rules=rules_from_json(q.get("rules"), source))
 
 
-def _with_unknown(spec: ModelSpec, r: _Reader, arch: Arch) -> ModelSpec:
+def _with_unknown(spec: ModelSpec, r: Reader, arch: Arch) -> ModelSpec:
     return replace(spec, unknown_keys=r.unknown(arch))
 
 
