@@ -20,6 +20,7 @@ from mv4deploy.plan.plan import (Decisions, Exclusion, Fingerprint, FormatUse, P
 from mv4deploy.plan.planner import Candidate, candidates, choose, expert_execution, workspace_devices
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import Machine, TierKind
+from mv4deploy.plan.verdict import Verdict
 from mv4deploy.plan.workload import Workload
 from mv4deploy.formats import FORMATS
 
@@ -47,14 +48,18 @@ def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: W
     activations = dict.fromkeys(workspace_devices(machine), best.workspace.total_bytes)
     devices = device_usage(machine.devices, best.placement.placed, activations)
     decisions = _decisions(best, by_mode, machine, chosen_policy, grouping, resolved)
-    plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=best.verdict,
+    beyond_model = workload.context_tokens > resolved.spec.max_position_embeddings
+    verdict = Verdict.DOES_NOT_FIT if beyond_model else best.verdict
+    plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=verdict,
                 devices=devices, groups=group_rows(best.placement),
                 kv_cache=kv_summary(kinds.get(ItemKind.KV, [])), engram=engram, estimates=best.estimates,
                 hints=Hints(), suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
                 decisions=decisions, placement=best.placement,
                 fingerprint=Fingerprint(model_fingerprint(resolved.inventory, grouping.groups),
                                         profile_fingerprint(profile)))
-    hints, hint_warnings = engine_hints(plan, best, resolved, machine) if not quick else (Hints(), [])
+    if quick or verdict is Verdict.DOES_NOT_FIT:   # no launch line for what cannot run
+        return plan, best, grouping
+    hints, hint_warnings = engine_hints(plan, best, resolved, machine)
     return replace(plan, hints=hints, warnings=plan.warnings + tuple(hint_warnings)), best, grouping
 
 
@@ -94,8 +99,9 @@ def _warnings(best: Candidate, machine: Machine, resolved: ResolvedModel, worklo
     profile, notes = machine.profile, []
     spec = resolved.spec
     if workload.context_tokens > spec.max_position_embeddings:
-        notes.append(f"context {workload.context_tokens:,} exceeds the model's max_position_embeddings "
-                     f"{spec.max_position_embeddings:,}")
+        notes.append(f"does not fit: context {workload.context_tokens:,} exceeds the model's "
+                     f"max_position_embeddings {spec.max_position_embeddings:,} (no engine serves it; "
+                     f"--context {spec.max_position_embeddings} at most)")
     if machine.host is not None and not machine.host.can_execute:
         notes.append(f"{profile.name}: host bandwidth or compute unknown, so the CPU is not considered to "
                      f"execute weights (measure with `mv4deploy profile probe`)")

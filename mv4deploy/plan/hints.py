@@ -74,9 +74,14 @@ def _offloaded_expert_layers(plan) -> list[int]:
     return sorted(layers)
 
 
-def _gpu_experts(plan) -> int:
-    return sum(p.stop - p.start for p in _weights(plan)
-               if p.item.cls is GroupClass.ROUTED_EXPERTS and p.option.tier.kind is TierKind.GPU)
+def _gpu_experts_per_layer(plan) -> int:
+    """KTransformers' ``--kt-num-gpu-experts`` counts GPU experts *per MoE layer* (sglang-kt multiplies it by
+    the number of MoE layers, then places that total by activation frequency): the plan's GPU-resident routed
+    experts over its MoE layers, rounded down so the engine never holds more than the plan budgeted."""
+    experts = [p for p in _weights(plan) if p.item.cls is GroupClass.ROUTED_EXPERTS]
+    layers = {p.item.layer for p in experts}
+    on_gpu = sum(p.stop - p.start for p in experts if p.option.tier.kind is TierKind.GPU)
+    return on_gpu // max(len(layers), 1)
 
 
 def _parallel(best, tp: str, pp: str, ep: str | None) -> list[str]:
@@ -86,6 +91,11 @@ def _parallel(best, tp: str, pp: str, ep: str | None) -> list[str]:
     if layout.mode is Mode.PIPELINE:
         return [pp, str(len(layout.gpus))]
     return []
+
+
+def _gpus_used(best) -> int:
+    """GPUs the layout spreads the model over (tensor x pipeline ranks)."""
+    return best.layout.shards if best.layout.mode is Mode.TENSOR_EXPERT else max(len(best.layout.gpus), 1)
 
 
 def _model_ref(resolved) -> str:
@@ -104,12 +114,13 @@ def vllm_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
     if _kv_format(best) is CacheFormat.FP8:
         args += ["--kv-cache-dtype", "fp8"]
     host_weights = sum(p.bytes for p in _weights(plan) if p.option.tier.kind is not TierKind.GPU)
-    if host_weights:
-        args += ["--cpu-offload-gb", str(_gib(host_weights))]
+    if host_weights:   # vLLM's --cpu-offload-gb is per GPU: each rank offloads its share of the weights
+        args += ["--cpu-offload-gb", str(_gib(-(-host_weights // _gpus_used(best))))]
         notes.append("vLLM: --cpu-offload-gb streams offloaded weights over PCIe at every step; it has no "
                      "per-expert CPU execution, so expect less than the plan's decode speed")
-    if plan.kv_cache.gpu_bytes_saved:
-        args += ["--kv-offloading-backend", "native", "--kv-offloading-size", str(_gib(plan.kv_cache.gpu_bytes_saved))]
+    if plan.kv_cache.gpu_bytes_saved:   # no flag for it in the vLLM we check against (tests/data/engine_flags)
+        notes.append(f"vLLM: the plan keeps {_gib(plan.kv_cache.gpu_bytes_saved)} GiB of top-k KV pools in host RAM; "
+                     f"vLLM keeps its KV cache on the GPU, so give it that much GPU memory or a shorter context")
     return " ".join(args)
 
 
@@ -135,10 +146,10 @@ def sglang_hint(plan, best, resolved, machine, notes: list[str]) -> str | None:
         fmt = next(p.option.format for p in _weights(plan) if p.item.cls is GroupClass.ROUTED_EXPERTS)
         cores = machine.profile.host.cores or 1
         args += ["--kt-method", KT_METHOD.get(fmt, "BF16"), "--kt-weight-path", "/path/to/cpu-expert-weights",
-                 "--kt-cpuinfer", str(cores), "--kt-num-gpu-experts", str(_gpu_experts(plan)),
+                 "--kt-cpuinfer", str(cores), "--kt-num-gpu-experts", str(_gpu_experts_per_layer(plan)),
                  "--kt-expert-placement-strategy", "front-loading"]
         notes.append("SGLang: CPU experts need the KTransformers kt-kernel backend (sglang-kt); "
-                     "--kt-num-gpu-experts is the plan's total of GPU-resident routed experts")
+                     "--kt-num-gpu-experts is per MoE layer (the plan's GPU-resident routed experts / MoE layers)")
     if plan.kv_cache.gpu_bytes_saved:
         total = sum(p.bytes for p in plan.kv_cache.pools)
         ratio = max(1.0, total / max(total - plan.kv_cache.gpu_bytes_saved, 1))

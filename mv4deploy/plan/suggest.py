@@ -73,7 +73,11 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
     has_experts = any(p.item.cls is GroupClass.ROUTED_EXPERTS for p in best.placement.placed + best.placement.unplaced)
     if has_experts and policy != LOWER_BIT_EXPERTS:
         changes.append(Change(f"--policy {LOWER_BIT_EXPERTS}", "policy", {"policy": LOWER_BIT_EXPERTS}))
-    context = workload.context_tokens // 2 if _context_matters(plan, best) else 0
+    maximum = resolved.spec.max_position_embeddings
+    if workload.context_tokens > maximum:   # beyond the model: its own maximum first, then halves of it
+        context = maximum
+    else:
+        context = workload.context_tokens // 2 if _context_matters(plan, best) else 0
     while context >= MIN_CONTEXT:
         changes.append(Change(f"--context {context}", "context", {"workload": replace(workload, context_tokens=context)}))
         context //= 2

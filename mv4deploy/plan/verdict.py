@@ -79,6 +79,10 @@ class Change:
 
 
 def improves(base_verdict: Verdict, base_tps: float, verdict: Verdict, tps: float) -> bool:
+    """A better verdict, or the same fitting verdict at least ``SPEEDUP`` faster (a plan that still does not
+    fit is no help, however fast its estimate)."""
+    if verdict is Verdict.DOES_NOT_FIT:
+        return False
     if verdict.rank < base_verdict.rank:
         return True
     return verdict is base_verdict and tps >= SPEEDUP * max(base_tps, 1e-12)
