@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PRESETS, run_cli
+from conftest import PRESETS, REPO, run_cli
 
 
 def _folder(tmp_path, preset: str, tokenizer: bool = True, weights: bool = True):
@@ -75,3 +75,18 @@ def test_non_empty_out_needs_overwrite(tmp_path):
     result = run_cli("export", "onnx", _folder(tmp_path, "tiny-qwen2"), out, "--target", "cpu-int4")
     _assert_one_line_error(result, "OUT exists", "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_second_export_into_the_same_out_is_refused_naming_the_holder(tmp_path):
+    """While one export holds OUT (its lock lives beside OUT: the folder appears only when published),
+    another export into it exits 2 naming the holder's pid; nothing is left beside OUT afterwards."""
+    import os
+
+    from mv4deploy.core.outdir import claim_out
+    fixture = REPO / "tests" / "fixtures" / "models" / "tiny-qwen2"
+    out = tmp_path / "out"
+    with claim_out(tmp_path / ".out.exporting"):
+        result = run_cli("export", "onnx", fixture, out, "--target", "cpu-fp32")
+    assert result.code == 2, result.stderr
+    assert f"pid {os.getpid()}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -21,7 +21,7 @@ from mv4deploy.export.report import folder_sizes, readme, usage, write_outputs
 from mv4deploy.export.source import check_source, load_torch_model
 from mv4deploy.export.targets import Builder, ExportTarget, load_target
 from mv4deploy.export.verify import reference_source, verify
-from mv4deploy.core.outdir import write_error
+from mv4deploy.core.outdir import claim_out, write_error
 
 BUILDERS = {Builder.GENAI: genai.build, Builder.DYNAMO: dynamo.build, Builder.QNN_STATIC: qnn.build}
 # Default texts when --eval / --calib are not given: modules of this Python's standard library, read from
@@ -63,6 +63,13 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
                          tol.max_chunks)
     calib = eval_tokens(calib_path or default_text(DEFAULT_CALIB_MODULE), source.tokenizer, tol.chunk_tokens,
                         CALIB_CHUNKS) if target.builder is Builder.QNN_STATIC else None
+    with claim_out(out.parent / f".{out.name}.exporting"):   # one export into OUT at a time (OUT appears last)
+        return _export(model_dir, out, target_name, target, source, tokens, calib, eval_path, calib_path, notify,
+                       started)
+
+
+def _export(model_dir, out: Path, target_name: str, target: ExportTarget, source, tokens, calib, eval_path,
+            calib_path, notify: Notify | None, started: float) -> dict:
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
