@@ -49,6 +49,10 @@ class QuantFormat:
     bits: ClassVar[float]  # nominal bits per value of the payload, without scales
     min_ndim: ClassVar[int] = 2     # block and group formats need [*lead, rows, cols]
     lossless: ClassVar[bool] = False  # bf16/f32 keep NaN/Inf as they are; the others refuse them
+    # The quantization_config family that reads this layout as is: "fp8" (DeepSeek's and transformers'
+    # fine-grained FP8, which also carries MXFP4 experts and FP8 Engram rows), "compressed-tensors",
+    # "bitsandbytes"; None for plain dtypes and layouts no checkpoint loader reads.
+    ecosystem: ClassVar[str | None] = None
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -72,6 +72,7 @@ class FP8Block(QuantFormat, register=False):
     block: ClassVar[int]
     scale_dtype: ClassVar[str]     # F32 (V3 `weight_scale_inv`) or F8_E8M0 (V4 `.scale`)
     scale_suffix: ClassVar[str]
+    ecosystem = "fp8"
 
     def stored(self, name, shape):
         *lead, rows, cols = shape
@@ -121,6 +122,7 @@ class FP8RowsUE8M0(QuantFormat):
     name, compute, bits = "fp8-rows-ue8m0", "fp8", 8
     group = 32
     min_ndim = 1
+    ecosystem = "fp8"   # DeepSeek V4.1 ships its Engram tables this way under the FP8 config
 
     def stored(self, name, shape):
         *lead, cols = shape
@@ -149,6 +151,7 @@ class MXFP4(QuantFormat):
 
     name, compute, bits = "mxfp4", "fp4", 4
     group = 32
+    ecosystem = "fp8"   # DeepSeek V4's FP8 config with ``expert_dtype: fp4``
 
     def stored(self, name, shape):
         *lead, rows, cols = shape
@@ -178,6 +181,7 @@ class Int4Group(QuantFormat, register=False):
     Error: half a step, s / 2 with s = bf16(amax / 7) of the group."""
 
     group: ClassVar[int]
+    ecosystem = "compressed-tensors"
 
     def stored(self, name, shape):
         *lead, rows, cols = shape
@@ -274,6 +278,7 @@ class NF4(QuantFormat):
 
     name, compute, bits = "nf4", "bf16", 4
     min_ndim = 1
+    ecosystem = "bitsandbytes"
 
     def stored(self, name, shape):
         n = prod(shape)

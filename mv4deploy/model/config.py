@@ -28,7 +28,11 @@ ARCHITECTURES = {
     "DeepseekV4ForCausalLM": Arch.DEEPSEEK_V4, "DeepseekV41ForCausalLM": Arch.DEEPSEEK_V41,
     "Qwen2ForCausalLM": Arch.QWEN2, "LlamaForCausalLM": Arch.LLAMA,
 }
-QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of what `mv4deploy quantize` writes
+QUANT_METHOD = "mv4deploy"   # quant_method of an `mv4deploy quantize` output no ecosystem loader reads
+# Where `mv4deploy quantize` writes its own description (recipe, per-weight rules, the source's config):
+# a top-level config.json key, so that ``quantization_config`` stays the ecosystem's (fp8, compressed-tensors,
+# bitsandbytes) and transformers / vLLM load the output as they load any checkpoint of that format.
+OURS_KEY = "mv4deploy_quantization"
 
 # Keys that change nothing we count (bytes, tensors, KV): accepted without a warning.
 GENERIC_KEYS = frozenset({
@@ -41,6 +45,7 @@ GENERIC_KEYS = frozenset({
     "hidden_size", "num_hidden_layers", "num_nextn_predict_layers", "attention_bias",
     # written by transformers' save_pretrained
     "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "problem_type",
+    OURS_KEY,
 })
 ROUTER_KEYS = frozenset({"scoring_func", "topk_method", "routed_scaling_factor", "norm_topk_prob",
                          "n_group", "topk_group", "ep_size", "aux_loss_alpha", "seq_aux"})
@@ -339,13 +344,14 @@ def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
     dtype = str(r.cfg.get("torch_dtype") or r.cfg.get("dtype") or "bfloat16")
     plain = "f32" if dtype in ("float32", "fp32") else "bf16"
     q = r.cfg.get("quantization_config")
+    ours = _ours(r.cfg)
+    if ours is not None:
+        return _mv4deploy_formats(r, arch, ours, f"{r.source}: {OURS_KEY}")
     if q is None:
         return StoredFormats(linear=plain, expert=plain, engram_table=plain, plain=plain, norm=plain)
     source = f"{r.source}: quantization_config"
     if not isinstance(q, dict):
         raise InputError(r.source, "quantization_config", q, "must be an object")
-    if q.get("quant_method") == QUANT_METHOD:
-        return _mv4deploy_formats(r, arch, q, source)
     if q.get("quant_method") != "fp8":
         raise InputError(source, "quant_method", q.get("quant_method"), "unsupported; supported: fp8, mv4deploy")
     block = q.get("weight_block_size")
@@ -376,7 +382,8 @@ def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFo
     base = q.get("base")
     if base is not None and (not isinstance(base, dict) or base.get("quant_method") == QUANT_METHOD):
         raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")
-    native = _stored_formats(_Reader({**r.cfg, "quantization_config": base}, r.source), arch)
+    source_cfg = {k: v for k, v in r.cfg.items() if k != OURS_KEY}
+    native = _stored_formats(_Reader({**source_cfg, "quantization_config": base}, r.source), arch)
     return replace(native, rules=rules_from_json(q.get("rules"), source))
 
 
@@ -391,7 +398,14 @@ _BUILDERS = {
 }
 
 
+def _ours(raw: dict) -> dict | None:
+    """What ``mv4deploy quantize`` wrote about a checkpoint (``OURS_KEY``), or None."""
+    ours = raw.get(OURS_KEY)
+    if ours is not None and not isinstance(ours, dict):
+        raise InputError(None, OURS_KEY, ours, "must be an object")
+    return ours
+
+
 def quantized_by_us(raw: dict) -> bool:
-    """Whether a raw config.json was written by ``mv4deploy quantize`` (its quant_method is ours)."""
-    quant = raw.get("quantization_config")
-    return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD
+    """Whether a raw config.json was written by ``mv4deploy quantize``."""
+    return _ours(raw) is not None
