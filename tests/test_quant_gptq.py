@@ -49,9 +49,29 @@ def test_gptq_with_identity_hessian_is_round_to_nearest():
     """With H = I no column informs another: GPTQ must reduce to RTN exactly."""
     from mv4deploy.formats.kernels_int import int4_quant
     w, _ = _correlated(rows=16, cols=256)
-    result = gptq_quantize(w, torch.eye(256), 128, damp=0.0)
+    result = gptq_quantize(w, torch.eye(256), 128, damp=0.0, actorder=False, divisor=7.0)
     q, s = int4_quant(w, 128)
     assert torch.equal(result.codes, q) and torch.equal(result.scales, s)
+
+
+def test_with_identity_hessian_activation_order_rounds_each_weight_to_its_searched_scale():
+    """H = I: no error is spread, so every code is round(w / s) with the scale the search picked, and
+    that scale is the candidate with the least squared rounding error of its group."""
+    from mv4deploy.quant.gptq import SHRINK, group_scales, pad_groups
+    w, _ = _correlated(rows=16, cols=256)
+    result = gptq_quantize(w, torch.eye(256), 128, damp=0.0)
+    s = result.scales.double().repeat_interleave(128, dim=1)
+    assert torch.equal(result.codes.double(), (w.double() / s).round().clamp(-8, 7))
+    wg = pad_groups(w.double(), 128)
+    amax = wg.abs().amax(-1)
+    errors = []
+    for f in SHRINK:
+        cand = (amax / 7.5 * f).to(torch.bfloat16).double()[..., None]
+        errors.append((((wg / cand).round().clamp(-8, 7) * cand - wg) ** 2).sum(-1))
+    chosen = result.scales.double()[..., None]
+    chosen_err = (((wg / chosen).round().clamp(-8, 7) * chosen - wg) ** 2).sum(-1)
+    assert torch.allclose(chosen_err, torch.stack(errors).amin(0))
+    assert torch.equal(result.scales, group_scales(w.double(), torch.ones(256, dtype=torch.float64), 128, 7.5))
 
 
 def test_dead_columns_stay_finite():

@@ -47,10 +47,13 @@ class CalibrationSpec:
 
 
 # ---------------------------------------------------------------- native name -> transformers module
-def hessian_key(native: str) -> tuple[str, int | None, str] | None:
-    """(transformers module path, expert index or None, which input) for a native linear weight, through
-    the runtime's name map (``runtime.name_map``); None where the reference model has no such module
+def hessian_key(native: str, hf_names: bool = False) -> tuple[str, int | None, str] | None:
+    """(transformers module path, expert index or None, which input) for a linear weight. A checkpoint in
+    transformers' names (``hf_names``: Qwen2, Llama, V3) names its module itself; a native one goes through
+    the runtime's name map (``runtime.name_map``). None where the reference model has no such module
     (``mtp.*`` and the other skipped names, or a name the map does not know)."""
+    if hf_names:
+        return (native[: -len(".weight")], None, "linear") if native.endswith(".weight") else None
     try:
         target = name_map.to_target(native)
     except KeyError:
@@ -126,15 +129,15 @@ class GPTQQuantizer:
     None (round to nearest) otherwise. Every INT4 weight's outcome is recorded (``outcomes``), and the
     pipeline stores them in its journal with the shard, so a resumed run reports all of them."""
 
-    def __init__(self, collector: HessianCollector, min_tokens: int):
-        self.collector, self.min_tokens = collector, min_tokens
+    def __init__(self, collector: HessianCollector, min_tokens: int, hf_names: bool = False):
+        self.collector, self.min_tokens, self.hf_names = collector, min_tokens, hf_names
         self.outcomes: dict[str, dict] = {}
         self.lock = threading.Lock()
 
     def __call__(self, job, x: torch.Tensor):
         if job.target not in INT4_FORMATS:
             return None
-        key = hessian_key(job.weight.name)
+        key = hessian_key(job.weight.name, self.hf_names)
         tokens = self.collector.tokens.get(key, 0) if key else 0
         if key is None or key not in self.collector.h or tokens < self.min_tokens:
             reason = "no module in the reference model" if key is None or key not in self.collector.tokens \
@@ -178,4 +181,6 @@ def calibrate(job, spec: CalibrationSpec, model=None, token_ids: torch.Tensor | 
     caller that already has them), otherwise the runtime loads SRC and its tokenizer reads the text."""
     model = model if model is not None else _load_model(job.src)
     ids = token_ids if token_ids is not None else _token_ids(job.src, spec)
-    return GPTQQuantizer(collect_hessians(model, ids, spec.seq_len), spec.min_expert_tokens), int(ids.numel())
+    hf_names = not name_map.native_layout([w.weight.name for s in job.shards for w in s.weights])
+    quantizer = GPTQQuantizer(collect_hessians(model, ids, spec.seq_len), spec.min_expert_tokens, hf_names)
+    return quantizer, int(ids.numel())
