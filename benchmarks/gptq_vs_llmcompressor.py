@@ -1,0 +1,102 @@
+"""Our GPTQ against llm-compressor's GPTQ: same scheme (W4A16, symmetric INT4, group 128), same
+calibration tokens, same held-out scoring, side by side.
+
+    python benchmarks/gptq_vs_llmcompressor.py --llmc-python /tmp/llmc-venv/bin/python [--models tiny-qwen2,tiny-v4]
+
+llm-compressor runs in its own environment (``--llmc-python``: a venv with llmcompressor 0.14 and the CPU
+torch; its transformers pin differs from ours) through ``benchmarks/_llmc_gptq.py``, which never imports
+mv4deploy. The calibration chunks are the ones our GPTQ reads (``quant.calibrate``: the first 4,096 tokens
+of tests/fixtures/calib.txt, in chunks of 256), written to JSON for it. Both outputs are compressed-tensors
+``pack-quantized`` checkpoints; llm-compressor's is loaded by plain transformers, ours by mv4deploy's
+loader, and both are scored as ``mv4deploy validate --chunk 256 --max-chunks 8`` scores them against the
+BF16 fixture. Scope: the ``nn.Linear`` modules llm-compressor targets (``lm_head`` excluded); V4's fused
+routed experts are not ``nn.Linear``, so on tiny-v4 both quantize attention, shared experts and the other
+linears and leave the routed experts BF16 (our ``int4`` preset would also calibrate every expert).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _chunks(src: Path, spec) -> list[list[int]]:
+    from mv4deploy.quant.calibrate import _token_ids
+    ids = _token_ids(src, spec).tolist()
+    return [ids[i:i + spec.seq_len] for i in range(0, len(ids), spec.seq_len) if len(ids[i:i + spec.seq_len]) > 1]
+
+
+def _recipe():
+    from mv4deploy.model.rules import Rule
+    from mv4deploy.quant.recipe import CATCH_ALL, KEEP_HIGH_PRECISION, Recipe
+    return Recipe("int4-linears", KEEP_HIGH_PRECISION + (Rule("int4-g128", slot="linear"), CATCH_ALL))
+
+
+def _llmc_ignore(model: str) -> list[str]:
+    """Linear modules our linear-slot recipe keeps BF16 (transformers names, llm-compressor regexes)."""
+    if model.startswith("tiny-v4"):  # V4: compressor / indexer scorer / router projections stay BF16 in ours
+        return ["re:.*compressor\\.(kv_proj|gate_proj)$", "re:.*indexer\\.(gate_proj)$",
+                "re:.*weights_proj$", "re:.*mlp\\.gate$"]
+    return []
+
+
+def _run_llmc(python: str, src: Path, out: Path, tokens: Path, model: str) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    proc = subprocess.run([python, str(REPO / "benchmarks/_llmc_gptq.py"), str(src), str(out), str(tokens), "128",
+                           *_llmc_ignore(model)], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"llm-compressor failed on {model}: {proc.stderr.strip().splitlines()[-1]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llmc-python", required=True, help="python of a venv with llmcompressor")
+    parser.add_argument("--models", default="tiny-qwen2,tiny-v4")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mv4deploy-gptq-bench"))
+    args = parser.parse_args()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mv4deploy.model.tokenizer import load_tokenizer
+    from mv4deploy.quant.calibrate import CalibrationSpec
+    from mv4deploy.quant.run import quantize_checkpoint
+    from mv4deploy.runtime import load_model
+    from mv4deploy.validate.evaltext import tokenize_eval
+    from mv4deploy.validate.run import compare_models
+    torch.set_num_threads(2)
+    spec = CalibrationSpec(REPO / "tests/fixtures/calib.txt")
+    rows = []
+    for model in args.models.split(","):
+        src = REPO / "tests/fixtures/models" / model
+        work = args.work / model
+        work.mkdir(parents=True, exist_ok=True)
+        tokens = work / "calib_chunks.json"
+        tokens.write_text(json.dumps(_chunks(src, spec)))
+        seconds = _run_llmc(args.llmc_python, src, work / "llmc", tokens, model)
+        shutil.rmtree(work / "ours", ignore_errors=True)
+        start = time.perf_counter()
+        quantize_checkpoint(src, work / "ours", _recipe(), calibration=spec, workers=2)
+        ours_s = time.perf_counter() - start
+        et = tokenize_eval(REPO / "tests/fixtures/eval.txt", load_tokenizer(src), 256, 8)
+        ref = load_model(src)
+        theirs = AutoModelForCausalLM.from_pretrained(work / "llmc", dtype=torch.float32, local_files_only=True).eval()
+        for name, cand, secs in (("llm-compressor GPTQ", theirs, seconds), ("mv4deploy GPTQ", load_model(work / "ours"), ours_s)):
+            s = compare_models(ref, cand, et)
+            rows.append((model, name, s["kld_mean"], s["kld_p99"], s["same_top1"], secs))
+    print(f"{'model':11s} {'engine':20s} {'mean KLD':>10s} {'99% KLD':>10s} {'top-1':>7s} {'seconds':>8s}")
+    for model, name, kld, p99, top1, secs in rows:
+        print(f"{model:11s} {name:20s} {kld:10.3e} {p99:10.3e} {top1:7.4f} {secs:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
