@@ -1,4 +1,4 @@
-"""Our GPTQ against llm-compressor's GPTQ: same scheme (W4A16, symmetric INT4, group 128), same
+"""Our GPTQ against llm-compressor's GPTQ: same scheme (W4A16, symmetric INT4, group 128; 32 on tiny-v4), same
 calibration tokens, same held-out scoring, side by side.
 
     python benchmarks/gptq_vs_llmcompressor.py --llmc-python /tmp/llmc-venv/bin/python [--models tiny-qwen2,tiny-v4]
@@ -34,10 +34,14 @@ def _chunks(src: Path, spec) -> list[list[int]]:
     return [ids[i:i + spec.seq_len] for i in range(0, len(ids), spec.seq_len) if len(ids[i:i + spec.seq_len]) > 1]
 
 
-def _recipe():
+# llm-compressor needs K divisible by the group: tiny-v4 has K = 64 linears (shared expert down, o_b), so g32
+GROUP = {"tiny-qwen2": 128, "tiny-v4": 32}
+
+
+def _recipe(group: int):
     from mv4deploy.model.rules import Rule
     from mv4deploy.quant.recipe import CATCH_ALL, KEEP_HIGH_PRECISION, Recipe
-    return Recipe("int4-linears", KEEP_HIGH_PRECISION + (Rule("int4-g128", slot="linear"), CATCH_ALL))
+    return Recipe(f"int4-g{group}-linears", KEEP_HIGH_PRECISION + (Rule(f"int4-g{group}", slot="linear"), CATCH_ALL))
 
 
 def _llmc_ignore(model: str) -> list[str]:
@@ -48,10 +52,10 @@ def _llmc_ignore(model: str) -> list[str]:
     return []
 
 
-def _run_llmc(python: str, src: Path, out: Path, tokens: Path, model: str) -> float:
+def _run_llmc(python: str, src: Path, out: Path, tokens: Path, model: str, group: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.run([python, str(REPO / "benchmarks/_llmc_gptq.py"), str(src), str(out), str(tokens), "128",
+    proc = subprocess.run([python, str(REPO / "benchmarks/_llmc_gptq.py"), str(src), str(out), str(tokens), str(group),
                            *_llmc_ignore(model)], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"llm-compressor failed on {model}: {proc.stderr.strip().splitlines()[-1]}")
@@ -82,20 +86,21 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         tokens = work / "calib_chunks.json"
         tokens.write_text(json.dumps(_chunks(src, spec)))
-        seconds = _run_llmc(args.llmc_python, src, work / "llmc", tokens, model)
+        group = GROUP.get(model, 128)
+        seconds = _run_llmc(args.llmc_python, src, work / "llmc", tokens, model, group)
         shutil.rmtree(work / "ours", ignore_errors=True)
         start = time.perf_counter()
-        quantize_checkpoint(src, work / "ours", _recipe(), calibration=spec, workers=2)
+        quantize_checkpoint(src, work / "ours", _recipe(group), calibration=spec, workers=2)
         ours_s = time.perf_counter() - start
         et = tokenize_eval(REPO / "tests/fixtures/eval.txt", load_tokenizer(src), 256, 8)
         ref = load_model(src)
         theirs = AutoModelForCausalLM.from_pretrained(work / "llmc", dtype=torch.float32, local_files_only=True).eval()
         for name, cand, secs in (("llm-compressor GPTQ", theirs, seconds), ("mv4deploy GPTQ", load_model(work / "ours"), ours_s)):
             s = compare_models(ref, cand, et)
-            rows.append((model, name, s["kld_mean"], s["kld_p99"], s["same_top1"], secs))
-    print(f"{'model':11s} {'engine':20s} {'mean KLD':>10s} {'99% KLD':>10s} {'top-1':>7s} {'seconds':>8s}")
+            rows.append((f"{model} g{group}", name, s["kld_mean"], s["kld_p99"], s["same_top1"], secs))
+    print(f"{'model':15s} {'engine':20s} {'mean KLD':>10s} {'99% KLD':>10s} {'top-1':>7s} {'seconds':>8s}")
     for model, name, kld, p99, top1, secs in rows:
-        print(f"{model:11s} {name:20s} {kld:10.3e} {p99:10.3e} {top1:7.4f} {secs:8.1f}")
+        print(f"{model:15s} {name:20s} {kld:10.3e} {p99:10.3e} {top1:7.4f} {secs:8.1f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""What `mv4deploy quantize` writes is what the ecosystem reads: plain transformers
+(``AutoModelForCausalLM.from_pretrained``, in a subprocess that never imports mv4deploy) loads each
+output of the trained fixtures and gives the logits of mv4deploy's own loader, and config.json carries
+the ecosystem's quantization_config (checked against the library's own config classes and, for V4,
+against the shipped FP8/FP4 layout of the tiny-v4-fp8fp4 fixture).
+
+On CPU transformers' fine-grained FP8 path dequantizes at load ("requires a GPU or XPU, we will default to
+dequantizing the model to bf16"): e4m3 x UE8M0 is exact, so its logits equal ours bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mv4deploy.model.config import OURS_KEY
+from mv4deploy.quant.recipe import get_recipe
+from mv4deploy.quant.run import quantize_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures" / "models"
+PLAIN = Path(__file__).parent / "_support" / "plain_hf_logits.py"
+# (fixture, recipe) -> mean KLD against the BF16 reference the recipe stays within on 128 held-out tokens
+# (measured: fp8 3.3e-4 / 4.1e-4, nf4 4.0e-3, int4 RTN 6.7e-3; docs/quantization.md)
+CASES = {("tiny-qwen2", "fp8"): 1e-3, ("tiny-qwen2", "nf4"): 1e-2, ("tiny-qwen2", "int4"): 1.5e-2,
+         ("tiny-v4", "fp8"): 1e-3, ("tiny-v4", "fp8-fp4-experts"): 1e-3}
+
+
+def _kld(p: torch.Tensor, q: torch.Tensor) -> float:
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    from mv4deploy.model.tokenizer import load_tokenizer
+    text = (Path(__file__).parent / "fixtures" / "eval.txt").read_text()[:4000]
+    return torch.tensor([load_tokenizer(FIXTURES / "tiny-qwen2").encode(text)[:128]])
+
+
+def _plain_logits(folder: Path, tokens: torch.Tensor, tmp: Path) -> torch.Tensor:
+    torch.save(tokens, tmp / "tokens.pt")
+    proc = subprocess.run([sys.executable, str(PLAIN), str(folder), str(tmp / "tokens.pt"), str(tmp / "out.pt")],
+                          capture_output=True, text=True, cwd=tmp, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return torch.load(tmp / "out.pt")
+
+
+def _ours(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
+    from mv4deploy.runtime import load_model
+    with torch.no_grad():
+        return torch.log_softmax(load_model(folder)(tokens).logits.float(), -1)
+
+
+@pytest.mark.parametrize("model,recipe", list(CASES))
+def test_plain_transformers_loads_what_quantize_writes(tmp_path, tokens, model, recipe):
+    out = tmp_path / "out"
+    quantize_checkpoint(FIXTURES / model, out, get_recipe(recipe), workers=1)
+    ours, ref = _ours(out, tokens), _ours(FIXTURES / model, tokens)
+    plain = _plain_logits(out, tokens, tmp_path)
+    assert _kld(ours, plain) < 1e-4
+    assert 1e-6 < _kld(ref, plain) < CASES[(model, recipe)]   # quantized (not a copy), within the recipe's KLD
+    config = json.loads((out / "config.json").read_text())
+    assert config[OURS_KEY]["recipe"] == recipe and config[OURS_KEY]["rules"]
+
+
+def test_v4_fp8_fp4_config_is_the_shipped_one(tmp_path):
+    out = tmp_path / "out"
+    quantize_checkpoint(FIXTURES / "tiny-v4", out, get_recipe("fp8-fp4-experts"), workers=1)
+    shipped = json.loads((FIXTURES / "tiny-v4-fp8fp4" / "config.json").read_text())["quantization_config"]
+    assert json.loads((out / "config.json").read_text())["quantization_config"] == shipped
+    ours = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    theirs = json.loads((FIXTURES / "tiny-v4-fp8fp4" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert sorted(ours) == sorted(theirs)
+
+
+def test_configs_are_the_libraries_own(tmp_path):
+    """compressed-tensors parses our INT4 config into W4A16 g128 with lm_head ignored; transformers'
+    BitsAndBytesConfig reads our NF4 config back unchanged; FP8 on a dense model names what stays BF16."""
+    from compressed_tensors.quantization import QuantizationConfig
+    from transformers import BitsAndBytesConfig
+    configs = {}
+    for recipe in ("int4", "nf4", "fp8"):
+        quantize_checkpoint(FIXTURES / "tiny-qwen2", tmp_path / recipe, get_recipe(recipe), workers=1)
+        configs[recipe] = json.loads((tmp_path / recipe / "config.json").read_text())["quantization_config"]
+    ct = QuantizationConfig.model_validate(configs["int4"])
+    weights = ct.config_groups["group_0"].weights
+    assert (ct.format, weights.num_bits, weights.group_size, weights.symmetric, ct.ignore) == \
+        ("pack-quantized", 4, 128, True, ["lm_head"])
+    bnb = BitsAndBytesConfig.from_dict(dict(configs["nf4"]))
+    assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and not bnb.bnb_4bit_use_double_quant
+    assert bnb.llm_int8_skip_modules == ["lm_head"]
+    assert configs["fp8"] == {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                              "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head"]}
+
+
+def test_an_experts_recipe_on_a_dense_model_exits_2_naming_the_rule(cli, tmp_path):
+    result = cli("quantize", str(FIXTURES / "tiny-qwen2"), str(tmp_path / "out"), "--recipe", "int4-experts")
+    assert result.code == 2 and not (tmp_path / "out").exists()
+    line = result.stderr.strip().splitlines()[-1]
+    assert "int4-experts" in line and "'slot': 'expert'" in line and "applies to no weight" in line
