@@ -4,6 +4,7 @@ transformers' DeepseekV4 (fused 3-D experts included, none skipped silently), an
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,26 @@ def test_calibrated_pipeline_uses_gptq_and_lists_every_fallback(hf_model, tmp_pa
     got = load_logical(tmp_path / "out", names={name})[name]
     diff = (w - got).double()
     assert float(torch.einsum("ri,ij,rj->", diff, h, diff)) < rtn_hessian_error(w, h, 128)
+
+
+def test_qwen2_gets_gptq_on_every_linear_with_one_bar_per_step(tmp_path):
+    """An HF-named dense model is calibrated by its own module names: every INT4 weight gets GPTQ, none
+    falls back to round-to-nearest; calibration and quantization each draw exactly one bar, filled."""
+    from contextlib import contextmanager
+    from mv4deploy.quant.calibrate import CalibrationSpec
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    fixtures = Path(__file__).parent / "fixtures"
+    bars = []
+
+    @contextmanager
+    def progress(description, total, unit_bytes=True):
+        bars.append([description, total, 0])
+        yield lambda n=1: bars[-1].__setitem__(2, bars[-1][2] + n)
+
+    summary = quantize_checkpoint(fixtures / "models" / "tiny-qwen2", tmp_path / "out", get_recipe("int4"),
+                                  calibration=CalibrationSpec(fixtures / "calib.txt"), workers=1, progress=progress)
+    report = summary["calibration"]
+    assert report["rtn_fallback"] == [] and report["gptq_weights"] == summary["formats"]["int4-g128"] == 28
+    assert [b[0] for b in bars] == ["calibrate (GPTQ Hessians)", "quantize tiny-qwen2 -> int4"]
+    assert all(done == total for _, total, done in bars) and bars[1][1] == summary["source_bytes"]

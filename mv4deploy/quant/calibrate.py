@@ -13,6 +13,7 @@ Native names map to transformers' modules through the runtime's name map (the ta
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,8 +110,10 @@ class HessianCollector:
             handle.remove()
 
 
-def collect_hessians(model: torch.nn.Module, token_ids: torch.Tensor, seq_len: int) -> HessianCollector:
-    """Run ``token_ids`` (1-D) through ``model`` in chunks of ``seq_len`` with the hooks attached."""
+def collect_hessians(model: torch.nn.Module, token_ids: torch.Tensor, seq_len: int,
+                     advance=lambda n=1: None) -> HessianCollector:
+    """Run ``token_ids`` (1-D) through ``model`` in chunks of ``seq_len`` with the hooks attached
+    (``advance(1)`` after each chunk: the calibration step's progress bar)."""
     collector = HessianCollector(model)
     try:
         with torch.no_grad():
@@ -118,6 +121,7 @@ def collect_hessians(model: torch.nn.Module, token_ids: torch.Tensor, seq_len: i
                 chunk = token_ids[start:start + seq_len]
                 if chunk.numel() > 1:
                     model(input_ids=chunk[None, :], use_cache=False)
+                advance(1)
     finally:
         collector.close()
     return collector
@@ -176,11 +180,16 @@ def _token_ids(src: Path, spec: CalibrationSpec) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibrate(job, spec: CalibrationSpec, model=None, token_ids: torch.Tensor | None = None):
+def calibrate(job, spec: CalibrationSpec, model=None, token_ids: torch.Tensor | None = None, progress=None):
     """(quantizer, calibration tokens) for ``job``; ``model``/``token_ids`` may be given (tests, or a
-    caller that already has them), otherwise the runtime loads SRC and its tokenizer reads the text."""
+    caller that already has them), otherwise the runtime loads SRC and its tokenizer reads the text.
+    ``progress(description, total, unit_bytes=False)`` (``cli.output.progress``) draws the step's bar."""
     model = model if model is not None else _load_model(job.src)
     ids = token_ids if token_ids is not None else _token_ids(job.src, spec)
+    chunks = -(-int(ids.numel()) // spec.seq_len)
+    bar = progress("calibrate (GPTQ Hessians)", chunks, unit_bytes=False) if progress else nullcontext()
+    with bar as advance:
+        collector = collect_hessians(model, ids, spec.seq_len, advance or (lambda n=1: None))
     hf_names = not name_map.native_layout([w.weight.name for s in job.shards for w in s.weights])
-    quantizer = GPTQQuantizer(collect_hessians(model, ids, spec.seq_len), spec.min_expert_tokens, hf_names)
+    quantizer = GPTQQuantizer(collector, spec.min_expert_tokens, hf_names)
     return quantizer, int(ids.numel())

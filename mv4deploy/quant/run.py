@@ -70,7 +70,7 @@ def _run(job, calibration, workers, device, allow_nonfinite, progress, calibrati
     report = None
     if calibration is not None:
         from mv4deploy.quant.calibrate import calibrate, calibration_report
-        quantizer, tokens = calibrate(job, calibration, *(calibration_inputs or ()))
+        quantizer, tokens = calibrate(job, calibration, *(calibration_inputs or (None, None)), progress=progress)
         options = Options(allow_nonfinite, workers, options.device, quantizer)
     bar = progress(f"quantize {job.src.name} -> {job.recipe.name}", job.source_bytes) if progress else nullcontext()
     with bar as advance:

@@ -70,8 +70,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
 def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
-    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=str(device),
-                                                       local_files_only=True, output_loading_info=True)
+    from mv4deploy.runtime.quiet import library_bars_off
+    with library_bars_off():
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=str(device),
+                                                           local_files_only=True, output_loading_info=True)
     for kind in ("missing_keys", "mismatched_keys"):
         if info.get(kind):
             raise InputError(folder, str(sorted(info[kind])[0]), None, f"{kind.replace('_', ' ')} on load")

@@ -153,12 +153,13 @@ def _open_runtime(folder: Path, device: str) -> TorchSource:
 
 def _open_transformers(folder: Path, device: str) -> TorchSource:
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+
+    from mv4deploy.runtime.quiet import library_bars_off
     tokenizer = load_tokenizer(folder)
-    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
-                                                     dtype=torch.float32)
+        with library_bars_off():
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                         trust_remote_code=False, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(folder, "config.json", None, f"transformers cannot load it: {first_line(exc)}") from exc
     return TorchSource("transformers", folder, model.eval().to(device), tokenizer, device)
