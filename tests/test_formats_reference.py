@@ -181,3 +181,16 @@ def test_fast_e2m1_table_agrees_with_the_reference_rounding(dtype):
     v = torch.cat([near, -near, torch.empty(20000).uniform_(-6, 6, generator=torch.Generator().manual_seed(3)),
                    torch.tensor([0.0, -0.0, 6.0, -6.0, 1e-30])]).to(dtype)
     assert torch.equal(e2m1_codes_fast(v), e2m1_codes(v.float()))
+
+
+def test_nf4_table_codes_equal_bitsandbytes_bucketize_on_a_million_values():
+    """The 16-bit-prefix table must agree with bitsandbytes' bucketize everywhere, midpoints included:
+    every bf16 value of every magnitude, in blocks whose absmax varies (so w / absmax covers [-1, 1] finely)."""
+    import bitsandbytes.functional as bnb
+    from mv4deploy.formats.kernels_int import nf4_quant
+    every_bf16 = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    finite = every_bf16[torch.isfinite(every_bf16)]
+    w = torch.cat([finite, (torch.randn(1 << 20) * torch.rand(1 << 20) ** 4).to(torch.bfloat16)])
+    packed, absmax, _, _ = nf4_quant(w, 64, b"{}")
+    theirs, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.equal(packed, theirs) and torch.equal(absmax, state.absmax)

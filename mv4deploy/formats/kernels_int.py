@@ -4,6 +4,7 @@ pack-quantized W4A16, and NF4 through bitsandbytes. Imported lazily (torch)."""
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 
 import torch
 
@@ -83,11 +84,53 @@ def _bnb():
 
 def nf4_quant(x: torch.Tensor, block: int, state_json: bytes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                      torch.Tensor]:
-    """(packed uint8 [ceil(n/2), 1], absmax f32 [ceil(n/block)], quant_map f32 [16], state uint8 [json])."""
-    q, state = _bnb().quantize_4bit(x.to(torch.bfloat16).contiguous(), blocksize=block, quant_type="nf4",
-                                    compress_statistics=False)
-    packed_state = torch.tensor(list(state_json), dtype=torch.uint8)
-    return q, state.absmax.float(), state.code.float(), packed_state
+    """(packed uint8 [ceil(n/2), 1], absmax f32 [ceil(n/block)], quant_map f32 [16], state uint8 [json]),
+    byte for byte what bitsandbytes' ``quantize_4bit(bf16 x, block, "nf4")`` returns (tested): its CPU
+    kernel is run on the tail (the last partial block), the whole blocks go through ``nf4_codes``."""
+    flat = x.to(torch.bfloat16).reshape(-1)
+    n = flat.numel()
+    full = n - n % block
+    packed = torch.empty(((n + 1) // 2, 1), dtype=torch.uint8, device=x.device)
+    absmax = torch.empty(-(-n // block), dtype=torch.float32, device=x.device)
+    step = max(block, (1 << 16) // block * block)
+    for a in range(0, full, step):
+        b = min(full, a + step)
+        codes, absmax[a // block:b // block] = nf4_codes(flat[a:b].view(-1, block))
+        packed[a // 2:b // 2, 0] = (codes[0::2] << 4) | codes[1::2]
+    if full < n:   # the partial block: bitsandbytes itself
+        q, state = _bnb().quantize_4bit(flat[full:].contiguous(), blocksize=block, quant_type="nf4",
+                                        compress_statistics=False)
+        packed[full // 2:] = q.reshape(-1, 1)
+        absmax[full // block:] = state.absmax
+    return packed, absmax, nf4_levels(), torch.tensor(list(state_json), dtype=torch.uint8)
+
+
+def nf4_codes(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 [m, block] -> (NF4 codes uint8 [m * block], absmax f32 [m]). bitsandbytes' rule: the code of
+    v = clamp(w / absmax, -1, 1) is the number of level midpoints below v (its ``bucketize``, 4x slower).
+    Here the top 16 bits of v's float32 index a table (``_nf4_table``): the code of the smallest value
+    with those bits, plus one where a midpoint lies inside that 2**16-value interval and v is above it."""
+    x = blocks.float()
+    absmax = x.abs().amax(-1)
+    v = x.mul_((1.0 / absmax.clamp(min=1e-38))[:, None]).clamp_(-1, 1).reshape(-1)
+    base, above = _nf4_table(str(v.device))
+    prefix = (v.view(torch.int32) >> 16) & 0xFFFF
+    return base[prefix] + (v > above[prefix]), absmax
+
+
+@lru_cache(maxsize=4)
+def _nf4_table(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per 16-bit float32 prefix p (the values [lo, hi] sharing it): (number of midpoints < lo, the one
+    midpoint m with lo <= m < hi, else +inf). No interval holds two: midpoints are >= 0.08 apart."""
+    levels = nf4_levels()
+    mids = (levels[1:] + levels[:-1]) / 2                      # bitsandbytes' bounds, same arithmetic
+    p = torch.arange(1 << 16, dtype=torch.int32)
+    ends = torch.stack(((p << 16).view(torch.float32), ((p << 16) | 0xFFFF).view(torch.float32)))
+    lo, hi = ends.amin(0), ends.amax(0)
+    base = (mids[None, :] < lo[:, None]).sum(-1).to(torch.uint8)
+    inside = (mids[None, :] >= lo[:, None]) & (mids[None, :] < hi[:, None])
+    above = torch.where(inside.any(-1), (mids[None, :] * inside).sum(-1), torch.full_like(lo, float("inf")))
+    return base.to(device), above.to(device)
 
 
 def nf4_dequant(q: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor, shape: tuple[int, ...],
