@@ -194,3 +194,22 @@ def test_nf4_table_codes_equal_bitsandbytes_bucketize_on_a_million_values():
     packed, absmax, _, _ = nf4_quant(w, 64, b"{}")
     theirs, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
     assert torch.equal(packed, theirs) and torch.equal(absmax, state.absmax)
+
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (33, 48)])
+def test_nvfp4_decompresses_through_compressed_tensors_to_our_dequant(shape):
+    """compressed-tensors' own NVFP4PackedCompressor.decompress reads our stored tensors into the same
+    weight as our dequant (bit for bit in float32), within the documented bound of the original."""
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    w = _weight(*shape)
+    fmt = get_format("nvfp4")
+    stored = fmt.quantize(NAME, w)
+    local = {k.rsplit(".", 1)[1]: v for k, v in stored.items()}
+    scheme = preset_name_to_scheme("NVFP4A16", ["Linear"])
+    theirs = NVFP4PackedCompressor.decompress(local, scheme)["weight"]
+    ours = fmt.dequantize(NAME, stored, torch.float32)
+    assert torch.equal(theirs.float(), ours.to(theirs.dtype).float())
+    assert bool(((ours - w.float()).abs() <= fmt.error_bound(w)).all())
+    assert stored["layers.3.attn.wq_a.weight_global_scale"].shape == (1,)

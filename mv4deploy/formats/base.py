@@ -53,6 +53,8 @@ class QuantFormat:
     # fine-grained FP8, which also carries MXFP4 experts and FP8 Engram rows), "compressed-tensors",
     # "bitsandbytes"; None for plain dtypes and layouts no checkpoint loader reads.
     ecosystem: ClassVar[str | None] = None
+    requantizes_exactly: ClassVar[bool] = True   # quantize(dequantize(q)) == q, byte for byte
+    ct_scheme: ClassVar[tuple[str, str] | None] = None   # compressed-tensors (preset, format) of this layout
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)

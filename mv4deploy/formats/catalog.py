@@ -174,6 +174,40 @@ class MXFP4(QuantFormat):
         return (weight.float().abs() / 4).maximum(s / 4)
 
 
+class NVFP4(QuantFormat):
+    """NVFP4 as compressed-tensors' ``nvfp4-pack-quantized`` (NVFP4A16, Blackwell's FP4 tensor cores):
+    ``weight_packed`` U8 [R, ceil(C/2)] (e2m1, low nibble first), ``weight_scale`` F8_E4M3 [R, ceil(C/16)],
+    ``weight_global_scale`` F32 [1] (one per matrix; [*lead, 1] for 3-D); w = e2m1 * scale / global.
+    4.5 bits + 4 bytes per matrix. Kernels: ``kernels_nvfp4`` (compressed-tensors' own quantizer and packer).
+    Error: ``kernels_nvfp4.nvfp4_error_bound``."""
+
+    name, compute, bits = "nvfp4", "fp4", 4
+    group = 16
+    ecosystem = "compressed-tensors"
+    ct_scheme = ("NVFP4A16", "nvfp4-pack-quantized")   # compressed-tensors' preset and compressor
+    requantizes_exactly = False   # a group whose e4m3 scale is subnormal may land on another code
+
+    def stored(self, name, shape):
+        *lead, rows, cols = shape
+        base = _base(name)
+        return (StoredTensor(base + ".weight_packed", "U8", (*lead, rows, ceil(cols / 2)), prod(shape)),
+                StoredTensor(base + ".weight_scale", "F8_E4M3", (*lead, rows, ceil(cols / self.group)), 0),
+                StoredTensor(base + ".weight_global_scale", "F32", (*lead, 1), 0))
+
+    def _quantize(self, weight):
+        from mv4deploy.formats.kernels_nvfp4 import nvfp4_quant
+        return nvfp4_quant(weight)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.formats.kernels_nvfp4 import nvfp4_dequant
+        cols = shape[-1] if shape else 2 * stored[0].shape[-1]
+        return nvfp4_dequant(stored[0], stored[1], stored[2], cols, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.formats.kernels_nvfp4 import nvfp4_error_bound
+        return nvfp4_error_bound(weight)
+
+
 @dataclass(frozen=True)
 class Int4Group(QuantFormat, register=False):
     """Symmetric INT4 with one BF16 scale per ``group`` along K, packed eight per int32 as
@@ -182,6 +216,7 @@ class Int4Group(QuantFormat, register=False):
 
     group: ClassVar[int]
     ecosystem = "compressed-tensors"
+    ct_scheme = ("W4A16", "pack-quantized")   # compressed-tensors' preset and compressor
 
     def stored(self, name, shape):
         *lead, rows, cols = shape

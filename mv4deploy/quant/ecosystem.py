@@ -84,17 +84,25 @@ def _fp8(arch: Arch, targets: set[str], plain: list[str]) -> dict | None:
 
 
 def _compressed_tensors(job, targets: set[str]) -> dict:
-    """compressed-tensors' own config: one W4A16 group per INT4 group size, ``pack-quantized``."""
+    """compressed-tensors' own config: one group per (scheme, group size) written (W4A16 ``pack-quantized``,
+    NVFP4A16 ``nvfp4-pack-quantized``); ``mixed-precision`` when the groups use different compressors."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, preset_name_to_scheme
+    kinds = sorted({_ct_kind(t) for t in targets} - {None})
     groups = {}
-    sizes = sorted({get_format(t).group for t in targets if t in FORMATS and FORMATS[t].ecosystem})
-    for i, size in enumerate(sizes):
+    for i, ((preset, fmt), size) in enumerate(kinds):
         modules = sorted(w.weight.name[: -len(".weight")] for s in job.shards for w in s.weights
-                         if FORMATS.get(w.target) is not None and getattr(FORMATS[w.target], "group", 0) == size
-                         and FORMATS[w.target].ecosystem == "compressed-tensors")
-        scheme = preset_name_to_scheme("W4A16", ["Linear"] if len(sizes) == 1 else modules)
+                         if _ct_kind(w.target) == ((preset, fmt), size))
+        scheme = preset_name_to_scheme(preset, ["Linear"] if len(kinds) == 1 else modules)
         scheme.weights.group_size = size
+        scheme.format = fmt
         groups[f"group_{i}"] = scheme
-    config = QuantizationConfig(config_groups=groups, format="pack-quantized", ignore=_plain_linears(job),
-                                quantization_status=QuantizationStatus.COMPRESSED)
+    formats = {fmt for (_, fmt), _ in kinds}
+    config = QuantizationConfig(config_groups=groups, format=formats.pop() if len(formats) == 1 else "mixed-precision",
+                                ignore=_plain_linears(job), quantization_status=QuantizationStatus.COMPRESSED)
     return config.model_dump(mode="json")
+
+
+def _ct_kind(fmt: str):
+    """((compressed-tensors preset, format), group size) of a format name, None for other formats."""
+    f = FORMATS.get(fmt)
+    return (f.ct_scheme, f.group) if f is not None and f.ct_scheme else None

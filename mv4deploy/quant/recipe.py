@@ -42,6 +42,8 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
         CATCH_ALL),
     "int4": KEEP_HIGH_PRECISION + (             # compressed-tensors W4A16 on every linear (GPTQ with --calib)
         Rule("int4-g128", slot="expert"), Rule("int4-g128", slot="linear"), CATCH_ALL),
+    "nvfp4": KEEP_HIGH_PRECISION + (            # Blackwell: compressed-tensors NVFP4A16 on every linear
+        Rule("nvfp4", slot="expert"), Rule("nvfp4", slot="linear"), CATCH_ALL),
     "nf4": KEEP_HIGH_PRECISION + (              # transformers + bitsandbytes users
         Rule("nf4", slot="expert"), Rule("nf4", slot="linear"), CATCH_ALL),
 }
