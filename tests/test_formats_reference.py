@@ -213,3 +213,17 @@ def test_nvfp4_decompresses_through_compressed_tensors_to_our_dequant(shape):
     assert torch.equal(theirs.float(), ours.to(theirs.dtype).float())
     assert bool(((ours - w.float()).abs() <= fmt.error_bound(w)).all())
     assert stored["layers.3.attn.wq_a.weight_global_scale"].shape == (1,)
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (35, 48)])
+def test_nvfp4_codes_equal_compressed_tensors_quantize_and_pack(shape):
+    """Our e2m1 codes are compressed-tensors' ``quantize_and_pack_fp4`` with the same scales, byte for byte,
+    ties, negative zeros and clamped values included."""
+    from compressed_tensors.compressors.nvfp4.helpers import quantize_and_pack_fp4
+    w = _weight(*shape, dtype=torch.float32) * torch.logspace(-3, 3, shape[-1])
+    w.view(-1)[::7] = 0.0
+    w.view(-1)[1::11] *= -0.0
+    stored = get_format("nvfp4").quantize(NAME, w)
+    scale, gs = stored["layers.3.attn.wq_a.weight_scale"], stored["layers.3.attn.wq_a.weight_global_scale"]
+    theirs = quantize_and_pack_fp4(w, scale.float(), gs, group_size=16)
+    assert torch.equal(stored["layers.3.attn.wq_a.weight_packed"], theirs)
