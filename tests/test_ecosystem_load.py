@@ -106,3 +106,15 @@ def test_an_experts_recipe_on_a_dense_model_exits_2_naming_the_rule(cli, tmp_pat
     assert result.code == 2 and not (tmp_path / "out").exists()
     line = result.stderr.strip().splitlines()[-1]
     assert "int4-experts" in line and "'slot': 'expert'" in line and "applies to no weight" in line
+
+
+def test_int4_experts_on_v4_is_refused_by_transformers_not_loaded_at_random(tmp_path, tokens):
+    """FP8 linears + INT4 experts: DeepSeek's FP8 config with expert_dtype "int4". transformers stops with
+    a clear error (it used to load random weights silently), and quantize says so."""
+    summary = quantize_checkpoint(FIXTURES / "tiny-v4", tmp_path / "out", get_recipe("int4-experts"), workers=1)
+    assert "expert_dtype 'int4'" in summary["portability"]
+    torch.save(tokens, tmp_path / "tokens.pt")
+    proc = subprocess.run([sys.executable, str(PLAIN), str(tmp_path / "out"), str(tmp_path / "tokens.pt"),
+                           str(tmp_path / "o.pt")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 3 and "expert_dtype must be 'fp8' or 'fp4'" in proc.stderr
+    assert quantize_checkpoint(FIXTURES / "tiny-v4", tmp_path / "fp8", get_recipe("fp8"), workers=1)["portability"] is None

@@ -32,7 +32,7 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
     result = run_quantize(src, out, recipe=recipe, plan=plan, calib=calib, workers=workers, device=device,
                           allow_nonfinite=allow_nonfinite, progress=output.progress)
     fallback = (result["calibration"] or {}).get("rtn_fallback", [])
-    output.print_warnings([f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
+    output.print_warnings([f"{result['out']}: {result['portability']}"] * bool(result["portability"]) + [f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
                           + ([f"... and {len(fallback) - 20} more (quantization_manifest.json lists all)"]
                              if len(fallback) > 20 else []))
     output.emit_json(result) if json_out else output.info(

@@ -14,8 +14,10 @@ by the formats the job writes (``QuantFormat.ecosystem``):
 Weights that stay in a plain dtype are named so the loader leaves them alone (``modules_to_not_convert``,
 ``ignore``, ``llm_int8_skip_modules``; transformers' module names, known for HF-named checkpoints). Our own
 per-weight rules travel beside it in config.json under ``OURS_KEY`` (``model.config`` reads them back).
-A job mixing families (INT4 experts + FP8 linears) has no single ecosystem layout: ``ecosystem_config``
-returns None and the output keeps ``quant_method: mv4deploy`` (only mv4deploy loads it).
+FP8 linears with routed experts in another 4-bit layout (``int4-experts``) keep DeepSeek's FP8 config with
+``expert_dtype`` naming that layout (``int4``): the honest description, which transformers refuses loudly.
+Any other mix of families has no ecosystem layout: ``ecosystem_config`` returns None and the output says
+``quant_method: mv4deploy`` (only mv4deploy loads it; ``quantize`` warns).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def ecosystem_config(job) -> dict | None:
     (then config.json has none), or formats no single ecosystem layout holds (see the module doc)."""
     targets = {w.target for s in job.shards for w in s.weights}
     found = families(targets)
+    experts = {w.target for s in job.shards for w in s.weights if w.weight.role is Role.ROUTED_EXPERT}
+    others = targets - experts
+    if len(found) > 1 and families(others) == {"fp8"}:   # FP8 linears + experts in another family
+        return _fp8(job.spec.architecture, targets, _plain_linears(job), _expert_dtype(experts))
     if len(found) != 1:
         return None
     family = found.pop()
@@ -65,7 +71,18 @@ def _plain_linears(job) -> list[str]:
                   and FORMATS[w.target].ecosystem is None)
 
 
-def _fp8(arch: Arch, targets: set[str], plain: list[str]) -> dict | None:
+EXPERT_DTYPES = {"mxfp4": "fp4", "int4-g128": "int4", "int4-g32": "int4", "nvfp4": "nvfp4", "nf4": "nf4"}
+
+
+def _expert_dtype(experts: set[str]) -> str | None:
+    """DeepSeek's ``expert_dtype`` for the routed experts' formats: ``fp4`` (MXFP4, what transformers and
+    vLLM read), or the name of another 4-bit layout, which transformers refuses with a clear error
+    ("expert_dtype must be 'fp8' or 'fp4'") instead of loading random experts."""
+    named = {EXPERT_DTYPES[t] for t in experts if t in EXPERT_DTYPES}
+    return "+".join(sorted(named)) or None
+
+
+def _fp8(arch: Arch, targets: set[str], plain: list[str], expert_dtype: str | None = None) -> dict | None:
     blocks = {FORMATS[t] for t in targets if isinstance(FORMATS.get(t), FP8Block)}
     if len({f.block for f in blocks}) > 1 or len({f.ue8m0 for f in blocks}) > 1:
         return None  # one config holds one block size and one scale type
@@ -76,8 +93,8 @@ def _fp8(arch: Arch, targets: set[str], plain: list[str]) -> dict | None:
               "weight_block_size": [size, size]}
     if ue8m0:
         config["scale_fmt"] = "ue8m0"
-    if "mxfp4" in targets:
-        config["expert_dtype"] = "fp4"
+    if expert_dtype or "mxfp4" in targets:
+        config["expert_dtype"] = expert_dtype or "fp4"
     if plain:
         config["modules_to_not_convert"] = plain
     return config
@@ -106,3 +123,21 @@ def _ct_kind(fmt: str):
     """((compressed-tensors preset, format), group size) of a format name, None for other formats."""
     f = FORMATS.get(fmt)
     return (f.ct_scheme, f.group) if f is not None and f.ct_scheme else None
+
+
+def portability(config_path) -> str | None:
+    """None when the ecosystem loads the checkpoint at ``config_path`` as written, else one line saying why
+    not (what ``quantize`` warns about)."""
+    import json
+    from pathlib import Path
+    path = Path(config_path)
+    if not path.is_file():
+        return None
+    quant = json.loads(path.read_text()).get("quantization_config") or {}
+    if quant.get("quant_method") == "mv4deploy":
+        return ("no ecosystem format holds this mix of formats: transformers, vLLM and SGLang will not load it "
+                "(mv4deploy does)")
+    if quant.get("expert_dtype") not in (None, "fp4", "fp8"):
+        return (f"routed experts in {quant['expert_dtype']} under an FP8 config: transformers refuses "
+                f"expert_dtype {quant['expert_dtype']!r} (mv4deploy loads it)")
+    return None

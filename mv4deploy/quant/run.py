@@ -91,7 +91,9 @@ def _summary(job, resumed_shards: int, already_complete: bool) -> dict:
     from collections import Counter
     formats = Counter(w.target for s in job.shards for w in s.weights)
     out_bytes = sum(p.stat().st_size for p in (job.out / s.file for s in job.shards) if p.is_file())
+    from mv4deploy.quant.ecosystem import portability
     return {"source": str(job.src), "out": str(job.out), "recipe": job.recipe.name,
+            "portability": portability(job.out / "config.json"),
             "shards": len(job.shards), "resumed_shards": resumed_shards, "already_complete": already_complete,
             "source_bytes": job.source_bytes, "out_bytes": out_bytes, "weights": sum(formats.values()),
             "formats": dict(sorted(formats.items()))}
