@@ -118,3 +118,31 @@ def test_int4_experts_on_v4_is_refused_by_transformers_not_loaded_at_random(tmp_
                            str(tmp_path / "o.pt")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 3 and "expert_dtype must be 'fp8' or 'fp4'" in proc.stderr
     assert quantize_checkpoint(FIXTURES / "tiny-v4", tmp_path / "fp8", get_recipe("fp8"), workers=1)["portability"] is None
+
+
+def test_int4_output_has_the_tensors_and_config_llm_compressor_writes(tmp_path):
+    """Against a checkpoint llm-compressor itself wrote for the same model and scheme (W4A16 g128,
+    tests/data/reference_checkpoints): the same tensor names and shapes, the same packed dtypes, and the
+    same layout-defining quantization_config keys. Float tensors (scales included) follow the model's dtype:
+    F32 there, calibrated in float32; BF16 here, the source's, as in BF16 releases."""
+    ref = json.loads((Path(__file__).parent / "data/reference_checkpoints/llmcompressor-w4a16-g128-tiny-qwen2.json")
+                     .read_text())
+    quantize_checkpoint(FIXTURES / "tiny-qwen2", tmp_path / "out", get_recipe("int4"), workers=1)
+    ours = {}
+    for name, file in json.loads((tmp_path / "out/model.safetensors.index.json").read_text())["weight_map"].items():
+        from safetensors import safe_open
+        with safe_open(str(tmp_path / "out" / file), "pt") as handle:
+            t = handle.get_slice(name)
+            ours[name] = [t.get_dtype(), list(t.get_shape())]
+    assert sorted(ours) == sorted(ref["tensors"])
+    for name, (dtype, shape) in ref["tensors"].items():
+        assert ours[name][1] == shape, name
+        assert ours[name][0] == {"F32": "BF16"}.get(dtype, dtype), name   # float tensors: the model's dtype
+    config = json.loads((tmp_path / "out/config.json").read_text())["quantization_config"]
+    layout = ("num_bits", "type", "symmetric", "strategy", "group_size", "dynamic")
+    ref_q = ref["quantization_config"]
+    assert [config["config_groups"]["group_0"]["weights"][k] for k in layout] == \
+        [ref_q["config_groups"]["group_0"]["weights"][k] for k in layout]
+    for key in ("quant_method", "format", "ignore", "quantization_status"):
+        assert config[key] == ref_q[key], key
+    assert config["config_groups"]["group_0"]["targets"] == ref_q["config_groups"]["group_0"]["targets"]
