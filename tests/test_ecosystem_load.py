@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mv4deploy.model.config import OURS_KEY
+from mv4deploy.model.quant_config import OURS_KEY
 from mv4deploy.quant.recipe import get_recipe
 from mv4deploy.quant.run import quantize_checkpoint
 

@@ -12,7 +12,8 @@ from mv4deploy.core.errors import InputError
 from _support.footprint import footprint
 from mv4deploy.export.targets import load_target
 from mv4deploy.core.fileio import sha256_file
-from mv4deploy.model.config import OURS_KEY, QUANT_METHOD, load_json, quantized_by_us, read_config
+from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.quant_config import OURS_KEY, QUANT_METHOD, quantized_by_us
 from mv4deploy.model.kv import CacheFormat, kv_layout
 from mv4deploy.model.tokenizer import load_tokenizer
 from mv4deploy.runtime.name_map import native_layout

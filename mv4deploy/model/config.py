@@ -15,8 +15,9 @@ from mv4deploy.core import schema
 from mv4deploy.core.errors import InputError
 from mv4deploy.model import engram_tables
 from mv4deploy.model.spec import (Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, DSparkSpec, EngramSpec,
-                                  ModelSpec, StoredFormats, VisionSpec)
+                                  ModelSpec, VisionSpec)
 from mv4deploy.core.schema import Section, boolean, integer, integers
+from mv4deploy.model.quant_config import OURS_KEY, stored_formats
 
 MODEL_TYPES = {
     "deepseek_v3": Arch.DEEPSEEK_V3, "kimi_k2": Arch.DEEPSEEK_V3, "deepseek_v32": Arch.DEEPSEEK_V32,
@@ -28,11 +29,6 @@ ARCHITECTURES = {
     "DeepseekV4ForCausalLM": Arch.DEEPSEEK_V4, "DeepseekV41ForCausalLM": Arch.DEEPSEEK_V41,
     "Qwen2ForCausalLM": Arch.QWEN2, "LlamaForCausalLM": Arch.LLAMA,
 }
-QUANT_METHOD = "mv4deploy"   # quant_method of an `mv4deploy quantize` output no ecosystem loader reads
-# Where `mv4deploy quantize` writes its own description (recipe, per-weight rules, the source's config):
-# a top-level config.json key, so that ``quantization_config`` stays the ecosystem's (fp8, compressed-tensors,
-# bitsandbytes) and transformers / vLLM load the output as they load any checkpoint of that format.
-OURS_KEY = "mv4deploy_quantization"
 
 # Keys that change nothing we count (bytes, tensors, KV): accepted without a warning.
 GENERIC_KEYS = frozenset({
@@ -145,7 +141,7 @@ def _dense(r: _Reader, arch: Arch, name: str) -> DenseSpec:
         attention_bias=arch is Arch.QWEN2 or r.bool("attention_bias", False),
         max_position_embeddings=r.int("max_position_embeddings", 4096, maximum=2**24),
         tie_word_embeddings=r.bool("tie_word_embeddings", False),
-        formats=_stored_formats(r, arch))
+        formats=stored_formats(r.cfg, r.source, arch))
     return _with_unknown(spec, r, arch)
 
 
@@ -165,7 +161,7 @@ def _deepseek_v3(r: _Reader, arch: Arch, name: str) -> DeepseekV3Spec:
         num_attention_heads=r.int("num_attention_heads"), q_lora_rank=r.int("q_lora_rank", None),
         kv_lora_rank=r.int("kv_lora_rank"), qk_nope_head_dim=r.int("qk_nope_head_dim"),
         qk_rope_head_dim=r.int("qk_rope_head_dim"), v_head_dim=r.int("v_head_dim"),
-        formats=_stored_formats(r, arch),
+        formats=stored_formats(r.cfg, r.source, arch),
         **_indexer(r, arch))
     heads, kv_heads = spec.num_attention_heads, r.int("num_key_value_heads", spec.num_attention_heads)
     if kv_heads != heads:
@@ -200,7 +196,7 @@ def _deepseek_v4(r: _Reader, arch: Arch, name: str) -> DeepseekV4Spec:
         num_hash_layers=_num_hash_layers(r, layers), compress_ratios=_compress_ratios(r, arch, layers, mtp),
         sliding_window=r.int("sliding_window"), index_n_heads=r.int("index_n_heads"),
         index_head_dim=r.int("index_head_dim"), index_topk=r.int("index_topk"),
-        hc_mult=r.int("hc_mult", 1, maximum=64), formats=_stored_formats(r, arch),
+        hc_mult=r.int("hc_mult", 1, maximum=64), formats=stored_formats(r.cfg, r.source, arch),
         engram=_engram(r, layers), dspark=_dspark(r, layers), vision=_vision(r),
         kv_source_layer_ids=_layer_ids(r, "kv_source_layer_ids", layers),
         index_source_layer_ids=_layer_ids(r, "index_source_layer_ids", layers))
@@ -339,54 +335,6 @@ def _vision(r: _Reader) -> VisionSpec | None:
     return spec
 
 
-def _stored_formats(r: _Reader, arch: Arch) -> StoredFormats:
-    """Map quantization_config (+ V4's top-level expert_dtype) to format names of the checkpoint."""
-    dtype = str(r.cfg.get("torch_dtype") or r.cfg.get("dtype") or "bfloat16")
-    plain = "f32" if dtype in ("float32", "fp32") else "bf16"
-    q = r.cfg.get("quantization_config")
-    ours = _ours(r.cfg)
-    if ours is not None:
-        return _mv4deploy_formats(r, arch, ours, f"{r.source}: {OURS_KEY}")
-    if q is None:
-        return StoredFormats(linear=plain, expert=plain, engram_table=plain, plain=plain, norm=plain)
-    source = f"{r.source}: quantization_config"
-    if not isinstance(q, dict):
-        raise InputError(r.source, "quantization_config", q, "must be an object")
-    if q.get("quant_method") != "fp8":
-        raise InputError(source, "quant_method", q.get("quant_method"), "unsupported; supported: fp8, mv4deploy")
-    block = q.get("weight_block_size")
-    if block not in ([128, 128], [32, 32]):
-        raise InputError(source, "weight_block_size", block, "supported: [128, 128] or [32, 32]")
-    ue8m0 = q.get("scale_fmt") == "ue8m0"
-    v4_family = arch in (Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41)
-    if block == [32, 32]:
-        if not (v4_family and ue8m0):
-            raise InputError(source, "weight_block_size", block, "32x32 blocks exist only with ue8m0 scales (V4.1)")
-        linear = "fp8-e4m3-block32-ue8m0"
-    else:
-        # V3.1/V3.2 keep F32 `weight_scale_inv` even with ue8m0 values; V4 stores F8_E8M0 `.scale`.
-        linear = "fp8-e4m3-block128-ue8m0" if (v4_family and ue8m0) else "fp8-e4m3-block128"
-    expert_dtype = q.get("expert_dtype", r.cfg.get("expert_dtype"))
-    if expert_dtype not in (None, "fp4", "fp8"):
-        raise InputError(source, "expert_dtype", expert_dtype, "supported: fp4, fp8")
-    expert = "mxfp4" if expert_dtype == "fp4" else linear
-    table = "fp8-rows-ue8m0" if arch is Arch.DEEPSEEK_V41 else plain
-    norm = "f32" if arch is Arch.DEEPSEEK_V32 else "bf16"  # V3.2 ships its RMSNorm weights in F32
-    return StoredFormats(linear=linear, expert=expert, engram_table=table, plain="bf16", norm=norm)
-
-
-def _mv4deploy_formats(r: _Reader, arch: Arch, q: dict, source: str) -> StoredFormats:
-    """A checkpoint written by ``mv4deploy quantize``: ``base`` is the source's quantization_config
-    (null for a BF16/FP32 source) and gives the native formats; ``rules`` assign each weight's format."""
-    from mv4deploy.model.rules import rules_from_json
-    base = q.get("base")
-    if base is not None and (not isinstance(base, dict) or base.get("quant_method") == QUANT_METHOD):
-        raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")
-    source_cfg = {k: v for k, v in r.cfg.items() if k != OURS_KEY}
-    native = _stored_formats(_Reader({**source_cfg, "quantization_config": base}, r.source), arch)
-    return replace(native, rules=rules_from_json(q.get("rules"), source))
-
-
 def _with_unknown(spec: ModelSpec, r: _Reader, arch: Arch) -> ModelSpec:
     return replace(spec, unknown_keys=r.unknown(arch))
 
@@ -396,16 +344,3 @@ _BUILDERS = {
     Arch.DEEPSEEK_V3: _deepseek_v3, Arch.DEEPSEEK_V32: _deepseek_v3,
     Arch.DEEPSEEK_V4: _deepseek_v4, Arch.DEEPSEEK_V41: _deepseek_v4,
 }
-
-
-def _ours(raw: dict) -> dict | None:
-    """What ``mv4deploy quantize`` wrote about a checkpoint (``OURS_KEY``), or None."""
-    ours = raw.get(OURS_KEY)
-    if ours is not None and not isinstance(ours, dict):
-        raise InputError(None, OURS_KEY, ours, "must be an object")
-    return ours
-
-
-def quantized_by_us(raw: dict) -> bool:
-    """Whether a raw config.json was written by ``mv4deploy quantize``."""
-    return _ours(raw) is not None

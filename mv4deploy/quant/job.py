@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mv4deploy import __version__
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import OURS_KEY, load_json, read_config
+from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.quant_config import OURS_KEY
 from mv4deploy.model.tensors import RAW_FORMAT
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers, shard_files
 from mv4deploy.model.source import compare, refuse_mismatches

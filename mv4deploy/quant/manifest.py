@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.core.fileio import atomic_path, remove_stale_tmp, sha256_file, write_text_atomic
-from mv4deploy.model.config import OURS_KEY, QUANT_METHOD
+from mv4deploy.model.quant_config import OURS_KEY, QUANT_METHOD
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.quant.job import Job
 

@@ -10,7 +10,7 @@ is an ordinary full-precision one. ``engram_*`` keys ride along as config attrib
 from __future__ import annotations
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import OURS_KEY
+from mv4deploy.model.quant_config import OURS_KEY
 from mv4deploy.model.spec import Arch
 
 # Keys about storage or provenance, not about the network a transformers class builds.

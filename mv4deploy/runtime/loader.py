@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import QUANT_METHOD, load_json, quantized_by_us
+from mv4deploy.model.config import load_json
+from mv4deploy.model.quant_config import QUANT_METHOD, quantized_by_us
 from mv4deploy.model.tensors import Role
 from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.source import refuse_mismatches, resolve_model

@@ -133,7 +133,7 @@ def _read_config(folder: Path) -> dict:
 def _is_native(folder: Path) -> bool:
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         return False
-    from mv4deploy.model.config import quantized_by_us
+    from mv4deploy.model.quant_config import quantized_by_us
     from mv4deploy.model.safetensors_headers import read_checkpoint_headers
     from mv4deploy.runtime.name_map import native_layout
     names = [h.name for h in read_checkpoint_headers(folder)]
