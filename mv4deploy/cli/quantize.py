@@ -16,8 +16,8 @@ from mv4deploy.quant.run import AUTO_WORKERS
 @app.command()
 def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config.json + safetensors.")],
              out: Annotated[Path, typer.Argument(help="Output folder (new, empty, or an interrupted run).")],
-             recipe: Annotated[Optional[str], typer.Option(help="A preset (native, fp8, fp8-fp4-experts, "
-                                                           "int4-experts, nf4) or a recipe file.")] = None,
+             recipe: Annotated[Optional[str], typer.Option(help="A preset (native, fp8, fp8-fp4-experts, int4, "
+                                                           "int4-experts, nvfp4, nf4) or a recipe file.")] = None,
              plan: Annotated[Optional[Path], typer.Option(help="Derive the recipe from a plan.json.")] = None,
              calib: Annotated[Optional[Path], typer.Option(help="Calibration text: GPTQ for INT4 weights.")] = None,
              workers: Annotated[int, typer.Option(min=0, max=64, help="Weights quantized in parallel "
