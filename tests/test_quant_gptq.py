@@ -178,3 +178,47 @@ def test_qwen2_gets_gptq_on_every_linear_with_one_bar_per_step(tmp_path):
     assert report["rtn_fallback"] == [] and report["gptq_weights"] == summary["formats"]["int4-g128"] == 28
     assert [b[0] for b in bars] == ["calibrate (GPTQ Hessians)", "quantize tiny-qwen2 -> int4"]
     assert all(done == total for _, total, done in bars) and bars[1][1] == summary["source_bytes"]
+
+
+def test_llama_gets_gptq_on_every_linear(tmp_path):
+    """A Llama checkpoint as transformers saves it: every linear calibrated by its own module name."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from mv4deploy.quant.calibrate import CalibrationSpec
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    cfg = preset_config("tiny-llama")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    model.save_pretrained(tmp_path / "src")
+    ids = torch.randint(0, cfg["vocab_size"], (512,))
+    fixtures = Path(__file__).parent / "fixtures"
+    summary = quantize_checkpoint(tmp_path / "src", tmp_path / "out", get_recipe("int4"),
+                                  calibration=CalibrationSpec(fixtures / "calib.txt"), workers=1,
+                                  calibration_inputs=(model, ids))
+    linears = 7 * cfg["num_hidden_layers"]            # q, k, v, o, gate, up, down
+    assert summary["calibration"]["rtn_fallback"] == []
+    assert summary["calibration"]["gptq_weights"] == summary["formats"]["int4-g128"] == linears
+
+
+def test_deepseek_v3_experts_in_hf_names_are_calibrated_or_listed(tmp_path):
+    """V3 ships per-expert linears (model.layers.N.mlp.experts.E.gate_proj...); transformers fuses them. Every
+    INT4 weight gets GPTQ from the fused module's per-expert Hessians, or is listed with its token count."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    from mv4deploy.quant.calibrate import CalibrationSpec
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    cfg = {k: v for k, v in preset_config("tiny-deepseek-v3").items() if k != "quantization_config"}
+    cfg["num_nextn_predict_layers"] = 0      # transformers builds no MTP block
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(DeepseekV3Config(**cfg)).eval()
+    model.save_pretrained(tmp_path / "src")
+    spec = CalibrationSpec(Path(__file__).parent / "fixtures" / "calib.txt")
+    summary = quantize_checkpoint(tmp_path / "src", tmp_path / "out", get_recipe("int4"), calibration=spec,
+                                  workers=1, calibration_inputs=(model, torch.randint(0, cfg["vocab_size"], (1024,))))
+    report = summary["calibration"]
+    experts = [n for n in json.loads((tmp_path / "out/quantization_manifest.json").read_text())["weights"]
+               if ".mlp.experts." in n]
+    listed = {f["name"]: f for f in report["rtn_fallback"]}
+    assert experts and report["gptq_weights"] + len(listed) == summary["formats"]["int4-g128"]
+    assert all(".mlp.experts." in n and "calibration tokens" in f["reason"] for n, f in listed.items())
+    assert report["gptq_weights"] > len(experts) // 2     # most experts saw enough tokens

@@ -12,6 +12,7 @@ Native names map to transformers' modules through the runtime's name map (the ta
 
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class CalibrationSpec:
                 "seq_len": self.seq_len, "min_expert_tokens": self.min_expert_tokens}
 
 
+HF_EXPERT = re.compile(r"(?P<module>.+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate|up|down)_proj\.weight")
+
+
 # ---------------------------------------------------------------- native name -> transformers module
 def hessian_key(native: str, hf_names: bool = False) -> tuple[str, int | None, str] | None:
     """(transformers module path, expert index or None, which input) for a linear weight. A checkpoint in
@@ -54,6 +58,9 @@ def hessian_key(native: str, hf_names: bool = False) -> tuple[str, int | None, s
     the runtime's name map (``runtime.name_map``). None where the reference model has no such module
     (``mtp.*`` and the other skipped names, or a name the map does not know)."""
     if hf_names:
+        expert = HF_EXPERT.fullmatch(native)   # V3's per-expert linears: one fused experts module in transformers
+        if expert:
+            return expert["module"], int(expert["e"]), "down" if expert["proj"] == "down" else "gate_up"
         return (native[: -len(".weight")], None, "linear") if native.endswith(".weight") else None
     try:
         target = name_map.to_target(native)
