@@ -10,7 +10,8 @@ import pytest
 
 from conftest import PRESETS, REPO
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import MissingExpertDtype, load_json, read_config
+from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.quant_config import MissingExpertDtype
 from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.source import resolve_model
 from mv4deploy.model.spec import Arch

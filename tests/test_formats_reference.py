@@ -181,3 +181,49 @@ def test_fast_e2m1_table_agrees_with_the_reference_rounding(dtype):
     v = torch.cat([near, -near, torch.empty(20000).uniform_(-6, 6, generator=torch.Generator().manual_seed(3)),
                    torch.tensor([0.0, -0.0, 6.0, -6.0, 1e-30])]).to(dtype)
     assert torch.equal(e2m1_codes_fast(v), e2m1_codes(v.float()))
+
+
+def test_nf4_table_codes_equal_bitsandbytes_bucketize_on_a_million_values():
+    """The 16-bit-prefix table must agree with bitsandbytes' bucketize everywhere, midpoints included:
+    every bf16 value of every magnitude, in blocks whose absmax varies (so w / absmax covers [-1, 1] finely)."""
+    import bitsandbytes.functional as bnb
+    from mv4deploy.formats.kernels_int import nf4_quant
+    every_bf16 = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    finite = every_bf16[torch.isfinite(every_bf16)]
+    w = torch.cat([finite, (torch.randn(1 << 20) * torch.rand(1 << 20) ** 4).to(torch.bfloat16)])
+    packed, absmax, _, _ = nf4_quant(w, 64, b"{}")
+    theirs, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.equal(packed, theirs) and torch.equal(absmax, state.absmax)
+
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (33, 48)])
+def test_nvfp4_decompresses_through_compressed_tensors_to_our_dequant(shape):
+    """compressed-tensors' own NVFP4PackedCompressor.decompress reads our stored tensors into the same
+    weight as our dequant (bit for bit in float32), within the documented bound of the original."""
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    w = _weight(*shape)
+    fmt = get_format("nvfp4")
+    stored = fmt.quantize(NAME, w)
+    local = {k.rsplit(".", 1)[1]: v for k, v in stored.items()}
+    scheme = preset_name_to_scheme("NVFP4A16", ["Linear"])
+    theirs = NVFP4PackedCompressor.decompress(local, scheme)["weight"]
+    ours = fmt.dequantize(NAME, stored, torch.float32)
+    assert torch.equal(theirs.float(), ours.to(theirs.dtype).float())
+    assert bool(((ours - w.float()).abs() <= fmt.error_bound(w)).all())
+    assert stored["layers.3.attn.wq_a.weight_global_scale"].shape == (1,)
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (35, 48)])
+def test_nvfp4_codes_equal_compressed_tensors_quantize_and_pack(shape):
+    """Our e2m1 codes are compressed-tensors' ``quantize_and_pack_fp4`` with the same scales, byte for byte,
+    ties, negative zeros and clamped values included."""
+    from compressed_tensors.compressors.nvfp4.helpers import quantize_and_pack_fp4
+    w = _weight(*shape, dtype=torch.float32) * torch.logspace(-3, 3, shape[-1])
+    w.view(-1)[::7] = 0.0
+    w.view(-1)[1::11] *= -0.0
+    stored = get_format("nvfp4").quantize(NAME, w)
+    scale, gs = stored["layers.3.attn.wq_a.weight_scale"], stored["layers.3.attn.wq_a.weight_global_scale"]
+    theirs = quantize_and_pack_fp4(w, scale.float(), gs, group_size=16)
+    assert torch.equal(stored["layers.3.attn.wq_a.weight_packed"], theirs)

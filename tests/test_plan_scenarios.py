@@ -255,3 +255,18 @@ def test_a_cpu_only_machine_runs_everything_from_ram():
     read = 15_231_233_024 - 152_064 * 3584 * 2 + 3584 * 2 + 8192 * 57_344
     assert p.estimates.decode_tokens_per_s == pytest.approx(89.6e9 * 0.7 / read, rel=1e-3)
     assert p.hints.llama_cpp.endswith("-ngl 0") and p.hints.vllm is None
+
+
+def test_blackwell_lower_bit_choice_is_nvfp4():
+    """On Blackwell (FP4 tensor cores) the planner's lower-bit suggestion is NVFP4, not INT4 experts: the 8B
+    distillate in BF16 spills to the host on an RTX 5090 at 128K context; in NVFP4 (4.5 bits: e2m1 + an
+    FP8 scale per 16) its linears shrink 3.6x and it fits. On Ada (no FP4) the suggestion stays INT4."""
+    from mv4deploy.model.source import resolve_model
+    blackwell = make_plan(resolve_model("deepseek-r1-distill-llama-8b"), load_profile("rtx5090"), make_workload())
+    nvfp4 = next(s for s in blackwell.suggestions if s.kind == "policy")
+    assert nvfp4.change == "--policy nvfp4" and nvfp4.verdict == "fits"
+    chosen = make_plan(resolve_model("deepseek-r1-distill-llama-8b"), load_profile("rtx5090"), make_workload(),
+                       policy="nvfp4")
+    assert FormatUse("gpu:0", "nvfp4", "native") in chosen.decisions.formats
+    ada = plan("deepseek-v4-flash", "rtx4090x2")
+    assert all(s.change != "--policy nvfp4" for s in ada.suggestions)

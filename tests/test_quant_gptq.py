@@ -4,6 +4,7 @@ transformers' DeepseekV4 (fused 3-D experts included, none skipped silently), an
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,9 +50,29 @@ def test_gptq_with_identity_hessian_is_round_to_nearest():
     """With H = I no column informs another: GPTQ must reduce to RTN exactly."""
     from mv4deploy.formats.kernels_int import int4_quant
     w, _ = _correlated(rows=16, cols=256)
-    result = gptq_quantize(w, torch.eye(256), 128, damp=0.0)
+    result = gptq_quantize(w, torch.eye(256), 128, damp=0.0, actorder=False, divisor=7.0)
     q, s = int4_quant(w, 128)
     assert torch.equal(result.codes, q) and torch.equal(result.scales, s)
+
+
+def test_with_identity_hessian_activation_order_rounds_each_weight_to_its_searched_scale():
+    """H = I: no error is spread, so every code is round(w / s) with the scale the search picked, and
+    that scale is the candidate with the least squared rounding error of its group."""
+    from mv4deploy.quant.gptq import SHRINK, group_scales, pad_groups
+    w, _ = _correlated(rows=16, cols=256)
+    result = gptq_quantize(w, torch.eye(256), 128, damp=0.0)
+    s = result.scales.double().repeat_interleave(128, dim=1)
+    assert torch.equal(result.codes.double(), (w.double() / s).round().clamp(-8, 7))
+    wg = pad_groups(w.double(), 128)
+    amax = wg.abs().amax(-1)
+    errors = []
+    for f in SHRINK:
+        cand = (amax / 7.5 * f).to(torch.bfloat16).double()[..., None]
+        errors.append((((wg / cand).round().clamp(-8, 7) * cand - wg) ** 2).sum(-1))
+    chosen = result.scales.double()[..., None]
+    chosen_err = (((wg / chosen).round().clamp(-8, 7) * chosen - wg) ** 2).sum(-1)
+    assert torch.allclose(chosen_err, torch.stack(errors).amin(0))
+    assert torch.equal(result.scales, group_scales(w.double(), torch.ones(256, dtype=torch.float64), 128, 7.5))
 
 
 def test_dead_columns_stay_finite():
@@ -134,3 +155,70 @@ def test_calibrated_pipeline_uses_gptq_and_lists_every_fallback(hf_model, tmp_pa
     got = load_logical(tmp_path / "out", names={name})[name]
     diff = (w - got).double()
     assert float(torch.einsum("ri,ij,rj->", diff, h, diff)) < rtn_hessian_error(w, h, 128)
+
+
+def test_qwen2_gets_gptq_on_every_linear_with_one_bar_per_step(tmp_path):
+    """An HF-named dense model is calibrated by its own module names: every INT4 weight gets GPTQ, none
+    falls back to round-to-nearest; calibration and quantization each draw exactly one bar, filled."""
+    from contextlib import contextmanager
+    from mv4deploy.quant.calibrate import CalibrationSpec
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    fixtures = Path(__file__).parent / "fixtures"
+    bars = []
+
+    @contextmanager
+    def progress(description, total, unit_bytes=True):
+        bars.append([description, total, 0])
+        yield lambda n=1: bars[-1].__setitem__(2, bars[-1][2] + n)
+
+    summary = quantize_checkpoint(fixtures / "models" / "tiny-qwen2", tmp_path / "out", get_recipe("int4"),
+                                  calibration=CalibrationSpec(fixtures / "calib.txt"), workers=1, progress=progress)
+    report = summary["calibration"]
+    assert report["rtn_fallback"] == [] and report["gptq_weights"] == summary["formats"]["int4-g128"] == 28
+    assert [b[0] for b in bars] == ["calibrate (GPTQ Hessians)", "quantize tiny-qwen2 -> int4"]
+    assert all(done == total for _, total, done in bars) and bars[1][1] == summary["source_bytes"]
+
+
+def test_llama_gets_gptq_on_every_linear(tmp_path):
+    """A Llama checkpoint as transformers saves it: every linear calibrated by its own module name."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from mv4deploy.quant.calibrate import CalibrationSpec
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    cfg = preset_config("tiny-llama")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    model.save_pretrained(tmp_path / "src")
+    ids = torch.randint(0, cfg["vocab_size"], (512,))
+    fixtures = Path(__file__).parent / "fixtures"
+    summary = quantize_checkpoint(tmp_path / "src", tmp_path / "out", get_recipe("int4"),
+                                  calibration=CalibrationSpec(fixtures / "calib.txt"), workers=1,
+                                  calibration_inputs=(model, ids))
+    linears = 7 * cfg["num_hidden_layers"]            # q, k, v, o, gate, up, down
+    assert summary["calibration"]["rtn_fallback"] == []
+    assert summary["calibration"]["gptq_weights"] == summary["formats"]["int4-g128"] == linears
+
+
+def test_deepseek_v3_experts_in_hf_names_are_calibrated_or_listed(tmp_path):
+    """V3 ships per-expert linears (model.layers.N.mlp.experts.E.gate_proj...); transformers fuses them. Every
+    INT4 weight gets GPTQ from the fused module's per-expert Hessians, or is listed with its token count."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    from mv4deploy.quant.calibrate import CalibrationSpec
+    from mv4deploy.quant.recipe import get_recipe
+    from mv4deploy.quant.run import quantize_checkpoint
+    cfg = {k: v for k, v in preset_config("tiny-deepseek-v3").items() if k != "quantization_config"}
+    cfg["num_nextn_predict_layers"] = 0      # transformers builds no MTP block
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(DeepseekV3Config(**cfg)).eval()
+    model.save_pretrained(tmp_path / "src")
+    spec = CalibrationSpec(Path(__file__).parent / "fixtures" / "calib.txt")
+    summary = quantize_checkpoint(tmp_path / "src", tmp_path / "out", get_recipe("int4"), calibration=spec,
+                                  workers=1, calibration_inputs=(model, torch.randint(0, cfg["vocab_size"], (1024,))))
+    report = summary["calibration"]
+    experts = [n for n in json.loads((tmp_path / "out/quantization_manifest.json").read_text())["weights"]
+               if ".mlp.experts." in n]
+    listed = {f["name"]: f for f in report["rtn_fallback"]}
+    assert experts and report["gptq_weights"] + len(listed) == summary["formats"]["int4-g128"]
+    assert all(".mlp.experts." in n and "calibration tokens" in f["reason"] for n, f in listed.items())
+    assert report["gptq_weights"] > len(experts) // 2     # most experts saw enough tokens

@@ -85,15 +85,15 @@ def test_v4_shipping_recipe_reproduces_the_shipped_inventory():
 def test_config_rules_round_trip_through_read_config():
     cfg = preset_config("tiny-deepseek-v4", full_precision=False)
     base = cfg["quantization_config"]
-    cfg["quantization_config"] = {"quant_method": "mv4deploy", "recipe": "int4-experts", "base": base,
-                                  "rules": get_recipe("int4-experts").resolved_rules(_spec("tiny-deepseek-v4"))}
+    cfg["mv4deploy_quantization"] = {"recipe": "int4-experts", "base": base,
+                                     "rules": get_recipe("int4-experts").resolved_rules(_spec("tiny-deepseek-v4"))}
     spec = read_config(cfg, "out/config.json")
     fmts = {w.name: w.native for w in logical_weights(spec)}
     assert fmts["layers.1.ffn.experts.0.w1.weight"] == "int4-g128"
     assert fmts["layers.1.attn.wq_a.weight"] == "fp8-e4m3-block128-ue8m0"      # native: from base
     names = {t.name for t in build_inventory(spec).tensors}
     assert "layers.1.ffn.experts.0.w1.weight_packed" in names and "layers.1.attn.wq_a.scale" in names
-    cfg["quantization_config"]["rules"][-1] = {"slot": "plain", "format": "bf16"}
+    cfg["mv4deploy_quantization"]["rules"][-1] = {"slot": "plain", "format": "bf16"}
     with pytest.raises(InputError, match="catch-all"):
         read_config(cfg, "out/config.json")
 
@@ -135,8 +135,8 @@ def test_a_plans_recipe_quantizes_to_the_plans_bytes(tmp_path, model, policy, pr
     cfg = json.loads((PRESET_CONFIGS / f"{model}.json").read_text())
     base = cfg.get("quantization_config")
     resolved = resolve_model(model)
-    cfg["quantization_config"] = {"quant_method": "mv4deploy", "recipe": recipe.name, "base": base,
-                                  "rules": recipe.resolved_rules(resolved.spec)}
+    cfg["mv4deploy_quantization"] = {"recipe": recipe.name, "base": base,
+                                     "rules": recipe.resolved_rules(resolved.spec)}
     quantized = build_groups(build_inventory(read_config(cfg, "out/config.json", name=model)))
     planned = Counter()
     for row in plan["groups"]:

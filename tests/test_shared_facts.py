@@ -12,7 +12,8 @@ from mv4deploy.core.errors import InputError
 from _support.footprint import footprint
 from mv4deploy.export.targets import load_target
 from mv4deploy.core.fileio import sha256_file
-from mv4deploy.model.config import QUANT_METHOD, load_json, quantized_by_us, read_config
+from mv4deploy.model.config import load_json, read_config
+from mv4deploy.model.quant_config import OURS_KEY, QUANT_METHOD, quantized_by_us
 from mv4deploy.model.kv import CacheFormat, kv_layout
 from mv4deploy.model.tokenizer import load_tokenizer
 from mv4deploy.runtime.name_map import native_layout
@@ -39,11 +40,12 @@ def test_load_tokenizer_turns_a_broken_tokenizer_into_bad_input(tmp_path, conten
     assert line.startswith(f"{tmp_path}: tokenizer: ") and "--calib needs it" in line and "\n" not in line
 
 
-def test_quant_method_marks_our_outputs_only():
-    assert QUANT_METHOD == "mv4deploy"
-    assert quantized_by_us({"quantization_config": {"quant_method": QUANT_METHOD}})
+def test_our_key_marks_our_outputs_only():
+    """Our description lives beside the ecosystem's quantization_config, never in it."""
+    assert QUANT_METHOD == "mv4deploy" and OURS_KEY == "mv4deploy_quantization"
+    assert quantized_by_us({"quantization_config": {"quant_method": "fp8"}, OURS_KEY: {"rules": []}})
     assert not quantized_by_us({"quantization_config": {"quant_method": "fp8"}})
-    assert not quantized_by_us({"quantization_config": "mv4deploy"}) and not quantized_by_us({})
+    assert not quantized_by_us({"quantization_config": {"quant_method": QUANT_METHOD}}) and not quantized_by_us({})
 
 
 def test_native_layout_is_the_absence_of_the_transformers_prefix():

@@ -45,7 +45,7 @@ def test_backend_table_order_and_detection(tiny, onnx_folders):
 
 @pytest.mark.parametrize("names,config,kind", [
     (("embed.weight", "layers.0.attn.wq_a.weight"), '{"model_type": "deepseek_v4"}', "runtime"),
-    (("model.embed_tokens.weight",), '{"model_type": "qwen2", "quantization_config": {"quant_method": "mv4deploy"}}',
+    (("model.embed_tokens.weight",), '{"model_type": "qwen2", "mv4deploy_quantization": {"rules": []}}',
      "runtime"),
     (("model.embed_tokens.weight",), '{"model_type": "qwen2"}', "transformers"),
 ])

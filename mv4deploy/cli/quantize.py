@@ -16,8 +16,8 @@ from mv4deploy.quant.run import AUTO_WORKERS
 @app.command()
 def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config.json + safetensors.")],
              out: Annotated[Path, typer.Argument(help="Output folder (new, empty, or an interrupted run).")],
-             recipe: Annotated[Optional[str], typer.Option(help="A preset (native, fp8, fp8-fp4-experts, "
-                                                           "int4-experts, nf4) or a recipe file.")] = None,
+             recipe: Annotated[Optional[str], typer.Option(help="A preset (native, fp8, fp8-fp4-experts, int4, "
+                                                           "int4-experts, nvfp4, nf4) or a recipe file.")] = None,
              plan: Annotated[Optional[Path], typer.Option(help="Derive the recipe from a plan.json.")] = None,
              calib: Annotated[Optional[Path], typer.Option(help="Calibration text: GPTQ for INT4 weights.")] = None,
              workers: Annotated[int, typer.Option(min=0, max=64, help="Weights quantized in parallel "
@@ -32,7 +32,7 @@ def quantize(src: Annotated[Path, typer.Argument(help="Checkpoint folder: config
     result = run_quantize(src, out, recipe=recipe, plan=plan, calib=calib, workers=workers, device=device,
                           allow_nonfinite=allow_nonfinite, progress=output.progress)
     fallback = (result["calibration"] or {}).get("rtn_fallback", [])
-    output.print_warnings([f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
+    output.print_warnings([f"{result['out']}: {result['portability']}"] * bool(result["portability"]) + [f"GPTQ fell back to round-to-nearest for {f['name']}: {f['reason']}" for f in fallback[:20]]
                           + ([f"... and {len(fallback) - 20} more (quantization_manifest.json lists all)"]
                              if len(fallback) > 20 else []))
     output.emit_json(result) if json_out else output.info(

@@ -52,8 +52,9 @@ def load_torch_model(folder: Path):
     """The PyTorch reference in fp32 on the CPU (weights stored in BF16 are upcast exactly)."""
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True,
-                                                 trust_remote_code=False, use_safetensors=True)
+
+    from mv4deploy.runtime.quiet import library_bars_off
+    with library_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True,
+                                                     trust_remote_code=False, use_safetensors=True)
     return model.eval()

@@ -62,6 +62,12 @@ class QuantFormat:
     min_ndim: ClassVar[int] = 2     # block and group formats need [*lead, rows, cols]
     lossless: ClassVar[bool] = False  # bf16/f32 keep NaN/Inf as they are; the others refuse them
     ecosystem: ClassVar[Ecosystem]
+    # The quantization_config family that reads this layout as is: "fp8" (DeepSeek's and transformers'
+    # fine-grained FP8, which also carries MXFP4 experts and FP8 Engram rows), "compressed-tensors",
+    # "bitsandbytes"; None for plain dtypes and layouts no checkpoint loader reads.
+    config_family: ClassVar[str | None] = None
+    requantizes_exactly: ClassVar[bool] = True   # quantize(dequantize(q)) == q, byte for byte
+    ct_scheme: ClassVar[tuple[str, str] | None] = None   # compressed-tensors (preset, format) of this layout
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)

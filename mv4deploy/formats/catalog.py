@@ -74,6 +74,7 @@ class FP8Block(QuantFormat, register=False):
     block: ClassVar[int]
     scale_dtype: ClassVar[str]     # F32 (V3 `weight_scale_inv`) or F8_E8M0 (V4 `.scale`)
     scale_suffix: ClassVar[str]
+    config_family = "fp8"
 
     def stored(self, name, shape):
         *lead, rows, cols = shape
@@ -130,6 +131,7 @@ class FP8RowsUE8M0(QuantFormat):
     ecosystem = Ecosystem("F8_E4M3")   # V4.1 Engram table rows: no other ecosystem stores them
     group = 32
     min_ndim = 1
+    config_family = "fp8"   # DeepSeek V4.1 ships its Engram tables this way under the FP8 config
 
     def stored(self, name, shape):
         *lead, cols = shape
@@ -161,6 +163,7 @@ class MXFP4(QuantFormat):
     # block (e2m1, ue8m0 per 32); compressed-tensors' mxfp4-pack-quantized names and packs it differently
     ecosystem = Ecosystem("I8", gguf="MXFP4")
     group = 32
+    config_family = "fp8"   # DeepSeek V4's FP8 config with ``expert_dtype: fp4``
 
     def stored(self, name, shape):
         *lead, rows, cols = shape
@@ -183,6 +186,41 @@ class MXFP4(QuantFormat):
         return (weight.float().abs() / 4).maximum(s / 4)
 
 
+class NVFP4(QuantFormat):
+    """NVFP4 as compressed-tensors' ``nvfp4-pack-quantized`` (NVFP4A16, Blackwell's FP4 tensor cores):
+    ``weight_packed`` U8 [R, ceil(C/2)] (e2m1, low nibble first), ``weight_scale`` F8_E4M3 [R, ceil(C/16)],
+    ``weight_global_scale`` F32 [1] (one per matrix; [*lead, 1] for 3-D); w = e2m1 * scale / global.
+    4.5 bits + 4 bytes per matrix. Kernels: ``kernels_nvfp4`` (compressed-tensors' own quantizer and packer).
+    Error: ``kernels_nvfp4.nvfp4_error_bound``."""
+
+    name, compute, bits = "nvfp4", "fp4", 4
+    group = 16
+    ecosystem = Ecosystem("U8", {"quant_method": "compressed-tensors"}, "nvfp4-pack-quantized")
+    config_family = "compressed-tensors"
+    ct_scheme = ("NVFP4A16", "nvfp4-pack-quantized")   # compressed-tensors' preset and compressor
+    requantizes_exactly = False   # a group whose e4m3 scale is subnormal may land on another code
+
+    def stored(self, name, shape):
+        *lead, rows, cols = shape
+        base = _base(name)
+        return (StoredTensor(base + ".weight_packed", "U8", (*lead, rows, ceil(cols / 2)), prod(shape)),
+                StoredTensor(base + ".weight_scale", "F8_E4M3", (*lead, rows, ceil(cols / self.group)), 0),
+                StoredTensor(base + ".weight_global_scale", "F32", (*lead, 1), 0))
+
+    def _quantize(self, weight):
+        from mv4deploy.formats.kernels_nvfp4 import nvfp4_quant
+        return nvfp4_quant(weight)
+
+    def _dequantize(self, stored, shape, dtype):
+        from mv4deploy.formats.kernels_nvfp4 import nvfp4_dequant
+        cols = shape[-1] if shape else 2 * stored[0].shape[-1]
+        return nvfp4_dequant(stored[0], stored[1], stored[2], cols, dtype)
+
+    def error_bound(self, weight):
+        from mv4deploy.formats.kernels_nvfp4 import nvfp4_error_bound
+        return nvfp4_error_bound(weight)
+
+
 @dataclass(frozen=True)
 class Int4Group(QuantFormat, register=False):
     """Symmetric INT4 with one BF16 scale per ``group`` along K, packed eight per int32 as
@@ -190,6 +228,8 @@ class Int4Group(QuantFormat, register=False):
     Error: half a step, s / 2 with s = bf16(amax / 7) of the group."""
 
     group: ClassVar[int]
+    config_family = "compressed-tensors"
+    ct_scheme = ("W4A16", "pack-quantized")   # compressed-tensors' preset and compressor
 
     def stored(self, name, shape):
         *lead, rows, cols = shape
@@ -291,6 +331,7 @@ class NF4(QuantFormat):
     ecosystem = Ecosystem("U8", {"quant_method": "bitsandbytes", "load_in_4bit": True,
                                 "bnb_4bit_quant_type": "nf4"})
     min_ndim = 1
+    config_family = "bitsandbytes"
 
     def stored(self, name, shape):
         n = prod(shape)

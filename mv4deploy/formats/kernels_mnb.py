@@ -1,6 +1,11 @@
-"""onnxruntime's MatMulNBits 4-bit block quantization in torch, bit for bit.
+"""onnxruntime's MatMulNBits 4-bit block quantization: onnxruntime's own quantizer, called as its
+``MatMulNBitsQuantizer`` calls it (``onnxruntime.capi._pybind_state.quantize_matmul_4bits`` on the weight
+transposed to ONNX's [K, N], K zero-padded to whole blocks). Torch keeps the dequantization, the error
+bound and one corner: blocks whose scale is so small that MLAS's float32 reciprocal overflows (absmax below
+~2^-124) get saturated codes from MLAS; for a symmetric weight those blocks are re-coded here by exact
+division (``_codes``), which keeps the round trip within its bound and idempotent.
 
-What ``onnxruntime.capi._pybind_state.quantize_matmul_4bits`` (MLAS ``QuantizeBlockwise``) computes, per
+What MLAS ``QuantizeBlockwise`` computes, per
 block of ``block`` values along K of a weight [*, N, K] (K zero-padded to whole blocks, the padding taking
 part in the block's range, as the quantizer pads before calling the kernel):
 
@@ -15,7 +20,7 @@ part in the block's range, as the quantizer pads before calling the kernel):
 as MLAS does. One deliberate difference: where the scale is so small (a block absmax below ~2^-124) that
 its float32 reciprocal overflows, MLAS produces saturated codes; here the division is done in float64.
 Codes pack two per byte, low nibble first; zero points too, an odd count padded with 8.
-Checked against onnxruntime in tests/test_export_formats.py.
+Checked against onnxruntime's exports in tests/test_export_formats.py.
 """
 
 from __future__ import annotations
@@ -79,13 +84,33 @@ def _unpack(packed: Tensor) -> Tensor:
 
 def mnb4_quantize(weight: Tensor, block: int, symmetric: bool) -> tuple[Tensor, ...]:
     """Weight [*, N, K] -> (B uint8 [*, N, blocks, block/2], scales float32 [*, N, blocks]
-    (, zero points uint8 [*, N, ceil(blocks/2)] when asymmetric))."""
-    w = _blocks(weight, block)
-    scale, zero = _scale_and_zero(w, symmetric)
-    packed = _pack(_codes(w, scale, zero))
+    (, zero points uint8 [*, N, ceil(blocks/2)] when asymmetric)), by onnxruntime's quantizer."""
+    *lead, n, k = weight.shape
+    parts = [_ort_quantize(w, block, symmetric) for w in weight.reshape(-1, n, k).float()]
+    out = [torch.stack([p[i] for p in parts]).reshape(*lead, *parts[0][i].shape) for i in range(len(parts[0]))]
+    return tuple(out)
+
+
+def _ort_quantize(w: Tensor, block: int, symmetric: bool) -> tuple[Tensor, ...]:
+    """One [N, K] matrix through ``quantize_matmul_4bits`` ([K, N] float32 in, as MatMulNBitsQuantizer)."""
+    import numpy as np
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+    n, k = w.shape
+    blocks = ceil(k / block)
+    kn = np.ascontiguousarray(torch.nn.functional.pad(w, (0, blocks * block - k)).T.numpy())
+    packed = np.zeros((n, blocks, block // 2), dtype=np.uint8)
+    scales = np.zeros(n * blocks, dtype=np.float32)
+    zero = np.zeros(n * ((blocks + 1) // 2), dtype=np.uint8)
+    quantize_matmul_4bits(packed, kn, scales, zero, block, n, blocks * block, symmetric)
+    packed, scales = torch.from_numpy(packed), torch.from_numpy(scales).view(n, blocks)
+    overflow = torch.isinf(1.0 / scales) & (scales != 0)
+    if symmetric and bool(overflow.any()):   # MLAS saturates these blocks: code them by exact division
+        wb = _blocks(w, block)
+        exact = _pack(_codes(wb, scales, torch.full_like(scales, float(SYM_ZERO))))
+        packed = torch.where(overflow[..., None], exact, packed)
     if symmetric:
-        return packed, scale
-    return packed, scale, _pack(zero.to(torch.uint8), pad_value=SYM_ZERO)
+        return packed, scales
+    return packed, scales, torch.from_numpy(zero).view(n, -1)
 
 
 def mnb4_dequantize(packed: Tensor, scale: Tensor, zero_points: Tensor | None, cols: int | None,

@@ -16,6 +16,7 @@ from mv4deploy.core.errors import InputError
 from mv4deploy.model.config_reader import Reader
 from mv4deploy.model.config_v4 import compress_ratios, dspark, engram, layer_ids, num_hash_layers, vision
 from mv4deploy.model.spec import Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, ModelSpec, StoredFormats
+from mv4deploy.model.quant_config import stored_formats
 
 MODEL_TYPES = {
     "deepseek_v3": Arch.DEEPSEEK_V3, "kimi_k2": Arch.DEEPSEEK_V3, "deepseek_v32": Arch.DEEPSEEK_V32,
@@ -27,7 +28,6 @@ ARCHITECTURES = {
     "DeepseekV4ForCausalLM": Arch.DEEPSEEK_V4, "DeepseekV41ForCausalLM": Arch.DEEPSEEK_V41,
     "Qwen2ForCausalLM": Arch.QWEN2, "LlamaForCausalLM": Arch.LLAMA,
 }
-QUANT_METHOD = "mv4deploy"   # quantization_config.quant_method of what `mv4deploy quantize` writes
 
 # Keys that change nothing we count (bytes, tensors, KV): accepted without a warning.
 def load_json(path: Path) -> dict:
@@ -89,7 +89,7 @@ def _dense(r: Reader, arch: Arch, name: str) -> DenseSpec:
         attention_bias=arch is Arch.QWEN2 or r.bool("attention_bias", False),
         max_position_embeddings=r.int("max_position_embeddings", 4096, maximum=2**24),
         tie_word_embeddings=r.bool("tie_word_embeddings", False),
-        formats=_stored_formats(r, arch))
+        formats=stored_formats(r.cfg, r.source, arch))
     return _with_unknown(spec, r, arch)
 
 
@@ -109,7 +109,7 @@ def _deepseek_v3(r: Reader, arch: Arch, name: str) -> DeepseekV3Spec:
         num_attention_heads=r.int("num_attention_heads"), q_lora_rank=r.int("q_lora_rank", None),
         kv_lora_rank=r.int("kv_lora_rank"), qk_nope_head_dim=r.int("qk_nope_head_dim"),
         qk_rope_head_dim=r.int("qk_rope_head_dim"), v_head_dim=r.int("v_head_dim"),
-        formats=_stored_formats(r, arch),
+        formats=stored_formats(r.cfg, r.source, arch),
         **_indexer(r, arch))
     heads, kv_heads = spec.num_attention_heads, r.int("num_key_value_heads", spec.num_attention_heads)
     if kv_heads != heads:
@@ -144,7 +144,8 @@ def _deepseek_v4(r: Reader, arch: Arch, name: str) -> DeepseekV4Spec:
         num_hash_layers=num_hash_layers(r, layers), compress_ratios=(ratios := compress_ratios(r, arch, layers, mtp)),
         sliding_window=r.int("sliding_window"), index_n_heads=r.int("index_n_heads"),
         index_head_dim=r.int("index_head_dim"), index_topk=r.int("index_topk"),
-        hc_mult=r.int("hc_mult", 1, maximum=64), formats=_stored_formats(r, arch),
+        hc_mult=r.int("hc_mult", 1, maximum=64),
+        formats=stored_formats(r.cfg, r.source, arch, r.expert_dtype_override),
         engram=engram(r, layers), dspark=dspark(r, layers), vision=vision(r),
         kv_source_layer_ids=layer_ids(r, "kv_source_layer_ids", layers),
         index_source_layer_ids=layer_ids(r, "index_source_layer_ids", layers))
@@ -175,76 +176,6 @@ def _rope_head_dim(r: Reader, head_dim: int) -> int:
     return native
 
 
-def _stored_formats(r: Reader, arch: Arch) -> StoredFormats:
-    """Map quantization_config (+ V4's top-level expert_dtype) to format names of the checkpoint."""
-    dtype = str(r.cfg.get("torch_dtype") or r.cfg.get("dtype") or "bfloat16")
-    plain = "f32" if dtype in ("float32", "fp32") else "bf16"
-    q = r.cfg.get("quantization_config")
-    if q is None:
-        return StoredFormats(linear=plain, expert=plain, engram_table=plain, plain=plain, norm=plain)
-    source = f"{r.source}: quantization_config"
-    if not isinstance(q, dict):
-        raise InputError(r.source, "quantization_config", q, "must be an object")
-    if q.get("quant_method") == QUANT_METHOD:
-        return _mv4deploy_formats(r, arch, q, source)
-    if q.get("quant_method") != "fp8":
-        raise InputError(source, "quant_method", q.get("quant_method"), "unsupported; supported: fp8, mv4deploy")
-    block = q.get("weight_block_size")
-    if block not in ([128, 128], [32, 32]):
-        raise InputError(source, "weight_block_size", block, "supported: [128, 128] or [32, 32]")
-    ue8m0 = q.get("scale_fmt") == "ue8m0"
-    v4_family = arch in (Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41)
-    if block == [32, 32]:
-        if not (v4_family and ue8m0):
-            raise InputError(source, "weight_block_size", block, "32x32 blocks exist only with ue8m0 scales (V4.1)")
-        linear = "fp8-e4m3-block32-ue8m0"
-    else:
-        # V3.1/V3.2 keep F32 `weight_scale_inv` even with ue8m0 values; V4 stores F8_E8M0 `.scale`.
-        linear = "fp8-e4m3-block128-ue8m0" if (v4_family and ue8m0) else "fp8-e4m3-block128"
-    expert = {"fp4": "mxfp4", "fp8": linear}[_expert_dtype(r, q, source)] if v4_family else linear
-    table = "fp8-rows-ue8m0" if arch is Arch.DEEPSEEK_V41 else plain
-    norm = "f32" if arch is Arch.DEEPSEEK_V32 else "bf16"  # V3.2 ships its RMSNorm weights in F32
-    return StoredFormats(linear=linear, expert=expert, engram_table=table, plain="bf16", norm=norm)
-
-
-EXPERT_DTYPES = ("fp4", "fp8")
-
-
-class MissingExpertDtype(InputError):
-    """The config leaves the routed experts' format open and nobody said it (exit 2, like any InputError)."""
-
-
-def _expert_dtype(r: Reader, q: dict, source: str) -> str:
-    """V4's routed-expert storage: ``quantization_config.expert_dtype`` (V4.1, transformers-saved V4) or
-    the top-level ``expert_dtype`` (V4), else the caller's (headers, ``--expert-dtype``). Instruct V4
-    ships FP4 experts, the -Base checkpoints FP8: 1.83x the bytes, so a silent config is refused."""
-    declared = q.get("expert_dtype", r.cfg.get("expert_dtype"))
-    override = r.expert_dtype_override
-    for value, where in ((declared, source), (override, "--expert-dtype")):
-        if value is not None and value not in EXPERT_DTYPES:
-            raise InputError(where, "expert_dtype", value, f"supported: {', '.join(EXPERT_DTYPES)}")
-    if declared is not None and override is not None and declared != override:
-        raise InputError(source, "expert_dtype", declared, f"contradicts the given expert dtype {override!r}")
-    if declared is None and override is None:
-        raise MissingExpertDtype(r.source, "expert_dtype", None,
-                         "missing: the routed experts' format (fp4 or fp8) is not in the config; give "
-                         "--expert-dtype fp4|fp8 or a checkpoint folder whose safetensors headers show it")
-    return declared or override
-
-
-def _mv4deploy_formats(r: Reader, arch: Arch, q: dict, source: str) -> StoredFormats:
-    """A checkpoint written by ``mv4deploy quantize``: ``base`` is the source's quantization_config
-    (null for a BF16/FP32 source) and gives the native formats; ``rules`` assign each weight's format."""
-    from mv4deploy.model.rules import rules_from_json
-    base = q.get("base")
-    if base is not None and (not isinstance(base, dict) or base.get("quant_method") == QUANT_METHOD):
-        raise InputError(source, "base", base, "must be the source checkpoint's quantization_config or null")
-    inner = Reader({**r.cfg, "quantization_config": base}, r.source)
-    inner.expert_dtype_override = r.expert_dtype_override
-    native = _stored_formats(inner, arch)
-    return replace(native, rules=rules_from_json(q.get("rules"), source))
-
-
 def _with_unknown(spec: ModelSpec, r: Reader, arch: Arch) -> ModelSpec:
     return replace(spec, unknown_keys=r.unknown(arch))
 
@@ -254,9 +185,3 @@ _BUILDERS = {
     Arch.DEEPSEEK_V3: _deepseek_v3, Arch.DEEPSEEK_V32: _deepseek_v3,
     Arch.DEEPSEEK_V4: _deepseek_v4, Arch.DEEPSEEK_V41: _deepseek_v4,
 }
-
-
-def quantized_by_us(raw: dict) -> bool:
-    """Whether a raw config.json was written by ``mv4deploy quantize`` (its quant_method is ours)."""
-    quant = raw.get("quantization_config")
-    return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD

@@ -4,6 +4,7 @@ and no table lists is reported as unknown, never silently ignored."""
 from __future__ import annotations
 
 from mv4deploy.core.schema import Section, boolean, integer, integers
+from mv4deploy.model.quant_config import OURS_KEY
 from mv4deploy.model.spec import Arch
 
 GENERIC_KEYS = frozenset({
@@ -16,6 +17,7 @@ GENERIC_KEYS = frozenset({
     "hidden_size", "num_hidden_layers", "num_nextn_predict_layers", "attention_bias",
     # written by transformers' save_pretrained
     "chunk_size_feed_forward", "id2label", "label2id", "is_encoder_decoder", "problem_type",
+    OURS_KEY,
 })
 ROUTER_KEYS = frozenset({"scoring_func", "topk_method", "routed_scaling_factor", "norm_topk_prob",
                          "n_group", "topk_group", "ep_size", "aux_loss_alpha", "seq_aux"})

@@ -153,6 +153,18 @@ def assign(rules: tuple[Rule, ...], weight: LogicalWeight, arch: Arch) -> str:
     return weight.native
 
 
+def unused_rules(rules: tuple[Rule, ...], weights, arch: Arch) -> list[Rule]:
+    """The rules that are the first match of no weight (a rule for experts on a dense model)."""
+    used = set()
+    for w in weights:
+        for i, rule in enumerate(rules):
+            fmt = resolve_format(rule.format, arch)
+            if rule.matches(w, 0 if fmt == NATIVE else get_format(fmt).min_ndim):
+                used.add(i)
+                break
+    return [rule for i, rule in enumerate(rules) if i not in used]
+
+
 # ---------------------------------------------------------------- logical weights of a spec
 _PROBE = StoredFormats(linear="fp8-e4m3-block128", expert="mxfp4", engram_table="fp8-rows-ue8m0", plain="bf16",
                        norm="nf4")

@@ -64,6 +64,9 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
                            "as stored", (Rule(frozenset({GroupClass.ROUTED_EXPERTS}), "int4-g128"),)),
     Policy("int4", "every linear weight and the LM head in INT4, one BF16 scale per 128 (W4A16)",
            (Rule(LINEAR | {GroupClass.HEAD}, "int4-g128", frozenset({"int4"})),)),
+    Policy("nvfp4", "every linear weight in NVFP4 (e2m1, an FP8 scale per 16, compressed-tensors NVFP4A16: "
+                    "Blackwell's FP4 tensor cores); weights already in FP4 (V4's MXFP4 experts) stay",
+           (Rule(LINEAR, "nvfp4", frozenset({"fp4"})),)),
     Policy("mobile-int4", "INT4 block 32 for every linear weight, the LM head and the embedding, fp32 KV "
                           "cache (the onnxruntime-genai int4 export, exporters/cpu-int4.yaml)",
            (Rule(LINEAR | {GroupClass.HEAD, GroupClass.EMBEDDING}, MOBILE_INT4_FORMAT),),

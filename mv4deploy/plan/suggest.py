@@ -21,6 +21,7 @@ from mv4deploy.plan.verdict import (DISTILLATE, MIN_CONTEXT, Change, Verdict, ho
 from mv4deploy.plan.workload import Workload
 
 LOWER_BIT_EXPERTS = "int4-experts"
+LOWER_BIT_FP4 = "nvfp4"   # the lower-bit policy where the GPUs run FP4 natively (Blackwell)
 CONTEXT_SHARE = 0.10
 DENSE = (Arch.QWEN2, Arch.LLAMA)
 
@@ -70,9 +71,9 @@ def _context_matters(plan, best) -> bool:
 def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str, best):
     """The candidate changes, cheapest first; each is (Change, thunk returning a Plan)."""
     changes = []
-    has_experts = any(p.item.cls is GroupClass.ROUTED_EXPERTS for p in best.placement.placed + best.placement.unplaced)
-    if has_experts and policy != LOWER_BIT_EXPERTS:
-        changes.append(Change(f"--policy {LOWER_BIT_EXPERTS}", "policy", {"policy": LOWER_BIT_EXPERTS}))
+    lower = _lower_bit_policy(profile, best)
+    if lower and policy != lower:
+        changes.append(Change(f"--policy {lower}", "policy", {"policy": lower}))
     maximum = resolved.spec.max_position_embeddings
     if workload.context_tokens > maximum:   # beyond the model: its own maximum first, then halves of it
         context = maximum
@@ -93,6 +94,15 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
     return changes
 
 
+def _lower_bit_policy(profile: HardwareProfile, best) -> str | None:
+    """NVFP4 on GPUs with FP4 tensor cores (Blackwell: the format they run at full rate), else INT4 routed
+    experts for a model that has them, else none."""
+    if profile.gpus is not None and "fp4" in profile.gpus.native_formats:
+        return LOWER_BIT_FP4
+    placed = best.placement.placed + best.placement.unplaced
+    return LOWER_BIT_EXPERTS if any(p.item.cls is GroupClass.ROUTED_EXPERTS for p in placed) else None
+
+
 def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util, grouping):
     kw = change.kwargs
     try:
@@ -109,7 +119,8 @@ def _why(change: Change, plan, new) -> str:
         return f"holds every weight read per token in RAM instead of NVMe ({new.verdict.value})"
     if change.kind == "policy":
         weights = sum(g.bytes for g in new.groups)
-        return f"routed experts in INT4: weights {format_bytes(weights)}"
+        what = "linear weights in NVFP4" if change.kwargs["policy"] == LOWER_BIT_FP4 else "routed experts in INT4"
+        return f"{what}: weights {format_bytes(weights)}"
     if change.kind == "context":
         return f"KV cache and workspace shrink with the context ({new.verdict.value})"
     return f"{new.verdict.value} at {new.estimates.decode_tokens_per_s:,.1f} tok/s"

@@ -12,7 +12,9 @@ Native names map to transformers' modules through the runtime's name map (the ta
 
 from __future__ import annotations
 
+import re
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +48,20 @@ class CalibrationSpec:
                 "seq_len": self.seq_len, "min_expert_tokens": self.min_expert_tokens}
 
 
+HF_EXPERT = re.compile(r"(?P<module>.+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate|up|down)_proj\.weight")
+
+
 # ---------------------------------------------------------------- native name -> transformers module
-def hessian_key(native: str) -> tuple[str, int | None, str] | None:
-    """(transformers module path, expert index or None, which input) for a native linear weight, through
-    the runtime's name map (``runtime.name_map``); None where the reference model has no such module
+def hessian_key(native: str, hf_names: bool = False) -> tuple[str, int | None, str] | None:
+    """(transformers module path, expert index or None, which input) for a linear weight. A checkpoint in
+    transformers' names (``hf_names``: Qwen2, Llama, V3) names its module itself; a native one goes through
+    the runtime's name map (``runtime.name_map``). None where the reference model has no such module
     (``mtp.*`` and the other skipped names, or a name the map does not know)."""
+    if hf_names:
+        expert = HF_EXPERT.fullmatch(native)   # V3's per-expert linears: one fused experts module in transformers
+        if expert:
+            return expert["module"], int(expert["e"]), "down" if expert["proj"] == "down" else "gate_up"
+        return (native[: -len(".weight")], None, "linear") if native.endswith(".weight") else None
     try:
         target = name_map.to_target(native)
     except KeyError:
@@ -106,8 +117,10 @@ class HessianCollector:
             handle.remove()
 
 
-def collect_hessians(model: torch.nn.Module, token_ids: torch.Tensor, seq_len: int) -> HessianCollector:
-    """Run ``token_ids`` (1-D) through ``model`` in chunks of ``seq_len`` with the hooks attached."""
+def collect_hessians(model: torch.nn.Module, token_ids: torch.Tensor, seq_len: int,
+                     advance=lambda n=1: None) -> HessianCollector:
+    """Run ``token_ids`` (1-D) through ``model`` in chunks of ``seq_len`` with the hooks attached
+    (``advance(1)`` after each chunk: the calibration step's progress bar)."""
     collector = HessianCollector(model)
     try:
         with torch.no_grad():
@@ -115,6 +128,7 @@ def collect_hessians(model: torch.nn.Module, token_ids: torch.Tensor, seq_len: i
                 chunk = token_ids[start:start + seq_len]
                 if chunk.numel() > 1:
                     model(input_ids=chunk[None, :], use_cache=False)
+                advance(1)
     finally:
         collector.close()
     return collector
@@ -126,15 +140,15 @@ class GPTQQuantizer:
     None (round to nearest) otherwise. Every INT4 weight's outcome is recorded (``outcomes``), and the
     pipeline stores them in its journal with the shard, so a resumed run reports all of them."""
 
-    def __init__(self, collector: HessianCollector, min_tokens: int):
-        self.collector, self.min_tokens = collector, min_tokens
+    def __init__(self, collector: HessianCollector, min_tokens: int, hf_names: bool = False):
+        self.collector, self.min_tokens, self.hf_names = collector, min_tokens, hf_names
         self.outcomes: dict[str, dict] = {}
         self.lock = threading.Lock()
 
     def __call__(self, job, x: torch.Tensor):
         if job.target not in INT4_FORMATS:
             return None
-        key = hessian_key(job.weight.name)
+        key = hessian_key(job.weight.name, self.hf_names)
         tokens = self.collector.tokens.get(key, 0) if key else 0
         if key is None or key not in self.collector.h or tokens < self.min_tokens:
             reason = "no module in the reference model" if key is None or key not in self.collector.tokens \
@@ -173,9 +187,16 @@ def _token_ids(src: Path, spec: CalibrationSpec) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibrate(job, spec: CalibrationSpec, model=None, token_ids: torch.Tensor | None = None):
+def calibrate(job, spec: CalibrationSpec, model=None, token_ids: torch.Tensor | None = None, progress=None):
     """(quantizer, calibration tokens) for ``job``; ``model``/``token_ids`` may be given (tests, or a
-    caller that already has them), otherwise the runtime loads SRC and its tokenizer reads the text."""
+    caller that already has them), otherwise the runtime loads SRC and its tokenizer reads the text.
+    ``progress(description, total, unit_bytes=False)`` (``cli.output.progress``) draws the step's bar."""
     model = model if model is not None else _load_model(job.src)
     ids = token_ids if token_ids is not None else _token_ids(job.src, spec)
-    return GPTQQuantizer(collect_hessians(model, ids, spec.seq_len), spec.min_expert_tokens), int(ids.numel())
+    chunks = -(-int(ids.numel()) // spec.seq_len)
+    bar = progress("calibrate (GPTQ Hessians)", chunks, unit_bytes=False) if progress else nullcontext()
+    with bar as advance:
+        collector = collect_hessians(model, ids, spec.seq_len, advance or (lambda n=1: None))
+    hf_names = not name_map.native_layout([w.weight.name for s in job.shards for w in s.weights])
+    quantizer = GPTQQuantizer(collector, spec.min_expert_tokens, hf_names)
+    return quantizer, int(ids.numel())

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mv4deploy import __version__
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import QUANT_METHOD, load_json
+from mv4deploy.model.config import load_json
+from mv4deploy.model.quant_config import OURS_KEY
 from mv4deploy.model.tensors import RAW_FORMAT
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers, shard_files
 from mv4deploy.model.source import compare, read_folder_config, refuse_mismatches
@@ -82,8 +83,9 @@ def plan_job(src: Path, out: Path, recipe: Recipe, extra_key: dict | None = None
     config = load_json(config_path)
     spec = read_folder_config(src, config)
     if spec.formats.rules:
-        raise InputError(config_path, "quantization_config.quant_method", QUANT_METHOD,
+        raise InputError(config_path, OURS_KEY, "present",
                          "SRC is already an mv4deploy output; quantize from its full-precision or native source")
+    recipe.check_applies(spec)
     slots = _check_headers(src, spec)
     weights = logical_weights(spec)
     by_file: dict[str, list[WeightJob]] = {}

@@ -16,24 +16,41 @@ from pathlib import Path
 
 from mv4deploy.core.errors import InputError
 from mv4deploy.core.fileio import atomic_path, remove_stale_tmp, sha256_file, write_text_atomic
-from mv4deploy.model.config import QUANT_METHOD
+from mv4deploy.model.quant_config import OURS_KEY, QUANT_METHOD
 from mv4deploy.model.safetensors_headers import INDEX_NAME
 from mv4deploy.quant.job import Job
 from mv4deploy.core.safepaths import regular_files
 
 MANIFEST = "quantization_manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: our rules under config.json's OURS_KEY, quantization_config the ecosystem's
 _NOT_COPIED = {"config.json", INDEX_NAME}
 
 
 def output_config(job: Job) -> dict:
-    """The source config.json with ``quantization_config`` replaced: ``base`` keeps the source's own
-    (so ``native`` rules stay meaningful), ``rules`` are the recipe's with aliases resolved."""
-    config = dict(job.config)
-    config["quantization_config"] = {
-        "quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "recipe": job.recipe.name,
-        "base": job.config.get("quantization_config"), "rules": job.recipe.resolved_rules(job.spec)}
+    """The source config.json with ``quantization_config`` replaced by the ecosystem's for the formats
+    written (``ecosystem.ecosystem_config``; ``quant_method: mv4deploy`` where no ecosystem layout holds
+    them, none when nothing is quantized), and ours under ``OURS_KEY``: ``base`` keeps the source's own
+    config (so ``native`` rules stay meaningful), ``rules`` are the recipe's with aliases resolved."""
+    from mv4deploy.quant.ecosystem import ecosystem_config, families
+    config = {k: v for k, v in job.config.items() if k not in ("quantization_config", "expert_dtype")}
+    targets = {w.target for s in job.shards for w in s.weights}
+    quant = ecosystem_config(job)
+    if quant is None and families(targets):
+        quant = {"quant_method": QUANT_METHOD}
+    if quant is not None:
+        config["quantization_config"] = quant
+    config[OURS_KEY] = {"format_version": FORMAT_VERSION, "recipe": job.recipe.name, "base": _base(job.config),
+                        "rules": job.recipe.resolved_rules(job.spec)}
     return config
+
+
+def _base(source: dict) -> dict | None:
+    """The source's quantization_config, with V4's top-level ``expert_dtype`` folded in (the output's
+    top level no longer describes the source)."""
+    base = source.get("quantization_config")
+    if base is None or "expert_dtype" not in source:
+        return base
+    return {"expert_dtype": source["expert_dtype"], **base}
 
 
 def manifest(job: Job, done: dict[str, dict], calibration: dict | None = None) -> dict:

@@ -17,7 +17,7 @@ from mv4deploy.core.errors import InputError
 from mv4deploy.model.tensors import RAW_FORMAT, Role
 from mv4deploy.model.spec import ModelSpec
 from mv4deploy.plan.groups import CLASS_ROLES, GroupClass
-from mv4deploy.model.rules import NATIVE, Rule, assign, logical_weights, resolve_format, rules_from_json
+from mv4deploy.model.rules import NATIVE, Rule, assign, logical_weights, resolve_format, rules_from_json, unused_rules
 from mv4deploy.core.schema import load_data
 
 KEEP_HIGH_PRECISION = (
@@ -40,8 +40,18 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
     "int4-experts": KEEP_HIGH_PRECISION + (     # GPUs without FP4 (Ada) or experts in host RAM
         Rule("int4-g128", slot="expert"), Rule("fp8", slot="linear"), Rule("fp8-rows-ue8m0", slot="engram_table"),
         CATCH_ALL),
+    "int4": KEEP_HIGH_PRECISION + (             # compressed-tensors W4A16 on every linear (GPTQ with --calib)
+        Rule("int4-g128", slot="expert"), Rule("int4-g128", slot="linear"), CATCH_ALL),
+    "nvfp4": KEEP_HIGH_PRECISION + (            # Blackwell: compressed-tensors NVFP4A16 on every linear
+        Rule("nvfp4", slot="expert"), Rule("nvfp4", slot="linear"), CATCH_ALL),
     "nf4": KEEP_HIGH_PRECISION + (              # transformers + bitsandbytes users
         Rule("nf4", slot="expert"), Rule("nf4", slot="linear"), CATCH_ALL),
+}
+# The rules that make a preset what it is: a model none of them applies to is refused (exit 2), so an
+# experts preset never silently turns a dense model into plain FP8. The others (FP8 rows for Engram
+# tables, FP8 experts under `fp8`) apply where the model has such weights.
+DEFINING: dict[str, tuple[Rule, ...]] = {
+    "fp8-fp4-experts": (Rule("mxfp4", slot="expert"),), "int4-experts": (Rule("int4-g128", slot="expert"),),
 }
 
 
@@ -54,6 +64,17 @@ class Recipe:
     def formats(self, spec: ModelSpec) -> dict[str, str]:
         """Logical weight name -> the format this recipe gives it on ``spec`` (in inventory order)."""
         return {w.name: assign(self.rules, w, spec.architecture) for w in logical_weights(spec)}
+
+    def check_applies(self, spec: ModelSpec) -> None:
+        """Refuse a recipe with a rule that converts nothing on ``spec``: a preset's defining rule
+        (``DEFINING``), or any converting rule of a recipe file or plan. Exit 2, naming the rule."""
+        unused = unused_rules(self.rules, logical_weights(spec), spec.architecture)
+        defining = DEFINING.get(self.name, ()) if self.source == "preset" else \
+            tuple(r for r in self.rules if r.format != NATIVE)
+        for rule in (r for r in unused if r in defining):
+            raise InputError(self.source if self.source != "preset" else None, "--recipe", self.name,
+                             f"rule {rule.to_json()} applies to no weight of {spec.name} "
+                             f"({spec.architecture.value}); this recipe does not apply to this model")
 
     def resolved_rules(self, spec: ModelSpec) -> list[dict]:
         """The rules as written into the output's config.json: aliases resolved for this family."""

@@ -84,7 +84,7 @@ def _process(job, journal, options, calibration, progress, calibration_inputs) -
     report = None
     if calibration is not None:
         from mv4deploy.quant.calibrate import calibrate, calibration_report
-        quantizer, tokens = calibrate(job, calibration, *(calibration_inputs or ()))
+        quantizer, tokens = calibrate(job, calibration, *(calibration_inputs or (None, None)), progress=progress)
         options = Options(options.allow_nonfinite, options.workers, options.device, quantizer)
     bar = progress(f"quantize {job.src.name} -> {job.recipe.name}", job.source_bytes) if progress else nullcontext()
     with bar as advance:
@@ -105,7 +105,9 @@ def _summary(job, resumed_shards: int, already_complete: bool) -> dict:
     from collections import Counter
     formats = Counter(w.target for s in job.shards for w in s.weights)
     out_bytes = sum(p.stat().st_size for p in (job.out / s.file for s in job.shards) if p.is_file())
+    from mv4deploy.quant.ecosystem import portability
     return {"source": str(job.src), "out": str(job.out), "recipe": job.recipe.name,
+            "portability": portability(job.out / "config.json"),
             "shards": len(job.shards), "resumed_shards": resumed_shards, "already_complete": already_complete,
             "source_bytes": job.source_bytes, "out_bytes": out_bytes, "weights": sum(formats.values()),
             "formats": dict(sorted(formats.items()))}

@@ -10,10 +10,11 @@ is an ordinary full-precision one. ``engram_*`` keys ride along as config attrib
 from __future__ import annotations
 
 from mv4deploy.core.errors import InputError
+from mv4deploy.model.quant_config import OURS_KEY
 from mv4deploy.model.spec import Arch
 
 # Keys about storage or provenance, not about the network a transformers class builds.
-STORAGE_KEYS = frozenset({"quantization_config", "expert_dtype", "architectures", "model_type", "torch_dtype",
+STORAGE_KEYS = frozenset({"quantization_config", "expert_dtype", OURS_KEY, "architectures", "model_type", "torch_dtype",
                           "dtype", "transformers_version", "_name_or_path"})
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model.config import QUANT_METHOD, load_json, quantized_by_us
+from mv4deploy.model.config import load_json
+from mv4deploy.model.quant_config import QUANT_METHOD, quantized_by_us
 from mv4deploy.model.tensors import Role
 from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.source import refuse_mismatches, resolve_model
@@ -70,9 +71,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
 def _load_hf(folder: Path, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
-    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=str(device),
-                                                       local_files_only=True, output_loading_info=True,
-                                                       use_safetensors=True, trust_remote_code=False)
+    from mv4deploy.runtime.quiet import library_bars_off
+    with library_bars_off():
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=str(device),
+                                                           local_files_only=True, output_loading_info=True,
+                                                           use_safetensors=True, trust_remote_code=False)
     for kind in ("missing_keys", "mismatched_keys"):
         if info.get(kind):
             raise InputError(folder, str(sorted(info[kind])[0]), None, f"{kind.replace('_', ' ')} on load")

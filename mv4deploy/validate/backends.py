@@ -136,7 +136,7 @@ def _read_config(folder: Path) -> dict:
 def _is_native(folder: Path) -> bool:
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         return False
-    from mv4deploy.model.config import quantized_by_us
+    from mv4deploy.model.quant_config import quantized_by_us
     from mv4deploy.model.safetensors_headers import read_checkpoint_headers
     from mv4deploy.runtime.name_map import native_layout
     names = [h.name for h in read_checkpoint_headers(folder)]
@@ -156,12 +156,14 @@ def _open_runtime(folder: Path, device: str) -> TorchSource:
 
 def _open_transformers(folder: Path, device: str) -> TorchSource:
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+
+    from mv4deploy.runtime.quiet import library_bars_off
     tokenizer = load_tokenizer(folder)
-    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
-                                                     use_safetensors=True, dtype=torch.float32)
+        with library_bars_off():
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                         trust_remote_code=False, dtype=torch.float32,
+                                                         use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(folder, "config.json", None, f"transformers cannot load it: {first_line(exc)}") from exc
     return TorchSource("transformers", folder, model.eval().to(device), tokenizer, device)
