@@ -20,18 +20,25 @@ from mv4deploy.core.units import parse_bytes, parse_bytes_per_s, parse_iops, par
 UNKNOWN = "unknown"   # a figure nobody measured (``profile detect`` writes it); loads as None where allowed
 
 
+def read_text(path: Path) -> str:
+    """A data file's text; a missing or unreadable file is one line naming it."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise InputError(path, None, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from None
+
+
 def load_yaml(path: str | Path) -> object:
     """The parsed data of a YAML file (libyaml's safe loader when built in: ~10x faster, same results).
     Aliases are allowed but the document they expand to is bounded (``bounded_yaml``): an alias bomb is
     one line and exit 2 in milliseconds, not a hang."""
     import yaml
     path = Path(path)
+    text = read_text(path)
     try:
-        return bounded_yaml(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, None, None, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from None
+        return bounded_yaml(text)
     except RecursionError:
         raise InputError(path, None, None, "malformed YAML: nested too deeply") from None
     except DocumentTooLarge as exc:
@@ -94,12 +101,9 @@ def load_json(path: str | Path) -> object:
     """The parsed data of a JSON file; errors in ``load_yaml``'s shape."""
     import json
     path = Path(path)
+    text = read_text(path)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, None, None, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, None, None, f"cannot read ({exc.__class__.__name__})") from None
+        return json.loads(text)
     except RecursionError:
         raise InputError(path, None, None, "malformed JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:

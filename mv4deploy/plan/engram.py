@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mv4deploy.core.jsonify import to_json
+from mv4deploy.core.jsonify import JsonResult
 from mv4deploy.plan.costs import Cost
 from mv4deploy.plan.groups import Group
 from mv4deploy.plan.items import Item, ItemKind, Option, Placed
@@ -75,7 +75,7 @@ class EngramTable:
 
 
 @dataclass(frozen=True)
-class EngramUse:
+class EngramUse(JsonResult):
     """The ``engram`` block: where each table lives, per-token traffic, the overlap check."""
 
     tables: tuple[EngramTable, ...]
@@ -88,9 +88,6 @@ class EngramUse:
     fits_overlap_window: bool
     page_cache_bytes: int
     gpu_free_bytes_for_hot_rows: int
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 def engram_summary(placed: list[Placed], windows: dict[int, float], free_bytes: dict[str, int]) -> EngramUse:

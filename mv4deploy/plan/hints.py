@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from mv4deploy.core.jsonify import to_json
+from mv4deploy.core.jsonify import JsonResult
 from mv4deploy.hardware.profile import DeviceKind
 from mv4deploy.model.kv import CacheFormat
 from mv4deploy.plan.groups import GroupClass
@@ -45,16 +45,13 @@ ACCELERATE_DEVICE = {TierKind.HOST: "cpu", TierKind.NVME: "disk"}
 
 
 @dataclass(frozen=True)
-class Hints:
+class Hints(JsonResult):
     """Launch lines per engine (None where the engine cannot run the plan) and an accelerate device_map."""
 
     vllm: str | None = None
     sglang: str | None = None
     llama_cpp: str | None = None
     accelerate_device_map: dict[str, int | str] | None = None
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 def _gib(nbytes: int) -> int:

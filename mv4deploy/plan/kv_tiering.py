@@ -13,8 +13,9 @@ Per-sequence compressor state (fp32 running sums) is a small pool of its own, al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from mv4deploy.core.jsonify import to_json
+from mv4deploy.core.jsonify import JsonResult
 from mv4deploy.model.kv import CacheFormat, KVLayout, KVPool
 from mv4deploy.plan.costs import Cost, UNAVAILABLE
 from mv4deploy.plan.items import Item, ItemKind, Option, Placed
@@ -93,24 +94,17 @@ def cache_format(option: Option) -> CacheFormat | None:
     return POOL_FORMATS.get(option.format)
 
 
-@dataclass(frozen=True)
-class PoolUse:
-    name: str
-    tier: str
-    bytes: int
+PoolUse = NamedTuple("PoolUse", [("name", str), ("tier", str), ("bytes", int)])
 
 
 @dataclass(frozen=True)
-class KvCacheUse:
+class KvCacheUse(JsonResult):
     """The ``kv_cache`` block of the plan: pools with their tiers, GPU bytes saved by host tiering and the
     decode time per step that costs (host fetch minus what the GPU read would have taken)."""
 
     pools: tuple[PoolUse, ...]
     gpu_bytes_saved: int
     added_s_per_token: float
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 def kv_summary(placed: list[Placed]) -> KvCacheUse:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from mv4deploy.core.jsonify import to_json
+from mv4deploy.core.jsonify import JsonResult
 from mv4deploy.plan.engram import EngramUse
 from mv4deploy.plan.estimates import Estimates
 from mv4deploy.plan.hints import Hints
@@ -74,14 +75,19 @@ def device_usage(devices: tuple[Device, ...], placed: tuple[Placed, ...],
     return tuple(DeviceUse(d.name, d.kind, d.capacity_bytes, use[d.name]) for d in devices)
 
 
-@dataclass(frozen=True)
-class Execution:
-    decode: str     # "gpu", "cpu", "stream", "nvme+cpu", "nvme+stream", "lookup"
-    prefill: str
+# Leaf records of the plan, in their JSON field order: immutable, compared by value, one line each.
+Execution = NamedTuple("Execution", [("decode", str), ("prefill", str)])   # "gpu", "cpu", "stream", "nvme+cpu", ...
+ModelFingerprint = NamedTuple("ModelFingerprint", [("tensors", int), ("placed_bytes", int), ("groups_sha256", str)])
+ProfileFingerprint = NamedTuple("ProfileFingerprint", [("name", str), ("sha256", str)])
+PolicyChoice = NamedTuple("PolicyChoice", [("name", str), ("description", str)])
+Parallelism = NamedTuple("Parallelism", [("mode", str), ("reason", str)])
+FormatUse = NamedTuple("FormatUse", [("tier", str), ("format", str), ("execution", str)])   # execution: "native" or
+Exclusion = NamedTuple("Exclusion", [("reason", str), ("tensors", int), ("bytes", int)])  # how the tier dequantizes
+Unplaced = NamedTuple("Unplaced", [("name", str), ("bytes", int)])
 
 
 @dataclass(frozen=True)
-class GroupRow:
+class GroupRow(JsonResult):
     """One placed piece of a group: ``group`` is the whole group's name, ``role`` its class,
     ``stored_format`` the checkpoint's format for most of its bytes, ``format`` the plan's."""
 
@@ -95,9 +101,6 @@ class GroupRow:
     bytes: int
     execution: Execution | None          # None when unplaced
     experts: tuple[int, int] | None      # routed experts: the row holds [start, stop)
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 def group_rows(placement: Placement) -> tuple[GroupRow, ...]:
@@ -119,25 +122,9 @@ def _digest(data: object) -> str:
 
 
 @dataclass(frozen=True)
-class ModelFingerprint:
-    tensors: int
-    placed_bytes: int
-    groups_sha256: str
-
-
-@dataclass(frozen=True)
-class ProfileFingerprint:
-    name: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Fingerprint:
+class Fingerprint(JsonResult):
     model: ModelFingerprint
     profile: ProfileFingerprint
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 def model_fingerprint(inventory, groups) -> ModelFingerprint:
@@ -157,18 +144,6 @@ def profile_fingerprint(profile) -> ProfileFingerprint:
 
 
 @dataclass(frozen=True)
-class PolicyChoice:
-    name: str
-    description: str
-
-
-@dataclass(frozen=True)
-class Parallelism:
-    mode: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class ExpertExecution:
     """Where offloaded routed experts execute, per phase."""
 
@@ -179,27 +154,7 @@ class ExpertExecution:
 
 
 @dataclass(frozen=True)
-class FormatUse:
-    tier: str
-    format: str
-    execution: str      # "native" or how the tier dequantizes it
-
-
-@dataclass(frozen=True)
-class Exclusion:
-    reason: str
-    tensors: int
-    bytes: int
-
-
-@dataclass(frozen=True)
-class Unplaced:
-    name: str
-    bytes: int
-
-
-@dataclass(frozen=True)
-class Decisions:
+class Decisions(JsonResult):
     """Why the plan is what it is: policy, parallelism, where offloaded experts execute, formats and their
     execution, the workspace, what was left out or could not be placed, and the time by resource."""
 
@@ -212,9 +167,6 @@ class Decisions:
     unplaced: tuple[Unplaced, ...]
     bound_gap: float | None
     decode_seconds_by_resource: dict[str, float]
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from math import ceil
 
-from mv4deploy.core.jsonify import to_json
+from mv4deploy.core.jsonify import JsonResult
 from mv4deploy.plan.items import ItemKind
 from mv4deploy.plan.placement import Placement
 from mv4deploy.plan.tiers import TierKind
@@ -89,7 +89,7 @@ def improves(base_verdict: Verdict, base_tps: float, verdict: Verdict, tps: floa
 
 
 @dataclass(frozen=True)
-class Suggestion:
+class Suggestion(JsonResult):
     """One change that would make the plan better, with the verdict and speed it would give."""
 
     change: str
@@ -97,9 +97,6 @@ class Suggestion:
     verdict: Verdict
     decode_tokens_per_s: float
     why: str
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 def suggestion(change: Change, verdict: Verdict, decode_tps: float, why: str) -> Suggestion:

@@ -66,8 +66,7 @@ def check_plan_model(plan_path, src) -> None:
     count, placed bytes, hash of the groups) must be SRC's, as ``mv4deploy run`` requires."""
     from mv4deploy.model.source import resolve_model
     from mv4deploy.plan.groups import build_groups
-    from dataclasses import asdict
-
+    
     from mv4deploy.plan.plan import model_fingerprint
     from mv4deploy.plan.workload import ExpertSkew
     from mv4deploy.core.schema import load_data
@@ -81,8 +80,8 @@ def check_plan_model(plan_path, src) -> None:
     try:
         skew = ExpertSkew(*skew) if skew else None
         resolved = resolve_model(str(src))
-        found = asdict(model_fingerprint(resolved.inventory,
-                                         build_groups(resolved.inventory, bool(workload.get("include_mtp")), skew).groups))
+        found = model_fingerprint(resolved.inventory, build_groups(resolved.inventory, bool(workload.get("include_mtp")),
+                                                                skew).groups)._asdict()
     except (TypeError, ValueError) as exc:
         if isinstance(exc, InputError):
             raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import statistics
-from dataclasses import asdict
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError
@@ -40,7 +39,7 @@ def _resolve(checkpoint: str | Path, plan, profile_name: str | None):
         raise InputError(folder, None, None, "not a checkpoint folder (no config.json)")
     resolved = resolve_model(str(folder))
     grouping = build_groups(resolved.inventory, bool(plan.workload.get("include_mtp")), expert_skew(plan))
-    check_model(plan, asdict(model_fingerprint(resolved.inventory, grouping.groups)), folder)
+    check_model(plan, model_fingerprint(resolved.inventory, grouping.groups)._asdict(), folder)
     source = profile_name or plan.profile
     try:
         profile = load_profile(source)
@@ -49,7 +48,7 @@ def _resolve(checkpoint: str | Path, plan, profile_name: str | None):
             raise
         raise InputError(plan.path, "profile", plan.profile, "not a shipped profile: pass --profile FILE, the "
                          "profile the plan was made for") from None
-    check_profile(plan, asdict(profile_fingerprint(profile)), source)
+    check_profile(plan, profile_fingerprint(profile)._asdict(), source)
     return resolved, grouping, profile
 
 
