@@ -71,9 +71,9 @@ def _context_matters(plan, best) -> bool:
 def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str, best):
     """The candidate changes, cheapest first; each is (Change, thunk returning a Plan)."""
     changes = []
-    lower = _lower_bit_policy(profile, best)
-    if lower and policy != lower:
-        changes.append(Change(f"--policy {lower}", "policy", {"policy": lower}))
+    for lower in _lower_bit_policies(profile, best):
+        if policy != lower:
+            changes.append(Change(f"--policy {lower}", "policy", {"policy": lower}))
     maximum = resolved.spec.max_position_embeddings
     if workload.context_tokens > maximum:   # beyond the model: its own maximum first, then halves of it
         context = maximum
@@ -94,13 +94,20 @@ def _changes(plan, resolved: ResolvedModel, profile: HardwareProfile, workload: 
     return changes
 
 
-def _lower_bit_policy(profile: HardwareProfile, best) -> str | None:
-    """NVFP4 on GPUs with FP4 tensor cores (Blackwell: the format they run at full rate), else INT4 routed
-    experts for a model that has them, else none."""
-    if profile.gpus is not None and "fp4" in profile.gpus.native_formats:
-        return LOWER_BIT_FP4
+def _lower_bit_policies(profile: HardwareProfile, best) -> list[str]:
+    """The lower-bit policies to try: NVFP4 on GPUs with FP4 tensor cores (Blackwell: the format they run
+    at full rate), INT4 routed experts for a model that has them; the better plan of the two is suggested."""
     placed = best.placement.placed + best.placement.unplaced
-    return LOWER_BIT_EXPERTS if any(p.item.cls is GroupClass.ROUTED_EXPERTS for p in placed) else None
+    out = [LOWER_BIT_FP4] if profile.gpus is not None and "fp4" in profile.gpus.native_formats else []
+    return out + [LOWER_BIT_EXPERTS] * any(p.item.cls is GroupClass.ROUTED_EXPERTS for p in placed)
+
+
+def _not_better(kind: str, verdict: Verdict, tps: float, found: tuple) -> bool:
+    """Profiles: a better verdict only (the smaller machine, tried first, wins ties); policies: a better
+    verdict, or the same one and a faster plan."""
+    if kind == "policy":
+        return (verdict.rank, -tps) >= (found[1].rank, -found[2])
+    return verdict.rank >= found[1].rank
 
 
 def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util, grouping):
@@ -128,13 +135,15 @@ def _why(change: Change, plan, new) -> str:
 
 def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best, grouping=None) -> list:
     """Helpful changes, at most one per kind: the first (smallest) that helps, except for profiles, where
-    the one with the best verdict wins and the smallest machine breaks ties. ``grouping``: the plan's own,
+    the one with the best verdict wins and the smallest machine breaks ties, and for lower-bit policies,
+    where the best verdict, then the fastest plan wins. ``grouping``: the plan's own,
     reused by the re-plans of the same model."""
     base_verdict = plan.verdict
     base_tps = plan.estimates.decode_tokens_per_s
     found: dict[str, tuple] = {}
     for change in _changes(plan, resolved, profile, workload, policy, best):
-        settled = change.kind in found and (change.kind != "profile" or found[change.kind][1] is Verdict.FITS)
+        settled = change.kind in found and change.kind != "policy" and \
+            (change.kind != "profile" or found[change.kind][1] is Verdict.FITS)
         if settled:
             continue
         new = _apply(change, resolved, profile, workload, policy, host_mem, gpu_util, grouping)
@@ -143,7 +152,7 @@ def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_uti
         verdict, tps = new.verdict, new.estimates.decode_tokens_per_s
         if not improves(base_verdict, base_tps, verdict, tps):
             continue
-        if change.kind in found and verdict.rank >= found[change.kind][1].rank:
+        if change.kind in found and _not_better(change.kind, verdict, tps, found[change.kind]):
             continue
         found[change.kind] = (change, verdict, tps, _why(change, plan, new))
     return [suggestion(*found[kind]) for kind in ("policy", "context", "host_memory", "profile", "model")
