@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -33,11 +34,22 @@ def validate(
     gate: Annotated[PathOpt, typer.Option("--gate", help="YAML limits; exit 1 if any fails.")] = None,
     report: Annotated[PathOpt, typer.Option("--report", help="Write a Markdown report here.")] = None,
     plot: Annotated[PathOpt, typer.Option("--plot", help="Write the KLD histogram (PNG) here.")] = None,
+    contexts: Annotated[Optional[str], typer.Option("--contexts", help="Context lengths to score the same targets "
+                                                    "at, e.g. 2k,8k,32k (k = 1024); the growth is gated.")] = None,
+    context_windows: Annotated[int, typer.Option("--context-windows", help="Windows per context length.")] = 4,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="lm-eval tasks run on both models: YAML files, "
+                                                 "shipped task names (mv4-nextline) or lm-eval task names.")] = None,
+    task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Score the first N items of each "
+                                                      "task.")] = None,
+    loader: Annotated[Optional[str], typer.Option("--loader", help="Open the candidate as this ecosystem does: "
+                                                  "transformers, mv4deploy or onnxruntime.")] = None,
     device: DeviceOpt = "cpu",
     json_out: JsonOpt = False,
 ) -> int:
     """Compare a candidate with a reference (or a golden file): KLD, Δp, top-1 and PPL statistics as
-    llama-perplexity --kl-divergence reports them; exit 1 when --gate fails."""
+    llama-perplexity --kl-divergence reports them, optionally at several context lengths (--contexts) and
+    with task accuracy through lm-evaluation-harness (--tasks); exit 1 when --gate fails."""
+    from mv4deploy.validate.contexts import parse_contexts
     from mv4deploy.validate.report import write_report
     from mv4deploy.validate.run import ValidateRequest
     from mv4deploy.validate.run import validate as run_validate
@@ -48,8 +60,12 @@ def validate(
             raise InputError(path, option, None, "its folder does not exist")
     request = ValidateRequest(reference=reference, candidate=candidate, eval_path=eval_path, chunk_tokens=chunk,
                               max_chunks=max_chunks, golden=golden, golden_out=golden_out, gate=gate, device=device,
+                              contexts=parse_contexts(contexts) if contexts else (), context_windows=context_windows,
+                              tasks=_tasks(tasks), task_limit=task_limit, loader=loader,
                               **{k: v for k, v in (("topk", topk), ("tail_samples", tail_samples)) if v is not None})
-    result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
+    quiet = output.library_noise_to_stderr() if tasks else nullcontext()   # lm-eval logs at INFO
+    with quiet:
+        result = run_validate(request, progress=lambda text, total: output.progress(text, total, unit_bytes=False))
     data = result.to_json()
     drawn = write_report(data, result.positions.kld, report, plot) if report or plot else None
     data["plot"] = None if drawn is None else str(drawn)   # always present: --json keys are stable
@@ -57,3 +73,10 @@ def validate(
     if result.gate is not None and not result.gate.passed:
         raise CheckFailed("gate failed: " + "; ".join(c.describe() for c in result.gate.failures))
     return EXIT_OK
+
+
+def _tasks(text: str | None) -> tuple:
+    if not text:
+        return ()
+    from mv4deploy.validate.tasks import parse_tasks
+    return parse_tasks(text)
