@@ -48,9 +48,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_path: Path | None = None,
-                calib_path: Path | None = None, overwrite: bool = False, notify: Notify | None = None) -> dict:
+                calib_path: Path | None = None, overwrite: bool = False, notify: Notify | None = None,
+                progress=None) -> dict:
     """Export, validate and publish; returns the report (also written to OUT/export.json). ``notify``
-    receives a line as each slow step starts. The builders' own chatter is not filtered here: the CLI
+    receives a line as each slow step starts; ``progress(description, total)`` (as ``validate``'s) follows the
+    validation chunk by chunk and run by run. The builders' own chatter is not filtered here: the CLI
     runs this inside ``output.library_noise_to_stderr`` so that ``--json`` stdout stays clean."""
     started = time.perf_counter()
     target = load_target(target_name)
@@ -66,7 +68,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     try:
-        report, max_length = _build_and_verify(source, target, work, tokens, calib, notify or (lambda line: None))
+        report, max_length = _build_and_verify(source, target, work, tokens, calib, notify or (lambda line: None),
+                                               progress)
         report["seconds"]["total_s"] = round(time.perf_counter() - started, 1)
         report["out"] = str(out if report["validation"]["passed"] else out.with_name(out.name + ".rejected"))
         report["command"] = report["command"].replace(str(work / "out"), report["out"]).replace(
@@ -83,7 +86,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
 
 
 def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib,
-                      notify: Notify) -> tuple[dict, int | None]:
+                      notify: Notify, progress=None) -> tuple[dict, int | None]:
     seconds = {}
     t0 = time.perf_counter()
     notify(f"loading {source.folder} in PyTorch (fp32)")
@@ -96,7 +99,7 @@ def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib,
     runner = built.runner()
     notify(f"validating on {runner.runtime}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
            f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
-    result = verify(reference_source(model, source), runner, tokens, target.tolerance, target.source)
+    result = verify(reference_source(model, source), runner, tokens, target.tolerance, target.source, progress)
     seconds["validate_s"] = round(time.perf_counter() - t0, 1)
     return {
         "model": source.folder.resolve().name, "model_dir": str(source.folder), "target": target.name,
