@@ -92,6 +92,21 @@ class TorchSource:
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits[0, -keep:].float()
 
+    def last_logits_batch(self, rows: list[Tensor], keep: int) -> list[Tensor]:
+        """``last_logits`` of several sequences in one forward: right-padded, so no mask is needed (a causal
+        model's logits at a real position never see the padding after it). Each item: ``[keep, V]``."""
+        width = max(int(r.numel()) for r in rows)
+        batch = torch.zeros(len(rows), width, dtype=torch.int64)             # [B, width], padded with id 0
+        for i, row in enumerate(rows):
+            batch[i, : row.numel()] = row
+        kwargs = {"input_ids": batch.to(self.device)}
+        if "use_cache" in self._accepts:
+            kwargs["use_cache"] = False
+        with torch.inference_mode():
+            out = self.model(**kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]           # [B, width, V]
+        return [logits[i, r.numel() - keep: r.numel()].float() for i, r in enumerate(rows)]
+
     def begin(self, prompt: Tensor) -> Tensor:
         self._past, self._sequence = None, [int(t) for t in prompt.view(-1)]
         return self._step(self._sequence)

@@ -115,11 +115,15 @@ def make_lm(source, progress: Progress, role: str):
 
     class SourceLM(LM):
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            out = []
+            bos, groups = bos_id(source.tokenizer), {}
+            for k, request in enumerate(requests):        # the choices of one item share their context
+                groups.setdefault(request.args[0], []).append(k)
+            out: list = [None] * len(requests)
             with progress(f"tasks: {role}, {len(requests)} requests", len(requests)) as advance:
-                for request in requests:
-                    out.append(loglikelihood(source, bos_id(source.tokenizer), *request.args))
-                    advance(1)
+                for context, ks in groups.items():
+                    for k, answer in zip(ks, loglikelihoods(source, bos, context, [requests[k].args[1] for k in ks])):
+                        out[k] = answer
+                    advance(len(ks))
             return out
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -146,13 +150,27 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 def loglikelihood(source, bos: int | None, context: str, continuation: str) -> tuple[float, bool]:
     """(sum of ln P(continuation tokens | context), whether each was the argmax), one forward."""
-    ctx, cont = encode_pair(source.tokenizer, context, continuation)
-    ctx = ([bos] if bos is not None else []) + ctx
-    if not ctx or not cont:
-        raise InputError(None, "--tasks", context[:40], "a request needs a context and a continuation")
-    tokens = torch.tensor(ctx + cont, dtype=torch.int64)
-    logits = source.last_logits(tokens, len(cont) + 1)[:-1]       # [len(cont), V]: predict each cont token
-    logp = torch.log_softmax(logits.double(), dim=-1)
+    return loglikelihoods(source, bos, context, [continuation])[0]
+
+
+def loglikelihoods(source, bos: int | None, context: str, continuations: list[str]) -> list[tuple[float, bool]]:
+    """``loglikelihood`` of each continuation of one context: one batched forward when the source has
+    ``last_logits_batch`` (torch models), else one forward each."""
+    pairs = [encode_pair(source.tokenizer, context, c) for c in continuations]
+    rows, keep = [], max(len(cont) for _, cont in pairs) + 1
+    for ctx, cont in pairs:
+        ctx = ([bos] if bos is not None else []) + ctx
+        if not ctx or not cont:
+            raise InputError(None, "--tasks", context[:40], "a request needs a context and a continuation")
+        rows.append(torch.tensor(ctx + cont, dtype=torch.int64))
+    if hasattr(source, "last_logits_batch"):
+        logits = source.last_logits_batch(rows, keep)
+    else:
+        logits = [source.last_logits(row, keep) for row in rows]
+    return [_score(lg, cont) for lg, (_, cont) in zip(logits, pairs)]
+
+
+def _score(logits, cont: list[int]) -> tuple[float, bool]:
+    logp = torch.log_softmax(logits[-len(cont) - 1: -1].double(), dim=-1)     # [len(cont), V]: predicts each token
     target = torch.tensor(cont).view(-1, 1)
-    total = float(logp.gather(1, target).sum())
-    return total, bool((logp.argmax(dim=-1) == target.view(-1)).all())
+    return float(logp.gather(1, target).sum()), bool((logp.argmax(dim=-1) == target.view(-1)).all())
