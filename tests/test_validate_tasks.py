@@ -97,3 +97,12 @@ def test_identical_models_give_zero_difference_everywhere():
     for step in ("loading the reference", "loading the candidate", "scoring chunks", "context 128", "context 512",
                  "tasks: reference", "tasks: candidate"):
         assert any(s.startswith(step) for s in seen), (step, seen)
+
+
+@pytest.mark.parametrize("task, says", [("arc_easy", "HF cache"), ("no_such_task_xyz", "not a registered task")])
+def test_a_task_lm_eval_cannot_run_offline_is_one_line_exit_2(task, says):
+    pytest.importorskip("lm_eval")
+    r = run_cli("validate", "--reference", MODELS / "tiny-qwen2", "--candidate", MODELS / "tiny-qwen2", "--eval", EVAL,
+                "--max-chunks", "1", "--tasks", task)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.code == 2 and len(errors) == 1 and task in errors[0] and says in errors[0], r.stderr

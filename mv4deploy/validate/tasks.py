@@ -92,9 +92,11 @@ def run_tasks(source, specs: tuple[TaskSpec, ...], limit: int | None, progress: 
     try:
         results = lm_eval.simple_evaluate(model=model, tasks=[s.config for s in specs], task_manager=TaskManager(),
                                           limit=limit, log_samples=True, bootstrap_iters=0, verbosity="ERROR")
-    except (FileNotFoundError, KeyError, ValueError, ConnectionError) as exc:
+    except InputError:
+        raise
+    except (FileNotFoundError, KeyError, ValueError, ConnectionError, OSError) as exc:
         raise InputError(None, "--tasks", ",".join(s.label for s in specs),
-                         f"lm-eval cannot run it offline: {first_line(exc)}") from exc
+                         f"lm-eval cannot run it (offline; is its dataset in the HF cache?): {first_line(exc)}") from exc
     return {s.name: _correctness(s, results["samples"].get(s.name, [])) for s in specs}
 
 
