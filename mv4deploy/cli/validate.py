@@ -13,6 +13,15 @@ from mv4deploy.cli.app import DeviceOpt, JsonOpt, app
 from mv4deploy.core.errors import EXIT_OK, CheckFailed, InputError
 
 PathOpt = Optional[Path]
+# the checks beyond short chunks: long context, task accuracy (lm-eval), the ecosystem's loader
+ContextsOpt = Annotated[Optional[str], typer.Option("--contexts", help="Context lengths to score the same targets "
+                                                    "at, e.g. 2k,8k,32k (k = 1024); the growth is gated.")]
+ContextWindowsOpt = Annotated[int, typer.Option("--context-windows", help="Windows per context length.")]
+TasksOpt = Annotated[Optional[str], typer.Option("--tasks", help="lm-eval tasks run on both models: YAML files, "
+                                                 "shipped task names (mv4-nextline) or lm-eval task names.")]
+TaskLimitOpt = Annotated[Optional[int], typer.Option("--task-limit", help="Score the first N items of each task.")]
+LoaderOpt = Annotated[Optional[str], typer.Option("--loader", help="Open the candidate as this ecosystem does: "
+                                                  "transformers, mv4deploy or onnxruntime.")]
 
 
 @app.command()
@@ -34,15 +43,11 @@ def validate(
     gate: Annotated[PathOpt, typer.Option("--gate", help="YAML limits; exit 1 if any fails.")] = None,
     report: Annotated[PathOpt, typer.Option("--report", help="Write a Markdown report here.")] = None,
     plot: Annotated[PathOpt, typer.Option("--plot", help="Write the KLD histogram (PNG) here.")] = None,
-    contexts: Annotated[Optional[str], typer.Option("--contexts", help="Context lengths to score the same targets "
-                                                    "at, e.g. 2k,8k,32k (k = 1024); the growth is gated.")] = None,
-    context_windows: Annotated[int, typer.Option("--context-windows", help="Windows per context length.")] = 4,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="lm-eval tasks run on both models: YAML files, "
-                                                 "shipped task names (mv4-nextline) or lm-eval task names.")] = None,
-    task_limit: Annotated[Optional[int], typer.Option("--task-limit", help="Score the first N items of each "
-                                                      "task.")] = None,
-    loader: Annotated[Optional[str], typer.Option("--loader", help="Open the candidate as this ecosystem does: "
-                                                  "transformers, mv4deploy or onnxruntime.")] = None,
+    contexts: ContextsOpt = None,
+    context_windows: ContextWindowsOpt = 4,
+    tasks: TasksOpt = None,
+    task_limit: TaskLimitOpt = None,
+    loader: LoaderOpt = None,
     device: DeviceOpt = "cpu",
     json_out: JsonOpt = False,
 ) -> int:
@@ -53,11 +58,7 @@ def validate(
     from mv4deploy.validate.report import write_report
     from mv4deploy.validate.run import ValidateRequest
     from mv4deploy.validate.run import validate as run_validate
-    for option, path in (("--report", report), ("--plot", plot)):
-        if path is not None and candidate is None:
-            raise InputError(None, option, str(path), "needs --candidate")
-        if path is not None and not path.resolve().parent.is_dir():
-            raise InputError(path, option, None, "its folder does not exist")
+    _check_outputs(candidate, report, plot)
     request = ValidateRequest(reference=reference, candidate=candidate, eval_path=eval_path, chunk_tokens=chunk,
                               max_chunks=max_chunks, golden=golden, golden_out=golden_out, gate=gate, device=device,
                               contexts=parse_contexts(contexts) if contexts else (), context_windows=context_windows,
@@ -80,3 +81,11 @@ def _tasks(text: str | None) -> tuple:
         return ()
     from mv4deploy.validate.tasks import parse_tasks
     return parse_tasks(text)
+
+
+def _check_outputs(candidate: PathOpt, report: PathOpt, plot: PathOpt) -> None:
+    for option, path in (("--report", report), ("--plot", plot)):
+        if path is not None and candidate is None:
+            raise InputError(None, option, str(path), "needs --candidate")
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InputError(path, option, None, "its folder does not exist")

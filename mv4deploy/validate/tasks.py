@@ -20,6 +20,7 @@ turns the two models' answers into accuracies, intervals and McNemar's test.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -82,6 +83,8 @@ def run_tasks(source, specs: tuple[TaskSpec, ...], limit: int | None, progress: 
     """Per task, per item: did ``source`` answer correctly? ``{task: {doc_id: correct}}``."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not sys.stderr.isatty():          # no redraws in CI logs (the rule of every progress bar here)
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
