@@ -51,3 +51,20 @@ def test_export_validation_reports_progress_on_both_steps():
     result = verify(source, source, tokens, tol, progress=progress)
     assert result["stats"]["kld_max"] == 0 and result["greedy"]["identical"] == 2
     assert seen == [("scoring chunks", 3, 3), ("validating: greedy runs", 2, 2)]
+
+
+def test_a_checkpoint_fine_in_our_loader_fails_the_gate_as_transformers_loads_it(tmp_path):
+    """Our fp8 output keeps its scales in DeepSeek's ``.scale`` tensors; transformers 5.25 ignores them (it
+    lists them as unexpected) and runs the raw FP8 codes: what a transformers user would get. The runtime
+    passes the fp8 gate, transformers fails it: the check CI needs before shipping such a checkpoint."""
+    out = tmp_path / "fp8"
+    assert run_cli("quantize", MODELS / "tiny-v4", out, "--recipe", "fp8").code == 0
+    gate = REPO / "tests" / "gates" / "tiny-v4-fp8.yaml"
+    results = {}
+    for loader in ("mv4deploy", "transformers"):
+        r = run_cli("validate", "--reference", MODELS / "tiny-v4", "--candidate", out, "--eval", EVAL,
+                    "--max-chunks", "2", "--loader", loader, "--gate", gate, "--json")
+        results[loader] = (r.code, json.loads(r.stdout))
+    assert results["mv4deploy"][0] == 0 and results["mv4deploy"][1]["kld_mean"] < 0.001
+    assert results["transformers"][0] == 1 and results["transformers"][1]["kld_mean"] > 0.5
+    assert results["transformers"][1]["candidate"]["kind"] == "transformers"
