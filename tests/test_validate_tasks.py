@@ -106,3 +106,17 @@ def test_a_task_lm_eval_cannot_run_offline_is_one_line_exit_2(task, says):
                 "--max-chunks", "1", "--tasks", task)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.code == 2 and len(errors) == 1 and task in errors[0] and says in errors[0], r.stderr
+
+
+def test_the_report_has_the_context_and_task_tables():
+    from mv4deploy.validate.report import context_lines, task_lines
+    row = {"context_tokens": 2048, "kld_mean": 0.005475, "kld_mean_unc": 0.001168, "kld_p99": 0.06583,
+           "same_top1": 0.921875, "ppl_base": 56.663, "ppl_ratio": 1.0037, "kld_mean_growth": 0.005475,
+           "ppl_ratio_growth": 1.0037}
+    lines = context_lines({"windows": 2, "scored_per_window": 64, "per_length": [row]})
+    assert "| 2048 | 0.005475 ± 0.001168 | 0.06583 | 92.19 % | 56.663 | 1.0037 | +0.005475 | x1.0037 |" in lines
+    task = compare_task("mv4_nextline", {i: i < 133 for i in range(150)},
+                        {i: i < 121 or 133 <= i < 135 for i in range(150)})
+    text = "\n".join(task_lines([task]))
+    assert "| mv4_nextline | 150 | 88.7 % [" in text and "| -6.7 pt |" not in text and "| +6.7 pt | 12 / 2 |" in text
+    assert context_lines(None) == [] and task_lines(None) == []
