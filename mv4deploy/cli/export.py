@@ -26,7 +26,8 @@ def export_onnx(model_dir: Annotated[Path, typer.Argument(help="A transformers f
     misses the target's tolerance (the folder is then kept as OUT.rejected)."""
     from mv4deploy.export.run import export_onnx as run_export
     with output.library_noise_to_stderr():   # builders print banners on stdout and log at INFO
-        report = run_export(model_dir, out, target, eval_text, calib_text, overwrite, notify=output.info)
+        report = run_export(model_dir, out, target, eval_text, calib_text, overwrite, notify=output.info,
+                            progress=lambda text, total: output.progress(text, total, unit_bytes=False))
     output.emit_json(report) if json_out else tables.export_table(report)
     if not report["validation"]["passed"]:
         raise CheckFailed(f"{report['target']} export of {report['model']} failed validation: "

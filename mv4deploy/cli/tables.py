@@ -292,8 +292,40 @@ def validation_table(data: dict) -> None:
     if data.get("tokens_scored") is None:
         return
     _stat_tables(out, data)
+    if data.get("contexts"):
+        _contexts_table(out, data["contexts"])
+    if data.get("tasks"):
+        _tasks_table(out, data["tasks"])
     if data.get("gate"):
         _gate_table(out, data["gate"])
+
+
+def _contexts_table(out: Console, contexts: dict) -> None:
+    """``--contexts``: the same targets scored at each length, and the growth against the shortest."""
+    table = Table(title=f"long context: {contexts['windows']} windows x {contexts['scored_per_window']} targets "
+                        "per length (the same targets at every length)", title_justify="left")
+    for column in ("context", "mean KLD", "KLD p99", "same top 1", "PPL(base)", "PPL ratio", "KLD growth",
+                   "PPL ratio growth"):
+        table.add_column(column, justify="right")
+    for r in contexts["per_length"]:
+        table.add_row(str(r["context_tokens"]), f"{r['kld_mean']:.6f} ± {r['kld_mean_unc']:.6f}",
+                      f"{r['kld_p99']:.5f}", f"{100 * r['same_top1']:.2f} %", f"{r['ppl_base']:.3f}",
+                      f"{r['ppl_ratio']:.4f}", f"{r['kld_mean_growth']:+.6f}", f"x{r['ppl_ratio_growth']:.4f}")
+    out.print(table)
+
+
+def _tasks_table(out: Console, tasks: list[dict]) -> None:
+    """``--tasks``: accuracy of both models with Wilson intervals, and McNemar's exact test on the pairs."""
+    table = Table(title="task accuracy (lm-evaluation-harness)", title_justify="left")
+    for column in ("task", "items", "reference", "candidate", "drop", "only ref / only cand", "McNemar p",
+                   "worse p"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for t in tasks:
+        def acc(who): return (f"{100 * t[f'acc_{who}']:.1f} % [{100 * t[f'acc_{who}_low']:.1f}, "
+                              f"{100 * t[f'acc_{who}_high']:.1f}]")
+        table.add_row(t["task"], str(t["items"]), acc("reference"), acc("candidate"), f"{100 * t['acc_drop']:+.1f} pt",
+                      f"{t['reference_only']} / {t['candidate_only']}", f"{t['mcnemar_p']:.3g}", f"{t['worse_p']:.3g}")
+    out.print(table)
 
 
 def _stat_tables(out: Console, summary: dict) -> None:

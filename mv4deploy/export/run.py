@@ -49,9 +49,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_path: Path | None = None,
-                calib_path: Path | None = None, overwrite: bool = False, notify: Notify | None = None) -> dict:
+                calib_path: Path | None = None, overwrite: bool = False, notify: Notify | None = None,
+                progress=None) -> dict:
     """Export, validate and publish; returns the report (also written to OUT/export.json). ``notify``
-    receives a line as each slow step starts. The builders' own chatter is not filtered here: the CLI
+    receives a line as each slow step starts; ``progress(description, total)`` (as ``validate``'s) follows the
+    validation chunk by chunk and run by run. The builders' own chatter is not filtered here: the CLI
     runs this inside ``output.library_noise_to_stderr`` so that ``--json`` stdout stays clean."""
     started = time.perf_counter()
     target = load_target(target_name)
@@ -65,16 +67,17 @@ def export_onnx(model_dir: str | Path, out: str | Path, target_name: str, eval_p
                         CALIB_CHUNKS) if target.builder is Builder.QNN_STATIC else None
     with claim_out(out.parent / f".{out.name}.exporting"):   # one export into OUT at a time (OUT appears last)
         return _export(model_dir, out, target_name, target, source, tokens, calib, eval_path, calib_path, notify,
-                       started)
+                       started, progress)
 
 
 def _export(model_dir, out: Path, target_name: str, target: ExportTarget, source, tokens, calib, eval_path,
-            calib_path, notify: Notify | None, started: float) -> dict:
+            calib_path, notify: Notify | None, started: float, progress=None) -> dict:
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     try:
         (work / "out").mkdir(parents=True)
-        report, max_length = _build_and_verify(source, target, work, tokens, calib, notify or (lambda line: None))
+        report, max_length = _build_and_verify(source, target, work, tokens, calib, notify or (lambda line: None),
+                                               progress)
         report["seconds"]["total_s"] = round(time.perf_counter() - started, 1)
         report["out"] = str(out if report["validation"]["passed"] else out.with_name(out.name + ".rejected"))
         report["command"] = report["command"].replace(str(work / "out"), report["out"]).replace(
@@ -93,7 +96,7 @@ def _export(model_dir, out: Path, target_name: str, target: ExportTarget, source
 
 
 def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib,
-                      notify: Notify) -> tuple[dict, int | None]:
+                      notify: Notify, progress=None) -> tuple[dict, int | None]:
     seconds = {}
     t0 = time.perf_counter()
     notify(f"loading {source.folder} in PyTorch (fp32)")
@@ -106,7 +109,7 @@ def _build_and_verify(source, target: ExportTarget, work: Path, tokens, calib,
     runner = built.runner()
     notify(f"validating on {runner.runtime}: {tokens.chunks} chunks of {tokens.chunking.chunk_tokens} "
            f"tokens, {target.tolerance.greedy_prompts} greedy runs of {target.tolerance.greedy_tokens} tokens")
-    result = verify(reference_source(model, source), runner, tokens, target.tolerance, target.source)
+    result = verify(reference_source(model, source), runner, tokens, target.tolerance, target.source, progress)
     seconds["validate_s"] = round(time.perf_counter() - t0, 1)
     return {
         "model": source.folder.resolve().name, "model_dir": str(source.folder), "target": target.name,

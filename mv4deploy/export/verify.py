@@ -28,7 +28,7 @@ import torch
 from mv4deploy.export.targets import Tolerance
 from mv4deploy.validate.backends import LogitsSource, TorchSource
 from mv4deploy.validate.gate import Gate, check_gate, make_gate
-from mv4deploy.validate.run import compare_sources
+from mv4deploy.validate.run import no_progress, compare_sources
 from mv4deploy.validate.stats import summarize, summary_keys
 
 if TYPE_CHECKING:
@@ -69,24 +69,29 @@ def agreeing_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def compare_greedy(reference: LogitsSource, candidate: LogitsSource, tokens: "EvalTokens", tol: Tolerance) -> dict:
+def compare_greedy(reference: LogitsSource, candidate: LogitsSource, tokens: "EvalTokens", tol: Tolerance,
+                   progress=None) -> dict:
     prefixes, samples = [], []
-    for prompt in tokens.tokens[: tol.greedy_prompts, : tol.prompt_tokens]:
-        ref = greedy(reference, prompt, tol.greedy_tokens)
-        cand = greedy(candidate, prompt, tol.greedy_tokens)
-        prefixes.append(agreeing_prefix(ref, cand))
-        samples.append({"prompt": prompt.tolist(), "reference": ref, "export": cand})
+    prompts = tokens.tokens[: tol.greedy_prompts, : tol.prompt_tokens]
+    with (progress or no_progress)("validating: greedy runs", len(prompts)) as advance:
+        for prompt in prompts:
+            ref = greedy(reference, prompt, tol.greedy_tokens)
+            cand = greedy(candidate, prompt, tol.greedy_tokens)
+            prefixes.append(agreeing_prefix(ref, cand))
+            samples.append({"prompt": prompt.tolist(), "reference": ref, "export": cand})
+            advance(1)
     return {"prompts": len(prefixes), "prompt_tokens": tol.prompt_tokens, "new_tokens": tol.greedy_tokens,
             "agreeing_prefix": prefixes, "agreeing_prefix_mean": sum(prefixes) / len(prefixes),
             "identical": sum(p == tol.greedy_tokens for p in prefixes), "samples": samples}
 
 
 def verify(reference: LogitsSource, candidate: LogitsSource, tokens: "EvalTokens", tol: Tolerance,
-           where: str = "validation") -> dict:
-    """Run both checks and judge them with the target's gate; ``failures`` describes each missed limit."""
+           where: str = "validation", progress=None) -> dict:
+    """Run both checks and judge them with the target's gate; ``failures`` describes each missed limit.
+    ``progress(description, total)`` (a context manager yielding ``advance``) sees both steps."""
     start = time.perf_counter()
-    stats = summarize(compare_sources(reference, candidate, tokens))
-    gen = compare_greedy(reference, candidate, tokens, tol)
+    stats = summarize(compare_sources(reference, candidate, tokens, progress))
+    gen = compare_greedy(reference, candidate, tokens, tol, progress)
     gate = check_gate(tolerance_gate(tol, where), {**stats, GREEDY_METRIC: gen["agreeing_prefix_mean"]})
     return {
         "eval": {"text": tokens.name, "sha256": tokens.sha256, "chunks": tokens.chunks,

@@ -94,6 +94,21 @@ class TorchSource:
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits[0, -keep:].float()
 
+    def last_logits_batch(self, rows: list[Tensor], keep: int) -> list[Tensor]:
+        """``last_logits`` of several sequences in one forward: right-padded, so no mask is needed (a causal
+        model's logits at a real position never see the padding after it). Each item: ``[keep, V]``."""
+        width = max(int(r.numel()) for r in rows)
+        batch = torch.zeros(len(rows), width, dtype=torch.int64)             # [B, width], padded with id 0
+        for i, row in enumerate(rows):
+            batch[i, : row.numel()] = row
+        kwargs = {"input_ids": batch.to(self.device)}
+        if "use_cache" in self._accepts:
+            kwargs["use_cache"] = False
+        with torch.inference_mode():
+            out = self.model(**kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]           # [B, width, V]
+        return [logits[i, r.numel() - keep: r.numel()].float() for i, r in enumerate(rows)]
+
     def begin(self, prompt: Tensor) -> Tensor:
         self._past, self._sequence = None, [int(t) for t in prompt.view(-1)]
         return self._step(self._sequence)
@@ -161,11 +176,15 @@ def _open_transformers(folder: Path, device: str) -> TorchSource:
     tokenizer = load_tokenizer(folder)
     try:
         with library_bars_off():
-            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
-                                                         trust_remote_code=False, dtype=torch.float32,
-                                                         use_safetensors=True)
-    except (OSError, ValueError, KeyError) as exc:
+            model, info = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                               trust_remote_code=False, dtype=torch.float32,
+                                                               use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise InputError(folder, "config.json", None, f"transformers cannot load it: {first_line(exc)}") from exc
+    unloaded = sorted(info.get("missing_keys", ())) + sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if unloaded:      # transformers would run these weights randomly initialised: that is not the model
+        raise InputError(folder, "weights", unloaded[0], f"transformers leaves {len(unloaded)} weights unloaded "
+                                                         "(missing or mismatched)")
     return TorchSource("transformers", folder, model.eval().to(device), tokenizer, device)
 
 
@@ -194,14 +213,29 @@ BACKENDS: tuple[Backend, ...] = (
 )
 
 
-def open_source(path: str | Path, device: str = "cpu", role: str = "model") -> LogitsSource:
-    """Open a model folder with the first backend that recognises it."""
+# --loader: open the candidate the way an ecosystem does, never falling back to another loader.
+LOADERS: dict[str, tuple[str, ...]] = {
+    "transformers": ("transformers",),              # AutoModelForCausalLM: what HF users and TGI-style servers load
+    "mv4deploy": ("runtime",),                      # our runtime loader (native names, our quantized outputs)
+    "onnxruntime": ("onnx-genai", "onnx"),          # the exported graph, as phones and ORT servers run it
+}
+
+
+def open_source(path: str | Path, device: str = "cpu", role: str = "model", loader: str | None = None) -> LogitsSource:
+    """Open a model folder with the first backend that recognises it (of ``LOADERS[loader]`` when given)."""
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(folder, None, None, f"{role} must be a folder: a checkpoint (config.json + safetensors), "
                                              "a transformers folder or an ONNX folder")
     check_model_folder(folder)
+    if loader is not None and loader not in LOADERS:
+        raise InputError(None, "--loader", loader, f"one of {', '.join(LOADERS)}")
+    kinds = LOADERS[loader] if loader else tuple(b.kind for b in BACKENDS)
     for backend in BACKENDS:
-        if backend.matches(folder):
+        if backend.kind in kinds and (backend.matches(folder) or (loader and backend.kind == "transformers"
+                                                                  and (folder / "config.json").is_file())):
             return backend.open(folder, device)
+    if loader:
+        raise InputError(folder, "--loader", loader, f"{role}: this folder is not something {loader} loads "
+                                                     f"(needs {'config.json' if loader != 'onnxruntime' else '*.onnx'})")
     raise InputError(folder, None, None, f"{role}: no config.json, *.onnx or genai_config.json in this folder")

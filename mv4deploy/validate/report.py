@@ -64,6 +64,7 @@ def markdown(data: dict, plot: Path | None, report: Path) -> str:
     if data["golden"]:
         lines.append(f"- reference log-probs from golden file `{data['golden']}` (top-k + remaining mass)")
     lines += ["", *gate_lines(data["gate"]), "", "## Statistics", "", *stat_lines(data)]
+    lines += context_lines(data.get("contexts")) + task_lines(data.get("tasks"))
     if plot is not None:
         link = os.path.relpath(Path(plot).resolve(), Path(report).resolve().parent)
         lines += ["## KLD per scored token", "", f"![KLD histogram]({link})", ""]
@@ -78,6 +79,37 @@ def stat_lines(summary: dict) -> list[str]:
         lines += [f"| {row.label} | {format_row(row, summary)} |" for row in rows]
         lines.append("")
     return lines
+
+
+def context_lines(contexts: dict | None) -> list[str]:
+    """``--contexts``: one row per length (the same targets at each), growth against the shortest."""
+    if not contexts:
+        return []
+    lines = ["## Long context", "", f"{contexts['windows']} windows x {contexts['scored_per_window']} targets per "
+             "length; every length scores the same targets.", "",
+             "| context | mean KLD | KLD p99 | same top 1 | PPL(base) | PPL ratio | KLD growth | PPL ratio growth |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in contexts["per_length"]:
+        lines.append(f"| {r['context_tokens']} | {r['kld_mean']:.6f} ± {r['kld_mean_unc']:.6f} | {r['kld_p99']:.5f} | "
+                     f"{100 * r['same_top1']:.2f} % | {r['ppl_base']:.3f} | {r['ppl_ratio']:.4f} | "
+                     f"{r['kld_mean_growth']:+.6f} | x{r['ppl_ratio_growth']:.4f} |")
+    return lines + [""]
+
+
+def task_lines(tasks: list[dict] | None) -> list[str]:
+    """``--tasks``: accuracy of both models (Wilson interval), paired counts, McNemar's exact test."""
+    if not tasks:
+        return []
+    lines = ["## Task accuracy (lm-evaluation-harness)", "",
+             "| task | items | reference | candidate | drop | only ref / only cand | McNemar p | worse p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        acc = {w: f"{100 * t[f'acc_{w}']:.1f} % [{100 * t[f'acc_{w}_low']:.1f}, {100 * t[f'acc_{w}_high']:.1f}]"
+               for w in ("reference", "candidate")}
+        lines.append(f"| {t['task']} | {t['items']} | {acc['reference']} | {acc['candidate']} | "
+                     f"{100 * t['acc_drop']:+.1f} pt | {t['reference_only']} / {t['candidate_only']} | "
+                     f"{t['mcnemar_p']:.3g} | {t['worse_p']:.3g} |")
+    return lines + ["", f"Intervals: two-sided {100 * tasks[0]['ci_level']:g} % Wilson.", ""]
 
 
 def gate_lines(gate: dict | None) -> list[str]:

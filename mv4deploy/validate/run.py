@@ -24,7 +24,9 @@ import torch
 from mv4deploy.core.device import resolve_device
 from mv4deploy.core.errors import InputError
 from mv4deploy.core.fileio import sha256_file
-from mv4deploy.validate.backends import LogitsSource, TorchSource, fingerprint, label, open_source
+from mv4deploy.validate import contexts as ctx
+from mv4deploy.validate import paired
+from mv4deploy.validate.backends import LOADERS, LogitsSource, TorchSource, fingerprint, label, open_source
 from mv4deploy.validate.evaltext import MIN_CHUNK_TOKENS, EvalTokens, tokenize_eval
 from mv4deploy.validate.gate import Gate, GateResult, check_gate, load_gate
 from mv4deploy.validate.golden import (DEFAULT_TAIL_SAMPLES, DEFAULT_TOPK, Golden, GoldenHeader, read_golden,
@@ -51,6 +53,11 @@ class ValidateRequest:
     sample_seed: int = 0
     gate: Path | None = None
     device: str = "cpu"
+    contexts: tuple[int, ...] = ()        # --contexts: lengths scored on the same targets (contexts.py)
+    context_windows: int = ctx.DEFAULT_WINDOWS
+    tasks: tuple = ()                     # --tasks: tasks.TaskSpec, run through lm-eval on both models
+    task_limit: int | None = None
+    loader: str | None = None             # --loader: how the candidate is opened (backends.LOADERS)
 
 
 @dataclass(frozen=True)
@@ -71,23 +78,28 @@ class ValidationResult:
     gate: GateResult | None
     positions: PositionStats | None
     seconds: dict = field(default_factory=dict)
+    contexts: dict | None = None
+    tasks: list[dict] | None = None
 
     def to_json(self) -> dict:
         et = self.eval_tokens
         summary = self.summary or dict.fromkeys(sorted(summary_keys()))
+        extra = {**ctx.growth(self.contexts and self.contexts["per_length"]), **paired.gate_values(self.tasks)}
         return {"reference": vars(self.reference), "candidate": vars(self.candidate) if self.candidate else None,
                 "golden": self.golden, "golden_out": self.golden_out,
                 "eval": {"name": et.name, "sha256": et.sha256, "tokens": et.total_tokens},
                 "chunk_tokens": et.chunking.chunk_tokens, "chunks": et.chunks,
-                "scored_per_chunk": et.chunking.scored_per_chunk, **summary,
+                "scored_per_chunk": et.chunking.scored_per_chunk, **summary, **extra,
+                "contexts": self.contexts, "tasks": self.tasks,
                 "gate": self.gate.to_json() if self.gate else None, "seconds": self.seconds}
 
 
 def validate(req: ValidateRequest, progress: Progress | None = None) -> ValidationResult:
     _check_request(req)
     req = replace(req, device=resolve_device(req.device))
-    gate = load_gate(req.gate, summary_keys()) if req.gate else None   # fail on a bad gate before loading
-    progress = progress or _no_progress
+    gate = load_gate(req.gate, gate_keys()) if req.gate else None   # fail on a bad gate before loading
+    _check_gate_needs(req, gate)
+    progress = progress or no_progress
     if req.golden is not None:
         return _against_golden(req, gate, progress)
     return _against_reference(req, gate, progress)
@@ -95,12 +107,12 @@ def validate(req: ValidateRequest, progress: Progress | None = None) -> Validati
 
 def _against_reference(req: ValidateRequest, gate: Gate | None, progress: Progress) -> ValidationResult:
     start = time.perf_counter()
-    ref = open_source(req.reference, req.device, role="reference")
+    ref = _open(req.reference, req.device, "reference", None, progress)
     et = tokenize_eval(req.eval_path, ref.tokenizer, req.chunk_tokens, req.max_chunks)
     ref_info = ModelInfo(str(req.reference), ref.kind, fingerprint(ref))
     cand, cand_info = None, None
     if req.candidate is not None:
-        cand = open_source(req.candidate, req.device, role="candidate")
+        cand = _open(req.candidate, req.device, "candidate", req.loader, progress)
         cand_info = ModelInfo(str(req.candidate), cand.kind, fingerprint(cand))
         _same_tokenizer(req.candidate, cand_info.tokenizer_sha256, ref_info.tokenizer_sha256, "the reference's")
     loaded = time.perf_counter()
@@ -122,7 +134,37 @@ def _against_reference(req: ValidateRequest, gate: Gate | None, progress: Progre
         rows = CompressedRef.concat(compressed)
         header = _golden_header(ref_info, label(ref), et, rows, vocab, req.sample_seed)
         write_golden(req.golden_out, Golden(header, et.tokens, rows))
-    return _result(req, gate, ref_info, cand_info, et, parts, start, loaded)
+    result = _result(req, gate, ref_info, cand_info, et, parts, start, loaded)
+    return _long_and_task_checks(req, gate, result, ref, cand, progress) if cand is not None else result
+
+
+def _long_and_task_checks(req: ValidateRequest, gate: Gate | None, result: ValidationResult, ref: LogitsSource,
+                          cand: LogitsSource, progress: Progress) -> ValidationResult:
+    """``--contexts`` and ``--tasks`` on the loaded pair; the gate is judged again on every statistic."""
+    if not req.contexts and not req.tasks:
+        return result
+    confidence = gate.confidence if gate else 0.95
+    seconds = dict(result.seconds)
+    contexts = tasks = None
+    if req.contexts:
+        t0 = time.perf_counter()
+        windows = ctx.make_windows(ctx.text_ids(req.eval_path, ref.tokenizer), req.contexts, req.context_windows,
+                                   result.eval_tokens.bos_id, str(req.eval_path))
+        contexts = ctx.score_contexts(ref, cand, windows, progress, confidence)
+        seconds["contexts_s"] = round(time.perf_counter() - t0, 3)
+    if req.tasks:
+        from mv4deploy.validate.tasks import run_tasks
+        t0 = time.perf_counter()
+        answers = [run_tasks(src, req.tasks, req.task_limit, progress, role) for src, role in
+                   ((ref, "reference"), (cand, "candidate"))]
+        tasks = [paired.compare_task(name, answers[0][name], answers[1][name]) for name in answers[0]]
+        seconds["tasks_s"] = round(time.perf_counter() - t0, 3)
+    seconds["total_s"] = round(result.seconds["total_s"] + sum(seconds.get(k, 0) for k in ("contexts_s", "tasks_s")), 3)
+    result = replace(result, contexts=contexts, tasks=tasks, seconds=seconds)
+    if gate is not None:
+        values = {**result.summary, **ctx.growth(contexts and contexts["per_length"]), **paired.gate_values(tasks)}
+        result = replace(result, gate=check_gate(gate, values))
+    return result
 
 
 def _against_golden(req: ValidateRequest, gate: Gate | None, progress: Progress) -> ValidationResult:
@@ -133,7 +175,7 @@ def _against_golden(req: ValidateRequest, gate: Gate | None, progress: Progress)
         raise InputError(req.eval_path, "sha256", sha256_file(req.eval_path)[:12],
                          f"differs from the eval text the golden file was made from "
                          f"({h.eval_name}, {h.eval_sha256[:12]})")
-    cand = open_source(req.candidate, req.device, role="candidate")
+    cand = _open(req.candidate, req.device, "candidate", req.loader, progress)
     cand_info = ModelInfo(str(req.candidate), cand.kind, fingerprint(cand))
     _same_tokenizer(req.candidate, cand_info.tokenizer_sha256, h.tokenizer_sha256, f"the golden file's ({req.golden})")
     et = golden.eval_tokens()
@@ -167,6 +209,25 @@ def _result(req, gate, ref_info, cand_info, et, parts, start, loaded) -> Validat
                             check_gate(gate, summary) if gate and summary else None, positions, seconds)
 
 
+def gate_keys() -> frozenset[str]:
+    """Every statistic a gate may name: the short-chunk summary, the long-context growth, the task keys."""
+    return summary_keys() | frozenset(ctx.GROWTH_KEYS) | frozenset(paired.GATE_KEYS)
+
+
+def _check_gate_needs(req: ValidateRequest, gate: Gate | None) -> None:
+    for limit in gate.limits if gate else ():
+        for prefix, given, option in (("context_", req.contexts, "--contexts"), ("task_", req.tasks, "--tasks")):
+            if limit.metric.startswith(prefix) and not given:
+                raise InputError(req.gate, limit.key, limit.value, f"limits a {option} statistic; add {option}")
+
+
+def _open(path: Path, device: str, role: str, loader: str | None, progress: Progress) -> LogitsSource:
+    with progress(f"loading the {role} ({path})", 1) as advance:
+        source = open_source(path, device, role=role, loader=loader)
+        advance(1)
+    return source
+
+
 def _log_probs(source: LogitsSource, chunk, et: EvalTokens):
     """Float64 log-probs ``[N - 1 - N//2, V]`` of the scored positions of one chunk."""
     logits = source.last_logits(chunk, et.chunking.logits_kept)
@@ -180,11 +241,16 @@ def compare_models(reference: torch.nn.Module, candidate: torch.nn.Module, et: E
     return summarize(compare_sources(ref, cand, et))
 
 
-def compare_sources(reference: LogitsSource, candidate: LogitsSource, et: EvalTokens) -> PositionStats:
+def compare_sources(reference: LogitsSource, candidate: LogitsSource, et: EvalTokens,
+                    progress: Progress | None = None) -> PositionStats:
     """Full-vocabulary statistics of ``candidate`` against ``reference`` on the scored positions of every
     chunk of ``et``, exactly as ``mv4deploy validate`` scores them (export and benchmarks use this)."""
-    parts = [position_stats(_log_probs(reference, chunk, et), _log_probs(candidate, chunk, et),
-                            et.chunking.targets(chunk)) for chunk in et.tokens]
+    parts = []
+    with (progress or no_progress)("scoring chunks", et.chunks) as advance:
+        for chunk in et.tokens:
+            parts.append(position_stats(_log_probs(reference, chunk, et), _log_probs(candidate, chunk, et),
+                                        et.chunking.targets(chunk)))
+            advance(1)
     return PositionStats.concat(parts)
 
 
@@ -223,6 +289,11 @@ def _check_request(req: ValidateRequest) -> None:
         (req.topk < 1, "--topk", "must be at least 1"),
         (req.tail_samples < 0, "--tail-samples", "must be at least 0"),
         (req.max_chunks is not None and req.max_chunks < 1, "--max-chunks", "must be at least 1"),
+        ((bool(req.contexts) or bool(req.tasks)) and (req.reference is None or req.candidate is None),
+         "--contexts" if req.contexts else "--tasks", "runs both models: needs --reference and --candidate"),
+        (req.context_windows < 1, "--context-windows", "must be at least 1"),
+        (req.task_limit is not None and req.task_limit < 1, "--task-limit", "must be at least 1"),
+        (req.loader is not None and req.loader not in LOADERS, "--loader", f"one of {', '.join(LOADERS)}"),
     )
     for broken, option, reason in rules:
         if broken:
@@ -236,6 +307,7 @@ def _check_request(req: ValidateRequest) -> None:
 
 
 @contextmanager
-def _no_progress(description: str, total: int):
+def no_progress(description: str, total: int):
+    """A ``Progress`` that shows nothing (library callers that pass none)."""
     with nullcontext():
         yield lambda n=1: None

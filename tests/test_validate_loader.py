@@ -1,0 +1,70 @@
+"""``validate --loader``: the candidate opened only as one ecosystem opens it, and progress on long steps."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+
+from conftest import REPO, run_cli
+
+MODELS = REPO / "tests" / "fixtures" / "models"
+EVAL = REPO / "tests" / "fixtures" / "eval.txt"
+
+
+def test_loader_transformers_reads_the_native_v4_checkpoint_as_transformers_does():
+    r = run_cli("validate", "--reference", MODELS / "tiny-v4", "--candidate", MODELS / "tiny-v4", "--eval", EVAL,
+                "--max-chunks", "2", "--loader", "transformers", "--json")
+    assert r.code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["reference"]["kind"] == "runtime" and data["candidate"]["kind"] == "transformers"
+    assert data["kld_max"] < 1e-6 and data["same_top1"] == 1.0        # both loaders give the same network
+
+
+@pytest.mark.parametrize("loader, model, needs", [("onnxruntime", "tiny-v4", "*.onnx"),
+                                                  ("mv4deploy", "tiny-qwen2", "config.json"),
+                                                  ("vllm", "tiny-v4", "one of transformers, mv4deploy, onnxruntime")])
+def test_a_folder_the_loader_cannot_open_is_one_line_exit_2(loader, model, needs):
+    r = run_cli("validate", "--reference", MODELS / model, "--candidate", MODELS / model, "--eval", EVAL,
+                "--max-chunks", "1", "--loader", loader)
+    assert r.code == 2 and "--loader" in r.stderr and needs in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_export_validation_reports_progress_on_both_steps():
+    from mv4deploy.export.targets import load_target
+    from mv4deploy.export.verify import verify
+    from mv4deploy.validate.backends import open_source
+    from mv4deploy.validate.evaltext import tokenize_eval
+    seen = []
+
+    @contextmanager
+    def progress(description, total):
+        steps = []
+        yield lambda n=1: steps.append(n)
+        seen.append((description, total, len(steps)))
+    source = open_source(MODELS / "tiny-qwen2")
+    tol = replace(load_target("cpu-fp32").tolerance, greedy_prompts=2, greedy_tokens=4)
+    tokens = tokenize_eval(EVAL, source.tokenizer, 64, 3)
+    result = verify(source, source, tokens, tol, progress=progress)
+    assert result["stats"]["kld_max"] == 0 and result["greedy"]["identical"] == 2
+    assert seen == [("scoring chunks", 3, 3), ("validating: greedy runs", 2, 2)]
+
+
+def test_a_checkpoint_fine_in_our_loader_fails_the_gate_as_transformers_loads_it(tmp_path):
+    """Our fp8 output keeps its scales in DeepSeek's ``.scale`` tensors; transformers 5.25 ignores them (it
+    lists them as unexpected) and runs the raw FP8 codes: what a transformers user would get. The runtime
+    passes the fp8 gate, transformers fails it: the check CI needs before shipping such a checkpoint."""
+    out = tmp_path / "fp8"
+    assert run_cli("quantize", MODELS / "tiny-v4", out, "--recipe", "fp8").code == 0
+    gate = REPO / "tests" / "gates" / "tiny-v4-fp8.yaml"
+    results = {}
+    for loader in ("mv4deploy", "transformers"):
+        r = run_cli("validate", "--reference", MODELS / "tiny-v4", "--candidate", out, "--eval", EVAL,
+                    "--max-chunks", "2", "--loader", loader, "--gate", gate, "--json")
+        results[loader] = (r.code, json.loads(r.stdout))
+    assert results["mv4deploy"][0] == 0 and results["mv4deploy"][1]["kld_mean"] < 0.001
+    assert results["transformers"][0] == 1 and results["transformers"][1]["kld_mean"] > 0.5
+    assert results["transformers"][1]["candidate"]["kind"] == "transformers"
