@@ -11,7 +11,7 @@ tools=${LOCK_VENV:-/tmp/mv4deploy-lock-tools}
 compile() {  # OUT, then pip-compile arguments
     local out=$1; shift
     CUSTOM_COMPILE_COMMAND="scripts/lock.sh" "$tools/bin/pip-compile" -q --generate-hashes --allow-unsafe \
-        --strip-extras --no-emit-index-url --no-emit-find-links -c constraints.txt -o "$out" "$@" \
+        --no-emit-index-url --no-emit-find-links -c constraints.txt -o "$out" "$@" \
         pyproject.toml requirements/build.in
     # '.[dev]' names mv4deploy[quant,...] itself: the project is installed editable, not from the lock
     python3 - "$out" <<'PY'
@@ -19,7 +19,7 @@ import re, sys
 path = sys.argv[1]
 text = open(path).read()
 text = re.sub(r"# WARNING: pip install will require the following package to be hashed\.\n"
-              r"(# Consider using a hashable URL like .*\n)?mv4deploy @ file://\S+\n(    # via .*\n)*", "", text)
+              r"(# Consider using a hashable URL like .*\n)?mv4deploy(\[[^\]]*\])? @ file://\S+\n(    # via .*\n)*", "", text)
 open(path, "w").write(text)
 PY
     ! grep -q "^mv4deploy" "$out"
