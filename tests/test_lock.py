@@ -17,8 +17,8 @@ def _pins(lock: str) -> dict[str, str]:
 
 def test_readme_commands_install_the_locks_and_ci_runs_the_second():
     planner, tests = COMMANDS
-    assert "--require-hashes -r requirements/planner.lock" in planner and planner.endswith("mv4deploy plan --profile rtx5090")
-    assert "--require-hashes -r requirements/dev.lock" in tests and tests.endswith("python -m pytest -q")
+    assert "--no-deps --require-hashes -r requirements/planner.lock" in planner and planner.endswith("mv4deploy plan --profile rtx5090")
+    assert "--no-deps --require-hashes -r requirements/dev.lock" in tests and tests.endswith("python -m pytest -q")
     assert tests in (REPO / ".ci" / "run").read_text().splitlines()
 
 
