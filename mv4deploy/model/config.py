@@ -15,7 +15,7 @@ from mv4deploy.core import schema
 from mv4deploy.core.errors import InputError
 from mv4deploy.model.config_reader import Reader
 from mv4deploy.model.config_v4 import compress_ratios, dspark, engram, layer_ids, num_hash_layers, vision
-from mv4deploy.model.spec import Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, ModelSpec, StoredFormats
+from mv4deploy.model.spec import Arch, DeepseekV3Spec, DeepseekV4Spec, DenseSpec, ModelSpec
 from mv4deploy.model.quant_config import stored_formats
 
 MODEL_TYPES = {

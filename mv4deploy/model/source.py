@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.model import DEFAULT_MODEL  # noqa: F401  (re-exported: callers name it here)
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.quant_config import MissingExpertDtype
 from mv4deploy.model.inventory import build_inventory
