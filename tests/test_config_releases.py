@@ -157,3 +157,37 @@ def test_kimi_k2_is_read_as_deepseek_v3():
     assert 32e9 < inv.params_active_per_token < 33e9
     # one dense layer (first_k_dense_replace 1), then 60 MoE layers of 384 experts
     assert sum(1 for t in inv.tensors if t.name.endswith("mlp.experts.0.gate_proj.weight")) == 60
+
+
+# ---- each shipped release against its published safetensors index ------------------------------------------
+# preset: (tensors in model.safetensors.index.json's weight_map, its metadata.total_size); SOURCES.md gives
+# where each figure was read. V3-family total_size counts the F32 scales and BF16 norms as shipped, so our
+# payload sits within 0.1% of it; V4's is the payload itself.
+PUBLISHED_INDEX = {
+    "deepseek-v4-flash-0731": (72_317, 166_878_536_440),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PUBLISHED_INDEX))
+def test_inspect_gives_the_published_index(cli, preset):
+    tensors, total_size = PUBLISHED_INDEX[preset]
+    result = cli("inspect", preset, "--json")
+    assert result.code == 0
+    assert result.json()["tensors"] == tensors
+    assert abs(result.json()["checkpoint_bytes"] - total_size) <= 0.001 * total_size
+
+
+def test_v4_flash_0731_draft_layers_as_shipped():
+    """The real config: 46 ratios for 43 layers + 1 MTP, no dspark_n_routed_experts. The index holds three
+    DSpark stages mtp.0..2 of 1,568 / 1,565 / 1,572 tensors (shards 46-48): stage 0 adds main_proj (+scale)
+    and main_norm, stage 2 the norm, Markov head (2), confidence head and hc_head (3)."""
+    spec = resolve_model("deepseek-v4-flash-0731").spec
+    assert len(spec.compress_ratios) == 46 > spec.num_hidden_layers + 1
+    assert spec.num_nextn_predict_layers == 3 and spec.dspark.n_routed_experts == 256
+    assert spec.dspark.target_layer_ids == (40, 41, 42) and spec.unknown_keys == ()
+    inv = build_inventory(spec)
+    stages = [[t for t in inv.tensors if t.name.startswith(f"mtp.{m}.")] for m in range(3)]
+    assert [len(s) for s in stages] == [1568, 1565, 1572]
+    assert all(t.mtp for s in stages for t in s)                     # placeable (or left out) like MTP
+    assert not any(t.mtp for t in inv.tensors if t.name.startswith("layers.42."))
+    assert inv.params_total == build_inventory(_spec(FLASH)).params_total   # same main model as V4-Flash

@@ -45,7 +45,7 @@ def compress_ratios(r: Reader, arch: Arch, layers: int, mtp: int) -> tuple[int, 
     if len(native) == layers:
         native = native + (0,) * mtp  # an MTP layer is sliding-window only in every released config
     drafts = len(native) - layers - mtp
-    if drafts < 0 or (drafts > 0 and r.cfg.get("dspark_n_routed_experts") is None):
+    if drafts < 0 or (drafts > 0 and not has_dspark(r)):
         raise InputError(r.source, key, f"{len(native)} entries",
                          f"expected num_hidden_layers + num_nextn_predict_layers = {layers + mtp}"
                          + ("" if drafts < 0 else " (entries beyond that are draft layers, which need dspark_* keys)"))
@@ -111,12 +111,22 @@ def engram(r: Reader, layers: int) -> EngramSpec | None:
                       compressed_vocab_size=r.int("engram_compressed_vocab_size", None, maximum=2**40))
 
 
+DSPARK_SHAPING = ("dspark_n_routed_experts", "dspark_target_layer_ids", "dspark_markov_rank")
+
+
+def has_dspark(r: Reader) -> bool:
+    return any(r.cfg.get(key) is not None for key in DSPARK_SHAPING)
+
+
 def dspark(r: Reader, layers: int) -> DSparkSpec | None:
-    if r.cfg.get("dspark_n_routed_experts") is None:
+    """V4.1 gives the draft layers their own MoE size (``dspark_n_routed_experts``); V4-Flash-0731 does not,
+    and its draft layers (``mtp.0..2``, 1,565 tensors each as shipped) carry the main MoE."""
+    if not has_dspark(r):
         return None
     r.used.update({"dspark_block_size", "dspark_noise_token_id"})  # decoding details, no tensors
-    experts = r.int("dspark_n_routed_experts")
-    return DSparkSpec(n_routed_experts=experts, num_experts_per_tok=r.int("dspark_num_experts_per_tok", maximum=experts),
+    experts = r.int("dspark_n_routed_experts", r.int("n_routed_experts"))
+    top_k = r.int("dspark_num_experts_per_tok", r.int("num_experts_per_tok"), maximum=experts)
+    return DSparkSpec(n_routed_experts=experts, num_experts_per_tok=top_k,
                       target_layer_ids=layer_ids(r, "dspark_target_layer_ids", layers) or (),
                       markov_rank=r.int("dspark_markov_rank"))
 

@@ -212,6 +212,8 @@ def _dspark_extras(b: _Builder, spec: DeepseekV4Spec, p: str, m: int, layer: int
         b.add(f"{p}markov_head.embed.weight", (spec.vocab_size, dspark.markov_rank), plain, Role.LM_HEAD, layer)
         b.add(f"{p}markov_head.head.weight", (spec.vocab_size, dspark.markov_rank), plain, Role.LM_HEAD, layer)
         b.add(f"{p}confidence_head.proj.weight", (1, h + dspark.markov_rank), plain, Role.LM_HEAD, layer)
+        if spec.architecture is Arch.DEEPSEEK_V4:  # V4-Flash-0731: the last draft layer folds its hc streams
+            _hc_head(b, p, spec, layer)
 
 
 def _vision(b: _Builder, spec: DeepseekV4Spec) -> None:
