@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -191,3 +192,15 @@ def test_v4_flash_0731_draft_layers_as_shipped():
     assert all(t.mtp for s in stages for t in s)                     # placeable (or left out) like MTP
     assert not any(t.mtp for t in inv.tensors if t.name.startswith("layers.42."))
     assert inv.params_total == build_inventory(_spec(FLASH)).params_total   # same main model as V4-Flash
+
+
+@pytest.mark.parametrize("preset", ["deepseek-r1", "deepseek-v3.1"])
+def test_r1_and_v31_have_v3s_architecture_and_inventory(preset):
+    """Their real configs differ from V3's only in transformers_version (and V3.1's scale_fmt ue8m0, whose
+    scales are still F32 weight_scale_inv tensors), so each inventory is V3's: 91,991 tensors, the bytes V3's
+    index pins, 671B (README: 671B total / 37B activated). Their own indexes were not found."""
+    inv, v3 = resolve_model(preset).inventory, resolve_model("deepseek-v3").inventory
+    assert inv.spec.unknown_keys == () and replace(inv.spec, name="deepseek-v3") == v3.spec
+    assert [(t.name, t.dtype, t.shape) for t in inv.tensors] == [(t.name, t.dtype, t.shape) for t in v3.tensors]
+    assert len(inv.tensors) == 91_991 and abs(inv.params_total - 671e9) <= 0.01 * 671e9
+    assert 36e9 < inv.params_active_per_token < 38.5e9
