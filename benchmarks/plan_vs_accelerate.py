@@ -146,7 +146,7 @@ def evaluate_accelerate(resolved, profile, device_map: dict, workload):
     placement = Placement(tuple(placed), (), {}, {})
     layers = len({g.layer for g in grouping.groups if g.layer is not None})
     moe = len({g.layer for g in grouping.groups if g.cls.value == "routed_experts"})
-    cross = crossing_s(profile, layout, resolved.spec, workload.batch, moe, layers)
+    cross = crossing_s(machine, layout, resolved.spec, workload.batch, moe, layers)
     est = estimate(placement, layers, workload, cross, 0.0, 0.0)
     per_tier = {}
     for p in placed:

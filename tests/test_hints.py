@@ -35,9 +35,9 @@ def test_a_context_beyond_the_models_maximum_does_not_fit_and_says_why():
 
 
 def test_vllm_cpu_offload_is_per_gpu():
-    """V4-Flash on two RTX 4090s (pipeline over 2 GPUs): each rank offloads its share of the host-resident
-    weights, so --cpu-offload-gb is ceil(host bytes / 2 / GiB), not the total."""
-    plan = _plan("deepseek-v4-flash", "rtx4090x2")
+    """V3 on two RTX 4090s (pipeline over 2 GPUs; vLLM serves V3 on SM89, not V4): each rank offloads its share
+    of the host-resident weights, so --cpu-offload-gb is ceil(host bytes / 2 / GiB), not the total."""
+    plan = _plan("deepseek-v3", "rtx4090x2", context="8192", host_mem_bytes=1024 * GiB)
     host_bytes = sum(g.bytes for g in plan.groups if g.tier in ("host", "nvme"))
     assert plan.decisions.parallelism.mode == "pipeline" and host_bytes > 100 * GiB
     offload = int(re.search(r"--cpu-offload-gb (\d+)", plan.hints.vllm).group(1))

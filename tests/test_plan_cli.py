@@ -27,7 +27,7 @@ def default_plan():
 
 def test_default_plan_json_follows_the_contract(default_plan):
     data = default_plan.json()
-    assert CONTRACT <= set(data) and set(data) - CONTRACT == {"decisions", "fingerprint"}
+    assert CONTRACT <= set(data) and set(data) - CONTRACT == {"decisions", "fingerprint", "engine"}
     assert data["model"] == "deepseek-v4-flash" and data["profile"] == "rtx5090"
     assert data["workload"] == {"context_tokens": 131072, "batch": 1, "prefill_chunk": 2048,
                                 "prefill_chunk_tokens": 2048, "include_mtp": False, "expert_skew": None}

@@ -70,10 +70,10 @@ def test_runtime_overhead_adds_per_step_layer_and_expert_call():
     layer (8 calls): 1 ms + 4 x 2 ms + 8 x 0.1 ms = 9.8 ms more per step. A prefill chunk has its own terms:
     its roofline at half efficiency takes twice as long, plus 4 x 3 ms."""
     model, workload = resolve_model("tiny-deepseek-v4"), make_workload(context=256, prefill_chunk=64)
-    plain = make_plan(model, _profile(), workload, suggest=False)
+    plain = make_plan(model, _profile(), workload, suggest=False, engine="mv4deploy")   # the profile's overhead
     overhead = {"per_step": "1ms", "per_layer": "2ms", "per_expert": "100us", "prefill_per_layer": "3ms",
                 "prefill_efficiency": 0.5, "engine": "test", "source": "test"}
-    slow = make_plan(model, _profile(runtime_overhead=overhead), workload, suggest=False)
+    slow = make_plan(model, _profile(runtime_overhead=overhead), workload, suggest=False, engine="mv4deploy")
     step = 1 / plain.estimates.decode_tokens_per_s
     assert 1 / slow.estimates.decode_tokens_per_s == pytest.approx(step + 9.8e-3, rel=1e-9)
     assert slow.estimates.prefill_chunk_s == pytest.approx(2 * plain.estimates.prefill_chunk_s + 12e-3, rel=1e-6)

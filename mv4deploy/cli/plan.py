@@ -33,6 +33,9 @@ def plan(profile: ProfileOpt,
          expert_skew: Annotated[Optional[str], typer.Option(help="HOT:SHARE, e.g. 0.2:0.6.")] = None,
          mtp: Annotated[bool, typer.Option("--mtp", help="Place the MTP / draft layers too.")] = False,
          expert_dtype: ExpertDtypeOpt = None,
+         engine: Annotated[str, typer.Option(help="auto (the best engine the hardware supports), vllm, sglang, "
+                                                  "ktransformers, llama.cpp, ik_llama.cpp, accelerate, mv4deploy.")]
+         = "auto",
          sweep: Annotated[Optional[str], typer.Option(help="FIELD=V1,V2 (context, batch, prefill-chunk, "
                                                            "host-mem).")] = None,
          plot: Annotated[Optional[Path], typer.Option(help="Draw memory per device (and the sweep) to a PNG.")]
@@ -44,7 +47,7 @@ def plan(profile: ProfileOpt,
         if path is not None and not path.resolve().parent.is_dir():
             raise InputError(path, option, None, "its folder does not exist")
     result = run_plan(model, profile, context, batch, prefill_chunk, policy, host_mem, gpu_mem_util,
-                      expert_skew, mtp, sweep, expert_dtype)
+                      expert_skew, mtp, sweep, expert_dtype, engine)
     data = result.plan.to_json()
     output.print_warnings(list(result.plan.warnings))
     if result.sweep is not None:
@@ -88,7 +91,7 @@ def _without_cyclic_gc():
 def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1", prefill_chunk: str = "2048",
              policy: str = "auto", host_mem: str | None = None, gpu_mem_util: str | None = None,
              expert_skew: str | None = None, mtp: bool = False, sweep: str | None = None,
-             expert_dtype: str | None = None) -> PlanResult:
+             expert_dtype: str | None = None, engine: str = "auto") -> PlanResult:
     """Validate everything before any work, so a bad option costs nothing and says exactly what is wrong."""
     from mv4deploy.core.schema import fraction, numeric, option
     from mv4deploy.plan.policy import policy_names
@@ -100,6 +103,9 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
     host_bytes = host_mem_bytes(host_mem) if host_mem is not None else None
     util = option("--gpu-mem-util", numeric(fraction), gpu_mem_util) if gpu_mem_util is not None else None
     parsed_sweep = parse_sweep(sweep) if sweep is not None else None
+    from mv4deploy.engines.engine import AUTO, load_engine
+    if engine != AUTO:
+        load_engine(engine)     # an unknown name exits 2 here, listing the shipped engines
     from mv4deploy.hardware.profile import load_profile
     from mv4deploy.model.source import resolve_model
     from mv4deploy.plan.make import make_plan
@@ -107,13 +113,13 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
         hardware = load_profile(profile)
         resolved = resolve_model(model, expert_dtype)
         if parsed_sweep is None:
-            return PlanResult(make_plan(resolved, hardware, workload, policy, host_bytes, util))
+            return PlanResult(make_plan(resolved, hardware, workload, policy, host_bytes, util, engine=engine))
 
         from mv4deploy.plan.groups import build_groups
         grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)  # shared by the points
 
         def plan_fn(w, host):
-            return make_plan(resolved, hardware, w, policy, host, util, suggest=False, grouping=grouping)
+            return make_plan(resolved, hardware, w, policy, host, util, suggest=False, grouping=grouping, engine=engine)
 
         points = sweep_points(parsed_sweep, workload, host_bytes, plan_fn)
         return PlanResult(points[-1][1], parsed_sweep, tuple(points))

@@ -195,6 +195,8 @@ def _estimates(out: Console, plan) -> None:
               f"{_rate(est.prefill_tokens_per_s, 'tok/s')}; time to first token "
               f"{_rate(est.time_to_first_token_s, 's')} for a {plan.workload.context_tokens:,}-token prompt")
     out.print(f"bottleneck: {est.bottleneck}")
+    if plan.engine is not None:
+        out.print(f"engine: {plan.engine.name} {plan.engine.version} ({plan.engine.why})")
     out.print(f"layout: {d.parallelism.reason}")
     experts = d.routed_experts
     if experts.offloaded_decode:

@@ -9,6 +9,8 @@ from dataclasses import replace
 
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.source import ResolvedModel
+from mv4deploy.engines.engine import AUTO as AUTO_ENGINE, load_engine
+from mv4deploy.plan.engine_choice import OWN_RUNTIME, EngineChoice, Refused, Weighed, engines_to_weigh, refusals, why_chosen
 from mv4deploy.plan.engram import engram_summary
 from mv4deploy.plan.groups import Grouping
 from mv4deploy.plan.hints import Hints, engine_hints
@@ -28,16 +30,39 @@ from mv4deploy.formats import FORMATS
 def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
                   host_mem_bytes: int | None = None, gpu_mem_util: float | None = None,
                   prefill_stream: bool | None = None, quick: bool = False,
-                  grouping: Grouping | None = None) -> tuple[Plan, Candidate, Grouping]:
+                  grouping: Grouping | None = None, engine: str = AUTO_ENGINE) -> tuple[Plan, Candidate, Grouping]:
     """The plan without suggestions, with the chosen candidate and the grouping (what ``suggest`` needs).
     ``quick`` weighs fewer candidates (no prefill streaming) and derives no engine hints: what
     suggestion re-plans use; ``prefill_stream`` forces streaming offloaded experts to the GPU for prefill
     on or off (None: the planner chooses); ``grouping``: the model's groups when the caller already built
-    them (a sweep, a re-plan)."""
-    found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
-                                                         gpu_mem_util, quick=quick, prefill_stream=prefill_stream,
-                                                         grouping=grouping)
-    best, by_mode = choose(found)
+    them (a sweep, a re-plan); ``engine``: the engine to model, or ``auto`` (``engine_choice``)."""
+    arch, runs, refused = resolved.spec.architecture.value, {}, []
+
+    def weigh(e):
+        nonlocal grouping
+        found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
+                                                             gpu_mem_util, quick=quick, prefill_stream=prefill_stream,
+                                                             grouping=grouping, engine=e)
+        return (*choose(found), machine, chosen_policy)
+
+    for e in engines_to_weigh(engine):
+        reasons = refusals(e, profile, arch)
+        run = None if reasons else weigh(e)
+        reasons = reasons or refusals(e, profile, arch, run[0])
+        if reasons:
+            refused.append(Refused(e.name, reasons[0]))
+        else:
+            runs[e.name] = run
+    forced = None
+    if not runs:   # auto: mv4deploy's own runtime; a named engine: planned anyway, and it does not fit
+        chosen_engine = load_engine(OWN_RUNTIME) if engine == AUTO_ENGINE else engines_to_weigh(engine)[0]
+        runs[chosen_engine.name] = weigh(chosen_engine)
+        forced = None if engine == AUTO_ENGINE else Verdict.DOES_NOT_FIT
+    name = min(runs, key=lambda n: (runs[n][0].verdict.rank, -runs[n][0].estimates.decode_tokens_per_s))
+    best, by_mode, machine, chosen_policy = runs[name]
+    weighed = [Weighed(n, r[0].verdict.value, r[0].estimates.decode_tokens_per_s) for n, r in runs.items()]
+    choice = EngineChoice(name, machine.engine.version, why_chosen(name, engine, weighed, refused),
+                          tuple(weighed), tuple(refused))
     kinds: dict = {}
     for p in best.placement.placed:
         kinds.setdefault(p.item.kind, []).append(p)
@@ -49,18 +74,31 @@ def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: W
     devices = device_usage(machine.devices, best.placement.placed, activations)
     decisions = _decisions(best, by_mode, machine, chosen_policy, grouping, resolved)
     beyond_model = workload.context_tokens > resolved.spec.max_position_embeddings
-    verdict = Verdict.DOES_NOT_FIT if beyond_model else best.verdict
+    verdict = Verdict.DOES_NOT_FIT if beyond_model or forced else best.verdict
     plan = Plan(model=resolved.spec.name, profile=profile.name, workload=workload, verdict=verdict,
                 devices=devices, groups=group_rows(best.placement),
                 kv_cache=kv_summary(kinds.get(ItemKind.KV, [])), engram=engram, estimates=best.estimates,
-                hints=Hints(), suggestions=(), warnings=tuple(_warnings(best, machine, resolved, workload)),
+                hints=Hints(), suggestions=(),
+                warnings=tuple(_warnings(best, machine, resolved, workload) + _refused(choice, forced)),
                 decisions=decisions, placement=best.placement,
                 fingerprint=Fingerprint(model_fingerprint(resolved.inventory, grouping.groups),
-                                        profile_fingerprint(profile)))
+                                        profile_fingerprint(profile)), engine=choice)
     if quick or verdict is Verdict.DOES_NOT_FIT:   # no launch line for what cannot run
         return plan, best, grouping
-    hints, hint_warnings = engine_hints(plan, best, resolved, machine)
+    hints, hint_warnings = engine_hints(plan, best, resolved, machine, _refused_launches(choice))
     return replace(plan, hints=hints, warnings=plan.warnings + tuple(hint_warnings)), best, grouping
+
+
+def _refused_launches(choice: EngineChoice) -> frozenset[str]:
+    """Launch keys no engine behind them can serve: a key is kept while one engine using it was not refused
+    (llama.cpp and ik_llama.cpp share one)."""
+    refused = {load_engine(r.engine).launch for r in choice.refused}
+    kept = {load_engine(w.engine).launch for w in choice.weighed}
+    return frozenset(refused - kept)
+
+
+def _refused(choice: EngineChoice, forced: Verdict | None) -> list[str]:
+    return [f"does not fit: {r.why}" for r in choice.refused if r.engine == choice.name] if forced else []
 
 
 def _execution_formats(best: Candidate) -> tuple[FormatUse, ...]:
@@ -102,13 +140,13 @@ def _warnings(best: Candidate, machine: Machine, resolved: ResolvedModel, worklo
         notes.append(f"does not fit: context {workload.context_tokens:,} exceeds the model's "
                      f"max_position_embeddings {spec.max_position_embeddings:,} (no engine serves it; "
                      f"--context {spec.max_position_embeddings} at most)")
-    if machine.host is not None and not machine.host.can_execute:
+    if machine.host is not None and not (machine.host.bandwidth_bytes_per_s and machine.host.compute_flops_per_s):
         notes.append(f"{profile.name}: host bandwidth or compute unknown, so the CPU is not considered to "
                      f"execute weights (measure with `mv4deploy profile probe`)")
     if profile.gpus is not None and not profile.gpus.compute_flops_per_s:
         notes.append(f"{profile.name}: {profile.gpus.kind.value.upper()} compute unknown: decode is estimated "
                      f"from memory bandwidth alone and prefill is not estimated")
-    if profile.storage is not None and machine.nvme is None:
+    if profile.storage is not None and not machine.rates.storage_read.value:
         notes.append(f"{profile.name}: storage read bandwidth unknown: NVMe is not used")
     if not best.workspace_fits:
         notes.append("a GPU's reserve and workspace alone exceed its memory: shorten --prefill-chunk or --context")

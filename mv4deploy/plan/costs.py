@@ -35,6 +35,7 @@ class Work:
     bytes_read: float
     flops: float
     compute: str            # the compute format of its weights ("fp8", "fp4", "bf16", ...)
+    whole_bytes: float = 0.0  # the item's bytes: what an engine that moves whole modules streams (accelerate)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _roofline(nbytes: float, bandwidth: float | None, flops: float, rate: float 
 
 def on_gpu(work: Work, gpu: Tier) -> Cost:
     rate, _ = gpu.rate(work.compute)
-    cost = _roofline(work.bytes_read, gpu.bandwidth_bytes_per_s, work.flops, rate, gpu.name)
+    cost = _roofline(work.bytes_read, gpu.read_bytes_per_s(work.compute), work.flops, rate, gpu.name)
     return Cost(cost.seconds, "gpu", cost.compute_known, cost.limit)
 
 
@@ -88,9 +89,10 @@ def on_host(work: Work, host: Tier, gpu: Tier | None, read_first_s: float = 0.0,
             read = host.weight_read_bytes_per_s(work.compute)
             best = _finish(_roofline(work.bytes_read, read, work.flops, rate, "host"),
                            prefix + "cpu", read_first_s, cpu_hops)
-    if stream_gpu is not None and stream_gpu.link_bytes_per_s:
+    if stream_gpu is not None and stream_gpu.link_bytes_per_s and stream_gpu.streams:
         rate, _ = stream_gpu.rate(work.compute)
-        cost = _roofline(work.bytes_read, stream_gpu.link_bytes_per_s, work.flops, rate, "host", link=True)
+        moved = work.whole_bytes if stream_gpu.streams_whole and work.whole_bytes else work.bytes_read
+        cost = _roofline(moved, stream_gpu.link_bytes_per_s, work.flops, rate, "host", link=True)
         limit = f"{stream_gpu.name} compute" if cost.limit.endswith("compute") else cost.limit
         stream = _finish(Cost(cost.seconds, "", cost.compute_known, limit), prefix + "stream", read_first_s,
                          stream_hops)

@@ -83,8 +83,8 @@ def _gpu_experts_per_layer(plan) -> int:
 
 def _parallel(best, tp: str, pp: str, ep: str | None) -> list[str]:
     layout = best.layout
-    if layout.mode is Mode.TENSOR_EXPERT:
-        return [tp, str(layout.shards)] + ([ep] if ep else [])
+    if layout.mode.sharded:
+        return [tp, str(layout.shards)] + ([ep] if ep and layout.mode is Mode.TENSOR_EXPERT else [])
     if layout.mode is Mode.PIPELINE:
         return [pp, str(len(layout.gpus))]
     return []
@@ -92,7 +92,7 @@ def _parallel(best, tp: str, pp: str, ep: str | None) -> list[str]:
 
 def _gpus_used(best) -> int:
     """GPUs the layout spreads the model over (tensor x pipeline ranks)."""
-    return best.layout.shards if best.layout.mode is Mode.TENSOR_EXPERT else max(len(best.layout.gpus), 1)
+    return best.layout.shards if best.layout.mode.sharded else max(len(best.layout.gpus), 1)
 
 
 def _model_ref(resolved) -> str:
@@ -212,7 +212,7 @@ def accelerate_map(plan, best, resolved, machine, notes: list[str]) -> dict[str,
             name = template.format(l=p.item.layer)
             if name not in worst or rank > worst[name][0]:
                 worst[name] = (rank, device)
-    if best.layout.mode is Mode.TENSOR_EXPERT:
+    if best.layout.mode.sharded:
         notes.append("accelerate: a device_map places whole modules, so tensor/expert parallel is approximated "
                      "by giving each GPU a range of layers")
     return {name: device for name, (_, device) in worst.items()}
@@ -222,17 +222,19 @@ def _accelerate_device(p, best, n_layers: int) -> int | str:
     tier = p.option.tier
     if tier.kind is not TierKind.GPU:
         return ACCELERATE_DEVICE[tier.kind]
-    if best.layout.mode is Mode.TENSOR_EXPERT:
+    if best.layout.mode.sharded:
         layer = p.item.layer if p.item.layer is not None else (n_layers - 1 if p.item.cls is GroupClass.HEAD else 0)
         return min(best.layout.shards - 1, layer * best.layout.shards // n_layers)
     return int(tier.name.split(":")[1])
 
 
-def engine_hints(plan, best, resolved, machine) -> tuple[Hints, list[str]]:
+def engine_hints(plan, best, resolved, machine, refused: frozenset[str] = frozenset()) -> tuple[Hints, list[str]]:
+    """Launch lines for the plan; none for an engine whose hardware gates refused it (``refused``: the launch
+    keys of those engines: "vllm", "sglang", "llama_cpp", "accelerate")."""
     notes: list[str] = []
-    hints = Hints(vllm_hint(plan, best, resolved, machine, notes), sglang_hint(plan, best, resolved, machine, notes),
-                  llama_cpp_hint(plan, best, resolved, machine, notes),
-                  accelerate_map(plan, best, resolved, machine, notes))
+    makers = {"vllm": vllm_hint, "sglang": sglang_hint, "llama_cpp": llama_cpp_hint, "accelerate": accelerate_map}
+    made = {key: None if key in refused else make(plan, best, resolved, machine, notes) for key, make in makers.items()}
+    hints = Hints(made["vllm"], made["sglang"], made["llama_cpp"], made["accelerate"])
     if machine.device_kind is DeviceKind.NPU:
         notes.append("no server-engine hints for an NPU: build the deployment with `mv4deploy export onnx`")
     return hints, notes

@@ -95,7 +95,7 @@ def _compute(fmt: str) -> str:
 
 def weight_item(group: Group, policy: Policy, spec, workload: Workload, gpu: Tier | None, host: Tier | None,
                 nvme: Tier | None, shards: int = 1, stream_prefill: bool = True, cache: dict | None = None) -> Item:
-    """Options on the group's GPU, host RAM and NVMe with their roofline costs. ``shards`` > 1: the GPU
+    """Options on the group's GPU, host RAM and NVMe with their roofline costs. ``shards`` > 1: routed experts are spread whole over that many GPUs (expert parallel) and pay the
     tier is sharded over that many GPUs (routed experts then pay the expert-parallel imbalance).
     ``stream_prefill`` False: no stream buffer on the GPU, so prefill runs host-resident weights on the CPU.
     ``cache``: costs already computed for identical work on the same tiers (layers repeat; one machine)."""
@@ -107,8 +107,8 @@ def weight_item(group: Group, policy: Policy, spec, workload: Workload, gpu: Tie
     attn_d = attn_p = 0.0
     if group.cls is GroupClass.ATTENTION and group.layer is not None:
         attn_d, attn_p = attention_flops(spec, group.layer, context), mean_attention_flops(spec, group.layer, context)
-    decode = Work(resident * group.touched_fraction(batch), batch * (group.flops_per_token + attn_d), compute)
-    prefill = Work(resident * group.touched_fraction(chunk), chunk * (group.flops_per_token + attn_p), compute)
+    decode = Work(resident * group.touched_fraction(batch), batch * (group.flops_per_token + attn_d), compute, resident)
+    prefill = Work(resident * group.touched_fraction(chunk), chunk * (group.flops_per_token + attn_p), compute, resident)
     imbalance = 1.0
     if group.experts and shards > 1:
         imbalance = ep_imbalance(round(batch * group.expert_probability * group.experts), shards)

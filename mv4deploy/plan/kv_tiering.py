@@ -50,7 +50,7 @@ def _host_cost(read_bytes: float, layers: int, host: Tier, gpu: Tier | None) -> 
     if gpu is None:                                      # CPU-only machine: the CPU reads its own RAM
         if not host.bandwidth_bytes_per_s:
             return UNAVAILABLE
-        return Cost(read_bytes / host.bandwidth_bytes_per_s, "cpu", limit="host bandwidth")
+        return Cost(read_bytes / host.read_bytes_per_s("kv"), "cpu", limit="host bandwidth")
     if not gpu.link_bytes_per_s:
         return UNAVAILABLE
     return Cost(read_bytes / gpu.link_bytes_per_s + layers * gpu.latency_s, "fetch", limit="host link (KV fetch)")
@@ -64,7 +64,7 @@ def kv_item(part: PoolPart, layout: KVLayout, workload: Workload, host: Tier | N
     fmt = f"kv-{layout.cache_format.value}" if part.pool is not None else STATE_FORMAT
     options = []
     if part.gpu is not None:
-        gpu_cost = Cost(read * replicas / part.gpu.bandwidth_bytes_per_s, "gpu", limit=f"{part.gpu.name} bandwidth")
+        gpu_cost = Cost(read * replicas / part.gpu.read_bytes_per_s("kv"), "gpu", limit=f"{part.gpu.name} bandwidth")
         options.append(Option(part.gpu, fmt, resident * replicas, gpu_cost, Cost(0.0, "gpu", limit=gpu_cost.limit),
                               gpu_cost.seconds))
     if host is not None:

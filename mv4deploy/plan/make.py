@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from mv4deploy.engines.engine import AUTO as AUTO_ENGINE
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.assemble import assemble_plan
@@ -19,12 +20,13 @@ from mv4deploy.plan.workload import Workload
 
 def make_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy: str = AUTO,
               host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, suggest: bool = True,
-              prefill_stream: bool | None = None, quick: bool = False, grouping: Grouping | None = None) -> Plan:
+              prefill_stream: bool | None = None, quick: bool = False, grouping: Grouping | None = None,
+              engine: str = AUTO_ENGINE) -> Plan:
     """The plan; ``suggest`` False skips the suggestions (a sweep's points); the other arguments are
     ``assemble_plan``'s."""
     plan, best, grouping = assemble_plan(resolved, profile, workload, policy, host_mem_bytes, gpu_mem_util,
-                                         prefill_stream=prefill_stream, quick=quick, grouping=grouping)
+                                         prefill_stream=prefill_stream, quick=quick, grouping=grouping, engine=engine)
     if not suggest or plan.verdict is Verdict.FITS:
         return plan
     return replace(plan, suggestions=tuple(suggestions_for(plan, resolved, profile, workload, policy, host_mem_bytes,
-                                                           gpu_mem_util, best, grouping)))
+                                                           gpu_mem_util, best, grouping, plan.engine.name)))

@@ -4,13 +4,16 @@ parallel), and what crossing between them costs per decode step and per prefill 
 - Pipeline: each GPU runs a contiguous range of layers (balanced by bytes; the embedding on the first,
   the head on the last). Only the hidden state crosses, hc_mult x hidden per token, once per stage
   boundary. At batch 1 the stages run one after the other, so GPU bandwidth does not add up.
-- Tensor + expert parallel: attention and dense blocks split their heads / columns over all GPUs, routed
-  experts are spread over them; every GPU reads 1/G of each layer, so bandwidth adds up, at the price
-  of collectives in every layer (an all-reduce after attention, a dispatch and a combine around the
-  experts), each a latency plus its bytes over the interconnect, and of the busiest GPU setting the pace
-  of the experts (``costs.ep_imbalance``). Single-KV-head caches (MLA, V4) are replicated per GPU.
+- Tensor parallel: every weight, routed experts included, is split by columns over all GPUs; every GPU
+  reads 1/G of each layer, so bandwidth adds up, at the price of two all-reduces per layer (after
+  attention, after the MLP / MoE). What vLLM and SGLang do without ``--enable-expert-parallel``, and the
+  faster choice at small batches: every GPU reads its slice of the same experts.
+- Tensor + expert parallel: attention and dense blocks split as above, routed experts spread whole over
+  the GPUs: an all-reduce after attention, a dispatch and a combine around the experts (all-to-all),
+  each a latency plus its bytes over the interconnect, and the busiest GPU sets the pace of the experts
+  (``costs.ep_imbalance``). Single-KV-head caches (MLA, V4) are replicated per GPU in both.
 
-Tensor + expert parallel is a candidate only where GPUs reach each other directly (NVLink, or PCIe
+Tensor (+ expert) parallel is a candidate only where GPUs reach each other directly (NVLink, or PCIe
 with P2P); without P2P every collective would bounce through host memory. The planner evaluates the
 candidates and keeps the faster; ``reason`` says why, with the numbers.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from mv4deploy.engines.engine import Engine
 from mv4deploy.hardware.profile import HardwareProfile, LinkKind
 from mv4deploy.plan.groups import GroupClass, Grouping
 from mv4deploy.plan.tiers import Machine, Tier
@@ -29,8 +33,14 @@ from mv4deploy.plan.workload import ACTIVATION_BYTES
 class Mode(str, Enum):
     SINGLE = "single"
     PIPELINE = "pipeline"
+    TENSOR = "tensor parallel"
     TENSOR_EXPERT = "tensor+expert parallel"
     CPU_ONLY = "cpu only"
+
+    @property
+    def sharded(self) -> bool:
+        """Every GPU holds a slice of every layer (tensor parallel, with or without expert parallel MoE)."""
+        return self is Mode.TENSOR or self is Mode.TENSOR_EXPERT
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,11 @@ class Layout:
     gpus: tuple[Tier, ...]                 # one per GPU, or one sharded over all
     stage_of_layer: dict[int, int] = field(default_factory=dict)   # pipeline: GPU index per layer
     shards: int = 1
+
+    @property
+    def expert_shards(self) -> int:
+        """GPUs the routed experts are spread over whole (expert parallel: the busiest sets the pace)."""
+        return self.shards if self.mode is Mode.TENSOR_EXPERT else 1
 
     def gpu_for(self, layer: int | None, cls: GroupClass | None = None) -> Tier | None:
         if not self.gpus:
@@ -55,14 +70,18 @@ class Layout:
         return [(gpu, {layer for layer in layers if self.stage_of_layer[layer] == i}) for i, gpu in enumerate(self.gpus)]
 
 
-def candidate_modes(profile: HardwareProfile) -> list[Mode]:
+def candidate_modes(profile: HardwareProfile, engine: Engine | None = None) -> list[Mode]:
+    """The layouts the machine allows, less those ``engine`` does not implement (its ``layouts``)."""
     gpus = profile.gpus
     if gpus is None:
         return [Mode.CPU_ONLY]
     if gpus.count == 1:
         return [Mode.SINGLE]
     direct = profile.interconnect.kind is LinkKind.NVLINK or profile.interconnect.p2p
-    return [Mode.PIPELINE, Mode.TENSOR_EXPERT] if direct else [Mode.PIPELINE]
+    modes = [Mode.PIPELINE, Mode.TENSOR, Mode.TENSOR_EXPERT] if direct else [Mode.PIPELINE]
+    if engine is None:
+        return modes
+    return [m for m in modes if m.name.lower() in engine.layouts] or modes[:1]
 
 
 def _stages(grouping: Grouping, count: int) -> dict[int, int]:
@@ -89,36 +108,43 @@ def _stages(grouping: Grouping, count: int) -> dict[int, int]:
 def build_layout(machine: Machine, mode: Mode, grouping: Grouping) -> Layout:
     if mode is Mode.CPU_ONLY:
         return Layout(mode, ())
-    if mode is Mode.TENSOR_EXPERT:
+    if mode.sharded:
         return Layout(mode, machine.gpu_shard, shards=machine.profile.gpus.count)
     tiers = machine.gpus
     stages = _stages(grouping, len(tiers)) if mode is Mode.PIPELINE else {}
     return Layout(mode, tiers, stages)
 
 
-def _transfer_s(profile: HardwareProfile, nbytes: float) -> float:
-    link = profile.interconnect
-    return link.latency_s + (nbytes / link.bandwidth_bytes_per_s if link.bandwidth_bytes_per_s else 0.0)
+def _transfer_s(machine: Machine, nbytes: float, collective: str | None = None) -> float:
+    """One crossing of ``nbytes``: the link's latency and bandwidth, or, for a collective the engine models
+    (``all_reduce``, ``all_to_all``), the engine's latency and fraction of the link bandwidth."""
+    link, engine = machine.profile.interconnect, machine.engine
+    modelled = engine.collective(link.kind.value, collective) if engine is not None and collective else None
+    latency_s, fraction = (modelled.latency_s, modelled.bandwidth_fraction) if modelled else (link.latency_s, 1.0)
+    bandwidth = link.bandwidth_bytes_per_s * fraction if link.bandwidth_bytes_per_s else None
+    return latency_s + (nbytes / bandwidth if bandwidth else 0.0)
 
 
-def crossing_s(profile: HardwareProfile, layout: Layout, spec, tokens: int, moe_layers: int, layers: int) -> float:
+def crossing_s(machine: Machine, layout: Layout, spec, tokens: int, moe_layers: int, layers: int) -> float:
     """Seconds per step (``tokens`` tokens) spent crossing between GPUs, independent of placement."""
     if layout.mode is Mode.PIPELINE:
         hidden = tokens * spec.hidden_size * spec.hc_mult * ACTIVATION_BYTES
-        return (len(layout.gpus) - 1) * _transfer_s(profile, hidden)
-    if layout.mode is not Mode.TENSOR_EXPERT:
+        return (len(layout.gpus) - 1) * _transfer_s(machine, hidden)
+    if not layout.mode.sharded:
         return 0.0
     g = layout.shards
-    reduce = _transfer_s(profile, 2 * (g - 1) / g * tokens * spec.hidden_size * ACTIVATION_BYTES)
+    reduce = _transfer_s(machine, 2 * (g - 1) / g * tokens * spec.hidden_size * ACTIVATION_BYTES, "all_reduce")
+    if layout.mode is Mode.TENSOR:
+        return layers * 2 * reduce
     experts = getattr(spec, "num_experts_per_tok", 1) or 1
-    exchange = _transfer_s(profile, tokens * experts * spec.hidden_size * ACTIVATION_BYTES / g)
+    exchange = _transfer_s(machine, tokens * experts * spec.hidden_size * ACTIVATION_BYTES / g, "all_to_all")
     return moe_layers * (reduce + 2 * exchange) + (layers - moe_layers) * 2 * reduce
 
 
 def kv_replicas(spec, layout: Layout) -> int:
     """Copies of the KV cache a sharded tier keeps: heads split over GPUs, but a cache with fewer KV
     heads than GPUs (MLA and V4 have one) is replicated to the rest."""
-    if layout.mode is not Mode.TENSOR_EXPERT:
+    if not layout.mode.sharded:
         return 1
     kv_heads = getattr(spec, "num_key_value_heads", 1)   # MLA specs have none: one latent per token
     return max(1, layout.shards // max(kv_heads, 1))
@@ -129,6 +155,8 @@ REASONS = {
     Mode.CPU_ONLY: "no GPU in the profile: everything runs on the CPU",
     Mode.PIPELINE: "layers split across {n} GPUs (pipeline): only the hidden state crosses, once per stage "
                    "boundary{why}",
+    Mode.TENSOR: "tensor parallel across {n} GPUs over {link}: each GPU reads 1/{n} of every weight, experts "
+                 "included; 2 all-reduces per layer",
     Mode.TENSOR_EXPERT: "tensor parallel attention + expert parallel MoE across {n} GPUs over {link}: each GPU "
                         "reads 1/{n} of every layer; {collectives} collectives per step",
 }

@@ -186,6 +186,7 @@ class Plan:
     decisions: Decisions
     placement: Placement = field(compare=False, repr=False)
     fingerprint: Fingerprint | None = None
+    engine: object = None            # engine_choice.EngineChoice: the engine modelled and why
 
     def to_json(self) -> dict:
         return {
@@ -193,6 +194,7 @@ class Plan:
             "profile": self.profile,
             "workload": self.workload.to_json(),
             "verdict": self.verdict.value,
+            "engine": self.engine.to_json() if self.engine is not None else None,
             "devices": [d.to_json() for d in self.devices],
             "groups": [g.to_json() for g in self.groups],
             "kv_cache": self.kv_cache.to_json(),

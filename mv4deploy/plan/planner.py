@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mv4deploy.engines.engine import Engine
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
@@ -53,7 +54,7 @@ def _items(resolved: ResolvedModel, grouping: Grouping, policy: Policy, workload
         if group.cls is GroupClass.ENGRAM_TABLE:
             items.append(engram_item(group, workload, gpu, machine.host, machine.nvme))
         else:
-            items.append(weight_item(group, policy, spec, workload, gpu, machine.host, machine.nvme, layout.shards,
+            items.append(weight_item(group, policy, spec, workload, gpu, machine.host, machine.nvme, layout.expert_shards,
                                      stream_prefill, cache))
     layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
     items += kv_items(kv_layout(spec, policy.kv_cache), workload, layout.stage_layers(layers), machine.host,
@@ -89,9 +90,9 @@ def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buff
     bound = lower_bound(items, capacity, multipliers(placement, capacity))
     layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
     moe_layers = len({g.layer for g in grouping.groups if g.cls is GroupClass.ROUTED_EXPERTS})
-    cross_d = crossing_s(machine.profile, layout, spec, workload.batch, moe_layers, len(layers))
-    cross_p = crossing_s(machine.profile, layout, spec, workload.chunk_tokens, moe_layers, len(layers))
-    overhead = machine.profile.runtime_overhead
+    cross_d = crossing_s(machine, layout, spec, workload.batch, moe_layers, len(layers))
+    cross_p = crossing_s(machine, layout, spec, workload.chunk_tokens, moe_layers, len(layers))
+    overhead = machine.overhead
     over_d = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.batch))
     over_p = prefill_overhead_s(overhead, len(layers))
     est = estimate(placement, len(layers), workload, cross_d, cross_p, bound, over_d, over_p,
@@ -128,17 +129,18 @@ def _best(candidates: list[Candidate]) -> Candidate:
 
 def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Workload, policy_name: str,
                host_mem_bytes: int | None = None, gpu_mem_util: float | None = None, quick: bool = False,
-               prefill_stream: bool | None = None, grouping: Grouping | None = None):
+               prefill_stream: bool | None = None, grouping: Grouping | None = None, engine: Engine | None = None):
     """Every candidate the planner weighs, and the machine, policy and grouping they share. ``quick`` leaves
     out the prefill-streaming candidates (they change prefill, rarely the verdict): suggestions use it.
     ``prefill_stream`` True / False forces streaming offloaded experts for prefill on / off (None: weigh both).
-    ``grouping``: the model's groups from an earlier plan, reused when they serve this model and workload."""
-    machine = build_machine(profile, host_mem_bytes, gpu_mem_util)
+    ``grouping``: the model's groups from an earlier plan, reused when they serve this model and workload.
+    ``engine``: whose kernels, layouts and fixed costs the estimates model (None: the bare roofline)."""
+    machine = build_machine(profile, host_mem_bytes, gpu_mem_util, engine)
     policy = resolve_policy(policy_name, machine.device_kind, resolved.spec.architecture)
     if grouping is None or not grouping.serves(resolved.inventory, workload.include_mtp, workload.expert_skew):
         grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
     found = []
-    for mode in candidate_modes(profile):
+    for mode in candidate_modes(profile, engine):
         layout = build_layout(machine, mode, grouping)
         plain = _evaluate(resolved, grouping, policy, workload, machine, layout, 0)
         offloaded = _offloaded_expert_bytes(plain)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mv4deploy.core.errors import InputError
+from mv4deploy.engines.engine import AUTO as AUTO_ENGINE
 from mv4deploy.hardware.profile import DeviceKind, HardwareProfile, list_profiles, load_profile
 from mv4deploy.core.units import format_bytes
 from mv4deploy.model.source import ResolvedModel, resolve_model
@@ -26,8 +27,9 @@ CONTEXT_SHARE = 0.10
 DENSE = (Arch.QWEN2, Arch.LLAMA)
 
 
-def _replan(resolved, profile, workload, policy, host_mem, gpu_util, grouping=None):
-    return assemble_plan(resolved, profile, workload, policy, host_mem, gpu_util, quick=True, grouping=grouping)[0]
+def _replan(resolved, profile, workload, policy, host_mem, gpu_util, grouping=None, engine: str = AUTO_ENGINE):
+    return assemble_plan(resolved, profile, workload, policy, host_mem, gpu_util, quick=True, grouping=grouping,
+                         engine=engine)[0]
 
 
 def _other_profiles(current: str, dense_model: bool) -> dict[str, HardwareProfile]:
@@ -110,15 +112,18 @@ def _not_better(kind: str, verdict: Verdict, tps: float, found: tuple) -> bool:
     return verdict.rank >= found[1].rank
 
 
-def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util, grouping):
+def _apply(change: Change, resolved, profile, workload, policy, host_mem, gpu_util, grouping, engine):
+    """Re-plan with one change: on the same machine and model with the plan's engine, on another with the best
+    engine there."""
     kw = change.kwargs
     try:
         model = resolve_model(kw["model"]) if "model" in kw else resolved
     except InputError:
         return None
     host = kw.get("host_mem", host_mem if "profile" not in kw else None)
+    same_machine = "profile" not in kw and "model" not in kw
     return _replan(model, kw.get("profile", profile), kw.get("workload", workload), kw.get("policy", policy), host,
-                   gpu_util if "profile" not in kw else None, grouping)
+                   gpu_util if "profile" not in kw else None, grouping, engine if same_machine else AUTO_ENGINE)
 
 
 def _why(change: Change, plan, new) -> str:
@@ -133,7 +138,8 @@ def _why(change: Change, plan, new) -> str:
     return f"{new.verdict.value} at {new.estimates.decode_tokens_per_s:,.1f} tok/s"
 
 
-def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best, grouping=None) -> list:
+def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_util, best, grouping=None,
+                    engine: str = AUTO_ENGINE) -> list:
     """Helpful changes, at most one per kind: the first (smallest) that helps, except for profiles, where
     the one with the best verdict wins and the smallest machine breaks ties, and for lower-bit policies,
     where the best verdict, then the fastest plan wins. ``grouping``: the plan's own,
@@ -146,7 +152,7 @@ def suggestions_for(plan, resolved, profile, workload, policy, host_mem, gpu_uti
             (change.kind != "profile" or found[change.kind][1] is Verdict.FITS)
         if settled:
             continue
-        new = _apply(change, resolved, profile, workload, policy, host_mem, gpu_util, grouping)
+        new = _apply(change, resolved, profile, workload, policy, host_mem, gpu_util, grouping, engine)
         if new is None:
             continue
         verdict, tps = new.verdict, new.estimates.decode_tokens_per_s

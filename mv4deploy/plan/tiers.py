@@ -10,12 +10,13 @@ execution without host bandwidth and compute, the NVMe tier without a read bandw
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
 from mv4deploy.core.errors import InputError
+from mv4deploy.engines.engine import Engine
 from mv4deploy.hardware.isa import Isa
 from mv4deploy.hardware.profile import DeviceKind, HardwareProfile
 from mv4deploy.hardware.rates import AchievableRates, achievable_rates
@@ -67,6 +68,21 @@ class Tier:
     latency_s: float = 0.0                     # per transfer over that link (NVMe: per random read)
     random_read_bytes_per_s: float | None = None  # nvme: 4 KiB random reads (IOPS x 4 KiB)
     matvec_bytes_per_s: Mapping[str, float] = field(default_factory=dict)  # host: one-token matmul reads, per format
+    # The engine's kernels: the fraction of the bandwidth they reach per compute format ("kv": the attention's
+    # cache reads; "default": the rest), whether the CPU executes weights and whether they stream to a GPU.
+    efficiency: Mapping[str, float] = field(default_factory=dict)
+    cpu_execution: bool = True
+    streams: bool = True
+    streams_whole: bool = False      # streaming moves a whole module, not only the experts a step touches
+
+    def read_bytes_per_s(self, compute_format: str) -> float | None:
+        """The bandwidth the engine's kernels reach reading weights (or "kv" cache) computing in that format."""
+        if not self.bandwidth_bytes_per_s:
+            return self.bandwidth_bytes_per_s
+        return self.bandwidth_bytes_per_s * self._fraction(compute_format)
+
+    def _fraction(self, compute_format: str) -> float:
+        return self.efficiency.get(compute_format, self.efficiency.get("default", 1.0))
 
     def rate(self, compute_format: str) -> tuple[float | None, str]:
         """FLOP/s for weights whose format computes in ``compute_format``, and how: natively, or after a
@@ -85,7 +101,7 @@ class Tier:
         float format it dequantizes to), capped by the memory bandwidth; the bandwidth when none was measured."""
         _, how = self.rate(compute_format)
         fmt = how.split(":", 1)[1] if how.startswith("dequant:") else compute_format
-        matvec, bandwidth = self.matvec_bytes_per_s.get(fmt), self.bandwidth_bytes_per_s
+        matvec, bandwidth = self.matvec_bytes_per_s.get(fmt), self.read_bytes_per_s(fmt)
         if matvec and bandwidth:
             return min(matvec, bandwidth)
         return matvec or bandwidth
@@ -95,7 +111,8 @@ class Tier:
         """GPUs always; the CPU only when the profile knows its bandwidth and compute (no guessing)."""
         if self.kind is TierKind.GPU:
             return True
-        return self.kind is TierKind.HOST and bool(self.bandwidth_bytes_per_s and self.compute_flops_per_s)
+        return self.kind is TierKind.HOST and self.cpu_execution and bool(self.bandwidth_bytes_per_s
+                                                                          and self.compute_flops_per_s)
 
 
 def _gpu_capacity(profile: HardwareProfile, gpu_mem_util: float | None) -> int:
@@ -183,6 +200,15 @@ class Machine:
     gpu_shard: tuple[Tier, ...]      # one tier sharded over all GPUs (tensor / expert parallel); () without GPUs
     host: Tier | None
     nvme: Tier | None
+    engine: Engine | None = None     # None: the bare roofline with the profile's own fitted overhead
+
+    @property
+    def overhead(self):
+        """The fixed costs beside the roofline (``costs.overhead_s``): the engine's, or the profile's fitted
+        ones for mv4deploy's own runtime."""
+        if self.engine is None or self.engine.uses_profile_overhead:
+            return self.profile.runtime_overhead
+        return self.engine.step
 
     @property
     def device_kind(self) -> DeviceKind | None:
@@ -191,10 +217,26 @@ class Machine:
 
 
 def build_machine(profile: HardwareProfile, host_mem_bytes: int | None = None,
-                  gpu_mem_util: float | None = None) -> Machine:
+                  gpu_mem_util: float | None = None, engine: Engine | None = None) -> Machine:
+    """``engine``: whose kernels run the plan (their bandwidth fractions, what executes where); None keeps the
+    bare roofline."""
     rates = achievable_rates(profile)
     devices = build_devices(profile, rates, host_mem_bytes, gpu_mem_util)
-    host = host_tier(profile, rates)
+    if engine is not None and not engine.reads_nvme:
+        devices = tuple(d for d in devices if d.kind is not MemoryKind.NVME)
+    host = _with_engine(host_tier(profile, rates), engine, profile)
     nvme = nvme_tier(profile, rates, host) if any(d.name == "nvme" for d in devices) else None
-    return Machine(profile, rates, devices, gpu_tiers(profile, rates, sharded=False),
-                   gpu_tiers(profile, rates, sharded=True), host, nvme)
+    gpus = tuple(_with_engine(t, engine, profile) for t in gpu_tiers(profile, rates, sharded=False))
+    shard = tuple(_with_engine(t, engine, profile) for t in gpu_tiers(profile, rates, sharded=True))
+    return Machine(profile, rates, devices, gpus, shard, host, nvme, engine)
+
+
+def _with_engine(tier: Tier | None, engine: Engine | None, profile: HardwareProfile) -> Tier | None:
+    if tier is None or engine is None:
+        return tier
+    if tier.kind is TierKind.GPU:
+        return replace(tier, efficiency=engine.gpu_efficiency, streams=engine.streams_weights,
+                       streams_whole=engine.streams_whole_modules)
+    isa = tuple(i.value if hasattr(i, "value") else i for i in profile.host.isa)
+    return replace(tier, efficiency=MappingProxyType({"default": engine.cpu_fraction(isa)}),
+                   cpu_execution=engine.cpu_execution)

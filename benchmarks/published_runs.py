@@ -1,0 +1,181 @@
+"""Predicted against published: the planner's decode speed for published runs of real engines on real hardware.
+
+    python benchmarks/published_runs.py            # the table: shipped engine constants, and leave-one-out
+    python benchmarks/published_runs.py --fit      # the fitted constants to write into engines/*.yaml
+
+Inputs (all data, with sources): the runs (benchmarks/data/published_runs.yaml), which of them are checked and
+how (published_checks.yaml: model preset, machine, engine, policy, context), their machines as hardware profiles
+(run_machines.yaml), and the engine models (engines/*.yaml). The constants an engine file marks "fitted" are
+fitted here, per engine, on that engine's runs, by coordinate descent on the squared log-ratio (golden-section
+search per constant, in log space, inside its range). Leave-one-out: each run is predicted by constants refitted
+without it (every row of the same run id left out together), so no run checks a constant fitted on itself.
+The table prints both; docs/planner.md quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mv4deploy.engines.engine import CpuKernels, Engine, load_engine  # noqa: E402
+from mv4deploy.hardware.profile import load_profile, parse_profile  # noqa: E402
+from mv4deploy.model.source import resolve_model  # noqa: E402
+from mv4deploy.plan.assemble import assemble_plan  # noqa: E402
+from mv4deploy.plan.workload import make_workload  # noqa: E402
+
+DATA = ROOT / "benchmarks" / "data"
+WITHIN = 0.25
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def load_inputs():
+    checks = yaml.safe_load((DATA / "published_checks.yaml").read_text())
+    machines = yaml.safe_load((DATA / "run_machines.yaml").read_text())["machines"]
+    runs = {r["id"]: r for r in yaml.safe_load((DATA / "published_runs.yaml").read_text())["runs"]}
+    profiles = {name: parse_profile({"name": name, "description": name, **m}, f"run_machines.yaml:{name}")
+                for name, m in machines.items()}
+    return checks, profiles, runs
+
+
+# ---- engine constants: read and replace by dotted field name -------------------------------------------
+
+def get_field(engine: Engine, field: str) -> float:
+    if field == "cpu_efficiency":
+        return max(engine.cpu_efficiency.values(), default=1.0)
+    head, _, key = field.partition(".")
+    value = getattr(engine, head)
+    return value.get(key, 1.0) if isinstance(value, MappingProxyType) or isinstance(value, dict) else getattr(value, key)
+
+
+def set_field(engine: Engine, field: str, value: float) -> Engine:
+    if field == "cpu_efficiency":
+        return replace(engine, cpu_efficiency=MappingProxyType({k: value for k in CpuKernels}))
+    head, _, key = field.partition(".")
+    current = getattr(engine, head)
+    if isinstance(current, (dict, MappingProxyType)):
+        return replace(engine, **{head: MappingProxyType({**current, key: value})})
+    return replace(engine, **{head: replace(current, **{key: value})})
+
+
+def derived(engines: dict[str, Engine], shared: dict) -> dict[str, Engine]:
+    """Engines that take another's fitted constants (with a sourced factor on the CPU efficiency)."""
+    out = dict(engines)
+    for name, rule in shared.items():
+        source = out[rule["from"]]
+        mine = replace(load_engine(name), step=replace(load_engine(name).step, per_layer_s=source.step.per_layer_s))
+        if "cpu_efficiency_factor" in rule:
+            mine = set_field(mine, "cpu_efficiency", min(1.0, get_field(source, "cpu_efficiency") *
+                                                         rule["cpu_efficiency_factor"]))
+        out[name] = mine
+    return out
+
+
+# ---- prediction -------------------------------------------------------------------------------------------
+
+class Predictor:
+    def __init__(self, profiles):
+        self.profiles, self.models, self.groupings = profiles, {}, {}
+
+    def decode(self, check: dict, engine: Engine) -> float:
+        model = self.models.get(check["model"]) or self.models.setdefault(check["model"], resolve_model(check["model"]))
+        workload = make_workload(check["context"], check.get("batch", 1))
+        key = (check["model"], check["context"])
+        machine = self.profiles.get(check["machine"]) or self.profiles.setdefault(check["machine"],
+                                                                                 load_profile(check["machine"]))
+        plan, _, grouping = assemble_plan(model, machine, workload, check["policy"],
+                                          quick=True, grouping=self.groupings.get(key), engine=engine)
+        self.groupings[key] = grouping
+        return plan.estimates.decode_tokens_per_s
+
+
+def loss(predictor: Predictor, checks: list[dict], engines: dict[str, Engine]) -> float:
+    total = 0.0
+    for c in checks:
+        predicted = predictor.decode(c, engines[c["engine"]])
+        total += math.log(max(predicted, 1e-9) / c["published"]) ** 2
+    return total
+
+
+def golden_search(f, lo: float, hi: float, steps: int = 14) -> float:
+    a, b = math.log(lo), math.log(hi)
+    c, d = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
+    fc, fd = f(math.exp(c)), f(math.exp(d))
+    for _ in range(steps):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - GOLDEN * (b - a)
+            fc = f(math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + GOLDEN * (b - a)
+            fd = f(math.exp(d))
+    return math.exp((a + b) / 2)
+
+
+def fit(predictor, checks, fitted: dict, shared: dict, rounds: int = 2, only=None) -> dict[str, Engine]:
+    """Per engine with fitted constants: coordinate descent over them on the checks of that engine and of the
+    engines sharing its constants. ``only``: refit these engines alone, the rest keep ``only``'s given values."""
+    engines = {name: load_engine(name) for name in {c["engine"] for c in checks} | set(fitted)}
+    if only is not None:
+        engines.update(only[1])
+    for name, fields in fitted.items():
+        if only is not None and name not in only[0]:
+            continue
+        users = {name} | {n for n, rule in shared.items() if rule["from"] == name}
+        mine = [c for c in checks if c["engine"] in users and c.get("fit", True)]
+        if not mine:
+            continue
+        for _ in range(rounds):
+            for spec in fields:
+                def f(value, field=spec["field"]):
+                    trial = {**engines, name: set_field(engines[name], field, value)}
+                    return loss(predictor, mine, derived(trial, shared))
+                engines[name] = set_field(engines[name], spec["field"], golden_search(f, *spec["range"]))
+    return derived(engines, shared)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fit", action="store_true", help="print the constants fitted on every run")
+    args = parser.parse_args()
+    spec, profiles, runs = load_inputs()
+    checks, fitted, shared = spec["checks"], spec["fitted"], spec.get("shared", {})
+    predictor = Predictor(profiles)
+    if args.fit:
+        engines = fit(predictor, checks, fitted, shared)
+        for name, fields in fitted.items():
+            print(name, {s["field"]: f"{get_field(engines[name], s['field']):.4g}" for s in fields})
+        return 0
+    shipped = {c["engine"]: load_engine(c["engine"]) for c in checks}
+    full = fit(predictor, checks, fitted, shared)
+    rows, hits = [], 0
+    for run_id in dict.fromkeys(c["run"] for c in checks):
+        others = [c for c in checks if c["run"] != run_id]
+        touched = {shared.get(c["engine"], {}).get("from", c["engine"]) for c in checks if c["run"] == run_id}
+        refit = fit(predictor, others, fitted, shared, only=(touched, full))
+        for c in (c for c in checks if c["run"] == run_id):
+            now = predictor.decode(c, shipped[c["engine"]])
+            loo = predictor.decode(c, refit[c["engine"]])
+            ratio = loo / c["published"]
+            hits += abs(ratio - 1) <= WITHIN
+            rows.append((c, runs[run_id], now, loo, ratio))
+    print(f"{'run':4} {'engine':13} {'model':17} {'machine':19} {'ctx':>6} {'published':>9} {'shipped':>8} "
+          f"{'LOO':>7} {'LOO/pub':>7}")
+    for c, run, now, loo, ratio in rows:
+        print(f"{c['run']:4} {c['engine']:13} {c['model']:17} {c['machine']:19} {c['context']:>6} "
+              f"{c['published']:>9.2f} {now:>8.2f} {loo:>7.2f} {ratio:>7.2f}")
+    print(f"within ±{WITHIN:.0%} (leave-one-out): {hits} of {len(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""Which engine a plan models: the one named, or (``auto``) the best serving engine the hardware supports.
+
+Each engine that passes the machine gates (``gates.machine_gates``) is planned with its own kernels,
+layouts and fixed costs; a plan whose formats it cannot run (``gates.format_gates``) is refused; of the
+rest the best verdict wins, then the fastest decode. mv4deploy's own runtime is not a serving engine: it
+is planned when named, or when no serving engine can run the model on this machine (a phone's NPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from mv4deploy.core.jsonify import JsonResult
+from mv4deploy.engines.engine import AUTO, Engine, load_engine
+from mv4deploy.plan.gates import format_gates, machine_gates
+from mv4deploy.plan.items import ItemKind
+from mv4deploy.plan.kv_tiering import cache_format
+from mv4deploy.formats import FORMATS
+
+SERVING = ("vllm", "sglang", "ktransformers", "llama.cpp", "ik_llama.cpp", "accelerate")
+OWN_RUNTIME = "mv4deploy"
+
+Weighed = NamedTuple("Weighed", [("engine", str), ("verdict", str), ("decode_tokens_per_s", float)])
+Refused = NamedTuple("Refused", [("engine", str), ("why", str)])
+
+
+@dataclass(frozen=True)
+class EngineChoice(JsonResult):
+    """The ``engine`` block of a plan: the engine modelled, why, and what the others came to."""
+
+    name: str
+    version: str
+    why: str
+    weighed: tuple[Weighed, ...] = ()
+    refused: tuple[Refused, ...] = ()
+
+
+def engines_to_weigh(name: str | Engine) -> list[Engine]:
+    """``auto``: every serving engine; otherwise the one named (an unknown name exits 2 listing them), or the
+    engine given (a caller's modified model: benchmarks/published_runs.py fits constants this way)."""
+    if isinstance(name, Engine):
+        return [name]
+    return [load_engine(n) for n in SERVING] if name == AUTO else [load_engine(name)]
+
+
+def plan_formats(candidate) -> tuple[dict[str, str], str | None]:
+    """(storage format -> compute format of the weights the engine runs, KV cache format) of a candidate."""
+    formats, kv = {}, None
+    for p in candidate.placement.placed:
+        if p.item.kind is ItemKind.WEIGHTS and p.option.format in FORMATS:
+            formats[p.option.format] = FORMATS[p.option.format].compute
+        elif p.item.kind is ItemKind.KV and cache_format(p.option) is not None:
+            kv = cache_format(p.option).value
+    return formats, kv
+
+
+def refusals(engine: Engine, profile, arch: str, candidate=None) -> list[str]:
+    """Why ``engine`` cannot run this (before planning: the machine; after: the candidate's formats)."""
+    if candidate is None:
+        return machine_gates(engine, profile, arch)
+    return format_gates(engine, profile, *plan_formats(candidate))
+
+
+def why_chosen(name: str, requested: str | Engine, weighed: list[Weighed], refused: list[Refused]) -> str:
+    if requested != AUTO:
+        return f"named with --engine {getattr(requested, 'name', requested)}"
+    if name == OWN_RUNTIME:
+        return "no serving engine runs this model on this machine (see refused); mv4deploy's own runtime does"
+    rest = [f"{w.engine} {w.verdict} at {w.decode_tokens_per_s:,.1f} tok/s" for w in weighed if w.engine != name]
+    return "best verdict, then fastest decode, of the engines the hardware supports" + \
+        (f" (others: {'; '.join(rest)})" if rest else "")
