@@ -24,6 +24,9 @@ class InputError(ValueError):
         self.reason = reason
         super().__init__(self.one_line())
 
+    def __reduce__(self):   # pickled whole (a Ray task raises it on another process; exceptions pickle args)
+        return (type(self), (self.source, self.field, self.value, self.reason))
+
     def one_line(self) -> str:
         where = ": ".join(_clip(part) for part in (self.source, self.field) if part)
         value = _short(self.value)

@@ -4,7 +4,10 @@
 exclusive ``flock`` on ``OUT/.mv4deploy.lock`` (the holder's pid inside), and on the way out — success
 or failure — removes this process's ``*.PID.tmp`` files, the lock file, and OUT itself when this run
 created it and left it empty. A second run into the same OUT fails at once with exit 2 naming OUT and
-the holder. ``write_errors(path)`` turns a full disk, a read-only file system or a permission refusal
+the holder. ``claim_out(out, shared=True)`` is the hold of one ``quantize --part I/N`` process: many
+parts share OUT at once (each takes ``hold_lock`` on its own part's lock as well), none while an exclusive
+run holds it; a shared holder leaves the lock file in place (others may hold it) and the next exclusive run
+removes it. ``write_errors(path)`` turns a full disk, a read-only file system or a permission refusal
 into one line naming the file and what to do, instead of an internal error.
 """
 
@@ -41,8 +44,8 @@ def write_error(exc: OSError, out: Path, retry: str = "re-run the same command")
 
 
 @contextmanager
-def claim_out(out: Path):
-    """Hold ``out`` exclusively (see the module doc); yields ``out``."""
+def claim_out(out: Path, shared: bool = False):
+    """Hold ``out`` exclusively, or shared with other ``--part`` runs (see the module doc); yields ``out``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, None, None, "OUT exists and is not a folder")
@@ -50,7 +53,7 @@ def claim_out(out: Path):
     with write_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         try:
-            fd = _lock(out)
+            fd = _lock(out / LOCK_NAME, out, shared)
         except BaseException:
             _remove_if_empty(out, created)
             raise
@@ -58,36 +61,53 @@ def claim_out(out: Path):
         yield out
     finally:
         remove_own_tmp(out)
-        try:
-            os.unlink(out / LOCK_NAME)   # still held: a waiting run sees the inode vanish and retries
-        except OSError:
-            pass
-        os.close(fd)
+        _release(out / LOCK_NAME, fd, unlink=not shared)
         _remove_if_empty(out, created)
 
 
-def _lock(out: Path) -> int:
-    path = out / LOCK_NAME
+@contextmanager
+def hold_lock(path: Path, out: Path):
+    """An exclusive lock on ``path`` (its folder must exist) for a part of a run into ``out``."""
+    with write_errors(out):
+        fd = _lock(Path(path), out, shared=False)
+    try:
+        yield
+    finally:
+        _release(Path(path), fd, unlink=True)
+
+
+def _release(path: Path, fd: int, unlink: bool) -> None:
+    if unlink:
+        try:
+            os.unlink(path)   # still held: a waiting run sees the inode vanish and retries
+        except OSError:
+            pass
+    os.close(fd)
+
+
+def _lock(path: Path, out: Path, shared: bool) -> int:
     for _ in range(10):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise InputError(out, None, None, f"another mv4deploy run (pid {holder}) is writing this OUT; "
-                                              "wait for it to finish, or choose another OUT") from None
+            who = f"pid {holder}" if holder else "--part runs"
+            raise InputError(out, path.name if path.name != LOCK_NAME else None, None,
+                             f"another mv4deploy run ({who}) is writing this OUT; wait for it to finish, "
+                             "or choose another OUT") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
         except FileNotFoundError:
             same = False
         if same:
             try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                os.ftruncate(fd, 0)   # shared: no pid (the holders are many), nor a crashed run's stale one
+                if not shared:
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             except OSError:
-                os.unlink(path)   # ours (we hold it): no stale lock file is left
-                os.close(fd)
+                _release(path, fd, unlink=not shared)   # ours alone: no stale lock file is left
                 raise
             return fd
         os.close(fd)   # the holder removed the file as we opened it: take the new one

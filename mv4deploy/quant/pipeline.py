@@ -4,7 +4,9 @@ Per source shard: the output header is computed first (every format knows its st
 shapes), then each logical weight is read (``pread``, no mmap), dequantized if the source stores it
 quantized, quantized into its target format and written at its offset. Peak memory is a few weights
 in flight, not a shard. Completed shards are written under a temporary name, fsynced, hashed and
-renamed into ``OUT/.mv4deploy-partial/``; a journal there records them. A re-run of the same command
+renamed into ``OUT/.mv4deploy-partial/``; a journal there records them (``journal.json``; a
+``--part I/N`` run keeps its own, ``journal.part-I-of-N.json``, and every journal reads its siblings' shards,
+so any run of the same job resumes what any other finished). A re-run of the same command
 verifies the journal's shards by sha256 and continues with the rest. Only when every shard is done
 are the shards moved to their final names, then config.json, the manifest and — last — the index are
 written; so a killed run never leaves a complete-looking file with partial data, and a bad input
@@ -30,6 +32,7 @@ from mv4deploy.formats.kernels import NonFiniteError
 from mv4deploy.quant.shards import OrderedHasher, copy_bytes, output_layout, read_tensor, write_tensor
 
 JOURNAL = "journal.json"
+JOURNALS = "journal*.json"   # the whole run's and every part's (``parts.Part.journal``)
 
 
 @dataclass(frozen=True)
@@ -41,24 +44,29 @@ class Options:
 
 
 class Journal:
-    """Completed shards of an interrupted run, kept in OUT/.mv4deploy-partial/journal.json."""
+    """Completed shards of an interrupted run, kept in OUT/.mv4deploy-partial/journal.json (``name``: a part's
+    own journal). The shards its sibling journals record are read too (each is re-hashed before it counts)."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, name: str = JOURNAL):
         self.dir = job.out / STAGING
-        self.path = self.dir / JOURNAL
+        self.path = self.dir / name
         self.run_key = job.run_key
         self.done: dict[str, dict] = {}
-        if self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text())
-                data.get("run_key")
-            except (ValueError, RecursionError, AttributeError):
-                raise InputError(self.path, None, None, f"unreadable journal of an interrupted run; delete "
-                                 f"{self.dir} to start over") from None
-            if data.get("run_key") != job.run_key:
-                raise InputError(job.out, STAGING, None, "holds an interrupted run of a different recipe, source or "
-                                 "tool version; use another OUT or delete it")
-            self.done = data.get("done", {})
+        for path in sorted(p for p in self.dir.glob(JOURNALS) if p != self.path) + [self.path]:
+            if path.is_file():
+                self.done.update(self._read(path, job))   # its own last: its entries win
+
+    def _read(self, path: Path, job: Job) -> dict:
+        try:
+            data = json.loads(path.read_text())
+            data.get("run_key")
+        except (ValueError, RecursionError, AttributeError):
+            raise InputError(path, None, None, f"unreadable journal of an interrupted run; delete "
+                             f"{self.dir} to start over") from None
+        if data.get("run_key") != job.run_key:
+            raise InputError(job.out, STAGING, None, "holds an interrupted run of a different recipe, source or "
+                             "tool version; use another OUT or delete it")
+        return data.get("done", {})
 
     def record(self, file: str, entry: dict) -> None:
         self.done[file] = entry
@@ -80,17 +88,18 @@ class Journal:
         return False
 
 
-def prepare_out(job: Job) -> Journal:
-    """Create OUT (or reuse an interrupted run of the same job); refuse a foreign non-empty folder."""
+def prepare_out(job: Job, name: str = JOURNAL) -> Journal:
+    """Create OUT (or reuse an interrupted run of the same job); refuse a foreign non-empty folder.
+    ``name``: the journal this run writes (a part's own)."""
     out = job.out
     if out.exists() and not out.is_dir():
         raise InputError(out, None, None, "OUT exists and is not a folder")
     foreign = out.is_dir() and any(p.name not in (STAGING, LOCK_NAME) for p in out.iterdir())
-    if foreign and not (out / STAGING / JOURNAL).is_file():
+    if foreign and not any((out / STAGING).glob(JOURNALS)):
         raise InputError(out, None, None, "OUT is not empty and holds no interrupted mv4deploy run; "
                                           "choose an empty or new folder")
     (out / STAGING).mkdir(parents=True, exist_ok=True)
-    journal = Journal(job)
+    journal = Journal(job, name)
     if not journal.path.is_file():
         journal.save()  # the marker of an interrupted run exists before anything else is written
     return journal
@@ -102,11 +111,12 @@ def run_shards(job: Job, journal: Journal, options: Options, advance=lambda n: N
         if journal.verified(shard.file, job.out):
             advance(shard.source_bytes)
             continue
-        entry = _process_shard(job, shard, journal.dir, options, advance)
+        entry = process_shard(job, shard, journal.dir, options, advance)
         journal.record(shard.file, entry)
 
 
-def _process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, advance) -> dict:
+def process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, advance=lambda n: None) -> dict:
+    """Quantize one shard into ``staging`` (temporary name, then renamed); returns its journal entry."""
     tensors = [(t.name, t.dtype, t.shape) for w in shard.weights for t in w.outputs]
     header, slots = output_layout(tensors, shard_metadata(job, shard), shard.file)
     total = slots[-1].offset + slots[-1].nbytes if slots else len(header)
