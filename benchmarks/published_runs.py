@@ -67,11 +67,13 @@ def set_field(engine: Engine, field: str, value: float) -> Engine:
 
 
 def derived(engines: dict[str, Engine], shared: dict) -> dict[str, Engine]:
-    """Engines that take another's fitted constants (with a sourced factor on the CPU efficiency)."""
+    """Engines that take another's per-layer floor (and a sourced factor on its CPU fraction), on top of their
+    own current constants."""
     out = dict(engines)
     for name, rule in shared.items():
         source = out[rule["from"]]
-        mine = replace(load_engine(name), step=replace(load_engine(name).step, per_layer_s=source.step.per_layer_s))
+        mine = out.get(name, load_engine(name))
+        mine = replace(mine, step=replace(mine.step, per_layer_s=source.step.per_layer_s))
         if "cpu_efficiency_factor" in rule:
             mine = set_field(mine, "cpu_efficiency", min(1.0, get_field(source, "cpu_efficiency") *
                                                          rule["cpu_efficiency_factor"]))
@@ -121,21 +123,22 @@ def golden_search(f, lo: float, hi: float, steps: int = 14) -> float:
     return math.exp((a + b) / 2)
 
 
-def fit(predictor, checks, fitted: dict, shared: dict, rounds: int = 2, only=None) -> dict[str, Engine]:
-    """Per engine with fitted constants: coordinate descent over them on the checks of that engine and of the
-    engines sharing its constants. ``only``: refit these engines alone, the rest keep ``only``'s given values."""
-    engines = {name: load_engine(name) for name in {c["engine"] for c in checks} | set(fitted)}
+def fit(predictor, checks, fitted: dict, shared: dict, rounds: int = 3, only=None) -> dict[str, Engine]:
+    """Coordinate descent over every fitted constant, each on the checks of its engine and of the engines
+    sharing it, starting from the middle of each range (not from what is shipped). ``only``: (engines to refit,
+    values for the rest)."""
+    engines = {name: load_engine(name) for name in {c["engine"] for c in checks} | set(fitted) | set(shared)}
     if only is not None:
         engines.update(only[1])
-    for name, fields in fitted.items():
-        if only is not None and name not in only[0]:
-            continue
-        users = {name} | {n for n, rule in shared.items() if rule["from"] == name}
-        mine = [c for c in checks if c["engine"] in users and c.get("fit", True)]
-        if not mine:
-            continue
-        for _ in range(rounds):
-            for spec in fields:
+    todo = {name: fields for name, fields in fitted.items() if only is None or name in only[0]}
+    for name, fields in todo.items():
+        for spec in fields:
+            engines[name] = set_field(engines[name], spec["field"], math.sqrt(spec["range"][0] * spec["range"][1]))
+    for _ in range(rounds):
+        for name, fields in todo.items():
+            users = {name} | {n for n, rule in shared.items() if rule["from"] == name}
+            mine = [c for c in checks if c["engine"] in users and c.get("fit", True)]
+            for spec in fields if mine else ():
                 def f(value, field=spec["field"]):
                     trial = {**engines, name: set_field(engines[name], field, value)}
                     return loss(predictor, mine, derived(trial, shared))
@@ -160,7 +163,8 @@ def main() -> int:
     rows, hits = [], 0
     for run_id in dict.fromkeys(c["run"] for c in checks):
         others = [c for c in checks if c["run"] != run_id]
-        touched = {shared.get(c["engine"], {}).get("from", c["engine"]) for c in checks if c["run"] == run_id}
+        engines = {c["engine"] for c in checks if c["run"] == run_id}
+        touched = engines | {shared[e]["from"] for e in engines if e in shared}
         refit = fit(predictor, others, fitted, shared, only=(touched, full))
         for c in (c for c in checks if c["run"] == run_id):
             now = predictor.decode(c, shipped[c["engine"]])
