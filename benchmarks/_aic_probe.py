@@ -75,8 +75,10 @@ def nearest_rows(df, group_cols: list[str], size_col: str, sizes: list[int], val
         key = key if isinstance(key, tuple) else (key,)
         for size in sizes:
             row = group.iloc[(group[size_col] - size).abs().argsort().iloc[0]]
-            out.append({**dict(zip(group_cols, [str(k) if not isinstance(k, int) else k for k in key])),
-                        size_col: int(row[size_col]), value_col: float(row[value_col])})
+            entry = {**dict(zip(group_cols, [str(k) if not isinstance(k, int) else k for k in key])),
+                     size_col: int(row[size_col]), value_col: float(row[value_col])}
+            if entry not in out:  # a requested size below the smallest measured one maps to that one
+                out.append(entry)
     return out
 
 

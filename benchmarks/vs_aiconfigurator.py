@@ -17,6 +17,9 @@ Run (AIConfigurator venv: python3.11 -m venv /tmp/aic-venv && /tmp/aic-venv/bin/
     PYTHONPATH=. python benchmarks/vs_aiconfigurator.py [--aic-venv DIR] [--backend trtllm] [--gpus 8,16,32]
     PYTHONPATH=. python benchmarks/vs_aiconfigurator.py --record        # rewrite the recorded outputs
     PYTHONPATH=. python benchmarks/vs_aiconfigurator.py --reference     # AIC's per-op timing tables
+    PYTHONPATH=. python benchmarks/vs_aiconfigurator.py --model deepseek-v4-flash --backend sglang
+        (V4 on H200 is modelled by AIC only as the FP8-expert conversion sgl-project/DeepSeek-V4-*-FP8)
+Notes on what AIC assumes, its per-op timings and the launch files it writes: benchmarks/data/aiconfigurator/NOTES.md.
 """
 
 from __future__ import annotations
@@ -144,11 +147,16 @@ def plan_args(profile: str, model: str, w: Workload) -> list[str]:
 
 
 def ours(profile: str, model: str, w: Workload) -> dict | None:
-    """Our plan's `cluster` section plus the search time, or None when plan cannot give one yet."""
+    """Our plan's `cluster` section plus the search time, or None when plan cannot give one yet.
+
+    Keys read from `cluster`: layout (one phrase), tokens_per_s_per_gpu (over all the profile's GPUs),
+    tokens_per_s_per_user, ttft_s, tpot_s; for AIC to price the same layout, mode and tp/dp/ep/batch
+    (see estimate_kwargs). A missing key shows as "-"; the lead's `plan --json` defines the final names."""
     if not (REPO / "profiles" / f"{profile}.yaml").exists():
         return None
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done, wall_s, cpu_s = timed([sys.executable, "-m", "mv4deploy", *plan_args(profile, model, w)], cwd=REPO, env=env)
+    cmd = [sys.executable, "-m", "mv4deploy", *plan_args(profile, model, w)]
+    done, wall_s, cpu_s = timed(cmd, cwd=REPO, env=env)
     if done.returncode != 0:
         print(f"ours ({profile}): exit {done.returncode}: {done.stderr.strip()[-300:]}", file=sys.stderr)
         return None
@@ -174,12 +182,16 @@ def layout(row: dict, total_gpus: int) -> str:
     if "(p)tp" not in row:
         return f"agg {total_gpus // gpus('')}x {worker('')} bs{int(row['bs'])}"
     per_replica = int(row["(p)workers"]) * gpus("(p)") + int(row["(d)workers"]) * gpus("(d)")
-    return (f"{int(row['num_total_gpus']) // per_replica}x [{int(row['(p)workers'])}P {worker('(p)')} "
-            f"bs{int(row['(p)bs'])} + {int(row['(d)workers'])}D {worker('(d)')} bs{int(row['(d)bs'])}]")
+    used = int(row["num_total_gpus"])
+    idle = f" ({used} of {total_gpus} GPUs)" if used < total_gpus else ""
+    return (f"{used // per_replica}x [{int(row['(p)workers'])}P {worker('(p)')} bs{int(row['(p)bs'])} + "
+            f"{int(row['(d)workers'])}D {worker('(d)')} bs{int(row['(d)bs'])}]{idle}")
 
 
 def metrics(row: dict) -> dict:
-    return {"tok_s_gpu": float(row["tokens/s/gpu"]), "tok_s_user": float(row["tokens/s/user"]),
+    """tok_s_gpu counts every GPU of the cluster (AIC's ranking key), idle ones of a disagg replica too."""
+    return {"tok_s_gpu": float(row.get("tokens/s/gpu_cluster") or row["tokens/s/gpu"]),
+            "tok_s_user": float(row["tokens/s/user"]),
             "ttft_ms": float(row["ttft"]), "tpot_ms": float(row["tpot"])}
 
 
@@ -325,6 +337,12 @@ def print_reference(ref: dict) -> None:
             print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
             for r in comm[key][unit]:
                 print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    if "deepep_ll" in comm:
+        print(f"\nDeepEP low-latency (us), hidden 7168, 256 experts, from {comm['deepep_ll']['path']}\n")
+        print("| nodes | tokens | dispatch us | combine us |\n|---|---|---|---|")
+        for d, c in zip(comm["deepep_ll"]["dispatch_us"], comm["deepep_ll"]["combine_us"]):
+            print(f"| {d['node_num']} | {d['num_token']} | {d['dispatch_avg_t_us']:.1f} | "
+                  f"{c['combine_avg_t_us']:.1f} |")
     print(f"\nsystem constants ({comm['system_yaml']['path']}): {json.dumps(comm['system_yaml']['node'])}")
 
 

@@ -36,6 +36,10 @@ def test_layout_phrases_of_recorded_trtllm_rows():
     assert vs_aic.layout(recorded("trtllm", 16)["agg"][0], 16) == "agg 2x tp8ep8 bs64"
     # disagg row: 1 prefill worker tp8 ep8 + 1 decode worker attention-DP 8, MoE ep4 x etp2 = 16 GPUs
     assert vs_aic.layout(recorded("trtllm", 16)["disagg"][0], 16) == "1x [1P tp8ep8 bs1 + 1D dp8ep4etp2 bs26]"
+    # 32 H200 on vLLM: one 1P+2D replica of 24 GPUs; AIC ranks it by tokens/s over all 32 (198.1 * 24/32)
+    row = recorded("vllm", 32)["disagg"][0]
+    assert vs_aic.layout(row, 32) == "1x [1P tp4dp2etp8 bs1 + 2D dp8etp8 bs16] (24 of 32 GPUs)"
+    assert vs_aic.metrics(row)["tok_s_gpu"] == pytest.approx(row["tokens/s/gpu"] * 24 / 32, rel=1e-4)
 
 
 def test_estimate_kwargs_maps_our_cluster_fields_and_refuses_incomplete_ones():
@@ -59,7 +63,7 @@ def test_without_venv_the_table_comes_from_the_records(capsys, monkeypatch):
     assert ["8", "AIC", "disagg", "no", "layout", "meets", "the", "targets"] == lines[4][:8]
     assert sum("ours: not available" in line for line in out.splitlines()) == 2
     first = recorded("trtllm", 8)["agg"][0]
-    assert f"{first['tokens/s/gpu']:.1f}" in out
+    assert f"{first['tokens/s/gpu_cluster']:.1f}" in out
 
 
 @pytest.mark.parametrize("gpus", ["12", "8,x"])
