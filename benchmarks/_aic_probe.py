@@ -99,7 +99,9 @@ def comm_tables(backend: str) -> dict:
            "nccl": {"path": f"aiconfigurator_core/systems/data/{SYSTEM}/comm/nccl/{nccl_version}/nccl_perf.parquet",
                     "rows_ms": nearest_rows(nccl, ["op_name", "num_gpus"], "message_size", MESSAGE_BYTES,
                                             "latency")}}
-    versions = sorted(p.name for p in (data / backend).iterdir() if (p / "custom_allreduce_perf.parquet").exists())
+    from packaging.version import Version
+    versions = sorted((p.name for p in (data / backend).iterdir() if (p / "custom_allreduce_perf.parquet").exists()),
+                      key=Version)
     if versions:
         path = data / backend / versions[-1] / "custom_allreduce_perf.parquet"
         frame = pd.read_parquet(path)
@@ -113,7 +115,9 @@ def comm_tables(backend: str) -> dict:
         out["moe_a2a"] = {"path": str(a2a[-1].relative_to(root.parent.parent)),
                           "rows_us": nearest_rows(frame, ["comm_backend", "phase", "ep_size", "node_num"],
                                                   "num_tokens", [1, 16, 128, 256, 4096], "latency")}
-    ll = sorted(data.glob("sglang/*/wideep_deepep_ll_perf.parquet"))
+    # the DeepEP low-latency table that spans the most nodes (sglang 0.5.6.post2 on h200: 1, 2, 4, 8)
+    ll = sorted(data.glob("sglang/*/wideep_deepep_ll_perf.parquet"),
+                key=lambda f: pd.read_parquet(f, columns=["node_num"]).node_num.nunique())
     if ll:
         frame = pd.read_parquet(ll[-1])
         frame = frame[(frame.hidden_size == 7168) & (frame.num_experts == 256)]
