@@ -67,13 +67,14 @@ def set_field(engine: Engine, field: str, value: float) -> Engine:
 
 
 def derived(engines: dict[str, Engine], shared: dict) -> dict[str, Engine]:
-    """Engines that take another's per-layer floor (and a sourced factor on its CPU fraction), on top of their
-    own current constants."""
+    """Engines that take another's constants (``fields``; and a sourced factor on its CPU fraction), on top of
+    their own current ones."""
     out = dict(engines)
     for name, rule in shared.items():
-        source = out[rule["from"]]
+        source = out.get(rule["from"], load_engine(rule["from"]))
         mine = out.get(name, load_engine(name))
-        mine = replace(mine, step=replace(mine.step, per_layer_s=source.step.per_layer_s))
+        for field in rule.get("fields", ()):
+            mine = set_field(mine, field, get_field(source, field))
         if "cpu_efficiency_factor" in rule:
             mine = set_field(mine, "cpu_efficiency", min(1.0, get_field(source, "cpu_efficiency") *
                                                          rule["cpu_efficiency_factor"]))
@@ -123,6 +124,16 @@ def golden_search(f, lo: float, hi: float, steps: int = 14) -> float:
     return math.exp((a + b) / 2)
 
 
+def sharers(name: str, shared: dict) -> set[str]:
+    """``name`` and every engine that takes a constant from it, directly or through another."""
+    found = {name}
+    while True:
+        more = {n for n, rule in shared.items() if rule["from"] in found} - found
+        if not more:
+            return found
+        found |= more
+
+
 def fit(predictor, checks, fitted: dict, shared: dict, rounds: int = 3, only=None) -> dict[str, Engine]:
     """Coordinate descent over every fitted constant, each on the checks of its engine and of the engines
     sharing it, starting from the middle of each range (not from what is shipped). ``only``: (engines to refit,
@@ -136,7 +147,7 @@ def fit(predictor, checks, fitted: dict, shared: dict, rounds: int = 3, only=Non
             engines[name] = set_field(engines[name], spec["field"], math.sqrt(spec["range"][0] * spec["range"][1]))
     for _ in range(rounds):
         for name, fields in todo.items():
-            users = {name} | {n for n, rule in shared.items() if rule["from"] == name}
+            users = sharers(name, shared)
             mine = [c for c in checks if c["engine"] in users and c.get("fit", True)]
             for spec in fields if mine else ():
                 def f(value, field=spec["field"]):
@@ -163,8 +174,7 @@ def main() -> int:
     rows, hits = [], 0
     for run_id in dict.fromkeys(c["run"] for c in checks):
         others = [c for c in checks if c["run"] != run_id]
-        engines = {c["engine"] for c in checks if c["run"] == run_id}
-        touched = engines | {shared[e]["from"] for e in engines if e in shared}
+        touched = {name for name in fitted if {c["engine"] for c in checks if c["run"] == run_id} & sharers(name, shared)}
         refit = fit(predictor, others, fitted, shared, only=(touched, full))
         for c in (c for c in checks if c["run"] == run_id):
             now = predictor.decode(c, shipped[c["engine"]])

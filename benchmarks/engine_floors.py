@@ -1,0 +1,78 @@
+"""The per-layer fixed cost of vLLM and SGLang at batch 1, derived from AIConfigurator's measured kernel tables.
+
+    python benchmarks/engine_floors.py            # recorded AIConfigurator steps
+    python benchmarks/engine_floors.py --record   # re-price them with AIConfigurator (its own venv: AIC_VENV)
+
+AIConfigurator (pip `aiconfigurator`, 0.12.0) times a decode step from per-kernel measurements of each engine
+on each GPU. For DeepSeek-V3 (FP8, TP 8 with the MoE split by TP, batch 1, 1,000 tokens of context) its step
+is what the engine's kernels take; the planner's own step for the same model, machine and layout without a
+per-layer floor is the roofline plus the engine's collectives. What is left, over 61 layers, is the floor
+`engines/<engine>.yaml` ships as `step.per_layer`: a figure sourced from measured kernels, so the published runs
+of benchmarks/published_runs.py check it rather than fit it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from published_runs import load_inputs  # noqa: E402
+
+from mv4deploy.engines.engine import StepCost, load_engine  # noqa: E402
+from mv4deploy.hardware.profile import load_profile  # noqa: E402
+from mv4deploy.model.source import resolve_model  # noqa: E402
+from mv4deploy.plan.assemble import assemble_plan  # noqa: E402
+from mv4deploy.plan.workload import make_workload  # noqa: E402
+
+RECORDED = ROOT / "benchmarks" / "data" / "aiconfigurator" / "batch1_tp8_steps.json"
+POINTS = [("h200_sxm", "h200x8", "sglang"), ("b200_sxm", "b200x8", "sglang"), ("h200_sxm", "h200x8", "vllm")]
+CONTEXT = 1000
+
+
+def record(venv: Path) -> dict:
+    probe = ROOT / "benchmarks" / "_aic_probe.py"
+    steps = {}
+    for system, _, backend in POINTS:
+        kwargs = {"model_path": "deepseek-ai/DeepSeek-V3", "system_name": system, "mode": "static_gen",
+                  "backend_name": backend, "isl": CONTEXT, "osl": 2, "batch_size": 1, "tp_size": 8,
+                  "attention_dp_size": 1, "moe_tp_size": 8, "moe_ep_size": 1}
+        out = subprocess.run([str(venv / "bin" / "python"), str(probe), "estimate", json.dumps(kwargs)],
+                             capture_output=True, text=True, check=True)
+        ops = json.loads(out.stdout)["generation_ops_ms"]
+        steps[f"{system}/{backend}"] = {"step_ms": round(sum(ops.values()), 3), "ops_ms": ops}
+    RECORDED.write_text(json.dumps({"aiconfigurator": "0.12.0", "model": "deepseek-ai/DeepSeek-V3",
+                                    "layout": "tp8, moe tp8, batch 1", "isl": CONTEXT, "steps": steps}, indent=1))
+    return json.loads(RECORDED.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    data = record(Path(os.environ.get("AIC_VENV", "/tmp/aic-venv"))) if args.record else \
+        json.loads(RECORDED.read_text())
+    _, machines, _ = load_inputs()
+    v3 = resolve_model("deepseek-v3")
+    layers = v3.spec.num_hidden_layers
+    print(f"{'engine':7} {'machine':7} {'AIC step ms':>11} {'ours, no floor':>14} {'floor us/layer':>14}")
+    for system, machine, backend in POINTS:
+        bare = replace(load_engine(backend), step=StepCost())
+        profile = machines.get(machine) or load_profile(machine)
+        plan, _, _ = assemble_plan(v3, profile, make_workload(CONTEXT, 1), "native", quick=True, engine=bare)
+        ours_ms = 1e3 / plan.estimates.decode_tokens_per_s
+        aic_ms = data["steps"][f"{system}/{backend}"]["step_ms"]
+        print(f"{backend:7} {machine:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
