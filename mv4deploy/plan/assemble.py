@@ -19,7 +19,7 @@ from mv4deploy.plan.kv_tiering import kv_summary
 from mv4deploy.plan.multigpu import reason
 from mv4deploy.plan.plan import (Decisions, Exclusion, Fingerprint, FormatUse, Parallelism, Plan, PolicyChoice,
                                  Unplaced, device_usage, group_rows, model_fingerprint, profile_fingerprint)
-from mv4deploy.plan.planner import Candidate, candidates, choose, expert_execution, workspace_devices
+from mv4deploy.plan.planner import Candidate, candidates, choose, expert_execution, with_bound, workspace_devices
 from mv4deploy.plan.policy import AUTO, Policy
 from mv4deploy.plan.tiers import Machine, TierKind
 from mv4deploy.plan.verdict import Verdict
@@ -60,6 +60,7 @@ def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: W
         forced = None if engine == AUTO_ENGINE else Verdict.DOES_NOT_FIT
     name = min(runs, key=lambda n: (runs[n][0].verdict.rank, -runs[n][0].estimates.decode_tokens_per_s))
     best, by_mode, machine, chosen_policy = runs[name]
+    best = with_bound(best, workload.batch)
     weighed = [Weighed(n, r[0].verdict.value, r[0].estimates.decode_tokens_per_s) for n, r in runs.items()]
     choice = EngineChoice(name, machine.engine.version, why_chosen(name, engine, weighed, refused),
                           tuple(weighed), tuple(refused))

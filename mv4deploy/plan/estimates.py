@@ -97,11 +97,11 @@ def estimate(placement: Placement, layers: int, workload, crossing_decode_s: flo
         prefill_tokens_per_s=workload.chunk_tokens / chunk if chunk else None,
         time_to_first_token_s=tokens / workload.chunk_tokens * chunk if chunk else None,
         bottleneck=_bottleneck(resources, step, placement),
-        bound_decode_tokens_per_s=_bound_tps(batch, bound_s + crossing_decode_s + overhead_decode_s, placement),
+        bound_decode_tokens_per_s=bound_tps(batch, bound_s + crossing_decode_s + overhead_decode_s, placement),
         by_resource_s=dict(resources), engram_windows_s=windows)
 
 
-def _bound_tps(batch: int, bound_s: float, placement: Placement) -> float:
+def bound_tps(batch: int, bound_s: float, placement: Placement) -> float:
     """No placement respects the capacities when something is unplaced: the bound is then 0."""
     return batch / bound_s if bound_s > 0 and not placement.unplaced else 0.0
 

@@ -9,7 +9,7 @@ counts as a tie broken by prefill speed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mv4deploy.engines.engine import Engine
 from mv4deploy.hardware.profile import HardwareProfile
@@ -17,7 +17,7 @@ from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.plan.costs import expert_calls, overhead_s, prefill_overhead_s
 from mv4deploy.plan.engram import engram_item
-from mv4deploy.plan.estimates import Estimates, estimate
+from mv4deploy.plan.estimates import Estimates, bound_tps, estimate
 from mv4deploy.plan.groups import GroupClass, Grouping, build_groups
 from mv4deploy.plan.items import Item, weight_item
 from mv4deploy.plan.kv_tiering import kv_items
@@ -44,11 +44,13 @@ class Candidate:
     verdict: Verdict
     workspace: Workspace
     workspace_fits: bool
+    fixed_decode_s: float = 0.0      # crossings + engine overhead per decode step: what the bound adds too
 
 
 def _items(resolved: ResolvedModel, grouping: Grouping, policy: Policy, workload: Workload, layout: Layout,
-           machine: Machine, stream_prefill: bool) -> list[Item]:
-    spec, items, cache = resolved.spec, [], {}
+           machine: Machine, stream_prefill: bool, cache: dict) -> list[Item]:
+    """``cache``: weight costs already priced on this machine (``items.weight_item``), shared by its candidates."""
+    spec, items = resolved.spec, []
     for group in grouping.groups:
         gpu = layout.gpu_for(group.layer, group.cls)
         if group.cls is GroupClass.ENGRAM_TABLE:
@@ -81,13 +83,14 @@ def _capacity(machine: Machine, layout: Layout, ws: Workspace) -> tuple[dict[str
     return capacity, fits
 
 
-def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buffer: int) -> Candidate:
+def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buffer: int, cache: dict) -> Candidate:
+    """One candidate, without its bound (``with_bound`` adds it to the one that is kept: it costs as much as
+    the placement and changes no choice)."""
     spec = resolved.spec
     ws = workspace(spec, workload, stream_buffer)
-    items = _items(resolved, grouping, policy, workload, layout, machine, stream_prefill=stream_buffer > 0)
+    items = _items(resolved, grouping, policy, workload, layout, machine, stream_buffer > 0, cache)
     capacity, ws_fits = _capacity(machine, layout, ws)
     placement = place(items, capacity)
-    bound = lower_bound(items, capacity, multipliers(placement, capacity))
     layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
     moe_layers = len({g.layer for g in grouping.groups if g.cls is GroupClass.ROUTED_EXPERTS})
     cross_d = crossing_s(machine, layout, spec, workload.batch, moe_layers, len(layers))
@@ -95,10 +98,18 @@ def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buff
     overhead = machine.overhead
     over_d = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.batch))
     over_p = prefill_overhead_s(overhead, len(layers))
-    est = estimate(placement, len(layers), workload, cross_d, cross_p, bound, over_d, over_p,
+    est = estimate(placement, len(layers), workload, cross_d, cross_p, 0.0, over_d, over_p,
                    overhead.prefill_efficiency)
     return Candidate(layout, stream_buffer > 0, tuple(items), capacity, placement, est,
-                     verdict_of(placement, ws_fits, bool(layout.gpus)), ws, ws_fits)
+                     verdict_of(placement, ws_fits, bool(layout.gpus)), ws, ws_fits, cross_d + over_d)
+
+
+def with_bound(candidate: Candidate, batch: int) -> Candidate:
+    """The candidate with its fractional bound (``placement.lower_bound``) in its estimates."""
+    placement = candidate.placement
+    bound_s = lower_bound(list(candidate.items), candidate.capacity, multipliers(placement, candidate.capacity))
+    tps = bound_tps(batch, bound_s + candidate.fixed_decode_s, placement)
+    return replace(candidate, estimates=replace(candidate.estimates, bound_decode_tokens_per_s=tps))
 
 
 def _offloaded_expert_bytes(candidate: Candidate) -> int:
@@ -139,17 +150,18 @@ def candidates(resolved: ResolvedModel, profile: HardwareProfile, workload: Work
     policy = resolve_policy(policy_name, machine.device_kind, resolved.spec.architecture)
     if grouping is None or not grouping.serves(resolved.inventory, workload.include_mtp, workload.expert_skew):
         grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)
-    found = []
+    found, cache = [], {}
     for mode in candidate_modes(profile, engine):
         layout = build_layout(machine, mode, grouping)
-        plain = _evaluate(resolved, grouping, policy, workload, machine, layout, 0)
+        plain = _evaluate(resolved, grouping, policy, workload, machine, layout, 0, cache)
         offloaded = _offloaded_expert_bytes(plain)
-        can_stream = offloaded and layout.gpus and machine.host is not None and layout.gpus[0].link_bytes_per_s
+        can_stream = (offloaded and layout.gpus and machine.host is not None and layout.gpus[0].link_bytes_per_s
+                      and layout.gpus[0].streams)
         if prefill_stream is not True or not can_stream:
             found.append(plain)
         if can_stream and prefill_stream is not False and not (quick and prefill_stream is None):
             found.append(_evaluate(resolved, grouping, policy, workload, machine, layout,
-                                   stream_buffer_bytes(offloaded)))
+                                   stream_buffer_bytes(offloaded), cache))
     return found, machine, policy, grouping
 
 
