@@ -115,13 +115,40 @@ class ClusterPlan:
 
 
 def _layout_keys(option: Option) -> dict:
-    """tp / dp / ep / batch of the chosen layout (aggregated), or a prefill and a decode dict (disaggregated)."""
+    """tp (attention) / dp / ep / pp / batch (per DP rank) of the chosen layout (aggregated), or a prefill and a
+    decode dict (disaggregated): the names AIConfigurator's estimate takes (benchmarks/vs_aiconfigurator.py)."""
     def keys(w: Worker) -> dict:
-        return {"tp": w.tp * w.dp if w.dp > 1 else w.tp, "attention_tp": w.tp, "dp": w.dp, "ep": w.ep, "pp": w.pp,
-                "batch": w.batch, "workers": w.workers}
+        return {"tp": w.tp, "dp": w.dp, "ep": w.ep, "pp": w.pp, "batch": w.batch, "workers": w.workers}
     if option.mode == "agg":
         return keys(option.workers[0])
     return {w.role: keys(w) for w in option.workers}
+
+
+def make_serving(input_tokens=None, output_tokens=None, concurrency=None, ttft_ms=None, tpot_ms=None) -> Serving | None:
+    """Validate the served workload's options (None when none is given); a bad value exits 2 naming the option."""
+    from mv4deploy.core.schema import finite, integer, numeric, option
+    given = (input_tokens, output_tokens, concurrency, ttft_ms, tpot_ms)
+    if all(v is None for v in given):
+        return None
+    tokens = integer(1, 2**24)
+
+    def number(name, value, parse):
+        return None if value is None else option(name, numeric(parse), value)
+
+    def positive(value) -> float:
+        value = finite(value)
+        if not 0 < value <= 1e7:
+            raise ValueError("must be a number of milliseconds > 0")
+        return value
+
+    def ms(name, value):
+        milliseconds = number(name, value, positive)
+        return None if milliseconds is None else milliseconds / 1e3
+    d = Serving()
+    return Serving(number("--input-tokens", input_tokens, tokens) or d.input_tokens,
+                   number("--output-tokens", output_tokens, tokens) or d.output_tokens,
+                   number("--concurrency", concurrency, integer(1, 2**20)), ms("--ttft-ms", ttft_ms),
+                   ms("--tpot-ms", tpot_ms))
 
 
 # ---- the search -------------------------------------------------------------------------------------
@@ -258,8 +285,8 @@ def _batches(serving: Serving, layout: ClusterLayout, instances: int) -> tuple[i
 
 
 def _rank(options: list[Option]) -> list[Option]:
-    return sorted(options, key=lambda o: (not o.meets_targets, -o.tokens_per_s_per_gpu, -o.tokens_per_s_per_user,
-                                          o.gpus_used, o.layout))
+    return sorted(options, key=lambda o: (not o.meets_targets, -round(o.tokens_per_s_per_gpu, 6),
+                                          -round(o.tokens_per_s_per_user, 6), o.ttft_s, o.gpus_used, o.layout))
 
 
 def search(pricer: _Pricer, candidates: list[ClusterLayout], total: int, disaggregate: bool) -> list[Option]:
