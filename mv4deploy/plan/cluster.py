@@ -119,8 +119,10 @@ def _layout_keys(option: Option) -> dict:
     decode dict (disaggregated): the names AIConfigurator's estimate takes (benchmarks/vs_aiconfigurator.py)."""
     def keys(w: Worker) -> dict:
         return {"tp": w.tp, "dp": w.dp, "ep": w.ep, "pp": w.pp, "batch": w.batch, "workers": w.workers}
-    if option.mode == "agg":
-        return keys(option.workers[0])
+    if option.mode == "agg":         # "workers" stays the list of worker kinds; the instance count is "replicas"
+        flat = keys(option.workers[0])
+        flat["replicas"] = flat.pop("workers")
+        return flat
     return {w.role: keys(w) for w in option.workers}
 
 
