@@ -71,15 +71,17 @@ def _plan(model: str, profile, serving: Serving, engine: str = "sglang"):
     return plan_cluster(resolved, profile, serving, build_groups(resolved.inventory), machine, policy)
 
 
+def _h100_nodes(nodes: int):
+    """``nodes`` HGX H100 nodes: eight H100 80 GB per node on NVLink (a synthetic profile from h100.yaml)."""
+    gpus = {**load_profile_dict("h100")[0]["gpus"], "count": 8}
+    data = _cluster_dict("h100", nodes, IB if nodes > 1 else None)
+    return parse_profile({**data, "gpus": gpus, "interconnect": {"kind": "nvlink", "bandwidth": "450GB/s"}},
+                         f"h100x{8 * nodes}")
+
+
 def test_v4_pro_fits_on_two_h100_nodes_not_one():
     # V4-Pro's weights are ~805 GiB as shipped: 8 x 79.6 GiB x 0.97 = 618 GiB cannot hold them, 16 GPUs can.
-    one = parse_profile(_cluster_dict("h100", 1, None) | {"gpus": {**load_profile_dict("h100")[0]["gpus"], "count": 8},
-                                                           "interconnect": {"kind": "nvlink", "bandwidth": "450GB/s"}},
-                        "h100x8")
-    two = parse_profile(_cluster_dict("h100", 2, IB) | {"gpus": one.gpus and {**load_profile_dict("h100")[0]["gpus"],
-                                                                              "count": 8},
-                                                        "interconnect": {"kind": "nvlink", "bandwidth": "450GB/s"}},
-                        "h100x16")
+    one, two = _h100_nodes(1), _h100_nodes(2)
     serving = Serving(1000, 200)
     assert _plan("deepseek-v4-pro", one, serving).verdict == "does_not_fit"
     plan = _plan("deepseek-v4-pro", two, serving)
@@ -156,7 +158,7 @@ def _check_dynamo(text: str) -> None:
     ("deepseek-v3", "h200x32", Serving(4000, 1000, ttft_s=1.0, tpot_s=0.04)),
     ("deepseek-v3", "h200x16", Serving(4000, 1000, concurrency=64)),
     ("deepseek-v4-flash", "b200x32", Serving(2000, 500, tpot_s=0.02)),
-    ("deepseek-v3", "h200x8", Serving(1000, 100)),
+    ("deepseek-v3", str(Path(__file__).parents[1] / "benchmarks/data/profiles/h200x8.yaml"), Serving(1000, 100)),
 ])
 def test_every_emitted_command_parses(model, profile, serving):
     hardware = load_profile(profile)
