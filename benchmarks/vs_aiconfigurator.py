@@ -44,7 +44,8 @@ SYSTEM = "h200_sxm"
 MODELS = {"deepseek-v3": "deepseek-ai/DeepSeek-V3", "deepseek-v4-flash": "sgl-project/DeepSeek-V4-Flash-FP8",
           "deepseek-v4-pro": "sgl-project/DeepSeek-V4-Pro-FP8"}
 BACKENDS = ("trtllm", "sglang", "vllm")
-PROFILES = {8: "h200x8", 16: "h200x16", 32: "h200x32"}
+# one HGX H200 node is not a shipped profile (adding one would change `plan`'s profile suggestions): a file here
+PROFILES = {8: "benchmarks/data/profiles/h200x8.yaml", 16: "h200x16", 32: "h200x32"}
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def ours(profile: str, model: str, w: Workload) -> dict | None:
     Keys read from `cluster`: layout (one phrase), tokens_per_s_per_gpu (over all the profile's GPUs),
     tokens_per_s_per_user, ttft_s, tpot_s; for AIC to price the same layout, mode and tp/dp/ep/batch
     (see estimate_kwargs). A missing key shows as "-"; the lead's `plan --json` defines the final names."""
-    if not (REPO / "profiles" / f"{profile}.yaml").exists():
+    if not (REPO / profile if profile.endswith(".yaml") else REPO / "profiles" / f"{profile}.yaml").exists():
         return None
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "mv4deploy", *plan_args(profile, model, w)]
@@ -246,12 +247,14 @@ def estimate_kwargs(cluster: dict, model: str, backend: str, w: Workload) -> dic
     names = {"tp": "tp_size", "dp": "attention_dp_size", "ep": "moe_ep_size", "batch": "batch_size"}
     try:
         if base["mode"] == "agg":
-            return {**base, **{names[k]: int(cluster[k]) for k in names}, "moe_tp_size": 1}
+            return {**base, **{names[k]: int(cluster[k]) for k in names},
+                    "moe_tp_size": int(cluster["tp"]) * int(cluster["dp"]) // int(cluster["ep"])}
         if base["mode"] == "disagg":
             for side in ("prefill", "decode"):
                 part = cluster[side]
                 base.update({f"{side}_{names[k]}": int(part[k]) for k in names})
-                base.update({f"{side}_moe_tp_size": 1, f"{side}_num_workers": int(part["workers"])})
+                base.update({f"{side}_moe_tp_size": int(part["tp"]) * int(part["dp"]) // int(part["ep"]),
+                             f"{side}_num_workers": int(part["workers"])})
             return base
     except (KeyError, TypeError, ValueError):
         return None

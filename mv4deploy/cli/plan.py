@@ -40,6 +40,14 @@ def plan(profile: ProfileOpt,
                                                            "host-mem).")] = None,
          plot: Annotated[Optional[Path], typer.Option(help="Draw memory per device (and the sweep) to a PNG.")]
          = None,
+         input_tokens: Annotated[Optional[str], typer.Option(help="Cluster plan: prompt tokens per request "
+                                                                  "(default 4000).")] = None,
+         output_tokens: Annotated[Optional[str], typer.Option(help="Cluster plan: generated tokens per request "
+                                                                   "(default 1000).")] = None,
+         concurrency: Annotated[Optional[str], typer.Option(help="Cluster plan: requests served at once.")] = None,
+         ttft_ms: Annotated[Optional[str], typer.Option(help="Cluster plan: time to first token target, ms.")] = None,
+         tpot_ms: Annotated[Optional[str], typer.Option(help="Cluster plan: time per output token target, ms.")]
+         = None,
          out: Annotated[Optional[Path], typer.Option(help="Also write the plan JSON here.")] = None,
          json_out: JsonOpt = False) -> int:
     """Where every tensor group, KV pool and Engram table goes, in which format, and how fast it runs."""
@@ -47,7 +55,8 @@ def plan(profile: ProfileOpt,
         if path is not None and not path.resolve().parent.is_dir():
             raise InputError(path, option, None, "its folder does not exist")
     result = run_plan(model, profile, context, batch, prefill_chunk, policy, host_mem, gpu_mem_util,
-                      expert_skew, mtp, sweep, expert_dtype, engine)
+                      expert_skew, mtp, sweep, expert_dtype, engine,
+                      (input_tokens, output_tokens, concurrency, ttft_ms, tpot_ms))
     data = result.plan.to_json()
     output.print_warnings(list(result.plan.warnings))
     if result.sweep is not None:
@@ -91,8 +100,11 @@ def _without_cyclic_gc():
 def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1", prefill_chunk: str = "2048",
              policy: str = "auto", host_mem: str | None = None, gpu_mem_util: str | None = None,
              expert_skew: str | None = None, mtp: bool = False, sweep: str | None = None,
-             expert_dtype: str | None = None, engine: str = "auto") -> PlanResult:
-    """Validate everything before any work, so a bad option costs nothing and says exactly what is wrong."""
+             expert_dtype: str | None = None, engine: str = "auto", serving: tuple = ()) -> PlanResult:
+    """Validate everything before any work, so a bad option costs nothing and says exactly what is wrong.
+    ``serving``: (--input-tokens, --output-tokens, --concurrency, --ttft-ms, --tpot-ms) as given (None: not)."""
+    from mv4deploy.plan.cluster import make_serving
+    served = make_serving(*serving)
     from mv4deploy.core.schema import fraction, numeric, option
     from mv4deploy.plan.policy import policy_names
     from mv4deploy.plan.sweep import parse_sweep, sweep_points
@@ -113,13 +125,15 @@ def run_plan(model: str, profile: str, context: str = "131072", batch: str = "1"
         hardware = load_profile(profile)
         resolved = resolve_model(model, expert_dtype)
         if parsed_sweep is None:
-            return PlanResult(make_plan(resolved, hardware, workload, policy, host_bytes, util, engine=engine))
+            return PlanResult(make_plan(resolved, hardware, workload, policy, host_bytes, util, engine=engine,
+                                        serving=served))
 
         from mv4deploy.plan.groups import build_groups
         grouping = build_groups(resolved.inventory, workload.include_mtp, workload.expert_skew)  # shared by the points
 
         def plan_fn(w, host):
-            return make_plan(resolved, hardware, w, policy, host, util, suggest=False, grouping=grouping, engine=engine)
+            return make_plan(resolved, hardware, w, policy, host, util, suggest=False, grouping=grouping, engine=engine,
+                             serving=served)
 
         points = sweep_points(parsed_sweep, workload, host_bytes, plan_fn)
         return PlanResult(points[-1][1], parsed_sweep, tuple(points))

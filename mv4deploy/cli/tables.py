@@ -131,6 +131,9 @@ def plan_table(plan) -> None:
     _kv_and_engram(out, plan)
     _estimates(out, plan)
     _hints(out, plan)
+    if plan.cluster is not None:
+        from mv4deploy.cli.cluster_table import cluster_table
+        cluster_table(out, plan.cluster)
 
 
 def _devices(plan) -> Table:

@@ -16,6 +16,7 @@ _PREFIX = {
 _QUANTITY = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKMGTP]i?)?\s*([A-Za-z/]*)\s*$")
 _SIZE_UNITS = {"B", ""}
 _RATE_UNITS = {"B/s", "Bps"}
+_BIT_RATE_UNITS = {"b/s", "bps", "bit/s"}     # network links are quoted in bits: "400Gb/s" = 50 GB/s
 _FLOPS_UNITS = {"FLOPS", "FLOP/s", "OPS", "OP/s"}
 
 
@@ -47,7 +48,10 @@ def parse_bytes(text: object) -> int:
 
 
 def parse_bytes_per_s(text: object) -> float:
-    """'1008GB/s' -> 1.008e12."""
+    """'1008GB/s' -> 1.008e12; bits per second as links are quoted: '400Gb/s' -> 5e10 bytes/s."""
+    match = _QUANTITY.match(str(text)) if isinstance(text, str) else None
+    if match and match.group(3) in _BIT_RATE_UNITS:
+        return _split(text, _BIT_RATE_UNITS, "a rate") / 8
     return _split(text, _RATE_UNITS, "a rate")
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.isa import parse_isa
 from mv4deploy.core.units import parse_flops_per_s, parse_seconds
-from mv4deploy.core.schema import (Section, boolean, enum_of, fraction, latency, load_yaml, positive_int, positive_iops,
-                              positive_rate, positive_size, size, text)
+from mv4deploy.core.schema import (Section, boolean, enum_of, fraction, integer, latency, load_yaml, positive_int,
+                                   positive_iops, positive_rate, positive_size, size, text)
 
 COMPUTE_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp4", "int16", "int8", "int4")
 
@@ -27,11 +27,17 @@ DEFAULT_HOST_RESERVE_BYTES = 6 * 2**30      # assumption: OS, desktop session an
 DEFAULT_HOST_LINK_LATENCY_S = 10e-6         # assumption: one small host<->device copy (launch + DMA setup)
 DEFAULT_INTERCONNECT_LATENCY_S = 10e-6      # assumption: one small-message collective or peer copy
 DEFAULT_STORAGE_LATENCY_S = 80e-6           # assumption: one NVMe 4 KiB random read at low queue depth
+DEFAULT_NETWORK_LATENCY_S = 5e-6            # assumption: one small RDMA write between nodes (IB / RoCE)
+MAX_NODES = 1024
 
 
 class DeviceKind(str, Enum):
     GPU = "gpu"
     NPU = "npu"
+
+
+class NetworkKind(str, Enum):   # between the nodes of a cluster
+    INFINIBAND, ROCE = "infiniband", "roce"
 
 
 class LinkKind(str, Enum):
@@ -105,6 +111,15 @@ class Interconnect:
 
 
 @dataclass(frozen=True)
+class Network:
+    """The link between the nodes of a cluster: per GPU (one NIC per GPU, as HGX nodes have), per direction."""
+
+    kind: NetworkKind
+    bandwidth_bytes_per_s: float                # per GPU, per direction ("400Gb/s" -> 5e10)
+    latency_s: float = DEFAULT_NETWORK_LATENCY_S  # one small RDMA message between nodes
+
+
+@dataclass(frozen=True)
 class Host:
     memory_bytes: int
     bandwidth_bytes_per_s: float | None
@@ -159,6 +174,8 @@ class HardwareProfile:
     efficiency: Efficiency = field(default_factory=Efficiency)
     source: str = ""
     runtime_overhead: RuntimeOverhead = field(default_factory=RuntimeOverhead)
+    nodes: int = 1                  # a cluster: ``nodes`` machines like this one (gpus.count per node)
+    network: Network | None = None  # between the nodes; required when nodes > 1
 
 
 def _formats(value) -> tuple[str, ...]:
@@ -208,11 +225,31 @@ def parse_profile(data: object, source: str) -> HardwareProfile:
         host_link=_host_link(top.section("host_link", required=False)),
         storage=_storage(top.section("storage", required=False)),
         efficiency=_efficiency(top.section("efficiency", required=False)), source=source,
-        runtime_overhead=_overhead(top.section("runtime_overhead", required=False)))
+        runtime_overhead=_overhead(top.section("runtime_overhead", required=False)),
+        nodes=top.get("nodes", integer(1, MAX_NODES), required=False, default=1),
+        network=_network(top.section("network", required=False)))
     top.done()
+    _check_cluster(profile, source)
     if gpus is not None and gpus.count > 1 and profile.interconnect.kind is LinkKind.NONE:
         raise InputError(source, "interconnect.kind", "none", f"{gpus.count} GPUs need an interconnect (pcie/nvlink)")
     return profile
+
+
+def _check_cluster(profile: HardwareProfile, source: str) -> None:
+    if profile.nodes > 1 and profile.network is None:
+        raise InputError(source, "network", None, f"nodes: {profile.nodes} needs a network section (kind, bandwidth "
+                                                  f"per GPU, latency) between the nodes")
+    if profile.nodes > 1 and profile.gpus is None:
+        raise InputError(source, "nodes", profile.nodes, "a cluster needs GPUs (a gpus section)")
+
+
+def _network(s: Section | None) -> Network | None:
+    if s is None:
+        return None
+    network = Network(kind=s.get("kind", enum_of(NetworkKind)), bandwidth_bytes_per_s=s.get("bandwidth", positive_rate),
+                      latency_s=s.get("latency", latency, required=False, default=DEFAULT_NETWORK_LATENCY_S))
+    s.done()
+    return network
 
 
 def _gpus(g: Section | None) -> GPUs | None:
@@ -355,4 +392,7 @@ def profile_to_dict(profile: HardwareProfile) -> dict:
             return [clean(v) for v in value]
         return value
 
-    return clean(asdict(profile))
+    data = clean(asdict(profile))
+    if profile.nodes == 1 and profile.network is None:   # one machine: the same figures (and hash) as before clusters
+        del data["nodes"], data["network"]
+    return data

@@ -187,8 +187,15 @@ class Plan:
     placement: Placement = field(compare=False, repr=False)
     fingerprint: Fingerprint | None = None
     engine: object = None            # engine_choice.EngineChoice: the engine modelled and why
+    cluster: object = None           # cluster.ClusterPlan: the layout over every node (clusters, or when asked)
 
     def to_json(self) -> dict:
+        data = self._json()
+        if self.cluster is not None:      # only then: a single-node plan's JSON is what it was before clusters
+            data["cluster"] = self.cluster.to_json()
+        return data
+
+    def _json(self) -> dict:
         return {
             "model": self.model,
             "profile": self.profile,

@@ -35,7 +35,8 @@ def _replan(resolved, profile, workload, policy, host_mem, gpu_util, grouping=No
 def _other_profiles(current: str, dense_model: bool) -> dict[str, HardwareProfile]:
     """Shipped profiles other than ``current``, least total accelerator memory first (the cheapest
     machine that helps is the smallest change). Phones only for the dense distillates; a shipped
-    profile that does not load is skipped."""
+    profile that does not load is skipped, and so are clusters (``nodes > 1``: their plan is the cluster
+    search, not the single-machine placement these suggestions re-plan)."""
     sized = []
     for name in list_profiles():
         if name == current:
@@ -45,7 +46,7 @@ def _other_profiles(current: str, dense_model: bool) -> dict[str, HardwareProfil
         except InputError:
             continue
         gpus = profile.gpus
-        if gpus is not None and gpus.kind is DeviceKind.NPU and not dense_model:
+        if profile.nodes > 1 or (gpus is not None and gpus.kind is DeviceKind.NPU and not dense_model):
             continue
         sized.append((gpus.count * gpus.memory_bytes if gpus else 0, name, profile))
     return {name: profile for _, name, profile in sorted(sized, key=lambda s: s[:2])}
