@@ -48,16 +48,14 @@ class NonFiniteError(ValueError):
 def finite_or_zero(name: str, x: torch.Tensor, allow_nonfinite: bool) -> torch.Tensor:
     """Refuse NaN/Inf (naming the tensor) unless allowed; allowed ones are stored as 0.
 
-    The common case costs one integer max over the magnitude bits (NaN and Inf have the largest
-    magnitude bits of their format); only a tensor that has some pays for ``isfinite``."""
+    The common case costs one ``aminmax`` pass (no temporary: NaN propagates into both results, +-Inf
+    into one of them, so both finite means every value is); only a tensor that has some pays for
+    ``isfinite``."""
     if not x.is_floating_point() or x.numel() == 0:
         return x
-    limit = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000)}
-    spec = limit.get(x.dtype)
-    if spec is not None and x.is_contiguous():
-        bits, step = x.view(-1).view(spec[0]), CHUNK_BYTES // x.element_size()
-        if max(int((bits[i:i + step] & spec[1]).max()) for i in range(0, bits.numel(), step)) < spec[2]:
-            return x
+    low, high = torch.aminmax(x)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return x
     bad = ~torch.isfinite(x)
     if not bool(bad.any()):
         return x
@@ -190,7 +188,7 @@ def expand_groups(scale: torch.Tensor, group: int, cols: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- strips of rows (cache-sized work units)
-CHUNK_BYTES = 4 << 20  # input bytes per strip: each elementwise pass over a strip stays in cache
+CHUNK_BYTES = 1 << 20  # input bytes per strip: each elementwise pass over a strip stays in L2 (2 MB a core)
 
 
 def row_strips(x: torch.Tensor, align: int = 1, chunk_bytes: int = CHUNK_BYTES):
@@ -217,3 +215,16 @@ def abs_max(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     for d in sorted(dims, reverse=True):
         mag = mag.amax(dim=d)
     return mag.view(x.dtype).float()
+
+
+def pack_nibbles(codes: torch.Tensor, pairs: torch.Tensor, high_first: bool, out: torch.Tensor) -> torch.Tensor:
+    """uint8 codes (< 16) [2m] -> uint8 [m], two per byte: the first of each pair in the high nibble
+    (bitsandbytes) or the low one (e2m1 / MXFP4 / NVFP4). Worked on int16 pairs (one little-endian int16
+    holds a pair: first in its low byte), four passes over half as many elements; ``pairs`` is int16 [m]
+    scratch, ``out`` uint8 [m]."""
+    both = codes.view(torch.int16)
+    if high_first:     # (first << 4) | second
+        torch.bitwise_left_shift(both, 4, out=pairs).bitwise_or_(torch.bitwise_right_shift(both, 8))
+    else:              # first | (second << 4)
+        torch.bitwise_right_shift(both, 4, out=pairs).bitwise_or_(both)
+    return out.copy_(pairs.bitwise_and_(0xFF))
