@@ -101,6 +101,8 @@ sys.path.insert(0, {repo!r})
 import torch  # imported before the clock starts: startup is not throughput (it is ~2 s, paid once per run)
 import mv4deploy.quant.pipeline, mv4deploy.quant.manifest
 import compressed_tensors.quantization  # likewise (~2 s with transformers): INT4/NVFP4 configs and scales use it
+import logging; logging.getLogger('bitsandbytes').setLevel(logging.ERROR)
+import bitsandbytes.functional  # likewise (2-7 s on a loaded machine): NF4's levels and its partial blocks
 from mv4deploy.quant.recipe import Recipe
 from mv4deploy.model.rules import Rule
 from mv4deploy.quant.run import quantize_checkpoint
