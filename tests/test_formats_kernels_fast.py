@@ -94,3 +94,20 @@ def test_int4_pack_equals_the_arithmetic_reference(cols):
     from mv4deploy.formats.kernels_int import int4_pack
     q = torch.randint(-8, 8, (33, cols), generator=torch.Generator().manual_seed(cols), dtype=torch.int8)
     assert torch.equal(int4_pack(q), int4_pack_ref(q))
+
+
+@pytest.mark.parametrize("grid_name", ["E4M3", "E2M1"])
+def test_above_half_is_where_rounding_passes_half_the_grid_maximum(grid_name):
+    """``block_exponent`` lowers a block when its largest value rounds to <= qmax / 2; it tests that as
+    value < ``above_half`` instead of rounding. Both must agree on every float32 near the boundary."""
+    from mv4deploy.formats import kernels
+    grid = getattr(kernels, grid_name)
+    edge = torch.tensor(grid.above_half)
+    near = [edge]
+    for _ in range(64):
+        near += [torch.nextafter(near[-1], torch.tensor(0.0))]
+    up = [edge]
+    for _ in range(64):
+        up += [torch.nextafter(up[-1], torch.tensor(1e9))]
+    t = torch.cat([torch.stack(near + up), torch.linspace(0, grid.qmax, 10001)])
+    assert torch.equal(grid.round(t) <= grid.qmax / 2, t < grid.above_half)

@@ -127,11 +127,15 @@ class Grid:
     qmax: float
     round: Callable[[torch.Tensor], torch.Tensor]
     values: Callable[[torch.device], torch.Tensor]
+    above_half: float   # the smallest value that rounds above qmax / 2 (ties go to the even code)
 
 
+# e4m3: 232 is the tie between 224 (even) and 240, so the float just above 232; e2m1: 3.5 ties to 4 (even).
 E4M3 = Grid(E4M3_MAX, round_e4m3,
-            lambda device: torch.arange(127, dtype=torch.uint8, device=device).view(torch.float8_e4m3fn).double())
-E2M1 = Grid(E2M1_MAX, round_e2m1, lambda device: torch.tensor(E2M1_VALUES, dtype=torch.float64, device=device))
+            lambda device: torch.arange(127, dtype=torch.uint8, device=device).view(torch.float8_e4m3fn).double(),
+            torch.nextafter(torch.tensor(232.0), torch.tensor(E4M3_MAX)).item())
+E2M1 = Grid(E2M1_MAX, round_e2m1, lambda device: torch.tensor(E2M1_VALUES, dtype=torch.float64, device=device),
+            3.5)
 
 
 def block_exponent(amax: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -146,8 +150,8 @@ def block_exponent(amax: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.
     blocks every scaled value is already within [-qmax, qmax] and the clamp pass can be skipped."""
     e = pow2_exponent(amax, grid.qmax)
     limit = _grid_limit(e, grid)
-    top = grid.round(torch.minimum(amax.float() * pow2(-e), limit))
-    lower = (top <= grid.qmax / 2) & (e > MIN_EXP) & (amax > 0)
+    top = torch.minimum(amax.float() * pow2(-e), limit)          # rounds to <= qmax / 2 iff below above_half
+    lower = (top < grid.above_half) & (e > MIN_EXP) & (amax > 0)
     if not bool(lower.any()):
         return e, limit, not bool((limit >= grid.qmax).all())
     e = e - lower.to(torch.int32)
