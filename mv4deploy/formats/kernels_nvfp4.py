@@ -54,7 +54,7 @@ def nvfp4_quant(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     flat = weight.reshape(-1, rows, cols)
     packed, scales, gss = [], [], []
     for w in flat:
-        gmax = abs_max(pad_last(w, GROUP).unflatten(-1, (-1, GROUP)), (-1,))   # [R, G] float32
+        gmax = _group_amax(w)                                                 # [R, G] float32
         gs = global_scale(gmax.max())
         scale = _finite(calculate_qparams(-gmax, gmax, _args(), global_scale=gs)[0], gs)
         packed.append(_codes(w, scale.float() / gs))
@@ -63,6 +63,15 @@ def nvfp4_quant(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return (torch.stack(packed).reshape(*lead, rows, -1).contiguous(),
             torch.stack(scales).reshape(*lead, rows, -1).contiguous(),
             torch.stack(gss).reshape(*lead, 1).contiguous())
+
+
+def _group_amax(w: torch.Tensor) -> torch.Tensor:
+    """[R, C] -> max |w| per group of 16 along K, float32 [R, ceil(C/16)], strip by strip (in cache)."""
+    from mv4deploy.formats.kernels_fp import E2M1_STRIP_BYTES
+    out = torch.empty((w.shape[0], -(-w.shape[1] // GROUP)), dtype=torch.float32, device=w.device)
+    for a, b in row_strips(w, chunk_bytes=E2M1_STRIP_BYTES):
+        out[a:b] = abs_max(pad_last(w[a:b], GROUP).unflatten(-1, (-1, GROUP)), (-1,))
+    return out
 
 
 def _codes(w: torch.Tensor, s_eff: torch.Tensor) -> torch.Tensor:
