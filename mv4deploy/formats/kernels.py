@@ -48,16 +48,14 @@ class NonFiniteError(ValueError):
 def finite_or_zero(name: str, x: torch.Tensor, allow_nonfinite: bool) -> torch.Tensor:
     """Refuse NaN/Inf (naming the tensor) unless allowed; allowed ones are stored as 0.
 
-    The common case costs one integer max over the magnitude bits (NaN and Inf have the largest
-    magnitude bits of their format); only a tensor that has some pays for ``isfinite``."""
+    The common case costs one ``aminmax`` pass (no temporary: NaN propagates into both results, +-Inf
+    into one of them, so both finite means every value is); only a tensor that has some pays for
+    ``isfinite``."""
     if not x.is_floating_point() or x.numel() == 0:
         return x
-    limit = {torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80), torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000)}
-    spec = limit.get(x.dtype)
-    if spec is not None and x.is_contiguous():
-        bits, step = x.view(-1).view(spec[0]), CHUNK_BYTES // x.element_size()
-        if max(int((bits[i:i + step] & spec[1]).max()) for i in range(0, bits.numel(), step)) < spec[2]:
-            return x
+    low, high = torch.aminmax(x)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return x
     bad = ~torch.isfinite(x)
     if not bool(bad.any()):
         return x
@@ -129,11 +127,15 @@ class Grid:
     qmax: float
     round: Callable[[torch.Tensor], torch.Tensor]
     values: Callable[[torch.device], torch.Tensor]
+    above_half: float   # the smallest value that rounds above qmax / 2 (ties go to the even code)
 
 
+# e4m3: 232 is the tie between 224 (even) and 240, so the float just above 232; e2m1: 3.5 ties to 4 (even).
 E4M3 = Grid(E4M3_MAX, round_e4m3,
-            lambda device: torch.arange(127, dtype=torch.uint8, device=device).view(torch.float8_e4m3fn).double())
-E2M1 = Grid(E2M1_MAX, round_e2m1, lambda device: torch.tensor(E2M1_VALUES, dtype=torch.float64, device=device))
+            lambda device: torch.arange(127, dtype=torch.uint8, device=device).view(torch.float8_e4m3fn).double(),
+            torch.nextafter(torch.tensor(232.0), torch.tensor(E4M3_MAX)).item())
+E2M1 = Grid(E2M1_MAX, round_e2m1, lambda device: torch.tensor(E2M1_VALUES, dtype=torch.float64, device=device),
+            3.5)
 
 
 def block_exponent(amax: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -148,8 +150,8 @@ def block_exponent(amax: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.
     blocks every scaled value is already within [-qmax, qmax] and the clamp pass can be skipped."""
     e = pow2_exponent(amax, grid.qmax)
     limit = _grid_limit(e, grid)
-    top = grid.round(torch.minimum(amax.float() * pow2(-e), limit))
-    lower = (top <= grid.qmax / 2) & (e > MIN_EXP) & (amax > 0)
+    top = torch.minimum(amax.float() * pow2(-e), limit)          # rounds to <= qmax / 2 iff below above_half
+    lower = (top < grid.above_half) & (e > MIN_EXP) & (amax > 0)
     if not bool(lower.any()):
         return e, limit, not bool((limit >= grid.qmax).all())
     e = e - lower.to(torch.int32)
@@ -190,7 +192,7 @@ def expand_groups(scale: torch.Tensor, group: int, cols: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- strips of rows (cache-sized work units)
-CHUNK_BYTES = 4 << 20  # input bytes per strip: each elementwise pass over a strip stays in cache
+CHUNK_BYTES = 1 << 20  # input bytes per strip: each elementwise pass over a strip stays in L2 (2 MB a core)
 
 
 def row_strips(x: torch.Tensor, align: int = 1, chunk_bytes: int = CHUNK_BYTES):
@@ -217,3 +219,16 @@ def abs_max(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     for d in sorted(dims, reverse=True):
         mag = mag.amax(dim=d)
     return mag.view(x.dtype).float()
+
+
+def pack_nibbles(codes: torch.Tensor, pairs: torch.Tensor, high_first: bool, out: torch.Tensor) -> torch.Tensor:
+    """uint8 codes (< 16) [2m] -> uint8 [m], two per byte: the first of each pair in the high nibble
+    (bitsandbytes) or the low one (e2m1 / MXFP4 / NVFP4). Worked on int16 pairs (one little-endian int16
+    holds a pair: first in its low byte), four passes over half as many elements; ``pairs`` is int16 [m]
+    scratch, ``out`` uint8 [m]."""
+    both = codes.view(torch.int16)
+    if high_first:     # (first << 4) | second
+        torch.bitwise_left_shift(both, 4, out=pairs).bitwise_or_(torch.bitwise_right_shift(both, 8))
+    else:              # first | (second << 4)
+        torch.bitwise_right_shift(both, 4, out=pairs).bitwise_or_(both)
+    return out.copy_(pairs.bitwise_and_(0xFF))

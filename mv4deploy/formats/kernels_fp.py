@@ -13,8 +13,8 @@ from functools import lru_cache
 import torch
 
 from mv4deploy.formats.kernels import (E2M1, E4M3, E4M3_MAX, abs_max, block_exponent, clamp_scaled, e2m1_codes,
-                                     e2m1_lut, e8m0_to_exp, exp_to_e8m0, pad_last, pad_rows_cols, pow2,
-                                     row_strips)
+                                     e2m1_lut, e8m0_to_exp, exp_to_e8m0, pack_nibbles, pad_last, pad_rows_cols,
+                                     pow2, row_strips)
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -175,27 +175,46 @@ def _bf16_to_e2m1(device: str) -> torch.Tensor:
     return e2m1_codes(values.nan_to_num(0.0).clamp(-6, 6)).to(device)
 
 
-def e2m1_codes_fast(v: torch.Tensor) -> torch.Tensor:
-    """Scaled values within [-6, 6] -> e2m1 codes through a 64K table indexed by bf16 bits. float32
-    input is first narrowed to bf16 with round-to-odd (truncate, then set the last bit if anything
-    was dropped), which makes the second rounding exact (bf16 keeps 6 more bits than e2m1)."""
-    if v.dtype == torch.float32:
-        bits = v.view(torch.int32)
-        v = ((bits >> 16) | ((bits & 0xFFFF) != 0).to(torch.int32)).to(torch.int16).view(torch.bfloat16)
-    return _bf16_to_e2m1(str(v.device))[v.view(torch.uint16).to(torch.int32)]
+def e2m1_key(v: torch.Tensor) -> torch.Tensor:
+    """float32 -> int32 index into the 64K e2m1 table: v narrowed to bf16 with round-to-odd (truncate, then
+    set the last bit if anything was dropped), which makes the table's rounding exact (bf16 keeps 6 more
+    bits than e2m1, so no e2m1 midpoint lies strictly between a truncation and the next bf16 value)."""
+    bits = v.view(torch.int32)
+    key = torch.bitwise_right_shift(bits, 16).bitwise_and_(0xFFFF)
+    dropped = torch.bitwise_and(bits, 0xFFFF).add_(0xFFFF).bitwise_right_shift_(16)   # 1 where the low half != 0
+    return key.bitwise_or_(dropped)
+
+
+def e2m1_codes_fast(v: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled values (|v| > 6 counts as 6, NaN as 0) -> e2m1 codes through a 64K table indexed by bf16 bits
+    (``index_select``: 1 ns a value, advanced indexing 3); float32 goes through ``e2m1_key``."""
+    v = v.contiguous()
+    index = e2m1_key(v) if v.dtype == torch.float32 else v.view(torch.uint16).to(torch.int32)
+    table = _bf16_to_e2m1(str(v.device)) if table is None else table
+    return torch.index_select(table, 0, index.view(-1)).view(v.shape)
+
+
+E2M1_STRIP_BYTES = 1 << 20   # input bytes per MXFP4 / NVFP4 strip: their temporaries stay in L2
 
 
 def mxfp4_quant(x: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., C] -> (int8 [..., ceil(C/2)]: two e2m1 codes per byte, low nibble first (sign in bit 3);
-    e8m0 [..., ceil(C/32)]). An odd K leaves the last high nibble 0."""
+    e8m0 [..., ceil(C/32)]). An odd K leaves the last high nibble 0. Values are x * 2**-e (exact) looked
+    up in the e2m1 table, which rounds anything beyond +-6 to +-6 itself: the clamp pass runs only for
+    groups whose limit is below 6 (weights near float32's maximum)."""
     cols = x.shape[-1]
     flat = x.reshape(-1, cols)
     packed = torch.empty((flat.shape[0], _cdiv(cols, 2)), dtype=torch.uint8, device=x.device)
     scale = torch.empty((flat.shape[0], _cdiv(cols, group)), dtype=torch.float8_e8m0fnu, device=x.device)
-    for a, b in row_strips(flat):
-        scaled, e = _scaled_groups(flat[a:b], group, E2M1)
-        pairs = pad_last(e2m1_codes_fast(scaled.flatten(-2)[:, :cols]), 2).view(b - a, -1, 2)
-        torch.bitwise_or(pairs[..., 0], pairs[..., 1] << 4, out=packed[a:b])
+    work = _work_dtype(x)
+    for a, b in row_strips(flat, chunk_bytes=E2M1_STRIP_BYTES):
+        e, limit, _ = group_scales(flat[a:b], group, E2M1)
+        scaled = _groups(flat[a:b], group).to(work) * pow2(-e, work)[..., None]   # [rows, G, group]
+        if not bool((limit >= E2M1.qmax).all()):
+            clamp_scaled(scaled, limit[..., None], E2M1.qmax)
+        codes = pad_last(e2m1_codes_fast(scaled.flatten(-2)[:, :cols]), 2)
+        pairs = torch.empty(codes.numel() // 2, dtype=torch.int16, device=x.device)
+        pack_nibbles(codes.reshape(-1), pairs, False, packed[a:b].view(-1))
         scale[a:b].copy_(exp_to_e8m0(e))
     return packed.view(torch.int8).view(*x.shape[:-1], -1), scale.view(*x.shape[:-1], -1)
 

@@ -16,9 +16,11 @@ normal, to the same bytes.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
-from mv4deploy.formats.kernels import abs_max, pad_last, row_strips
+from mv4deploy.formats.kernels import abs_max, pack_nibbles, pad_last, row_strips
 
 GROUP = 16
 FP8_MAX, FP4_MAX = 448.0, 6.0
@@ -52,7 +54,7 @@ def nvfp4_quant(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     flat = weight.reshape(-1, rows, cols)
     packed, scales, gss = [], [], []
     for w in flat:
-        gmax = abs_max(pad_last(w, GROUP).unflatten(-1, (-1, GROUP)), (-1,))   # [R, G] float32
+        gmax = _group_amax(w)                                                 # [R, G] float32
         gs = global_scale(gmax.max())
         scale = _finite(calculate_qparams(-gmax, gmax, _args(), global_scale=gs)[0], gs)
         packed.append(_codes(w, scale.float() / gs))
@@ -63,17 +65,38 @@ def nvfp4_quant(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
             torch.stack(gss).reshape(*lead, 1).contiguous())
 
 
+def _group_amax(w: torch.Tensor) -> torch.Tensor:
+    """[R, C] -> max |w| per group of 16 along K, float32 [R, ceil(C/16)], strip by strip (in cache)."""
+    from mv4deploy.formats.kernels_fp import E2M1_STRIP_BYTES
+    out = torch.empty((w.shape[0], -(-w.shape[1] // GROUP)), dtype=torch.float32, device=w.device)
+    for a, b in row_strips(w, chunk_bytes=E2M1_STRIP_BYTES):
+        out[a:b] = abs_max(pad_last(w[a:b], GROUP).unflatten(-1, (-1, GROUP)), (-1,))
+    return out
+
+
 def _codes(w: torch.Tensor, s_eff: torch.Tensor) -> torch.Tensor:
-    """[R, C] weight, [R, G] effective scales -> uint8 [R, ceil(C/2)] packed e2m1 codes, strip by strip."""
-    from mv4deploy.formats.kernels_fp import e2m1_codes_fast
+    """[R, C] weight, [R, G] effective scales -> uint8 [R, ceil(C/2)] packed e2m1 codes, strip by strip:
+    v = w / s_eff in float32, then the e2m1 table (``_table``: its clamp to +-6 and -0 -> +0 included)."""
+    from mv4deploy.formats.kernels_fp import E2M1_STRIP_BYTES, e2m1_codes_fast
     rows, cols = w.shape
     out = torch.empty((rows, -(-cols // 2)), dtype=torch.uint8, device=w.device)
-    for a, b in row_strips(w):
-        v = (pad_last(w[a:b].float(), GROUP).unflatten(-1, (-1, GROUP)) / s_eff[a:b, :, None]).clamp_(-6, 6)
-        v.add_(0.0)   # -0.0 -> +0.0: compressed-tensors codes an exact -0 as +0 (sign(-0) * 0), tiny negatives as -0
-        pairs = pad_last(e2m1_codes_fast(v.flatten(-2)[:, :cols]), 2).view(b - a, -1, 2)
-        torch.bitwise_or(pairs[..., 0], pairs[..., 1] << 4, out=out[a:b])
+    table = _table(str(w.device))
+    for a, b in row_strips(w, chunk_bytes=E2M1_STRIP_BYTES):
+        v = torch.div(pad_last(w[a:b], GROUP).unflatten(-1, (-1, GROUP)), s_eff[a:b, :, None])   # float32
+        codes = pad_last(e2m1_codes_fast(v.flatten(-2)[:, :cols], table), 2)
+        pack_nibbles(codes.reshape(-1), torch.empty(codes.numel() // 2, dtype=torch.int16, device=w.device),
+                     False, out[a:b].view(-1))
     return out
+
+
+@lru_cache(maxsize=4)
+def _table(device: str) -> torch.Tensor:
+    """MXFP4's e2m1 table, except that an exact -0 codes as +0 (compressed-tensors: sign(-0) * 0), while
+    tiny negatives keep the sign (their key has the round-to-odd bit set)."""
+    from mv4deploy.formats.kernels_fp import _bf16_to_e2m1
+    table = _bf16_to_e2m1("cpu").clone()
+    table[0x8000] = 0
+    return table.to(device)
 
 
 def _finite(scale: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:

@@ -62,13 +62,37 @@ def ecosystem_config(job) -> dict | None:
 
 def _plain_linears(job) -> list[str]:
     """transformers module names of the matrices a job keeps plain, where the checkpoint uses HF names
-    (V4's native names are renamed by transformers' own conversion table; its loader needs no list)."""
+    (V4's native names are renamed by transformers' own conversion table; its FP8 and bitsandbytes loaders
+    need no list)."""
     if job.spec.architecture not in DENSE:
         return []
+    return _plain_matrices(job)
+
+
+def _plain_matrices(job) -> list[str]:
     return sorted(w.weight.name[: -len(".weight")] for s in job.shards for w in s.weights
                   if w.weight.name.endswith(".weight") and len(w.weight.shape) == 2
                   and w.weight.role is not Role.EMBEDDING and FORMATS.get(w.target) is not None
                   and FORMATS[w.target].config_family is None)
+
+
+def _ct_ignore(job) -> list[str]:
+    """compressed-tensors' ``ignore``: transformers module names of the plain matrices. Its scheme targets
+    every ``Linear`` of the model transformers builds, so for V4 (native names in the checkpoint) each name
+    goes through transformers' own ``deepseek_v4`` renaming table (``head`` -> ``lm_head``, ``attn.compressor.wkv``
+    -> ``model.*.self_attn.compressor.kv_proj``, ...); without it the kept-BF16 head and compressor would be
+    left uninitialized by a plain ``from_pretrained`` (NaN logits, no error). compressed-tensors has already
+    imported transformers here."""
+    if job.spec.architecture not in V4_FAMILY:
+        return _plain_linears(job)
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+    renamings = [m for m in get_checkpoint_conversion_mapping("deepseek_v4") if isinstance(m, WeightRenaming)]
+    names = []
+    for name in _plain_matrices(job):
+        hf = rename_source_key(name + ".weight", renamings, [])[0][: -len(".weight")]
+        names.append(hf if hf.startswith("lm_head") else "model." + hf)
+    return sorted(names)
 
 
 EXPERT_DTYPES = {"mxfp4": "fp4", "int4-g128": "int4", "int4-g32": "int4", "nvfp4": "nvfp4", "nf4": "nf4"}
@@ -115,7 +139,7 @@ def _compressed_tensors(job, targets: set[str]) -> dict:
         groups[f"group_{i}"] = scheme
     formats = {fmt for (_, fmt), _ in kinds}
     config = QuantizationConfig(config_groups=groups, format=formats.pop() if len(formats) == 1 else "mixed-precision",
-                                ignore=_plain_linears(job), quantization_status=QuantizationStatus.COMPRESSED)
+                                ignore=_ct_ignore(job), quantization_status=QuantizationStatus.COMPRESSED)
     return config.model_dump(mode="json")
 
 
@@ -133,11 +157,17 @@ def portability(config_path) -> str | None:
     path = Path(config_path)
     if not path.is_file():
         return None
-    quant = json.loads(path.read_text()).get("quantization_config") or {}
+    config = json.loads(path.read_text())
+    quant = config.get("quantization_config") or {}
     if quant.get("quant_method") == "mv4deploy":
         return ("no ecosystem format holds this mix of formats: transformers, vLLM and SGLang will not load it "
                 "(mv4deploy does)")
     if quant.get("expert_dtype") not in (None, "fp4", "fp8"):
         return (f"routed experts in {quant['expert_dtype']} under an FP8 config: transformers refuses "
                 f"expert_dtype {quant['expert_dtype']!r} (mv4deploy loads it)")
+    if config.get("model_type", "").startswith("deepseek_v4") and "nvfp4" in json.dumps(quant):
+        # transformers 5.25 integrations/compressed_tensors.py, CompressedTensorsDequantize: the fused-experts
+        # path decompresses each expert from weight_packed / weight_scale / weight_shape only
+        return ("NVFP4 routed experts: transformers dequantizes V4's fused experts without their "
+                "weight_global_scale and loads wrong expert weights, silently (mv4deploy loads them)")
     return None
