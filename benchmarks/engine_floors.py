@@ -1,4 +1,4 @@
-"""The per-layer fixed cost of vLLM and SGLang at batch 1, derived from AIConfigurator's measured kernel tables.
+"""vLLM's and SGLang's per-layer fixed cost and attention-kernel fraction, from AIConfigurator's measured kernels.
 
     python benchmarks/engine_floors.py            # recorded AIConfigurator steps
     python benchmarks/engine_floors.py --record   # re-price them with AIConfigurator (its own venv: AIC_VENV)
@@ -9,6 +9,11 @@ is what the engine's kernels take; the planner's own step for the same model, ma
 per-layer floor is the roofline plus the engine's collectives. What is left, over 61 layers, is the floor
 `engines/<engine>.yaml` ships as `step.per_layer`: a figure sourced from measured kernels, so the published runs
 of benchmarks/published_runs.py check it rather than fit it.
+
+The attention core at a batch (DP-attention, 32 sequences per rank at 4,000 tokens, FP8 cache) is timed by
+AIConfigurator as its `mla_block` (projections + core); less the projections' roofline, what is left against the
+core's roofline (max of the cache read and the absorbed-MLA FLOPs) is the fraction its kernels reach:
+`compute_efficiency.kv` in the engine file.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from published_runs import load_inputs  # noqa: E402
 
 from mv4deploy.engines.engine import StepCost, load_engine  # noqa: E402
 from mv4deploy.hardware.profile import load_profile  # noqa: E402
+from mv4deploy.model.kv import CacheFormat, kv_layout  # noqa: E402
 from mv4deploy.model.source import resolve_model  # noqa: E402
+from mv4deploy.plan.costs import attention_flops  # noqa: E402
+from mv4deploy.plan.groups import GroupClass, build_groups  # noqa: E402
+from mv4deploy.plan.tiers import build_machine  # noqa: E402
 from mv4deploy.plan.assemble import assemble_plan  # noqa: E402
 from mv4deploy.plan.workload import make_workload  # noqa: E402
 
@@ -71,7 +80,23 @@ def main() -> int:
         ours_ms = 1e3 / plan.estimates.decode_tokens_per_s
         aic_ms = data["steps"][f"{system}/{backend}"]["step_ms"]
         print(f"{backend:7} {machine:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
+    attention_fractions(v3, machines["h200x8"], data["attention"])
     return 0
+
+
+def attention_fractions(model, profile, aic: dict, batch: int = 32, context: int = 4000) -> None:
+    """Core roofline / (AIConfigurator's mla_block - the projections' roofline), per engine."""
+    spec = model.spec
+    gpu = build_machine(profile).gpus[0]
+    projections = sum(g.native_bytes for g in build_groups(model.inventory).groups if g.cls is GroupClass.ATTENTION)
+    projections_s = projections / gpu.bandwidth_bytes_per_s
+    flops = batch * sum(attention_flops(spec, layer, context) for layer in range(spec.num_hidden_layers))
+    kv = batch * sum(p.read_bytes_per_step(context) for p in kv_layout(spec, CacheFormat.FP8).pools)
+    core_s = max(kv / gpu.bandwidth_bytes_per_s, flops / gpu.compute_flops_per_s["bf16"])
+    print(f"\nattention at batch {batch} x {context} tokens (DP-attention, one rank): projections "
+          f"{projections_s * 1e3:.2f} ms, core roofline {core_s * 1e3:.2f} ms")
+    for key, mla_ms in aic["mla_block_ms"].items():
+        print(f"{key:16} mla_block {mla_ms:6.2f} ms -> compute_efficiency.kv = {core_s / (mla_ms / 1e3 - projections_s):.2f}")
 
 
 if __name__ == "__main__":

@@ -123,9 +123,10 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def aic_result(venv: Path, model: str, backend: str, gpus: int, w: Workload, record: bool) -> dict | None:
-    """Live when the venv is there (and saved with --record); else the recorded run, if any."""
-    if aic_python(venv) is not None:
+def aic_result(venv: Path, model: str, backend: str, gpus: int, w: Workload, record: bool,
+               recorded: bool = False) -> dict | None:
+    """Live when the venv is there (and saved with --record) unless ``recorded``; else the recorded run, if any."""
+    if aic_python(venv) is not None and not recorded:
         result, output = run_aic(venv, model, backend, gpus, w)
         if record:
             write_atomic(record_path(model, backend, gpus), json.dumps(result, indent=1) + "\n")
@@ -274,14 +275,15 @@ def aic_same_layout(venv: Path, cluster: dict, model: str, backend: str, w: Work
     return metrics(json.loads(done.stdout)["row"])
 
 
-def compare(venv: Path, model: str, backend: str, gpus_list: list[int], w: Workload, record: bool) -> int:
-    live = aic_python(venv) is not None
+def compare(venv: Path, model: str, backend: str, gpus_list: list[int], w: Workload, record: bool,
+            recorded: bool = False) -> int:
+    live = aic_python(venv) is not None and not recorded
     source = f"live from {venv}" if live else f"recorded outputs in {DATA.relative_to(REPO)} ({venv} absent)"
     print(f"AIConfigurator: {source}", file=sys.stderr)
     header = ["GPUs", "tool", "layout", "tok/s/GPU", "tok/s/user", "TTFT ms", "TPOT ms", "search s", "CPU s"]
     rows, same = [], []
     for gpus in gpus_list:
-        aic, mine = aic_result(venv, model, backend, gpus, w, record), ours(PROFILES[gpus], model, w)
+        aic, mine = aic_result(venv, model, backend, gpus, w, record, recorded), ours(PROFILES[gpus], model, w)
         if aic:
             print(f"{gpus} GPUs: AIConfigurator {aic['aiconfigurator_version']}, {aic['wall_s']} s wall",
                   file=sys.stderr)
@@ -358,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", default="8,16,32", help="comma-separated; each needs profiles/h200xN.yaml for ours")
     p.add_argument("--record", action="store_true", help="save AIC's outputs to benchmarks/data/aiconfigurator/")
     p.add_argument("--reference", action="store_true", help="print (and save) AIC's per-op timing tables")
+    p.add_argument("--recorded", action="store_true", help="use the recorded searches even with the venv present "
+                                                          "(AIC still prices our layout live: ~10 s each)")
     for flag, default in (("--isl", 4000), ("--osl", 1000), ("--ttft-ms", 1000.0), ("--tpot-ms", 40.0)):
         p.add_argument(flag, type=type(default), default=default)
     a = p.parse_args(argv)
@@ -367,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(g not in PROFILES for g in gpus):
         print(f"--gpus: {a.gpus!r}: each must be one of {sorted(PROFILES)}", file=sys.stderr)
         return 2
-    return compare(a.aic_venv, a.model, a.backend, gpus, Workload(a.isl, a.osl, a.ttft_ms, a.tpot_ms), a.record)
+    return compare(a.aic_venv, a.model, a.backend, gpus, Workload(a.isl, a.osl, a.ttft_ms, a.tpot_ms), a.record,
+                   a.recorded)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ One YAML file per engine in ``engines/`` (shipped like the profiles) says, for a
   whether it reads weights from NVMe (llama.cpp's mmap);
 - what a step costs beside the roofline: a fixed time per decode step and per decoder layer (kernel
   launches, small kernels, the scheduler), per routed-expert call, per prefill chunk layer;
-- how close its kernels come to the memory: a fraction of the GPU's achievable bandwidth per compute
-  format (``kv`` for the attention's cache reads, which sets how decode slows as the context fills), and a
-  fraction of host bandwidth for CPU expert kernels per instruction set (AMX, AVX-512, AVX2, NEON);
+- how close its kernels come to the memory and the compute: a fraction of the GPU's achievable bandwidth and
+  of its compute per compute format (``kv`` for the attention core over its cache, which sets how decode slows
+  as the context fills and the batch grows), and a fraction of host bandwidth for CPU expert kernels per
+  instruction set (AMX, AVX-512, AVX2, NEON);
 - its collectives per interconnect: latency per all-reduce and per all-to-all, and the fraction of the link
   bandwidth they reach.
 
@@ -110,7 +111,8 @@ class Engine:
     reads_nvme: bool = False
     step: StepCost = StepCost()
     uses_profile_overhead: bool = False             # mv4deploy's runtime: the profile's fitted overhead
-    gpu_efficiency: Mapping[str, float] = field(default_factory=dict)  # compute format / "kv" / "default"
+    gpu_efficiency: Mapping[str, float] = field(default_factory=dict)  # of bandwidth: compute format / "kv" / "default"
+    compute_efficiency: Mapping[str, float] = field(default_factory=dict)  # of compute, per compute format / "kv"
     cpu_efficiency: Mapping[CpuKernels, float] = field(default_factory=dict)
     collectives: Mapping[str, Mapping[str, Collective]] = field(default_factory=dict)
     launch: str = ""                                # the hint key this engine's launch line has in a plan
@@ -222,6 +224,7 @@ def parse_engine(data: object, source: str) -> Engine:
         step=_step(top.section("step", required=False)),
         uses_profile_overhead=top.get("uses_profile_overhead", boolean, required=False, default=False),
         gpu_efficiency=MappingProxyType(_fractions(top.section("gpu_efficiency", required=False))),
+        compute_efficiency=MappingProxyType(_fractions(top.section("compute_efficiency", required=False))),
         cpu_efficiency=MappingProxyType(_fractions(top.section("cpu_efficiency", required=False), _cpu_kernels)),
         collectives=_collectives(top.section("collectives", required=False)),
         launch=top.get("launch", text, required=False, default=""),

@@ -61,6 +61,7 @@ def _roofline(nbytes: float, bandwidth: float | None, flops: float, rate: float 
 
 def on_gpu(work: Work, gpu: Tier) -> Cost:
     rate, _ = gpu.rate(work.compute)
+    rate = rate * gpu.compute_efficiency.get(work.compute, 1.0) if rate else rate
     cost = _roofline(work.bytes_read, gpu.read_bytes_per_s(work.compute), work.flops, rate, gpu.name)
     return Cost(cost.seconds, "gpu", cost.compute_known, cost.limit)
 

@@ -68,9 +68,11 @@ class Tier:
     latency_s: float = 0.0                     # per transfer over that link (NVMe: per random read)
     random_read_bytes_per_s: float | None = None  # nvme: 4 KiB random reads (IOPS x 4 KiB)
     matvec_bytes_per_s: Mapping[str, float] = field(default_factory=dict)  # host: one-token matmul reads, per format
-    # The engine's kernels: the fraction of the bandwidth they reach per compute format ("kv": the attention's
-    # cache reads; "default": the rest), whether the CPU executes weights and whether they stream to a GPU.
+    # The engine's kernels: the fraction of the bandwidth and of the compute they reach per compute format ("kv":
+    # the attention core over its cache; "default": the rest), whether the CPU executes weights and whether they
+    # stream to a GPU.
     efficiency: Mapping[str, float] = field(default_factory=dict)
+    compute_efficiency: Mapping[str, float] = field(default_factory=dict)
     cpu_execution: bool = True
     streams: bool = True
     streams_whole: bool = False      # streaming moves a whole module, not only the experts a step touches
@@ -79,10 +81,7 @@ class Tier:
         """The bandwidth the engine's kernels reach reading weights (or "kv" cache) computing in that format."""
         if not self.bandwidth_bytes_per_s:
             return self.bandwidth_bytes_per_s
-        return self.bandwidth_bytes_per_s * self._fraction(compute_format)
-
-    def _fraction(self, compute_format: str) -> float:
-        return self.efficiency.get(compute_format, self.efficiency.get("default", 1.0))
+        return self.bandwidth_bytes_per_s * self.efficiency.get(compute_format, self.efficiency.get("default", 1.0))
 
     def rate(self, compute_format: str) -> tuple[float | None, str]:
         """FLOP/s for weights whose format computes in ``compute_format``, and how: natively, or after a
@@ -235,7 +234,8 @@ def _with_engine(tier: Tier | None, engine: Engine | None, profile: HardwareProf
     if tier is None or engine is None:
         return tier
     if tier.kind is TierKind.GPU:
-        return replace(tier, efficiency=engine.gpu_efficiency, streams=engine.streams_weights,
+        return replace(tier, efficiency=engine.gpu_efficiency, compute_efficiency=engine.compute_efficiency,
+                       streams=engine.streams_weights,
                        streams_whole=engine.streams_whole_modules)
     isa = tuple(i.value if hasattr(i, "value") else i for i in profile.host.isa)
     return replace(tier, efficiency=MappingProxyType({"default": engine.cpu_fraction(isa)}),
