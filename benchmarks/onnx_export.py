@@ -15,8 +15,12 @@ runs. Then, in this process, on the same prompt (the first ``--prompt-tokens`` o
 
 Each decode measurement runs in a fresh process (load, one warm-up run, one timed run; only the decode
 loop is timed, prefill excluded), the cases interleaved round by round for ``--repeat`` rounds; the median
-tokens/s is printed. Separate processes keep onnxruntime's spinning thread pools and torch's OpenMP
-threads from competing for the same cores. Both use their default thread counts.
+tokens/s is printed with its min-max, and each case's ratio to PyTorch within a round (median and
+min-max over rounds: A/B pairs that met the same machine load). Separate processes keep onnxruntime's spinning thread pools and torch's OpenMP
+threads from competing for the same cores. Both run ``--threads`` threads (default 1: torch's
+``set_num_threads``, genai's ``intra_op_num_threads`` through a config overlay). With the default thread
+counts on a shared 2-core machine PyTorch's decode swung 7-833 tokens/s between processes (issue 20); with
+one thread each it is steady. Load averages (``os.getloadavg``) are printed before and after.
 """
 
 from __future__ import annotations
@@ -111,13 +115,15 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="threads per decode process (default 1)")
     parser.add_argument("--keep", type=Path, help="write the exports here instead of a temporary folder")
     parser.add_argument("--reuse", action="store_true", help="with --keep: take finished exports found there")
     parser.add_argument("--decode-case", choices=("torch", "genai"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.decode_case:
-        print(decode_case(opts.decode_case, opts.folder, opts.model, opts.eval, opts.prompt_tokens, opts.new_tokens))
+        print(decode_case(opts.decode_case, opts.folder, opts.model, opts.eval, opts.prompt_tokens, opts.new_tokens,
+                          opts.threads))
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = opts.keep or Path(tmp)
@@ -142,17 +148,22 @@ CASES = {"pytorch eager fp32": ("torch", None), "genai fp32 (cpu-fp32)": ("genai
          "genai int4 (cpu-int4)": ("genai", "cpu-int4")}
 
 
-def decode_case(kind: str, folder: str, model: Path, eval_path: Path, prompt_tokens: int, new_tokens: int) -> float:
+def decode_case(kind: str, folder: str, model: Path, eval_path: Path, prompt_tokens: int, new_tokens: int,
+                threads: int) -> float:
     """One measurement in this (fresh) process: load, warm up with one run, then time a second run."""
     from mv4deploy.export.source import load_torch_model
     from mv4deploy.model.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(model)
     prompt = tokenizer(eval_path.read_text(), add_special_tokens=False)["input_ids"][:prompt_tokens]
     if kind == "torch":
+        import torch
+        torch.set_num_threads(threads)
         fn, loaded = torch_decode, load_torch_model(model)
     else:
         import onnxruntime_genai as og
-        fn, loaded = genai_decode, og.Model(folder)
+        config = og.Config(folder)
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        fn, loaded = genai_decode, og.Model(config)
     fn(loaded, prompt, 8)
     return fn(loaded, prompt, new_tokens)
 
@@ -160,23 +171,26 @@ def decode_case(kind: str, folder: str, model: Path, eval_path: Path, prompt_tok
 def print_speed(opts, root: Path, reports: dict) -> None:
     """Each measurement in its own process, cases interleaved round by round."""
     rates = {name: [] for name in CASES}
+    load_before = os.getloadavg()
     for _ in range(opts.repeat):
         for name, (kind, target) in CASES.items():
             folder = str(root / target) if target else ""
             proc = subprocess.run([sys.executable, __file__, "--decode-case", kind, "--folder", folder, "--model",
                                    str(opts.model), "--eval", str(opts.eval), "--prompt-tokens",
-                                   str(opts.prompt_tokens), "--new-tokens", str(opts.new_tokens)],
+                                   str(opts.prompt_tokens), "--new-tokens", str(opts.new_tokens),
+                                   "--threads", str(opts.threads)],
                                   capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
             if proc.returncode != 0:
                 sys.exit(f"decode case {name} failed: {proc.stderr.strip()[-800:]}")
             rates[name].append(float(proc.stdout.strip().splitlines()[-1]))
-    base = statistics.median(rates["pytorch eager fp32"])
     print(f"\ndecode, {opts.new_tokens} new tokens after a {opts.prompt_tokens}-token prompt, median of "
-          f"{opts.repeat} runs, each in a fresh process ({os.cpu_count()} cores, default threads)")
+          f"{opts.repeat} runs, each in a fresh process ({os.cpu_count()} cores, {opts.threads} thread(s) each; "
+          f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)")
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"  {name:<24}{median:>9.1f} tokens/s  ({median / base:.2f}x PyTorch; min {min(values):.1f}, "
-              f"max {max(values):.1f})")
+        ratios = [v / b for v, b in zip(values, rates["pytorch eager fp32"])]   # within a round: A/B pairs
+        print(f"  {name:<24}{median:>9.1f} tokens/s  (min {min(values):.1f}, max {max(values):.1f}); vs PyTorch in "
+              f"the same round: median {statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f}x)")
     per_call = htp_decode_s(root / "snapdragon-qnn", opts.eval, opts.model, opts.prompt_tokens, 16)
     print(f"  {'QNN HTP decode.onnx':<24}{1 / per_call:>9.1f} calls/s  (x86 emulation of the Hexagon HTP, "
           "correctness only)")

@@ -66,7 +66,9 @@ def main() -> None:
         runs = [run_once(args) for _ in range(repeat)]
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
         print(f"{label}: `mv4deploy {' '.join(args)}` wall median {statistics.median(walls):.3f} s "
-              f"(min {min(walls):.3f}), CPU median {statistics.median(cpus):.3f} s (min {min(cpus):.3f})")
+              f"({min(walls):.3f}-{max(walls):.3f}), CPU median {statistics.median(cpus):.3f} s "
+              f"({min(cpus):.3f}-{max(cpus):.3f})")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     t = time.perf_counter()
     import mv4deploy.cli  # noqa: F401  (what the command imports: typer, rich, the planner)
     print(f"imports (cli, typer, rich, planner): {time.perf_counter() - t:.3f} s")

@@ -11,15 +11,19 @@ For each profile:
 3. Our cost model evaluates accelerate's placement, twice: (a) generously, each offloaded module runs
    where our model says it is cheapest (CPU beside its weights, or streamed), KV on the GPU; (b) as
    accelerate's hooks run it, every offloaded module's weights copied to the GPU at every step.
-4. Wall time of both planners: in-process (imports done) and as a fresh process (imports included).
+4. Wall and CPU time of both planners, in A/B pairs (ours then accelerate, ``--repeat`` times, so both meet
+   the same machine load): in-process (imports done) and as a fresh process (imports included, one OpenMP
+   thread). Medians, min-max and the per-pair ratio are printed with the load average.
 
 Prints both ratios (predicted decode speed, planning time). Run:
-    PYTHONPATH=. python benchmarks/plan_vs_accelerate.py
+    PYTHONPATH=. python benchmarks/plan_vs_accelerate.py [--repeat 5]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -175,28 +179,45 @@ def fit_accelerate(model, special, resolved, profile, workload, best):
         scale *= 0.97
 
 
-def median_time(fn, repeat: int) -> tuple[float, float]:
-    """(median wall s, median CPU s) of ``fn()`` in this process."""
-    walls, cpus = [], []
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus)
+def timed(fn) -> tuple[float, float]:
+    """(wall s, CPU s) of one call of ``fn()`` in this process."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def subprocess_time(args: list[str], repeat: int) -> tuple[float, float]:
-    """(median wall s, median CPU s, user + system) of a fresh process running ``args``."""
-    walls, cpus = [], []
-    for _ in range(repeat):
-        start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run(args, check=True, capture_output=True, cwd=REPO,
-                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        walls.append(time.perf_counter() - start)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return statistics.median(walls), statistics.median(cpus)
+def timed_process(args: list[str]) -> tuple[float, float]:
+    """(wall s, CPU s, user + system) of one fresh process running ``args``."""
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(args, check=True, capture_output=True, cwd=REPO,
+                   env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - start, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def ab_pairs(ours, theirs, repeat: int) -> dict:
+    """Run ``ours`` and ``theirs`` in turn ``repeat`` times (A/B pairs, so both meet the same machine load);
+    per side the median and min-max of wall and CPU seconds, and the median of the per-pair ratios."""
+    ours(), theirs()                                            # warm-up pair, not counted (first-call caches)
+    pairs = [(ours(), theirs()) for _ in range(repeat)]
+    out = {}
+    for i, side in enumerate(("ours", "accelerate")):
+        for j, kind in enumerate(("wall", "cpu")):
+            values = [p[i][j] for p in pairs]
+            out[f"{side}_{kind}"] = (statistics.median(values), min(values), max(values))
+    for j, kind in enumerate(("wall", "cpu")):
+        ratios = [p[1][j] / p[0][j] for p in pairs]
+        out[f"ratio_{kind}"] = (statistics.median(ratios), min(ratios), max(ratios))
+    return out
+
+
+def print_ab(title: str, r: dict) -> None:
+    def f(t):
+        return f"{t[0]:.3f} ({t[1]:.3f}-{t[2]:.3f})"
+    print(f"  {title}: ours wall {f(r['ours_wall'])}, CPU {f(r['ours_cpu'])}; accelerate wall "
+          f"{f(r['accelerate_wall'])}, CPU {f(r['accelerate_cpu'])}; accelerate / ours per pair: wall "
+          f"{r['ratio_wall'][0]:.2f}x ({r['ratio_wall'][1]:.2f}-{r['ratio_wall'][2]:.2f}), CPU "
+          f"{r['ratio_cpu'][0]:.2f}x ({r['ratio_cpu'][1]:.2f}-{r['ratio_cpu'][2]:.2f})")
 
 
 def accelerate_once(cfg: dict) -> None:
@@ -205,6 +226,9 @@ def accelerate_once(cfg: dict) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="A/B pairs per planning-time comparison")
+    repeat = parser.parse_args().repeat
     workload = make_workload()
     resolved = resolve_model(MODEL)
     cfg = transformers_config()
@@ -214,7 +238,9 @@ def main() -> None:
           f"cost model")
     for name in PROFILES:
         profile = load_profile(name)
-        plan = make_plan(resolved, profile, workload)
+        # Both placements are priced by the same cost model: the bare roofline of mv4deploy's engine model, which
+        # is what evaluate_accelerate uses (engine-specific fixed costs would differ between the two sides).
+        plan = make_plan(resolved, profile, workload, engine="mv4deploy")
         found, *_ = planner.candidates(resolved, profile, workload, "auto", prefill_stream=False)
         best, _ = planner.choose(found)
         device_map, generous, as_run, per_tier, rounds, scale = fit_accelerate(model, special, resolved, profile,
@@ -224,25 +250,25 @@ def main() -> None:
         gib = {t: round(b / 2**30, 1) for t, b in sorted(per_tier.items())}
         print(f"\n[{name}] accelerate map: {len(device_map)} entries, GPU budget x{scale:.2f} after {rounds} "
               f"round(s); true GiB per tier {gib}")
-        print(f"  ours {ours:.2f} tok/s (plan as printed), {ours_same:.2f} tok/s (without the prefill stream buffer)")
+        print(f"  ours {ours:.2f} tok/s (plan with --engine mv4deploy), {ours_same:.2f} tok/s (without the prefill stream buffer)")
         print(f"  accelerate's placement: {generous:.2f} tok/s with our execution choices, "
               f"{as_run:.3f} tok/s as its hooks run it (offloaded modules copied to the GPU each step)")
         print(f"  ratio ours / accelerate: {ours / generous:.2f}x (generous), {ours / as_run:.0f}x (as run)")
 
     cfg_json = json.dumps(cfg)
-    ours_in = median_time(lambda: make_plan(resolve_model(MODEL), load_profile("rtx5090"), workload), 5)
-    acc_in = median_time(lambda: accelerate_once(cfg), 3)
     memory = json.dumps({"0": 25 * 2**30, "cpu": 120 * 2**30})
-    ours_proc = subprocess_time([sys.executable, "-m", "mv4deploy", "plan", "--profile", "rtx5090", "--json"], 5)
-    acc_proc = subprocess_time([sys.executable, "-c", ACCELERATE_SCRIPT, cfg_json, memory], 3)
-    print("\nplanning time, median (wall s / CPU s; the machine is shared, so CPU time is the steadier figure):")
-    print(f"  in-process, imports done: ours {ours_in[0]:.3f} / {ours_in[1]:.3f} (config -> inventory -> plan with "
-          f"suggestions), accelerate {acc_in[0]:.3f} / {acc_in[1]:.3f} (meta model -> infer_auto_device_map) -> "
-          f"{acc_in[0] / ours_in[0]:.1f}x wall, {acc_in[1] / ours_in[1]:.1f}x CPU")
-    print(f"  fresh process, imports included: ours {ours_proc[0]:.3f} / {ours_proc[1]:.3f} "
-          f"(`mv4deploy plan --profile rtx5090 --json`), accelerate {acc_proc[0]:.3f} / {acc_proc[1]:.3f} -> "
-          f"{acc_proc[0] / ours_proc[0]:.1f}x wall, {acc_proc[1] / ours_proc[1]:.1f}x CPU")
-
+    load_before = os.getloadavg()[0]
+    in_process = ab_pairs(lambda: timed(lambda: make_plan(resolve_model(MODEL), load_profile("rtx5090"), workload)),
+                          lambda: timed(lambda: accelerate_once(cfg)), repeat)
+    fresh = ab_pairs(lambda: timed_process([sys.executable, "-m", "mv4deploy", "plan", "--profile", "rtx5090",
+                                            "--json"]),
+                     lambda: timed_process([sys.executable, "-c", ACCELERATE_SCRIPT, cfg_json, memory]), repeat)
+    print(f"\nplanning time, {repeat} A/B pairs (ours, then accelerate), seconds as median (min-max); load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores:")
+    print_ab("in-process, imports done (ours: config -> inventory -> plan with suggestions; accelerate: meta model "
+             "-> infer_auto_device_map)", in_process)
+    print_ab("fresh process, imports included (`mv4deploy plan --profile rtx5090 --json` against the same "
+             "accelerate steps after importing torch, accelerate and transformers)", fresh)
 
 if __name__ == "__main__":
     main()

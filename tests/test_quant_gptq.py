@@ -36,7 +36,7 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output(group):
     w, h = _correlated()
     result = gptq_quantize(w, h, group)
     rtn = rtn_hessian_error(w, h, group)
-    assert result.hessian_error < 0.5 * rtn          # measured ~0.32x
+    assert result.hessian_error < 0.5 * rtn          # measured 0.26x (g128), 0.33x (g32): benchmarks/gptq_objective.py
     assert int(result.codes.min()) >= -8 and int(result.codes.max()) <= 7
     # The codes and scales pack into the int4 format and dequantize to what GPTQ scored.
     fmt = get_format(f"int4-g{group}")
