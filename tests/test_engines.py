@@ -136,12 +136,13 @@ def test_a_named_engine_the_gates_refuse_does_not_fit_and_gets_no_launch_line(fl
 
 def test_auto_picks_an_engine_the_hardware_supports(flash):
     plan = make_plan(flash, load_profile("rtx5090"), make_workload(context=8192), suggest=False)
-    assert plan.engine.name == "ktransformers"
+    assert plan.engine.name in {"ktransformers", "llama.cpp"}       # the engines that run experts on the CPU
     assert {r.engine for r in plan.engine.refused} >= {"vllm", "sglang"}
     assert plan.hints.vllm is None                                 # refused: no launch line
     assert "--kt-num-gpu-experts" in plan.hints.sglang             # sglang-kt is KTransformers' launcher
     weighed = {w.engine: w.decode_tokens_per_s for w in plan.engine.weighed}
-    assert weighed["ktransformers"] == max(weighed.values()) == plan.estimates.decode_tokens_per_s
+    assert weighed[plan.engine.name] == max(weighed.values()) == plan.estimates.decode_tokens_per_s
+    assert weighed["accelerate"] < weighed["ktransformers"]        # it moves whole modules over PCIe
 
 
 def test_nvfp4_on_hopper_is_refused_by_every_engine(flash):
