@@ -40,6 +40,7 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
 import torch, mv4deploy.quant.pipeline, mv4deploy.quant.manifest  # imports are not throughput
+import compressed_tensors, bitsandbytes  # what the kernels import on first use (2-5 s): not throughput either
 from mv4deploy.quant.recipe import get_recipe
 from mv4deploy.quant.run import quantize_checkpoint
 scale, started = None, time.perf_counter()
@@ -48,7 +49,7 @@ if {ray_cpus!r} is not None:
     ray.init(num_cpus={ray_cpus!r}, include_dashboard=False, log_to_driver=False)
     @ray.remote(num_cpus=1)
     def warm():
-        import time, torch, mv4deploy.quant.pipeline, mv4deploy.quant.cluster
+        import time, torch, mv4deploy.quant.pipeline, mv4deploy.quant.cluster, compressed_tensors, bitsandbytes
         time.sleep(1.0)   # held, so each warm-up task gets a worker of its own
     ray.get([warm.remote() for _ in range({ray_cpus!r})])
     scale = ("ray", "local")
