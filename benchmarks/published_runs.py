@@ -53,7 +53,7 @@ def get_field(engine: Engine, field: str) -> float:
         return max(engine.cpu_efficiency.values(), default=1.0)
     head, _, key = field.partition(".")
     value = getattr(engine, head)
-    return value.get(key, 1.0) if isinstance(value, MappingProxyType) or isinstance(value, dict) else getattr(value, key)
+    return value.get(key, 1.0) if isinstance(value, (dict, MappingProxyType)) else getattr(value, key)
 
 
 def set_field(engine: Engine, field: str, value: float) -> Engine:

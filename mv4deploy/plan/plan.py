@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from mv4deploy.core.jsonify import JsonResult
+from mv4deploy.plan.engine_choice import EngineChoice
 from mv4deploy.plan.engram import EngramUse
 from mv4deploy.plan.estimates import Estimates
 from mv4deploy.plan.hints import Hints
@@ -186,7 +187,7 @@ class Plan:
     decisions: Decisions
     placement: Placement = field(compare=False, repr=False)
     fingerprint: Fingerprint | None = None
-    engine: object = None            # engine_choice.EngineChoice: the engine modelled and why
+    engine: EngineChoice | None = None   # the engine modelled and why
     cluster: object = None           # cluster.ClusterPlan: the layout over every node (clusters, or when asked)
 
     def to_json(self) -> dict:

@@ -237,6 +237,6 @@ def _with_engine(tier: Tier | None, engine: Engine | None, profile: HardwareProf
         return replace(tier, efficiency=engine.gpu_efficiency, compute_efficiency=engine.compute_efficiency,
                        streams=engine.streams_weights,
                        streams_whole=engine.streams_whole_modules)
-    isa = tuple(i.value if hasattr(i, "value") else i for i in profile.host.isa)
+    isa = tuple(i.value for i in profile.host.isa)        # Isa enums hash by name: look them up by value
     return replace(tier, efficiency=MappingProxyType({"default": engine.cpu_fraction(isa)}),
                    cpu_execution=engine.cpu_execution)
