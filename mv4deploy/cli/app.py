@@ -27,5 +27,7 @@ ProfileArg = Annotated[str, typer.Argument(help=_PROFILE_HELP)]
 ProfileOpt = Annotated[str, typer.Option("--profile", help=_PROFILE_HELP)]
 ExpertDtypeOpt = Annotated[Optional[str], typer.Option(
     "--expert-dtype", help="fp4 or fp8: how the routed experts are stored, for a config that does not say.")]
+EngineOpt = Annotated[str, typer.Option(help="auto (the best engine the hardware supports), vllm, sglang, ktransformers, "
+                                              "llama.cpp, ik_llama.cpp, accelerate, mv4deploy.")]
 DeviceOpt = Annotated[str, typer.Option("--device", callback=check_device,
                                         help="auto (CUDA when present), cpu or cuda.")]

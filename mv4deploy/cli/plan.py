@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mv4deploy.cli import output, tables
-from mv4deploy.cli.app import ExpertDtypeOpt, JsonOpt, ModelOpt, ProfileOpt, app
+from mv4deploy.cli.app import EngineOpt, ExpertDtypeOpt, JsonOpt, ModelOpt, ProfileOpt, app
 from mv4deploy.core.errors import EXIT_OK, InputError
 from mv4deploy.model import DEFAULT_MODEL
 
@@ -33,9 +33,7 @@ def plan(profile: ProfileOpt,
          expert_skew: Annotated[Optional[str], typer.Option(help="HOT:SHARE, e.g. 0.2:0.6.")] = None,
          mtp: Annotated[bool, typer.Option("--mtp", help="Place the MTP / draft layers too.")] = False,
          expert_dtype: ExpertDtypeOpt = None,
-         engine: Annotated[str, typer.Option(help="auto (the best engine the hardware supports), vllm, sglang, "
-                                                  "ktransformers, llama.cpp, ik_llama.cpp, accelerate, mv4deploy.")]
-         = "auto",
+         engine: EngineOpt = "auto",
          sweep: Annotated[Optional[str], typer.Option(help="FIELD=V1,V2 (context, batch, prefill-chunk, "
                                                            "host-mem).")] = None,
          plot: Annotated[Optional[Path], typer.Option(help="Draw memory per device (and the sweep) to a PNG.")]
@@ -65,6 +63,12 @@ def plan(profile: ProfileOpt,
         output.emit_json(data) if json_out else tables.sweep_table(result)
     else:
         output.emit_json(data) if json_out else tables.plan_table(result.plan)
+    _write_files(result, data, out, plot)
+    return EXIT_OK
+
+
+def _write_files(result: PlanResult, data: dict, out: Path | None, plot: Path | None) -> None:
+    """``--out``: the JSON just printed (or that --json would print); ``--plot``: memory per device (and the sweep)."""
     if out is not None:
         import json
         from mv4deploy.core.fileio import write_text_atomic
@@ -74,7 +78,6 @@ def plan(profile: ProfileOpt,
         from mv4deploy.plan.sweep import plot as draw
         draw(plot, result.plan, list(result.points) or None)
         output.info(f"wrote {plot}")
-    return EXIT_OK
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import replace
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.source import ResolvedModel
 from mv4deploy.engines.engine import AUTO as AUTO_ENGINE, load_engine
-from mv4deploy.plan.engine_choice import OWN_RUNTIME, EngineChoice, Refused, Weighed, engines_to_weigh, refusals, why_chosen
+from mv4deploy.plan.engine_choice import EngineChoice, Weighed, weigh_engines, why_chosen
 from mv4deploy.plan.engram import engram_summary
 from mv4deploy.plan.groups import Grouping
 from mv4deploy.plan.hints import Hints, engine_hints
@@ -36,8 +36,6 @@ def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: W
     suggestion re-plans use; ``prefill_stream`` forces streaming offloaded experts to the GPU for prefill
     on or off (None: the planner chooses); ``grouping``: the model's groups when the caller already built
     them (a sweep, a re-plan); ``engine``: the engine to model, or ``auto`` (``engine_choice``)."""
-    arch, runs, refused = resolved.spec.architecture.value, {}, []
-
     def weigh(e):
         nonlocal grouping
         found, machine, chosen_policy, grouping = candidates(resolved, profile, workload, policy, host_mem_bytes,
@@ -45,19 +43,7 @@ def assemble_plan(resolved: ResolvedModel, profile: HardwareProfile, workload: W
                                                              grouping=grouping, engine=e)
         return (*choose(found), machine, chosen_policy)
 
-    for e in engines_to_weigh(engine):
-        reasons = refusals(e, profile, arch)
-        run = None if reasons else weigh(e)
-        reasons = reasons or refusals(e, profile, arch, run[0])
-        if reasons:
-            refused.append(Refused(e.name, reasons[0]))
-        else:
-            runs[e.name] = run
-    forced = None
-    if not runs:   # auto: mv4deploy's own runtime; a named engine: planned anyway, and it does not fit
-        chosen_engine = load_engine(OWN_RUNTIME) if engine == AUTO_ENGINE else engines_to_weigh(engine)[0]
-        runs[chosen_engine.name] = weigh(chosen_engine)
-        forced = None if engine == AUTO_ENGINE else Verdict.DOES_NOT_FIT
+    runs, refused, forced = weigh_engines(engine, profile, resolved.spec.architecture.value, weigh)
     name = min(runs, key=lambda n: (runs[n][0].verdict.rank, -runs[n][0].estimates.decode_tokens_per_s))
     best, by_mode, machine, chosen_policy = runs[name]
     best = with_bound(best, workload.batch)
@@ -98,7 +84,7 @@ def _refused_launches(choice: EngineChoice) -> frozenset[str]:
     return frozenset(refused - kept)
 
 
-def _refused(choice: EngineChoice, forced: Verdict | None) -> list[str]:
+def _refused(choice: EngineChoice, forced: bool) -> list[str]:
     return [f"does not fit: {r.why}" for r in choice.refused if r.engine == choice.name] if forced else []
 
 

@@ -62,6 +62,26 @@ def refusals(engine: Engine, profile, arch: str, candidate=None) -> list[str]:
     return format_gates(engine, profile, *plan_formats(candidate))
 
 
+def weigh_engines(requested, profile, arch: str, weigh) -> tuple[dict, list[Refused], bool]:
+    """Plan each engine to weigh with ``weigh(engine)`` (-> (best candidate, by_mode, machine, policy)) unless a
+    gate refuses it before or after. Returns the runs by engine name, the refusals, and whether the plan is forced
+    not to fit: when every engine is refused, ``auto`` falls back to mv4deploy's own runtime, while a named engine
+    is planned anyway and does not fit."""
+    runs, refused = {}, []
+    for engine in engines_to_weigh(requested):
+        reasons = refusals(engine, profile, arch)
+        run = None if reasons else weigh(engine)
+        reasons = reasons or refusals(engine, profile, arch, run[0])
+        if reasons:
+            refused.append(Refused(engine.name, reasons[0]))
+        else:
+            runs[engine.name] = run
+    if runs:
+        return runs, refused, False
+    fallback = load_engine(OWN_RUNTIME) if requested == AUTO else engines_to_weigh(requested)[0]
+    return {fallback.name: weigh(fallback)}, refused, requested != AUTO
+
+
 def why_chosen(name: str, requested: str | Engine, weighed: list[Weighed], refused: list[Refused]) -> str:
     if requested != AUTO:
         return f"named with --engine {getattr(requested, 'name', requested)}"
