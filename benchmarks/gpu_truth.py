@@ -1,12 +1,13 @@
-"""The GPU half of benchmarks/truth.py, ready for the lent H100: predicted vs measured GPU memory and decode
-tokens/s under four placements, calibration of profiles/h100.yaml, and quantization throughput on the GPU.
+"""The GPU half of benchmarks/truth.py, for the lent GPU machine (an H200: `--base h200`, the default; an H100:
+`--base h100`): predicted vs measured GPU memory and decode tokens/s under four placements, calibration of
+profiles/<base>.yaml, and quantization throughput on the GPU.
 
 Each step writes its results under --dir and fits in one 10-minute command on the lent machine:
 
-    python benchmarks/gpu_truth.py probe   --dir $OUT/gt    # profile probe --base h100 -> h100-probed.yaml
+    python benchmarks/gpu_truth.py probe   --dir $OUT/gt    # profile probe --base h200 -> h200-probed.yaml
     python benchmarks/gpu_truth.py make    --dir $OUT/gt    # synthetic V4 (~3.8B) and V4.1-style (~3.8B + Engram)
     python benchmarks/gpu_truth.py calibrate --dir $OUT/gt  # truth.py's calibration models -> runtime_overhead,
-                                                            # all-GPU run -> runtime_reserve: h100-calibrated.yaml
+                                                            # all-GPU run -> runtime_reserve: h200-calibrated.yaml
     python benchmarks/gpu_truth.py plans   --dir $OUT/gt    # the --gpu-mem-util giving each placement
     python benchmarks/gpu_truth.py run     --dir $OUT/gt    # the four placements, calibrated profile
     python benchmarks/gpu_truth.py quant   --dir $OUT/gt    # FP8 / INT4-RTN, cuda vs cpu, one >= 4 GB shard
@@ -53,14 +54,16 @@ DRY = {"v4": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64),
 # the bytes cheapest to lose first (Engram tables, the embedding: one row per token, the CSA pool: top-k
 # reads, then experts), so a placement may come with the embedding (and, at 4K context, the small CSA pool)
 # in host RAM too.
-# Contexts stay at 16K and prefill chunks at 256 tokens: transformers' eager V4 attention materializes fp32
-# scores over window + chunk + every compressed entry per head ([32, 2048, 10K] = 2.7 GB at 32K / 2048), a
-# transient no fused engine has and the plan's workspace does not count.
+# Contexts stay at 16K (32K for the CSA pool: at 16K its 14 MB cost more per byte freed, top-k fetches and a
+# link latency per layer, than the experts' CPU compute, so the planner never moves it alone) and prefill chunks
+# at 256 tokens: transformers' eager V4 attention materializes fp32 scores over window + chunk + every
+# compressed entry per head ([32, 256, 8K] = 270 MB at 32K), a transient no fused engine has and the plan's
+# workspace does not count.
 PLACEMENTS = {
     "all on GPU": ("v4", 16384, set(), set()),
     "routed experts on host": ("v4", 4096, {"routed_experts"}, {"routed_experts", "embedding", "csa_entries"}),
     "Engram on host (prefetch)": ("v41", 16384, {"engram_table"}, {"engram_table", "embedding"}),
-    "CSA KV pool on host": ("v4", 16384, {"csa_entries"}, {"csa_entries", "embedding"}),
+    "CSA KV pool on host": ("v4", 32768, {"csa_entries"}, {"csa_entries", "embedding"}),
 }
 CHUNK = 256
 CALIBRATION = [c for c in truth.CASES if c.role == "calibration"]
@@ -87,8 +90,8 @@ def _run_args(args) -> tuple:
 
 
 def step_probe(args) -> None:
-    out = args.dir / "h100-probed.yaml"
-    truth.cli("profile", "probe", "--base", "h100", "--name", "h100", "--size", "512MiB" if args.dry_run else "2GiB",
+    out = _profile(args, "probed")
+    truth.cli("profile", "probe", "--base", args.base, "--name", args.base, "--size", "512MiB" if args.dry_run else "2GiB",
               "--storage-dir", args.dir, "--out", out)
     if args.dry_run:                  # tiny models beside a 1 GiB reserve: no placement window worth the name
         data = yaml.safe_load(out.read_text())
@@ -115,7 +118,7 @@ def _case(name: str, util: float | None, args) -> truth.Case:
 
 
 def _profile(args, kind: str) -> Path:
-    return args.dir / f"h100-{kind}.yaml"
+    return args.dir / f"{args.base}-{kind}.yaml"
 
 
 def _find_util(name: str, args) -> float | None:
@@ -151,14 +154,21 @@ def _find_util(name: str, args) -> float | None:
 
 
 def step_plans(args) -> None:
-    utils = {name: _find_util(name, args) for name in PLACEMENTS}
+    """placements.json: each placement's --gpu-mem-util (null: the profile as it is), or why none was found
+    (`run` skips those)."""
+    utils = {}
+    for name in PLACEMENTS:
+        try:
+            utils[name] = _find_util(name, args)
+        except SystemExit as refusal:
+            utils[name] = {"error": str(refusal)}
     (args.dir / "placements.json").write_text(json.dumps(utils, indent=1))
     print(json.dumps(utils, indent=1))
 
 
 def step_calibrate(args) -> None:
     """runtime_overhead from tiny models on the GPU; runtime_reserve from the all-GPU run (measured peak minus
-    the plan's bytes other than the reserve), both written into h100-calibrated.yaml."""
+    the plan's bytes other than the reserve), both written into <base>-calibrated.yaml."""
     settings, probed = _settings(args), _profile(args, "probed")
     cases = [c for c in CALIBRATION if not args.dry_run or c.model["hidden"] == truth.TINY["hidden"]]
     first = [truth.measure(c, truth.ensure_checkpoint(c, args.dir), probed, settings, args.dir, _run_args(args))
@@ -183,16 +193,18 @@ def step_calibrate(args) -> None:
 def step_run(args) -> None:
     utils = json.loads((args.dir / "placements.json").read_text())
     settings, profile = _settings(args), _profile(args, "calibrated")
-    results = {}
+    out = args.dir / "placements-results.json"
     for name in PLACEMENTS:
         if args.only and name not in args.only:
             continue
+        if isinstance(utils[name], dict):
+            print(f"  {name}: skipped ({utils[name]['error']})", file=sys.stderr)
+            continue
         case = _case(name, utils[name], args)
         result = truth.measure(case, args.dir / PLACEMENTS[name][0], profile, settings, args.dir, _run_args(args))
-        results[name] = {"plan": result.plan, "report": result.report, "gpu_mem_util": utils[name]}
-    out = args.dir / "placements-results.json"
-    previous = json.loads(out.read_text()) if out.is_file() else {}
-    out.write_text(json.dumps({**previous, **results}, indent=1))
+        results = json.loads(out.read_text()) if out.is_file() else {}    # written per placement: a deadline
+        results[name] = {"plan": result.plan, "report": result.report, "gpu_mem_util": utils[name]}   # keeps these
+        out.write_text(json.dumps(results, indent=1))
 
 
 QUANT_CHILD = """
@@ -274,6 +286,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=[*STEPS, "all"])
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("OUT", "/tmp")) / "gpu-truth")
+    parser.add_argument("--base", default="h200", help="the shipped profile the lent GPU is probed against")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="placements to run (default: all four)")

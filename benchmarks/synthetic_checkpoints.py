@@ -37,7 +37,7 @@ ENGRAM_VOCAB = 2048
 
 def _fixture(name: str) -> Path:
     """A trained fixture of a source checkout (not shipped in the wheel)."""
-    folder = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "models" / name
+    folder = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models" / name
     if not folder.is_dir():
         raise InputError(folder, None, None, "Engram checkpoints borrow this fixture's tokenizer: run from a "
                                              "source checkout")

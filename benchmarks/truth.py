@@ -183,8 +183,9 @@ class Result:
 
 def plan_case(case: Case, checkpoint: Path, profile: Path, workdir: Path) -> Path:
     plan_path = workdir / f"plan-{case.slug}-{profile.stem}.json"
-    cli("plan", "--model", checkpoint, "--profile", profile, "--context", case.context, "--batch", case.batch,
-        "--prefill-chunk", case.chunk, *case.plan_args, "--out", plan_path, "--json")
+    cli("plan", "--model", checkpoint, "--profile", profile, "--engine", "mv4deploy",   # what `run` measures
+        "--context", case.context, "--batch", case.batch, "--prefill-chunk", case.chunk, *case.plan_args,
+        "--out", plan_path, "--json")
     return plan_path
 
 
@@ -262,7 +263,8 @@ def write_calibrated(profile: Path, fit: dict, names: list[str], out: Path) -> P
         "prefill_efficiency": round(float(fit["prefill_efficiency"]), 4),
         "host_bytes": f"{max(fit['host_bytes'], 0)}B",
         "host_bytes_per_token": f"{max(fit['host_bytes_per_token'], 0)}B",
-        "engine": f"mv4deploy run: eager PyTorch {torch.__version__}, BF16 weights, CPU",
+        "engine": f"mv4deploy run: eager PyTorch {torch.__version__}, BF16 weights, "
+                  f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "source": f"benchmarks/truth.py fit on {', '.join(names)}"}
     out.write_text("# Probed by `mv4deploy profile probe`; runtime_overhead fitted by benchmarks/truth.py\n"
                    + yaml.safe_dump(data, sort_keys=False))

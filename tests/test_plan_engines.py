@@ -52,9 +52,8 @@ HEAD = VOCAB * HIDDEN * 2 + HIDDEN * 2                                          
 # read whole at every step, whatever the batch: layer 0 (attention, dense MLP, norms), layers 1-2 (attention,
 # shared expert, router, norms), the head: 133,868 + 2 x 62,208 + 131,328 = 389,612 B
 DENSE = (ATTENTION + DENSE_MLP + NORMS) + MOE_LAYERS * (ATTENTION + EXPERT + ROUTER + NORMS) + HEAD
-# MLA cache as the planner sizes it: the 576-element FlashMLA entry (512 latent + 64 RoPE) x 2 B, whatever the
-# config's dims (this config's latent is 32 + 16: see test_mla_cache_entry_follows_the_config)
-KV_ENTRY = 576 * 2
+# MLA cache, BF16: kv_lora_rank 32 + qk_rope_head_dim 16 elements x 2 B = 96 B per layer per token
+KV_ENTRY = (32 + 16) * 2
 
 # FLOPs per token (2 per parameter used; routed experts: k of them); MLA attention core per context entry:
 # 2 x heads x (2 x kv_lora + rope) = 2 x 4 x 80 = 640 (QK over 48, PV over 32, absorbed)
@@ -113,21 +112,21 @@ def test_the_hand_sizes_are_the_models():
 # = 1.9 us against 34,836 B = 35 us). vLLM: no GPU efficiency table (every read at 1.0), per step 1.8 ms, per
 # layer 190 us, no per-expert cost.
 
-@pytest.mark.parametrize("batch, expected_step_s", [(1, 3.742956e-3), (4, 6.56851125e-3)])
+@pytest.mark.parametrize("batch, expected_step_s", [(1, 2.931948e-3), (4, 3.32447925e-3)])
 def test_one_gpu_vllm_decode(tiny, batch, expected_step_s):
     vllm = load_engine("vllm")
     p = plan(tiny, profile("1GB/s", "500GFLOPS"), "vllm", batch)
     assert {g.tier for g in p.groups} == {"gpu:0"} and p.decisions.parallelism.mode == "single"
     assert not vllm.gpu_efficiency and not vllm.step.per_expert_s          # every read at 1.0; no per-expert cost
-    # bytes per step: dense 389,612 + B embedding rows x 256 + 2 MoE layers x experts_read(B) + KV B x 3 x 256 x 1,152
-    #   B=1: 389,612 + 256 + 98,352 + 884,736 = 1,372,956 B -> 1.372956 ms
-    #   B=4: 389,612 + 1,024 + 268,931.25 + 3,538,944 = 4,198,511.25 B -> 4.19851125 ms
+    # bytes per step: dense 389,612 + B embedding rows x 256 + 2 MoE layers x experts_read(B) + KV B x 3 x 256 x 96
+    #   B=1: 389,612 + 256 + 98,352 + 73,728 = 561,948 B -> 0.561948 ms
+    #   B=4: 389,612 + 1,024 + 268,931.25 + 294,912 = 954,479.25 B -> 0.95447925 ms
     fixed = vllm.step.per_step_s + LAYERS * vllm.step.per_layer_s             # 1.8 ms + 3 x 190 us = 2.37 ms
     step = (DENSE + batch * EMBED_ROW + MOE_LAYERS * experts_read(batch) + kv_read(batch)) / 1e9 + fixed
     assert fixed == pytest.approx(2.37e-3, rel=REL)
     assert step == pytest.approx(expected_step_s, rel=REL)
     assert p.estimates.decode_tokens_per_s == pytest.approx(batch / step, rel=REL)
-    # B=1: 1 / 3.742956 ms = 267.17 tok/s; B=4: 4 / 6.56851125 ms = 608.97 tok/s
+    # B=1: 1 / 2.931948 ms = 341.07 tok/s; B=4: 4 / 3.32447925 ms = 1,203.2 tok/s
 
 
 def test_one_gpu_vllm_prefill(tiny):
@@ -162,11 +161,11 @@ def test_four_gpus_tensor_parallel_vllm_decode(tiny, batch):
     reduce_s = ar.latency_s + 2 * 3 / 4 * batch * HIDDEN * 2 / (100e9 * ar.bandwidth_fraction)
     fixed = vllm.step.per_step_s + LAYERS * vllm.step.per_layer_s
     step = weights / 4e9 + kv_read(batch) / 1e9 + LAYERS * 2 * reduce_s + fixed
-    # B=1: 488,220 B / 4 GB/s = 122.055 us + 884,736 B / 1 GB/s = 884.736 us + 6 x (21 us + 11.64 ns) + 2.37 ms
-    #      = 3.502861 ms -> 285.48 tok/s
-    # B=4: 659,567.25 B / 4 GB/s = 164.892 us + 3,538.944 us + 6 x (21 us + 46.55 ns) + 2.37 ms
-    #      = 6.200115 ms -> 645.15 tok/s
-    assert step == pytest.approx({1: 3.502860818182e-3, 4: 6.200115085227e-3}[batch], rel=1e-12)
+    # B=1: 488,220 B / 4 GB/s = 122.055 us + 73,728 B / 1 GB/s = 73.728 us + 6 x (21 us + 11.64 ns) + 2.37 ms
+    #      = 2.691853 ms -> 371.49 tok/s
+    # B=4: 659,567.25 B / 4 GB/s = 164.892 us + 294.912 us + 6 x (21 us + 46.55 ns) + 2.37 ms
+    #      = 2.956083 ms -> 1,353.15 tok/s
+    assert step == pytest.approx({1: 2.691852818182e-3, 4: 2.956083085227e-3}[batch], rel=1e-12)
     assert p.estimates.decode_tokens_per_s == pytest.approx(batch / step, rel=REL)
     # memory: a full cache on each of the 4 GPUs
     kv_bytes = sum(d.breakdown["kv_cache"] for d in p.devices if d.kind == "gpu")
@@ -206,10 +205,10 @@ def test_cpu_experts_ktransformers_decode(tiny, batch):
     fixed = kt.step.per_step_s + LAYERS * kt.step.per_layer_s             # 1.8 ms + 3 x 48 us = 1.944 ms
     step = cpu + gpu + fixed
     # B=1: CPU 98,608 B / 460 MB/s = 214.365 us + 3 round trips x 25.12 us = 75.36 us; GPU 389,612 B / 10 GB/s
-    #      = 38.961 us + KV 884,736 B / 520 MB/s = 1,701.415 us; fixed 1,944 us -> 3.974102 ms = 251.63 tok/s
-    # B=4: CPU 269,955.25 B / 460 MB/s = 586.859 us + 3 x 40.48 us = 121.44 us; GPU 38.961 us + 3,538,944 B /
-    #      520 MB/s = 6,805.662 us; fixed 1,944 us -> 9.496922 ms = 421.19 tok/s
-    assert step == pytest.approx({1: 3.974101802007e-3, 4: 9.496921977592e-3}[batch], rel=1e-12)
+    #      = 38.961 us + KV 73,728 B / 520 MB/s = 141.785 us; fixed 1,944 us -> 2.414471 ms = 414.17 tok/s
+    # B=4: CPU 269,955.25 B / 460 MB/s = 586.859 us + 3 x 40.48 us = 121.44 us; GPU 38.961 us + 294,912 B /
+    #      520 MB/s = 567.138 us; fixed 1,944 us -> 3.258399 ms = 1,227.60 tok/s
+    assert step == pytest.approx({1: 2.414471032776e-3, 4: 3.258398900669e-3}[batch], rel=1e-12)
     assert p.estimates.decode_tokens_per_s == pytest.approx(batch / step, rel=REL)
 
 
@@ -240,8 +239,6 @@ def test_batch_speedup_is_bounded_on_both_sides(tiny, engine, count):
 
 # ---- a config the planner does not size from -------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="kv.py sizes every MLA entry as DeepSeek's 512 + 64 elements (1,152 B BF16), "
-                                       "not from kv_lora_rank + qk_rope_head_dim; the real presets all have 576")
 def test_mla_cache_entry_follows_the_config(tiny):
     from mv4deploy.model.kv import kv_layout
     spec = tiny.spec

@@ -5,8 +5,10 @@ V4's sliding window, CSA entries (one per 4 tokens, read through a top-k selecti
 indexer keys, and HCA entries (one per 128 tokens, read densely); GQA K/V for the distillates.
 Byte sizes per entry, per cache format (facts/deepseek-arch.md §1.2-§2.4):
 
-- MLA (V3/V3.2), 576 elements: BF16 1,152 B; FP8 "656-B" layout = 512 e4m3 + 4 fp32 scales + 64 bf16 RoPE.
-- V4 ("MODEL1"), 512 elements: BF16 1,024 B; FP8 "584-B" layout = 448 e4m3 + 64 bf16 RoPE + 8 scale bytes.
+- MLA (V3/V3.2), kv_lora_rank + qk_rope_head_dim elements (512 + 64): BF16 1,152 B; FP8 "656-B" layout =
+  512 e4m3 + 4 fp32 scales (one per 128) + 64 bf16 RoPE.
+- V4 ("MODEL1"), head_dim elements (448 NoPE + 64 RoPE): BF16 1,024 B; FP8 "584-B" layout = 448 e4m3 + 64 bf16
+  RoPE + 7 UE8M0 scales (one per 64) and a pad byte (scale bytes padded to 8).
 - DSA / Lightning-indexer key: 128 e4m3 + one fp32 scale = 132 B, in every cache format.
 """
 
@@ -30,8 +32,7 @@ class CacheFormat(str, Enum):
     F32 = "f32"     # GQA only: onnxruntime's CPU GroupQueryAttention keeps an fp32 cache
 
 
-MLA_ENTRY_BYTES = {CacheFormat.BF16: 1152, CacheFormat.FP8: 656}
-V4_ENTRY_BYTES = {CacheFormat.BF16: 1024, CacheFormat.FP8: 584}
+ENTRY_FORMATS = frozenset({CacheFormat.BF16, CacheFormat.FP8})    # MLA and V4 entries: a BF16 and an FP8 layout
 INDEXER_KEY_BYTES = 132  # 128 x e4m3 + 1 x fp32 scale
 GQA_ELEMENT_BYTES = {CacheFormat.F32: 4, CacheFormat.BF16: 2, CacheFormat.FP8: 1}
 DEFAULT_FORMAT = {Arch.DEEPSEEK_V3: CacheFormat.BF16, Arch.DEEPSEEK_V32: CacheFormat.FP8,
@@ -91,7 +92,7 @@ class KVLayout:
 def cache_formats(arch: Arch) -> frozenset[CacheFormat]:
     """The cache formats a layout exists for: MLA and V4 entries have a BF16 and an FP8 layout; only GQA
     caches come in fp32 too (onnxruntime's CPU GroupQueryAttention)."""
-    return frozenset(_ENTRY_BYTES[_LAYOUTS[arch]])
+    return _FORMATS[_LAYOUTS[arch]]
 
 
 def kv_layout(spec: ModelSpec, cache_format: CacheFormat | None = None) -> KVLayout:
@@ -113,9 +114,27 @@ def _gqa(spec: DenseSpec, fmt: CacheFormat) -> KVLayout:
     return KVLayout(fmt, (KVPool("kv", tuple(range(spec.num_hidden_layers)), entry),), 0)
 
 
+def mla_entry_bytes(spec: DeepseekV3Spec, fmt: CacheFormat) -> int:
+    """One layer's MLA latent for one token: 2 B per element in BF16; in FP8 the latent as e4m3 with an fp32
+    scale per 128 elements and the RoPE part kept in bf16 (V3: 512 + 4 x 4 + 64 x 2 = 656)."""
+    latent, rope = spec.kv_lora_rank, spec.qk_rope_head_dim
+    if fmt is CacheFormat.BF16:
+        return 2 * (latent + rope)
+    return latent + 4 * ceil(latent / 128) + 2 * rope
+
+
+def v4_entry_bytes(spec: DeepseekV4Spec, fmt: CacheFormat) -> int:
+    """One V4 cache entry (one layer): 2 B per element of head_dim in BF16; in FP8 the NoPE part as e4m3 with
+    a UE8M0 scale per 64 elements (scale bytes padded to 8) and the RoPE part in bf16 (V4: 448 + 8 + 128)."""
+    if fmt is CacheFormat.BF16:
+        return 2 * spec.head_dim
+    nope, rope = spec.head_dim - spec.qk_rope_head_dim, spec.qk_rope_head_dim
+    return nope + 8 * ceil(ceil(nope / 64) / 8) + 2 * rope
+
+
 def _mla(spec: DeepseekV3Spec, fmt: CacheFormat) -> KVLayout:
     layers = tuple(range(spec.num_hidden_layers))
-    pools = [KVPool("mla_latent", layers, MLA_ENTRY_BYTES[fmt],
+    pools = [KVPool("mla_latent", layers, mla_entry_bytes(spec, fmt),
                     access=Access.TOPK if spec.index_topk else Access.DENSE, topk_entries=spec.index_topk or None)]
     if spec.index_n_heads:
         pools.append(KVPool("indexer_keys", layers, INDEXER_KEY_BYTES))
@@ -130,7 +149,7 @@ def _v4(spec: DeepseekV4Spec, fmt: CacheFormat) -> KVLayout:
     own compressor for CSA (facts/deepseek-arch.md §2.4: ~0.5 MB per HCA layer, ~80 KB per CSA layer).
     """
     n = spec.num_hidden_layers
-    entry = V4_ENTRY_BYTES[fmt]
+    entry = v4_entry_bytes(spec, fmt)
     csa = tuple(i for i in range(n) if spec.ratio(i) == 4)
     hca = tuple(i for i in range(n) if spec.ratio(i) == 128)
     pools = [KVPool("window", tuple(range(n)), entry, window_tokens=spec.sliding_window)]
@@ -158,7 +177,7 @@ def _v41(spec: DeepseekV4Spec, fmt: CacheFormat) -> KVLayout:
     indexer's top-k. This follows the reference code's pools (docs/inventory.md); the model card's
     "~890 B/token" is not reproduced by any pool geometry we know (facts/deepseek-arch.md §9).
     """
-    n, entry = spec.num_hidden_layers, V4_ENTRY_BYTES[fmt]
+    n, entry = spec.num_hidden_layers, v4_entry_bytes(spec, fmt)
     pools = [KVPool("window", tuple(range(n)), entry, window_tokens=spec.sliding_window)]
     sources = [i for i in range(n) if spec.owns_compressor(i)]
     for ratio in sorted({spec.ratio(i) for i in sources}):
@@ -172,4 +191,4 @@ def _v41(spec: DeepseekV4Spec, fmt: CacheFormat) -> KVLayout:
 
 _LAYOUTS = {Arch.QWEN2: _gqa, Arch.LLAMA: _gqa, Arch.DEEPSEEK_V3: _mla, Arch.DEEPSEEK_V32: _mla,
             Arch.DEEPSEEK_V4: _v4, Arch.DEEPSEEK_V41: _v41}
-_ENTRY_BYTES = {_gqa: GQA_ELEMENT_BYTES, _mla: MLA_ENTRY_BYTES, _v4: V4_ENTRY_BYTES, _v41: V4_ENTRY_BYTES}
+_FORMATS = {_gqa: frozenset(GQA_ELEMENT_BYTES), _mla: ENTRY_FORMATS, _v4: ENTRY_FORMATS, _v41: ENTRY_FORMATS}
