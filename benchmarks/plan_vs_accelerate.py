@@ -132,7 +132,7 @@ def evaluate_accelerate(resolved, profile, device_map: dict, workload):
             d = group_device(g, device_map, resolved.spec.hc_mult > 1)
             stages[g.layer] = d if isinstance(d, int) else 0     # offloaded layers execute on the main GPU
     layout = Layout(base.mode, base.gpus, stages if base.mode is Mode.PIPELINE else {})
-    items = planner._items(resolved, grouping, policy, workload, layout, machine, stream_prefill=False)
+    items = planner._items(resolved, grouping, policy, workload, layout, machine, stream_prefill=False, cache={})
     by_group = {g.name: g for g in grouping.groups}
     placed, streamed_s = [], 0.0
     for item in items:
@@ -260,6 +260,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     in_process = ab_pairs(lambda: timed(lambda: make_plan(resolve_model(MODEL), load_profile("rtx5090"), workload)),
                           lambda: timed(lambda: accelerate_once(cfg)), repeat)
+    decision = ab_pairs(lambda: timed(lambda: make_plan(resolve_model(MODEL), load_profile("rtx5090"), workload,
+                                                        suggest=False)),
+                        lambda: timed(lambda: accelerate_once(cfg)), repeat)
     fresh = ab_pairs(lambda: timed_process([sys.executable, "-m", "mv4deploy", "plan", "--profile", "rtx5090",
                                             "--json"]),
                      lambda: timed_process([sys.executable, "-c", ACCELERATE_SCRIPT, cfg_json, memory]), repeat)
@@ -267,6 +270,8 @@ def main() -> None:
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores:")
     print_ab("in-process, imports done (ours: config -> inventory -> plan with suggestions; accelerate: meta model "
              "-> infer_auto_device_map)", in_process)
+    print_ab("in-process, the placement alone (ours: config -> inventory -> plan, every engine weighed, no "
+             "suggestions of other machines, contexts or policies; accelerate: the same as above)", decision)
     print_ab("fresh process, imports included (`mv4deploy plan --profile rtx5090 --json` against the same "
              "accelerate steps after importing torch, accelerate and transformers)", fresh)
 

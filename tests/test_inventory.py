@@ -111,3 +111,57 @@ def test_tiny_presets_are_consistent(preset):
     assert max(names.values()) == 1
     assert sum(t.params for t in inv.tensors) == inv.params_total + inv.params_mtp
     assert all(t.nbytes > 0 for t in inv.tensors)
+
+
+# ---- the table's runs: what the planner reads instead of 145K tuples -----------------------------------------
+
+def test_expert_blocks_expand_to_the_tensors_a_builder_adds_one_by_one():
+    """``experts()`` keeps a layer's experts as one block; expanding it gives exactly the tensors ``add`` makes
+    for each expert weight (names, dtypes, stored shapes, params, layer, expert index)."""
+    from mv4deploy.model.tensors import ExpertBlock, _Builder
+    weights = (("w1", (64, 32)), ("w2", (32, 64)), ("w3", (64, 32)))
+    blocked, single = _Builder(mtp_from=4), _Builder(mtp_from=4)
+    blocked.experts("layers.5.ffn.experts.", weights, 3, "mxfp4", 5)
+    for e in range(3):
+        for name, shape in weights:
+            single.add(f"layers.5.ffn.experts.{e}.{name}.weight", shape, "mxfp4", Role.ROUTED_EXPERT, 5, e)
+    (block,) = blocked.tensors
+    assert isinstance(block, ExpertBlock) and block.size == 3 * 3 * 2 == len(single.tensors)   # weight + scale
+    table = blocked.built()
+    assert len(table) == 18 and table._flat is None             # the length needs no expansion
+    assert list(table) == single.tensors and all(t.mtp for t in table)   # layer 5 >= mtp_from 4
+
+
+def test_runs_cover_every_tensor_once_in_order():
+    inv = resolve_model("tiny-deepseek-v4").inventory
+    covered = []
+    for start, run in inv.tensors.runs():
+        items = run.expand() if hasattr(run, "expand") else run
+        assert list(inv.tensors[start:start + len(items)]) == items
+        covered += range(start, start + len(items))
+    assert covered == list(range(len(inv.tensors)))
+
+
+@pytest.mark.parametrize("names, prefixes, found", [
+    (["a", "b", "a"], [], "a"),                                        # two single tensors
+    (["a"], ["layers.1.experts.", "layers.1.experts."], "layers.1.experts.*"),   # two blocks
+    (["layers.1.experts.0.w1.weight"], ["layers.1.experts."], "layers.1.experts.0.w1.weight"),  # one under a block
+    (["layers.1.experts_norm.weight"], ["layers.1.experts."], None),   # a name that only starts alike
+])
+def test_duplicate_names_are_found_without_expanding(names, prefixes, found):
+    from mv4deploy.model.tensors import ExpertBlock, TensorInfo, TensorTable
+    rows = (("w1.weight", "BF16", (2, 2), 4),)
+    items = [TensorInfo(n, "BF16", (2,), Role.NORM, "bf16", 2) for n in names]
+    items += [ExpertBlock(p, rows, 2, "bf16", 1, False) for p in prefixes]
+    table = TensorTable(items)
+    assert table.duplicate_name() == found and table._flat is None
+
+
+def test_planning_never_expands_the_experts(monkeypatch):
+    """The cold-CLI budget (docs/planner.md): V4-Pro's 142K expert tensors stay in their 62 blocks."""
+    from mv4deploy.cli.plan import run_plan
+    from mv4deploy.model.tensors import TensorTable
+    expanded = []
+    monkeypatch.setattr(TensorTable, "_expanded", lambda self: expanded.append(len(self)) or ())
+    assert run_plan("deepseek-v4-pro", "b200x8").plan.estimates.decode_tokens_per_s > 0
+    assert expanded == []

@@ -55,7 +55,7 @@ def plan_on(model: str, profile: dict, context: int, batch: int, chunk: int, uti
 def check_exactly_once(p, resolved) -> None:
     from mv4deploy.plan.groups import build_groups
     grouping = build_groups(resolved.inventory)
-    ids = sorted(i for g in grouping.groups for i in g.tensor_ids) + [i for _, ids in grouping.excluded for i in ids]
+    ids = sorted(i for g in grouping.groups for i in g.tensor_ids) + [i for _, ids, _ in grouping.excluded for i in ids]
     assert sorted(ids) == list(range(len(resolved.inventory.tensors)))
     covered: dict[str, list] = {}
     for piece in (*p.placement.placed, *p.placement.unplaced):

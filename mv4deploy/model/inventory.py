@@ -4,21 +4,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from mv4deploy.model import inventory_deepseek, inventory_dense  # noqa: F401  (registers builders)
 from mv4deploy.model.rules import apply_rules
 from mv4deploy.model.spec import ModelSpec
-from mv4deploy.model.tensors import INVENTORY_BUILDERS, Inventory
+from mv4deploy.model.tensors import INVENTORY_BUILDERS, Inventory, TensorTable
 
 
 def build_inventory(spec: ModelSpec) -> Inventory:
     if spec.formats.rules:  # written by `mv4deploy quantize`: each weight's format from its first matching rule
-        tensors = apply_rules(spec)
+        tensors = TensorTable(apply_rules(spec))
     else:
         tensors = INVENTORY_BUILDERS[spec.architecture](spec)
-    names = Counter(t.name for t in tensors)
-    duplicated = [name for name, count in names.items() if count > 1]
+    duplicated = tensors.duplicate_name()
     if duplicated:
-        raise AssertionError(f"inventory of {spec.name} names {duplicated[0]!r} twice")
-    return Inventory(spec=spec, tensors=tuple(tensors))
+        raise AssertionError(f"inventory of {spec.name} names {duplicated!r} twice")
+    return Inventory(spec=spec, tensors=tensors)

@@ -6,12 +6,12 @@ exactly (tests/test_inventory.py pins them; the sources are listed in docs/inven
 
 from __future__ import annotations
 
-from mv4deploy.model.tensors import Role, TensorInfo, _Builder, registers
+from mv4deploy.model.tensors import Role, TensorTable, _Builder, registers
 from mv4deploy.model.spec import Arch, DeepseekV3Spec, DeepseekV4Spec
 
 
 @registers(Arch.DEEPSEEK_V3, Arch.DEEPSEEK_V32)
-def deepseek_v3_tensors(spec: DeepseekV3Spec) -> list[TensorInfo]:
+def deepseek_v3_tensors(spec: DeepseekV3Spec) -> TensorTable:
     """``model.layers.N.*``; layers ``num_hidden_layers`` onward are MTP modules: a full decoder layer
     plus ``enorm``/``hnorm``/``eh_proj`` (BF16) and their own stored copies of embedding and head."""
     n_layers, mtp = spec.num_hidden_layers, spec.num_nextn_predict_layers
@@ -30,7 +30,7 @@ def deepseek_v3_tensors(spec: DeepseekV3Spec) -> list[TensorInfo]:
             b.add(f"{p}shared_head.head.weight", (vocab, h), plain, Role.LM_HEAD, i)
     b.add("model.norm.weight", (h,), norm, Role.NORM)
     b.add("lm_head.weight", (vocab, h), plain, Role.LM_HEAD)
-    return b.tensors
+    return b.built()
 
 
 def _v3_layer(b: _Builder, spec: DeepseekV3Spec, i: int) -> None:
@@ -86,7 +86,7 @@ V4_SWIGLU = ("w1", "w3", "w2")  # native names of gate, up, down
 
 
 @registers(Arch.DEEPSEEK_V4, Arch.DEEPSEEK_V41)
-def deepseek_v4_tensors(spec: DeepseekV4Spec) -> list[TensorInfo]:
+def deepseek_v4_tensors(spec: DeepseekV4Spec) -> TensorTable:
     """Native names (no ``model.`` prefix); MTP / DSpark blocks are ``mtp.{i}.*`` and share embed/head."""
     n_layers, h, vocab = spec.num_hidden_layers, spec.hidden_size, spec.vocab_size
     plain, norm, v41 = spec.formats.plain, spec.formats.norm, spec.architecture is Arch.DEEPSEEK_V41
@@ -111,7 +111,7 @@ def deepseek_v4_tensors(spec: DeepseekV4Spec) -> list[TensorInfo]:
             _hc_head(b, p, spec, layer)
     if spec.vision is not None:
         _vision(b, spec)
-    return b.tensors
+    return b.built()
 
 
 def _hc_head(b: _Builder, p: str, spec: DeepseekV4Spec, layer: int | None) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mv4deploy.model.tensors import Role, TensorInfo, _Builder, registers
+from mv4deploy.model.tensors import Role, TensorTable, _Builder, registers
 from mv4deploy.model.spec import Arch, DenseSpec
 
 
 @registers(Arch.QWEN2, Arch.LLAMA)
-def dense_tensors(spec: DenseSpec) -> list[TensorInfo]:
+def dense_tensors(spec: DenseSpec) -> TensorTable:
     b, fmt, plain = _Builder(), spec.formats.linear, spec.formats.plain
     h, kv_dim = spec.hidden_size, spec.num_key_value_heads * spec.head_dim
     q_dim = spec.num_attention_heads * spec.head_dim
@@ -29,4 +29,4 @@ def dense_tensors(spec: DenseSpec) -> list[TensorInfo]:
     b.add("model.norm.weight", (h,), plain, Role.NORM)
     if not spec.tie_word_embeddings:
         b.add("lm_head.weight", (spec.vocab_size, h), plain, Role.LM_HEAD)
-    return b.tensors
+    return b.built()

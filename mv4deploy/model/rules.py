@@ -187,7 +187,7 @@ def _grouped(tensors: list[TensorInfo]) -> list[tuple[TensorInfo, ...]]:
 
 def _build(spec: ModelSpec, formats: StoredFormats) -> list[TensorInfo]:
     from mv4deploy.model import inventory_deepseek, inventory_dense  # noqa: F401  (registers builders)
-    return INVENTORY_BUILDERS[spec.architecture](replace(spec, formats=formats))
+    return list(INVENTORY_BUILDERS[spec.architecture](replace(spec, formats=formats)))   # one by one: experts too
 
 
 @lru_cache(maxsize=8)

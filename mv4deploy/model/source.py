@@ -15,7 +15,7 @@ from mv4deploy.core.errors import InputError
 from mv4deploy.model.config import load_json, read_config
 from mv4deploy.model.quant_config import MissingExpertDtype
 from mv4deploy.model.inventory import build_inventory
-from mv4deploy.model.tensors import Inventory, TensorInfo
+from mv4deploy.model.tensors import Inventory, TensorInfo, TensorTable
 from mv4deploy.model.safetensors_headers import HeaderTensor, read_checkpoint_headers
 from mv4deploy.model.spec import ModelSpec
 from mv4deploy.core.safepaths import check_model_folder
@@ -103,7 +103,7 @@ def _from_checkpoint(folder: Path, expert_dtype: str | None = None) -> ResolvedM
     by_name = {t.name: t for t in expected.tensors}
     tensors = tuple(TensorInfo(h.name, h.dtype, h.shape, want.role, want.format, _params(want, h), want.layer,
                                want.expert, want.mtp) for h in headers if (want := by_name.get(h.name)) is not None)
-    inventory = Inventory(spec=spec, tensors=tensors)
+    inventory = Inventory(spec=spec, tensors=TensorTable(tensors))
     return ResolvedModel(spec, inventory, str(folder), "checkpoint", compare(expected.tensors, headers), headers)
 
 

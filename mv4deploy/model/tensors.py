@@ -9,6 +9,7 @@ so ``checkpoint_bytes`` and ``len(tensors)`` describe the files exactly. Never t
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property, lru_cache
@@ -59,10 +60,95 @@ class TensorInfo(NamedTuple):
         return tensor_nbytes(self.dtype, self.shape)
 
 
+class ExpertBlock(NamedTuple):
+    """A layer's routed experts ``0 .. count-1`` as one run of the inventory: per expert, the stored tensors
+    ``rows`` ((name tail, dtype, shape, params), in order) named ``{prefix}{e}.{tail}``."""
+
+    prefix: str
+    rows: tuple[tuple[str, str, tuple[int, ...], int], ...]
+    count: int
+    format: str
+    layer: int
+    mtp: bool
+
+    @property
+    def size(self) -> int:
+        return self.count * len(self.rows)
+
+    def expand(self) -> list[TensorInfo]:
+        new, role = tuple.__new__, Role.ROUTED_EXPERT    # TensorInfo's own __new__ is a Python-level call
+        return [new(TensorInfo, (f"{self.prefix}{e}.{tail}", dtype, shape, role, self.format, params, self.layer, e,
+                                 self.mtp))
+                for e in range(self.count) for tail, dtype, shape, params in self.rows]
+
+
+class TensorTable(Sequence):
+    """An inventory's tensors in checkpoint order, built as runs: single tensors, and each layer's routed
+    experts as one ``ExpertBlock`` (V4-Pro: 145K tensors, 142K of them experts in 62 blocks). Indexing or
+    iterating expands them into ``TensorInfo`` tuples once; the planner reads ``runs()`` and never does."""
+
+    __slots__ = ("_items", "_len", "_flat")
+
+    def __init__(self, items):
+        self._items = tuple(items)
+        self._len = sum(x.size if type(x) is ExpertBlock else 1 for x in self._items)
+        self._flat = None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index):
+        return self._expanded()[index]
+
+    def __iter__(self):
+        return iter(self._expanded())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (TensorTable, tuple, list)) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def _expanded(self) -> tuple[TensorInfo, ...]:
+        if self._flat is None:
+            flat = []
+            for x in self._items:
+                flat.extend(x.expand()) if type(x) is ExpertBlock else flat.append(x)
+            self._flat = tuple(flat)
+        return self._flat
+
+    def runs(self):
+        """(index of its first tensor, run): consecutive single tensors as a list, experts as their block."""
+        start, singles = 0, []
+        for x in self._items:
+            if type(x) is ExpertBlock:
+                if singles:
+                    yield start - len(singles), singles
+                    singles = []
+                yield start, x
+                start += x.size
+            else:
+                singles.append(x)
+                start += 1
+        if singles:
+            yield start - len(singles), singles
+
+    def duplicate_name(self) -> str | None:
+        """A name two tensors share (a builder bug), found without expanding the experts: single names are
+        unique, block prefixes are unique, and no single tensor is named under a block's prefix."""
+        singles = [x.name for x in self._items if type(x) is not ExpertBlock]
+        prefixes = tuple(x.prefix for x in self._items if type(x) is ExpertBlock)
+        if len(set(singles)) != len(singles):
+            return next(name for name, count in Counter(singles).items() if count > 1)
+        if len(set(prefixes)) != len(prefixes):
+            return next(name for name, count in Counter(prefixes).items() if count > 1) + "*"
+        return next((name for name in singles if prefixes and name.startswith(prefixes)), None)
+
+
 @dataclass(frozen=True)
 class Inventory:
     spec: ModelSpec
-    tensors: tuple[TensorInfo, ...]
+    tensors: TensorTable
 
     @cached_property
     def checkpoint_bytes(self) -> int:
@@ -117,7 +203,7 @@ class _Builder:
     """Collects TensorInfo entries; a quantized weight expands into payload + scale tensors."""
 
     def __init__(self, mtp_from: int | None = None):
-        self.tensors: list[TensorInfo] = []
+        self.tensors: list[TensorInfo | ExpertBlock] = []
         self.mtp_from = mtp_from
 
     def add(self, name: str, shape: tuple[int, ...], fmt: str, role: Role,
@@ -133,15 +219,14 @@ class _Builder:
                 layer: int) -> None:
         """Routed experts ``0 .. count-1`` of one layer: ``{prefix}{e}.{name}.weight`` for each (name, shape) in
         ``weights``, in that order. The same tensors as ``add`` per weight, built from one layout per weight
-        (a V4-Pro layer has 384 x 3 of them)."""
+        (a V4-Pro layer has 384 x 3 of them), kept as one ``ExpertBlock`` until someone reads them one by one."""
         mtp = self.mtp_from is not None and layer >= self.mtp_from
-        rows = [(template.replace(_SLOT, name), dtype, shape, params)
-                for name, logical in weights for template, dtype, shape, params in _layout(fmt, logical, True)]
-        append, role = self.tensors.append, Role.ROUTED_EXPERT
-        for e in range(count):
-            head = f"{prefix}{e}."
-            for tail, dtype, shape, params in rows:
-                append(TensorInfo(head + tail, dtype, shape, role, fmt, params, layer, e, mtp))
+        rows = tuple((template.replace(_SLOT, name), dtype, shape, params)
+                     for name, logical in weights for template, dtype, shape, params in _layout(fmt, logical, True))
+        self.tensors.append(ExpertBlock(prefix, rows, count, fmt, layer, mtp))
+
+    def built(self) -> TensorTable:
+        return TensorTable(self.tensors)
 
     def table(self, name: str, dtype: str, shape: tuple[int, ...], role: Role, layer: int | None = None) -> None:
         """An integer lookup table (V4's ``tid2eid``): stored as given, never quantized, 0 parameters

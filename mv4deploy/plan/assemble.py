@@ -104,8 +104,7 @@ def _execution_formats(best: Candidate) -> tuple[FormatUse, ...]:
 
 
 def _decisions(best: Candidate, by_mode, machine: Machine, policy: Policy, grouping, resolved) -> Decisions:
-    excluded = tuple(Exclusion(why, len(ids), sum(resolved.inventory.tensors[i].nbytes for i in ids))
-                     for why, ids in grouping.excluded)
+    excluded = tuple(Exclusion(why, len(ids), nbytes) for why, ids, nbytes in grouping.excluded)
     placement, est = best.placement, best.estimates
     return Decisions(
         policy=PolicyChoice(policy.name, policy.description),

@@ -13,14 +13,16 @@ dense and shared blocks), by rows (embedding, ``tid2eid``, Engram tables), or by
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
+from itertools import groupby
 from math import prod
+from operator import itemgetter
 from typing import Callable
 
-from mv4deploy.model.tensors import RAW_FORMAT, Inventory, Role
+from mv4deploy.model.tensors import RAW_FORMAT, ExpertBlock, Inventory, Role
 from mv4deploy.formats.dtypes import tensor_nbytes
 from mv4deploy.plan.workload import ExpertSkew
 from mv4deploy.formats import FORMATS, get_format
@@ -111,7 +113,7 @@ def _logical_shape(stored: tuple[int, ...], params: int) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class Grouping:
     groups: tuple[Group, ...]
-    excluded: tuple[tuple[str, tuple[int, ...]], ...]   # (reason, tensor ids) left out of the plan
+    excluded: tuple[tuple[str, tuple[int, ...], int], ...]   # (reason, tensor ids, bytes) left out of the plan
     inventory: Inventory | None = field(default=None, compare=False, repr=False)  # what it was built from
     include_mtp: bool = False
     skew: ExpertSkew | None = None
@@ -128,7 +130,7 @@ class _Acc:
     __slots__ = ("ids", "kinds", "experts")
 
     def __init__(self):
-        self.ids, self.kinds, self.experts = [], defaultdict(int), set()
+        self.ids, self.kinds, self.experts = [], Counter(), set()
 
 
 def _routing(spec, layer: int | None) -> tuple[int, int]:
@@ -148,34 +150,71 @@ def _class(role: Role, layer: int | None) -> GroupClass:
     return GroupClass.HEAD if layer is None and cls is GroupClass.NORMS_MHC else cls  # final norm, mHC head
 
 
+_RUN = itemgetter(3, 6, 8)                 # (role, layer, mtp): what a run of consecutive tensors shares
+_KIND = itemgetter(1, 2, 5, 4, 3)          # (dtype, shape, params, format, role)
+_EXPERT = itemgetter(7)
+_VISION = "vision tower (text-only plan)"
+_MTP = "MTP / draft layers (add --mtp to place them)"
+
+
 def _scan(inventory: Inventory, include_mtp: bool, skew: ExpertSkew | None):
-    """One pass, kept lean: 145K tensors (V4-Pro) must group in well under a second. Tensors are tuples,
-    unpacked in C, and consecutive tensors, which mostly share a group, reuse the previous lookup."""
-    spec, accs, excluded = inventory.spec, {}, defaultdict(list)
-    vision, routed = Role.VISION, Role.ROUTED_EXPERT
-    last_source, ids, kinds, experts = None, None, None, None
-    for i, (_, dtype, shape, role, fmt, params, layer, expert, mtp) in enumerate(inventory.tensors):
-        if role is vision:
-            excluded["vision tower (text-only plan)"].append(i)
+    """One pass over the inventory's runs, kept lean: 145K tensors (V4-Pro) must group in well under a second.
+    A layer's routed experts come as one block (counted per row, never expanded); the single tensors in
+    between as runs of the same role, layer and MTP flag (``groupby``, in C), counted in bulk."""
+    spec, accs, left_ids, left_bytes = inventory.spec, {}, defaultdict(list), Counter()
+    for start, run in inventory.tensors.runs():
+        if isinstance(run, ExpertBlock):
+            if run.mtp and not include_mtp:
+                left_ids[_MTP].extend(range(start, start + run.size))
+                left_bytes[_MTP] += run.count * sum(tensor_nbytes(dtype, shape) for _, dtype, shape, _ in run.rows)
+            else:
+                _scan_experts(spec, accs, start, run, skew)
             continue
-        if mtp and not include_mtp:
-            excluded["MTP / draft layers (add --mtp to place them)"].append(i)
-            continue
-        part = ""
-        if skew is not None and role is routed:
-            part = "hot" if expert < hot_count(_routing(spec, layer)[0], skew) else "cold"
-        source = (role, layer, part)
-        if source != last_source:
-            key = (_class(role, layer), layer, part)
-            acc = accs.get(key)
-            if acc is None:
-                acc = accs[key] = _Acc()
-            last_source, ids, kinds, experts = source, acc.ids, acc.kinds, acc.experts
-        ids.append(i)
-        kinds[(dtype, shape, params, fmt, role)] += 1
-        if expert is not None:
-            experts.add(expert)
-    return accs, excluded
+        for (role, layer, mtp), tensors in groupby(run, key=_RUN):
+            tensors = list(tensors)
+            ids = range(start, start + len(tensors))
+            start += len(tensors)
+            reason = _VISION if role is Role.VISION else _MTP if mtp and not include_mtp else None
+            if reason:
+                left_ids[reason].extend(ids)
+                left_bytes[reason] += sum(tensor_nbytes(t.dtype, t.shape) for t in tensors)
+                continue
+            cls = _class(role, layer)
+            if skew is None or role is not Role.ROUTED_EXPERT:
+                _count(accs, (cls, layer, ""), ids, tensors)
+                continue
+            hot = hot_count(_routing(spec, layer)[0], skew)   # loose experts (a quantized checkpoint's inventory)
+            for part, pairs in groupby(zip(ids, tensors), key=lambda pair: "hot" if pair[1].expert < hot else "cold"):
+                pairs = list(pairs)
+                _count(accs, (cls, layer, part), [i for i, _ in pairs], [t for _, t in pairs])
+    return accs, {reason: (tuple(ids), left_bytes[reason]) for reason, ids in left_ids.items()}
+
+
+def _scan_experts(spec, accs: dict, start: int, block: ExpertBlock, skew: ExpertSkew | None) -> None:
+    """One layer's routed experts: each row kind x the experts of each part (hot ones first, then cold)."""
+    per_expert, cls = len(block.rows), _class(Role.ROUTED_EXPERT, block.layer)
+    kinds = Counter((dtype, shape, params, block.format, Role.ROUTED_EXPERT) for _, dtype, shape, params in block.rows)
+    hot = hot_count(_routing(spec, block.layer)[0], skew) if skew is not None else block.count
+    for part, experts in (("hot", range(hot)), ("cold", range(hot, block.count))) if skew else (("", range(hot)),):
+        acc = _acc(accs, (cls, block.layer, part))
+        acc.ids.extend(range(start + experts.start * per_expert, start + experts.stop * per_expert))
+        acc.kinds.update({kind: n * len(experts) for kind, n in kinds.items()})
+        acc.experts.update(experts)
+
+
+def _count(accs: dict, key, ids, tensors: list) -> None:
+    acc = _acc(accs, key)
+    acc.ids.extend(ids)
+    acc.kinds.update(map(_KIND, tensors))
+    if tensors[0].expert is not None:
+        acc.experts.update(map(_EXPERT, tensors))
+
+
+def _acc(accs: dict, key) -> _Acc:
+    acc = accs.get(key)
+    if acc is None:
+        acc = accs[key] = _Acc()
+    return acc
 
 
 def _convertible(shape, params: int, fmt: str, role: Role) -> bool:
@@ -241,5 +280,5 @@ def build_groups(inventory: Inventory, include_mtp: bool = False, skew: ExpertSk
         return rank, order[cls], part
 
     groups = tuple(_group(inventory.spec, key, accs[key], skew) for key in sorted(accs, key=sort_key))
-    return Grouping(groups, tuple((reason, tuple(ids)) for reason, ids in excluded.items()), inventory,
+    return Grouping(groups, tuple((reason, ids, nbytes) for reason, (ids, nbytes) in excluded.items()), inventory,
                     include_mtp, skew)
