@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.engines.engine import StepCost as EngineStep, load_engine
+from mv4deploy.engines.engine import StepCost, load_engine
 from mv4deploy.hardware.profile import load_profile, load_profile_dict, parse_profile
 from mv4deploy.model.source import resolve_model
 from mv4deploy.plan.cluster import Serving, layouts, plan_cluster
@@ -113,7 +113,7 @@ def test_a_decode_step_by_hand():
     gpu = Tier("gpu:0", TierKind.GPU, ("gpu:0",), 1e12, MappingProxyType({"bf16": 1e15}), frozenset({"bf16"}))
     links = Links(8, {"all_reduce": (1e-5, 1e11), "all_to_all": (2e-5, 1e11)},
                   {"all_reduce": (5e-5, 5e10), "all_to_all": (6e-5, 4e10)}, (5e-6, 5e10))
-    cost = step_cost(shape, ClusterLayout(2, 1, 1, "ep"), gpu, links, EngineStep(per_layer_s=1e-4), 4, 1000, False)
+    cost = step_cost(shape, ClusterLayout(2, 1, 1, "ep"), gpu, links, StepCost(per_layer_s=1e-4), 4, 1000, False)
     # dense 4e9 B / tp 2 / 1e12 B/s = 2 ms; KV 4 seqs x 1e6 B = 4 us; experts: T = 4 tokens, touched
     # 1 - (6/8)^4 = 0.68359375; 8 uses on 2 GPUs: E[max] = (4*70 + 5*112 + 6*56 + 7*16 + 8*2)/256 = 5.09375, u = 1.2734375;
     # busiest GPU reads min(4e9, u x 4e9 x 0.68359375) = 3.4820556640625e9 B = 3.48205566 ms

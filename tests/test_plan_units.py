@@ -96,10 +96,11 @@ def test_embedding_reads_one_row_per_token(flash_groups):
 
 
 def test_every_flash_tensor_is_in_one_group_or_excluded(flash, flash_groups):
-    ids = [i for g in flash_groups.groups for i in g.tensor_ids] + [i for _, ids in flash_groups.excluded for i in ids]
+    ids = [i for g in flash_groups.groups for i in g.tensor_ids] + [i for _, ids, _ in flash_groups.excluded for i in ids]
     assert sorted(ids) == list(range(len(flash.inventory.tensors)))
-    # MTP excluded by default: 3.35 GiB of the 148.65 GiB checkpoint
+    # MTP excluded by default: 3.35 GiB of the 148.65 GiB checkpoint, the excluded tensors' own bytes
     assert sum(g.native_bytes for g in flash_groups.groups) == flash.inventory.checkpoint_bytes - 3_593_787_756
+    assert [nbytes for _, _, nbytes in flash_groups.excluded] == [3_593_787_756]
 
 
 def test_skew_splits_each_layer_into_hot_and_cold(flash):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from math import ceil
 
 from mv4deploy.core.jsonify import JsonResult
-from mv4deploy.plan.cluster_model import (ClusterLayout, ModelShape, StepCost, kv_per_gpu, links_of, shape_of,
+from mv4deploy.plan.cluster_model import (ClusterLayout, ModelShape, StageCost, kv_per_gpu, links_of, shape_of,
                                           step_cost, weights_per_gpu)
 
 BATCHES = tuple(2 ** i for i in range(10))      # sequences per DP rank: 1 ... 512
@@ -178,7 +178,7 @@ def layouts(total_gpus: int, gpus_per_node: int, allowed: frozenset[str]) -> lis
 class Priced:
     layout: ClusterLayout
     batch: int
-    cost: StepCost
+    cost: StageCost
     latency_s: float             # TPOT (decode) or TTFT (prefill)
     tokens_per_s: float          # per instance
     memory_bytes: int
@@ -219,7 +219,7 @@ class _Pricer:
         return Priced(layout, 1, cost, ttft, s.input_tokens * layout.dp / cost.stage_s, memory)
 
 
-def _bottleneck(cost: StepCost) -> str:
+def _bottleneck(cost: StageCost) -> str:
     name, seconds = max(cost.by_resource.items(), key=lambda kv: kv[1])
     return f"{name}: {seconds * 1e3:.3g} of {cost.stage_s * 1e3:.3g} ms per stage step"
 

@@ -163,7 +163,7 @@ def links_of(profile, engine) -> Links:
 
 
 @dataclass(frozen=True)
-class StepCost:
+class StageCost:
     """Seconds of one stage step by resource (``HBM``, ``compute``, ``NVLink``, ``network``, the fixed cost),
     and the pipeline crossings of one step (added once per token, not per stage)."""
 
@@ -222,7 +222,7 @@ def _collectives_s(shape, layout: ClusterLayout, links: Links, rank_tokens: int,
 
 
 def step_cost(shape: ModelShape, layout: ClusterLayout, gpu, links: Links, engine_step, rank_tokens: int,
-              context_tokens: int, prefill: bool) -> StepCost:
+              context_tokens: int, prefill: bool) -> StageCost:
     """One stage's step: a decode step (``rank_tokens`` = sequences per DP rank, at ``context_tokens``) or a
     prefill (``rank_tokens`` = prompt tokens per DP rank, ``context_tokens`` = the prompt length)."""
     stage_layers = ceil(shape.layers / layout.pp)
@@ -249,7 +249,7 @@ def step_cost(shape: ModelShape, layout: ClusterLayout, gpu, links: Links, engin
         latency, rate = links.network_p2p if layout.stage_gpus >= links.gpus_per_node else links.nvlink["all_reduce"]
         hidden = rank_tokens * layout.dp * shape.spec.hidden_size * getattr(shape.spec, "hc_mult", 1) * ACTIVATION_BYTES
         crossing = (layout.pp - 1) * (latency + hidden / rate)
-    return StepCost(out, crossing)
+    return StageCost(out, crossing)
 
 
 def weights_per_gpu(shape: ModelShape, layout: ClusterLayout) -> float:
