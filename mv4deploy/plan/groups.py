@@ -117,6 +117,7 @@ class Grouping:
     inventory: Inventory | None = field(default=None, compare=False, repr=False)  # what it was built from
     include_mtp: bool = False
     skew: ExpertSkew | None = None
+    memo: dict = field(default_factory=dict, compare=False, repr=False)   # what the planner derives from it, by key
 
     def serves(self, inventory: Inventory, include_mtp: bool, skew: ExpertSkew | None) -> bool:
         """Whether this grouping is the one ``build_groups(inventory, include_mtp, skew)`` would return."""

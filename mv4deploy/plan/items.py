@@ -93,13 +93,19 @@ def _compute(fmt: str) -> str:
     return FORMATS[fmt].compute if fmt in FORMATS else "bf16"
 
 
-def weight_item(group: Group, policy: Policy, spec, workload: Workload, gpu: Tier | None, host: Tier | None,
-                nvme: Tier | None, shards: int = 1, stream_prefill: bool = True, cache: dict | None = None) -> Item:
-    """Options on the group's GPU, host RAM and NVMe with their roofline costs. ``shards`` > 1: routed experts are spread whole over that many GPUs (expert parallel) and pay the
-    tier is sharded over that many GPUs (routed experts then pay the expert-parallel imbalance).
-    ``stream_prefill`` False: no stream buffer on the GPU, so prefill runs host-resident weights on the CPU.
-    ``cache``: costs already computed for identical work on the same tiers (layers repeat; one machine)."""
-    cache = {} if cache is None else cache
+@dataclass(frozen=True)
+class GroupWork:
+    """What a weight group asks of whichever tier holds it, under one policy and workload: its resident bytes
+    and format, and the work of one decode step and one prefill chunk. The same for every engine and layout,
+    so the planner works it out once per grouping (``planner.group_works``)."""
+
+    resident: int
+    format: str
+    decode: Work
+    prefill: Work
+
+
+def group_work(group: Group, policy: Policy, spec, workload: Workload) -> GroupWork:
     resident = group.resident_bytes(policy.target)
     fmt = main_format(group, policy)
     compute = _compute(fmt)
@@ -109,14 +115,25 @@ def weight_item(group: Group, policy: Policy, spec, workload: Workload, gpu: Tie
         attn_d, attn_p = attention_flops(spec, group.layer, context), mean_attention_flops(spec, group.layer, context)
     decode = Work(resident * group.touched_fraction(batch), batch * (group.flops_per_token + attn_d), compute, resident)
     prefill = Work(resident * group.touched_fraction(chunk), chunk * (group.flops_per_token + attn_p), compute, resident)
+    return GroupWork(resident, fmt, decode, prefill)
+
+
+def weight_item(group: Group, work: GroupWork, spec, workload: Workload, gpu: Tier | None, host: Tier | None,
+                nvme: Tier | None, shards: int = 1, stream_prefill: bool = True, cache: dict | None = None) -> Item:
+    """Options on the group's GPU, host RAM and NVMe with their roofline costs. ``shards`` > 1: the GPU tier
+    is sharded over that many GPUs and routed experts spread whole over them pay the expert-parallel imbalance.
+    ``stream_prefill`` False: no stream buffer on the GPU, so prefill runs host-resident weights on the CPU.
+    ``cache``: costs already computed for identical work on the same tiers (layers repeat; one machine)."""
+    cache = {} if cache is None else cache
     imbalance = 1.0
     if group.experts and shards > 1:
-        imbalance = ep_imbalance(round(batch * group.expert_probability * group.experts), shards)
-    key = (decode, prefill, imbalance, gpu.name if gpu else None, stream_prefill)
+        imbalance = ep_imbalance(round(workload.batch * group.expert_probability * group.experts), shards)
+    key = (work.decode, work.prefill, imbalance, gpu.name if gpu else None, stream_prefill)
     costs = cache.get(key)
     if costs is None:
-        costs = cache[key] = _costs(decode, prefill, imbalance, spec, workload, gpu, host, nvme, stream_prefill)
-    options = tuple(Option(tier, fmt, resident, d, p, d.seconds) for tier, d, p in costs)
+        costs = cache[key] = _costs(work.decode, work.prefill, imbalance, spec, workload, gpu, host, nvme,
+                                    stream_prefill)
+    options = tuple(Option(tier, work.format, work.resident, d, p, d.seconds) for tier, d, p in costs)
     units = group.experts if group.cls is GroupClass.ROUTED_EXPERTS and group.experts > 1 else 1
     return Item(group.name, ItemKind.WEIGHTS, group.cls, group.layer, options, units, group)
 

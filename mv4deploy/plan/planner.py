@@ -19,7 +19,7 @@ from mv4deploy.plan.costs import expert_calls, overhead_s, prefill_overhead_s
 from mv4deploy.plan.engram import engram_item
 from mv4deploy.plan.estimates import Estimates, bound_tps, estimate
 from mv4deploy.plan.groups import GroupClass, Grouping, build_groups
-from mv4deploy.plan.items import Item, weight_item
+from mv4deploy.plan.items import Item, group_work, weight_item
 from mv4deploy.plan.kv_tiering import kv_items
 from mv4deploy.plan.multigpu import Layout, Mode, build_layout, candidate_modes, crossing_s, kv_replicas
 from mv4deploy.plan.placement import Placement, lower_bound, multipliers, place
@@ -51,17 +51,28 @@ def _items(resolved: ResolvedModel, grouping: Grouping, policy: Policy, workload
            machine: Machine, stream_prefill: bool, cache: dict) -> list[Item]:
     """``cache``: weight costs already priced on this machine (``items.weight_item``), shared by its candidates."""
     spec, items = resolved.spec, []
-    for group in grouping.groups:
+    for group, work in zip(grouping.groups, group_works(grouping, policy, spec, workload)):
         gpu = layout.gpu_for(group.layer, group.cls)
         if group.cls is GroupClass.ENGRAM_TABLE:
             items.append(engram_item(group, workload, gpu, machine.host, machine.nvme))
         else:
-            items.append(weight_item(group, policy, spec, workload, gpu, machine.host, machine.nvme, layout.expert_shards,
-                                     stream_prefill, cache))
+            items.append(weight_item(group, work, spec, workload, gpu, machine.host, machine.nvme,
+                                     layout.expert_shards, stream_prefill, cache))
     layers = sorted({g.layer for g in grouping.groups if g.layer is not None})
     items += kv_items(kv_layout(spec, policy.kv_cache), workload, layout.stage_layers(layers), machine.host,
                       kv_replicas(spec, layout))
     return items
+
+
+def group_works(grouping: Grouping, policy: Policy, spec, workload: Workload) -> tuple:
+    """Each group's ``GroupWork`` (None for an Engram table), worked out once per grouping, policy and workload
+    and kept on the grouping: every engine, layout and suggestion prices the same work."""
+    key = ("group_works", policy, workload)
+    works = grouping.memo.get(key)
+    if works is None:
+        works = grouping.memo[key] = tuple(None if g.cls is GroupClass.ENGRAM_TABLE else
+                                           group_work(g, policy, spec, workload) for g in grouping.groups)
+    return works
 
 
 def workspace_devices(machine: Machine) -> set[str]:
