@@ -106,14 +106,17 @@ class TensorTable(Sequence):
     def __eq__(self, other) -> bool:
         return isinstance(other, (TensorTable, tuple, list)) and tuple(self) == tuple(other)
 
-    def __hash__(self) -> int:
-        return hash(self._items)
+    def __hash__(self) -> int:              # equal tables (however built) have equal lengths
+        return hash(self._len)
 
     def _expanded(self) -> tuple[TensorInfo, ...]:
         if self._flat is None:
             flat = []
             for x in self._items:
-                flat.extend(x.expand()) if type(x) is ExpertBlock else flat.append(x)
+                if type(x) is ExpertBlock:
+                    flat.extend(x.expand())
+                else:
+                    flat.append(x)
             self._flat = tuple(flat)
         return self._flat
 
