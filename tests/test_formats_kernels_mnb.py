@@ -60,7 +60,7 @@ def test_asymmetric_tiny_blocks_keep_mlas_output():
     ours = [t.numpy() for t in kernels_mnb.mnb4_quantize(w, 16, False)]
     theirs = ort_quantize(w, 16, False)
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
-    assert np.isinf(np.float32(1) / theirs[1][0, 0])
+    assert theirs[1][0, 0] < 2.0**-128                                # so 1 / scale > float32 max
 
 
 def test_dequantize_batched_asymmetric_by_hand():
@@ -126,4 +126,5 @@ def test_asymmetric_zero_points_of_an_even_block_count_by_hand():
     assert scale.tolist() == [[2.0, 1.0], [1.0, 0.0]]
     assert zero.tolist() == [[3], [15]]
     assert codes_of(packed[0, 1]) == list(range(16))                       # v / 1 + 0
-    assert all(np.array_equal(a.numpy(), b) for a, b in zip((packed, scale, zero), ort_quantize(w, 16, False)))
+    theirs = ort_quantize(w, 16, False)
+    assert all(np.array_equal(a.numpy(), b) for a, b in zip((packed, scale, zero), theirs))
