@@ -16,14 +16,15 @@ scratch=${MUTATION_DIR:-/tmp/mv4deploy-mutation}
 jobs=${MUTATION_JOBS:-2}
 
 # module (under mv4deploy/) -> the test files that exercise it (a file not there yet is skipped)
-FORMATS_TESTS="tests/test_formats_reference.py tests/test_formats_roundtrip.py tests/test_formats_kernels.py"
+FORMATS_TESTS="tests/test_formats_reference.py tests/test_formats_roundtrip.py tests/test_formats_kernels.py
+    tests/test_formats_kernels_fast.py"
 declare -A TESTS=(
     [core/units]="tests/test_units.py tests/test_plan_units.py tests/test_profiles.py"
     [formats/dtypes]="tests/test_formats_roundtrip.py"
-    [formats/kernels_fp]="$FORMATS_TESTS"
-    [formats/kernels_int]="$FORMATS_TESTS"
-    [formats/kernels_nvfp4]="$FORMATS_TESTS"
-    [formats/kernels_mnb]="$FORMATS_TESTS tests/test_export_formats.py"
+    [formats/kernels_fp]="$FORMATS_TESTS tests/test_formats_kernels_fp.py"
+    [formats/kernels_int]="$FORMATS_TESTS tests/test_formats_kernels_int.py"
+    [formats/kernels_nvfp4]="$FORMATS_TESTS tests/test_formats_kernels_nvfp4.py"
+    [formats/kernels_mnb]="$FORMATS_TESTS tests/test_export_formats.py tests/test_formats_kernels_mnb.py"
     [validate/stats]="tests/test_metrics.py tests/test_gate.py tests/test_validate_stats_exact.py"
     [validate/metrics]="tests/test_metrics.py tests/test_validate_stats_exact.py"
     [validate/compressed]="tests/test_metrics_compressed.py tests/test_validate_compressed_exact.py"

@@ -3,11 +3,12 @@
 transposed to ONNX's [K, N], K zero-padded to whole blocks). Torch keeps the dequantization, the error
 bound and one corner: blocks whose scale is so small that MLAS's float32 reciprocal overflows (absmax below
 ~2^-124) get saturated codes from MLAS; for a symmetric weight those blocks are re-coded here by exact
-division (``_codes``), which keeps the round trip within its bound and idempotent.
+division (``_exact_codes``), which keeps the round trip within its bound and idempotent.
 
-What MLAS ``QuantizeBlockwise`` computes, per
-block of ``block`` values along K of a weight [*, N, K] (K zero-padded to whole blocks, the padding taking
-part in the block's range, as the quantizer pads before calling the kernel):
+What MLAS ``QuantizeBlockwise`` computes (used as it comes: torch does not re-implement these rules; the
+error bound re-derives the symmetric scale), per block of ``block`` values along K of a weight [*, N, K]
+(K zero-padded to whole blocks, the padding taking part in the block's range, as the quantizer pads
+before calling the kernel):
 
 - symmetric: the value of largest magnitude (``max`` if ``|max| > |min|`` else ``min``; for a block of
   zeros the first one, whose sign decides the sign of a zero scale) divided by -8 is the scale, so that
@@ -18,7 +19,8 @@ part in the block's range, as the quantizer pads before calling the kernel):
 
 ``v / scale`` is computed as ``v * (1 / scale)`` in float32 and ``roundf`` rounds halves away from zero,
 as MLAS does. One deliberate difference: where the scale is so small (a block absmax below ~2^-124) that
-its float32 reciprocal overflows, MLAS produces saturated codes; here the division is done in float64.
+its float32 reciprocal overflows, MLAS produces saturated codes; here the division is done in float64
+(symmetric only: an asymmetric weight keeps MLAS's codes).
 Codes pack two per byte, low nibble first; zero points too, an odd count padded with 8.
 Checked against onnxruntime's exports in tests/test_export_formats.py.
 """
@@ -47,34 +49,16 @@ def _blocks(weight: Tensor, block: int) -> Tensor:
     return w.reshape(*w.shape[:-1], -1, block)
 
 
-def _scale_and_zero(w: Tensor, symmetric: bool) -> tuple[Tensor, Tensor]:
-    vmax, vmin = w.amax(-1), w.amin(-1)
-    if symmetric:
-        extreme = torch.where(vmax.abs() > vmin.abs(), vmax, vmin)
-        extreme = torch.where((vmax == 0) & (vmin == 0), w[..., 0], extreme)   # keeps the sign of a zero
-        return extreme / -float(SYM_ZERO), torch.full_like(extreme, float(SYM_ZERO))
-    lo, hi = vmin.clamp(max=0.0), vmax.clamp(min=0.0)
-    scale = (hi - lo) / float(CODE_MAX)
-    safe = torch.where(scale != 0, scale, torch.ones_like(scale))
-    zero = torch.where(scale != 0, 0.0 - lo / safe, lo)
-    zero = torch.where(zero < 0, 0.0, torch.where(zero > CODE_MAX, float(CODE_MAX), _roundf(zero)))
-    return scale, zero
-
-
-def _codes(w: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
-    reciprocal = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, torch.ones_like(scale)),
-                             torch.zeros_like(scale))
-    x = w * reciprocal[..., None] + zero[..., None]
-    overflow = torch.isinf(reciprocal)[..., None].expand_as(w)
-    if bool(overflow.any()):                  # subnormal scales: divide exactly instead of saturating
-        exact = (w.double() / scale.double()[..., None] + zero.double()[..., None]).float()
-        x = torch.where(overflow, exact, x)
+def _exact_codes(w: Tensor, scale: Tensor) -> Tensor:
+    """Symmetric codes of blocks [M, block] with nonzero scales [M]: ``roundf(v / scale + 8)`` clamped to
+    [0, 15], the quotient taken in float64 and the sum rounded to float32 (where MLAS multiplies by a float32
+    reciprocal, which overflows for these scales)."""
+    x = (w.double() / scale.double()[:, None] + SYM_ZERO).float()
     return _roundf(x).clamp(0, CODE_MAX).to(torch.uint8)
 
 
-def _pack(codes: Tensor, pad_value: int = 0) -> Tensor:
-    if codes.shape[-1] % 2:
-        codes = torch.nn.functional.pad(codes, (0, 1), value=pad_value)
+def _pack(codes: Tensor) -> Tensor:
+    """Codes [..., block] (block even) -> bytes [..., block/2], low nibble first."""
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
 
 
@@ -105,9 +89,9 @@ def _ort_quantize(w: Tensor, block: int, symmetric: bool) -> tuple[Tensor, ...]:
     packed, scales = torch.from_numpy(packed), torch.from_numpy(scales).view(n, blocks)
     overflow = torch.isinf(1.0 / scales) & (scales != 0)
     if symmetric and bool(overflow.any()):   # MLAS saturates these blocks: code them by exact division
-        wb = _blocks(w, block)
-        exact = _pack(_codes(wb, scales, torch.full_like(scales, float(SYM_ZERO))))
-        packed = torch.where(overflow[..., None], exact, packed)
+        codes = _unpack(packed)                                         # [N, blocks, block]
+        codes[overflow] = _exact_codes(_blocks(w, block)[overflow], scales[overflow])
+        packed = _pack(codes)
     if symmetric:
         return packed, scales
     return packed, scales, torch.from_numpy(zero).view(n, -1)
@@ -124,17 +108,17 @@ def mnb4_dequantize(packed: Tensor, scale: Tensor, zero_points: Tensor | None, c
     # + 0.0 turns -0.0 (code == zero times a negative scale) into +0.0, so that quantizing the result
     # again picks the same sign for a zero block's scale (idempotence)
     w = ((codes - zero[..., None]) * scale.float()[..., None] + 0.0).flatten(-2)
-    return (w if cols is None else w[..., :cols]).to(dtype)
+    return w[..., :cols].to(dtype)                                      # cols None: all
 
 
 def mnb4_error_bound(weight: Tensor, block: int) -> Tensor:
     """Bound on |dequantize(quantize(w)) - w| for the symmetric kernel: half a step, or a whole step for
     values on the side opposite the block's extreme beyond 7.5 steps (code 16 clamps to 15), plus
-    float32 rounding of the reciprocal and of the product."""
+    float32 rounding of the reciprocal and of the product, plus 2**-146 for subnormal scales."""
     w = _blocks(weight, block)
-    scale, _ = _scale_and_zero(w, symmetric=True)
-    step = scale.abs()[..., None]
-    extreme = (scale * -SYM_ZERO)[..., None]
+    vmax, vmin = w.amax(-1, keepdim=True), w.amin(-1, keepdim=True)
+    extreme = torch.where(vmax.abs() > vmin.abs(), vmax, vmin)         # lands on code 0: scale extreme / -8
+    step = extreme.abs() / SYM_ZERO
     clamped = (torch.sign(w) != torch.sign(extreme)) & (w.abs() > 7.5 * step)
-    bound = torch.where(clamped, step, step / 2) + step * 2.0**-18 + 2.0**-146   # (last: subnormal scales)
+    bound = torch.where(clamped, step, step / 2) + step * 2.0**-18 + 2.0**-146
     return bound.flatten(-2)[..., : weight.shape[-1]]
