@@ -55,7 +55,8 @@ DRY = {"v4": dict(truth.TINY, layers=4, experts=8, top_k=2, head_dim=64),
 # reads, then experts), so a placement may come with the embedding (and, at 4K context, the small CSA pool)
 # in host RAM too.
 # Contexts stay at 16K (32K for the CSA pool: at 16K its 14 MB cost more per byte freed, top-k fetches and a
-# link latency per layer, than the experts' CPU compute, so the planner never moves it alone) and prefill chunks
+# link latency per layer, than the experts' CPU compute, so the planner never moves it alone; on the probed H200
+# of 2026-12-04 not at 32K either, docs/benchmarks.md) and prefill chunks
 # at 256 tokens: transformers' eager V4 attention materializes fp32 scores over window + chunk + every
 # compressed entry per head ([32, 256, 8K] = 270 MB at 32K), a transient no fused engine has and the plan's
 # workspace does not count.
@@ -91,8 +92,8 @@ def _run_args(args) -> tuple:
 
 def step_probe(args) -> None:
     out = _profile(args, "probed")
-    truth.cli("profile", "probe", "--base", args.base, "--name", args.base, "--size", "512MiB" if args.dry_run else "2GiB",
-              "--storage-dir", args.dir, "--out", out)
+    truth.cli("profile", "probe", "--base", args.base, "--name", args.base,
+              "--size", "512MiB" if args.dry_run else "2GiB", "--storage-dir", args.dir, "--out", out)
     if args.dry_run:                  # tiny models beside a 1 GiB reserve: no placement window worth the name
         data = yaml.safe_load(out.read_text())
         data["gpus"]["runtime_reserve"] = "1MiB"
