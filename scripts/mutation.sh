@@ -60,7 +60,7 @@ source_paths = ["mv4deploy"]
 only_mutate = ["mv4deploy/$module.py"]
 pytest_add_cli_args_test_selection = $(toml_list "${tests[@]}")
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-q"]
-also_copy = ["profiles", "exporters", "tasks"]
+also_copy = ["profiles", "exporters", "tasks", "engines"]
 EOF
     (cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$python" -m mutmut run --max-children "$jobs" >mutmut.log 2>&1) || {
         tail -30 "$dir/mutmut.log" >&2; exit 1; }
