@@ -120,6 +120,16 @@ def test_streaming_whole_modules_and_what_disables_each_path():
     assert on_host(Work(10, 100, "bf16"), int8_only, None) == UNAVAILABLE
 
 
+def test_each_side_computes_in_the_work_s_own_format():
+    # a CPU with int8 units at 200 FLOP/s beside bf16 at 50: 400 int8 FLOPs take 2 s (not 400 / 50 = 8 s)
+    host = host_tier(compute_flops_per_s={"bf16": 50.0, "int8": 200.0},
+                     native_formats=frozenset({"bf16", "int8"}))
+    assert on_host(Work(10, 400, "int8"), host, None) == Cost(2.0, "cpu", True, "host compute")
+    # streamed fp8 runs at the GPU's fp8 rate, 800 FLOP/s (not bf16's 400): max(1 s link, 1600 / 800 = 2 s) + 0.01
+    assert on_host(Work(10, 1600, "fp8"), host_tier(cpu_execution=False), gpu_tier()) == \
+        Cost(2.01, "stream", True, "g compute")
+
+
 def test_streaming_to_another_gpu_than_the_one_holding_activations():
     host, gpu = host_tier(cpu_execution=False), gpu_tier()
     other = gpu_tier(name="g2", link_bytes_per_s=20.0, latency_s=0.5)
@@ -141,6 +151,11 @@ def test_nvme_read_overlaps_and_names_itself_when_it_is_longer():
     # read exactly as long as the compute (0 + 10 / 10 = 1 s; CPU 50 / 50 = 1 s): the compute keeps its name
     tie = on_nvme(Work(10, 50, "bf16"), nvme_tier(bandwidth_bytes_per_s=10.0, latency_s=0.0), host, None)
     assert tie == Cost(1.0, "nvme+cpu", True, "host compute")
+    # no activations given: no transfer beside the latencies, 2.1 + 2 x 0.01 (CPU)
+    assert on_nvme(Work(10, 100, "bf16"), nvme, host, gpu_tier(streams=False)).seconds == pytest.approx(2.12)
+    # streamed to another GPU than the one holding the activations (which cannot receive streams itself)
+    assert on_nvme(Work(10, 100, "bf16"), nvme, host_tier(cpu_execution=False), gpu_tier(streams=False),
+                   stream_gpu=gpu_tier(name="g2")) == Cost(2.11, "nvme+stream", True, "nvme read")
     # activations' round trip is added after the overlap: 2.1 + 2 x (0.01 + 20 / 10) = 6.12 (CPU), stream 2.11
     assert on_nvme(Work(10, 100, "bf16"), nvme, host_tier(), gpu_tier(streams=False), 20.0).seconds == \
         pytest.approx(6.12)
@@ -203,6 +218,7 @@ def test_mla_and_gqa_attention_by_hand():
                              "index_head_dim": 13})
     # top-10 entries, and the indexer 2 x 2 x 13 = 52 FLOPs on each of 50 keys: 1020 + 2600
     assert attention_flops(dsa, 0, 50) == 3620
+    assert attention_flops(dsa, 0, 5) == 102 * 5 + 52 * 5                          # below the top-10: 770
     for arch in (Arch.QWEN2, Arch.LLAMA):
         gqa = SimpleNamespace(architecture=arch, num_attention_heads=3, head_dim=5)
         assert attention_flops(gqa, 0, 50) == 4 * 3 * 5 * 50                        # 3000
@@ -232,7 +248,15 @@ def _brute_ratio(balls: int, bins: int) -> float:
     return loads.mean() / (balls / bins)
 
 
-def test_ep_imbalance_against_counts():
+@pytest.fixture
+def fresh_imbalance():
+    """ep_imbalance is cached per process: start from an empty cache, so each value is computed here."""
+    ep_imbalance.cache_clear()
+    yield
+    ep_imbalance.cache_clear()
+
+
+def test_ep_imbalance_against_counts(fresh_imbalance):
     assert ep_imbalance(0, 8) == 1.0 and ep_imbalance(5, 1) == 1.0 and ep_imbalance(5, 0) == 1.0
     # 3 balls in 2 bins: loads (3, 0) with p 2/8, else (2, 1): E[max] = 0.75 + 1.5 = 2.25 over mean 1.5
     assert ep_imbalance(3, 2) == pytest.approx(1.5, rel=1e-12)
@@ -247,7 +271,7 @@ def test_ep_imbalance_against_counts():
     assert ep_imbalance(40, 16) == pytest.approx(_exact_ratio(40, 16), rel=1e-9)
 
 
-def test_ep_imbalance_normal_approximation_beyond_64():
+def test_ep_imbalance_normal_approximation_beyond_64(fresh_imbalance):
     # 80 on 8: mean 10, sigma = sqrt(10 x 7/8) = 2.958040, sqrt(2 ln 8) = 2.039334: 1 + 6.032431 / 10
     assert ep_imbalance(80, 8) == pytest.approx(1.6032431, abs=1e-7)
     # 65 on 4: mean 16.25, sigma = sqrt(16.25 x 3/4) = 3.491060, sqrt(2 ln 4) = 1.665109: 1 + 5.812996 / 16.25

@@ -137,3 +137,12 @@ def test_bottleneck_ties_go_to_the_first_name_and_short_steps_show_three_digits(
             item("b", ItemKind.WEIGHTS, GroupClass.ATTENTION, 1, 1.1344, 0.0, "y")]
     assert estimate(placement(*slow), 2, WORKLOAD, 0.0, 0.0, 1.0).bottleneck == "y: 1,134 of 1,234 ms per decode step"
     assert estimate(placement(*slow[:1]), 2, WORKLOAD, 0.0, 0.0, 1.0).bottleneck == "x: 100 of 100 ms per decode step"
+
+
+def test_an_embedding_cut_over_two_tiers_counts_both_pieces_before_layer_0():
+    # halves of 0.5 s (GPU) and 3.0 s (host): 0.25 + 1.5 = 1.75 s before layer 0; layer 0 adds 1.0 s
+    placed = [item("embed", ItemKind.WEIGHTS, GroupClass.EMBEDDING, None, 0.5, 0.0, "g bandwidth", units=2, stop=1),
+              item("embed", ItemKind.WEIGHTS, GroupClass.EMBEDDING, None, 3.0, 0.0, "host bandwidth", HOST, units=2,
+                   start=1),
+              item("attn.0", ItemKind.WEIGHTS, GroupClass.ATTENTION, 0, 1.0, 0.0, "g bandwidth")]
+    assert estimate(placement(*placed), 2, WORKLOAD, 0.0, 0.0, 1.0).engram_windows_s == {0: 1.75, 1: 2.75}

@@ -46,22 +46,24 @@ def test_limits_at_the_edges_are_accepted(raw):
      "kld_mean is never negative: a limit below 0 can never pass (or always does)"),
     ({"ppl_ratio_min": -1}, "ppl_ratio_min",
      "ppl_ratio is never negative: a limit below 0 can never pass (or always does)"),
-    ({"kld_avg_max": 0.1}, "kld_avg_max", "unknown limit; use kld_mean_max, kld_p99_max, top1_min, ppl_ratio_max, "
-                                          "or <statistic>_max / <statistic>_min for any statistic of the --json output"),
+    ({"kld_avg_max": 0.1}, "kld_avg_max",
+     "unknown limit; use kld_mean_max, kld_p99_max, top1_min, ppl_ratio_max, or <statistic>_max / <statistic>_min "
+     "for any statistic of the --json output"),
 ])
 def test_refusals_name_the_field_and_say_why(raw, field, reason):
     with pytest.raises(InputError) as err:
         make_gate(raw, "g.yaml", KEYS)
     assert (err.value.source, err.value.field, err.value.reason) == ("g.yaml", field, reason)
+    assert err.value.value == (raw.get(field) if field else None)              # the value as written
 
 
-@pytest.mark.parametrize("text", ["{}\n", "", "- kld_mean_max: 0.1\n"])
-def test_a_gate_file_that_is_not_a_mapping_of_limits(tmp_path, text):
+@pytest.mark.parametrize("text, value", [("{}\n", {}), ("", None), ("- kld_mean_max: 0.1\n", [{"kld_mean_max": 0.1}])])
+def test_a_gate_file_that_is_not_a_mapping_of_limits(tmp_path, text, value):
     path = tmp_path / "gate.yaml"
     path.write_text(text)
     with pytest.raises(InputError) as err:
         load_gate(path, KEYS)
-    assert err.value.source == str(path) and err.value.field is None
+    assert err.value.source == str(path) and err.value.field is None and err.value.value == value
     assert err.value.reason == "a gate is a mapping of limits, e.g. 'kld_mean_max: 0.01'"
 
 
