@@ -16,8 +16,8 @@ import pytest
 
 from mv4deploy.hardware.profile import RuntimeOverhead
 from mv4deploy.model.spec import Arch
-from mv4deploy.plan.costs import (UNAVAILABLE, Cost, Work, _roofline, attention_flops, ep_imbalance, expert_calls,
-                                  hops_s, mean_attention_flops, on_gpu, on_host, on_nvme, overhead_s,
+from mv4deploy.plan.costs import (UNAVAILABLE, Cost, Work, _p_max_at_most, _roofline, attention_flops, ep_imbalance,
+                                  expert_calls, hops_s, mean_attention_flops, on_gpu, on_host, on_nvme, overhead_s,
                                   prefill_overhead_s)
 from mv4deploy.plan.tiers import Tier, TierKind
 
@@ -276,3 +276,10 @@ def test_ep_imbalance_normal_approximation_beyond_64(fresh_imbalance):
     assert ep_imbalance(80, 8) == pytest.approx(1.6032431, abs=1e-7)
     # 65 on 4: mean 16.25, sigma = sqrt(16.25 x 3/4) = 3.491060, sqrt(2 ln 4) = 1.665109: 1 + 5.812996 / 16.25
     assert ep_imbalance(65, 4) == pytest.approx(1.3577228, abs=1e-7)
+
+
+def test_p_max_at_most_by_hand():
+    # 4 balls in 2 bins, each bin at most 2: only (2, 2), C(4, 2) = 6 of 2^4 = 16 assignments
+    assert _p_max_at_most(4, 2, 2) == pytest.approx(6 / 16, rel=1e-15)
+    # 5 balls cannot fit 2 bins of at most 2: the product polynomial stops at x^4
+    assert _p_max_at_most(5, 2, 2) == 0.0
