@@ -5,10 +5,20 @@ pin counts and bytes; this pins which tensor is which. Found by mutation testing
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
+from conftest import PRESETS
+from mv4deploy.model.config import read_config
+from mv4deploy.model.inventory import build_inventory
 from mv4deploy.model.source import resolve_model
 from mv4deploy.model.tensors import Role
+
+# a dotted path of lower-case module names, under one of the checkpoints' top-level modules
+V4_NAME = re.compile(r"hc_head_(fn|base|scale)|image_(start|end|newline)|"
+                     r"(embed|head|norm|layers|mtp|vision|aligner)(\.[a-z0-9_]+)+")
 
 A, N, R = Role.ATTENTION, Role.NORM, Role.ROUTER
 
@@ -72,6 +82,21 @@ def test_v3_tensors_by_name_role_layer_expert_and_shape(preset, indexer):
             w = weights[t.name.removesuffix("_scale_inv")]
             assert (t.role, t.layer, t.expert, t.mtp) == (w.role, w.layer, w.expert, w.mtp)
     assert {t.layer for t in inv.tensors if t.mtp} == {3}
+    assert all(type(d) is int for t in inv.tensors for d in t.shape)
+
+
+def test_v3_without_a_q_lora_and_with_two_shared_experts():
+    """DeepSeek-V2-Lite style attention (q_lora_rank null: one q_proj) and 2 shared experts (one MLP twice
+    as wide): q_proj [4 x (16 + 16), 128]; shared gate/up [2 x 64, 128], down [128, 2 x 64]."""
+    raw = {**json.loads((PRESETS / "tiny-deepseek-v3.json").read_text()), "q_lora_rank": None, "n_shared_experts": 2}
+    inv = build_inventory(read_config(raw, "v2-lite-like"))
+    got = {t.name: (t.role, t.layer, t.shape) for t in inv.tensors if t.name.startswith("model.layers.1.")}
+    assert got["model.layers.1.self_attn.q_proj.weight"] == (Role.ATTENTION, 1, (128, 128))
+    assert not any("q_a_proj" in name or "q_b_proj" in name for name in got)
+    shared = "model.layers.1.mlp.shared_experts."
+    assert got[shared + "gate_proj.weight"] == got[shared + "up_proj.weight"] == (Role.SHARED_EXPERT, 1, (128, 128))
+    assert got[shared + "down_proj.weight"] == (Role.SHARED_EXPERT, 1, (128, 128))
+    assert all(type(d) is int for t in inv.tensors for d in t.shape)
 
 
 def _v4_role(name: str, layer: int | None, hash_layers: int) -> Role:
@@ -109,3 +134,17 @@ def test_v4_layer_expert_and_role_follow_the_name(preset):
         expert = int(t.name.split(".experts.")[1].split(".")[0]) if ".experts." in t.name else None
         assert (t.layer, t.mtp, t.expert) == (layer, head == "mtp", expert), t.name
         assert t.role is _v4_role(t.name, layer, spec.num_hash_layers), t.name
+        assert V4_NAME.fullmatch(t.name) and all(type(d) is int for d in t.shape), t.name
+    for i in range(spec.num_hidden_layers):        # mHC: a mix before attention and one before the FFN
+        assert {t.name for t in inv.tensors if t.name.startswith(f"layers.{i}.hc_")} == {
+            f"layers.{i}.hc_{sub}_{part}" for sub in ("attn", "ffn") for part in ("fn", "base", "scale")}
+    if spec.vision is not None:
+        assert {"image_start", "image_end", "image_newline"} <= {t.name for t in inv.tensors}
+
+
+def test_v4_flash_0731_draft_stages_as_in_the_published_index():
+    """The released index's three DSpark stages hold 1,568 / 1,565 / 1,572 tensors (shards 46-48; the figures
+    tests/test_config_releases.py cites): stage 0 adds main_proj and main_norm, the last the heads."""
+    inv = resolve_model("deepseek-v4-flash-0731").inventory
+    assert [sum(1 for t in inv.tensors if t.name.startswith(f"mtp.{m}.")) for m in range(3)] == [1568, 1565, 1572]
+    assert "mtp.2.markov_head.head.weight" in {t.name for t in inv.tensors}
