@@ -157,3 +157,33 @@ def test_v4_flash_0731_draft_stages_as_in_the_published_index():
     inv = resolve_model("deepseek-v4-flash-0731").inventory
     assert [sum(1 for t in inv.tensors if t.name.startswith(f"mtp.{m}.")) for m in range(3)] == [1568, 1565, 1572]
     assert "mtp.2.markov_head.head.weight" in {t.name for t in inv.tensors}
+
+
+# ---- model.tensors: the table and the builder's integer lookup tables ---------------------------------------
+
+def test_lookup_tables_are_raw_have_no_parameters_and_know_their_mtp_layers():
+    from mv4deploy.model.tensors import RAW_FORMAT, TensorInfo, _Builder
+    b = _Builder(mtp_from=4)
+    b.table("layers.3.ffn.gate.tid2eid", "I64", [16, 2], Role.HASH_ROUTER, 3)
+    b.table("mtp.0.ffn.gate.tid2eid", "I64", (16, 2), Role.HASH_ROUTER, 4)      # layer 4 >= mtp_from 4
+    b.table("tid2eid", "I64", (16, 2), Role.HASH_ROUTER)                        # no layer: not MTP
+    assert b.tensors == [
+        TensorInfo("layers.3.ffn.gate.tid2eid", "I64", (16, 2), Role.HASH_ROUTER, RAW_FORMAT, 0, 3, None, False),
+        TensorInfo("mtp.0.ffn.gate.tid2eid", "I64", (16, 2), Role.HASH_ROUTER, RAW_FORMAT, 0, 4, None, True),
+        TensorInfo("tid2eid", "I64", (16, 2), Role.HASH_ROUTER, RAW_FORMAT, 0, None, None, False)]
+    plain = _Builder()                                                          # no MTP layers at all
+    plain.table("layers.9.t", "I64", (1,), Role.HASH_ROUTER, 9)
+    assert plain.tensors[0].mtp is False
+
+
+def test_duplicates_name_the_repeated_entry_and_tables_compare_as_sequences():
+    from mv4deploy.model.tensors import ExpertBlock, TensorInfo, TensorTable
+    rows = (("w1.weight", "BF16", (2, 2), 4),)
+    singles = [TensorInfo(n, "BF16", (2,), Role.NORM, "bf16", 2) for n in ("a", "b", "b")]
+    assert TensorTable(singles).duplicate_name() == "b"
+    blocks = [ExpertBlock(p, rows, 2, "bf16", 1, False) for p in ("x.", "y.", "y.")]
+    assert TensorTable(blocks).duplicate_name() == "y.*"
+    table = TensorTable(singles)
+    assert table == singles and table == tuple(singles) and table == TensorTable(list(singles))
+    assert table != singles[:2] and (table == 5) is False and (table == "abb") is False
+    assert hash(table) == hash(TensorTable(list(singles)))
