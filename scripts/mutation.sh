@@ -18,6 +18,11 @@ jobs=${MUTATION_JOBS:-2}
 # module (under mv4deploy/) -> the test files that exercise it (a file not there yet is skipped)
 FORMATS_TESTS="tests/test_formats_reference.py tests/test_formats_roundtrip.py tests/test_formats_kernels.py
     tests/test_formats_kernels_fast.py"
+# the planner's tests that call it in-process (the CLI tests run it in a subprocess, which mutmut does not see),
+# less test_plan_properties and test_hints: 20 of their 29 s, paid again by every surviving mutant
+PLAN_TESTS="tests/test_plan_units.py tests/test_plan_scenarios.py tests/test_plan_golden.py
+    tests/test_plan_engines.py tests/test_engines.py tests/test_probe.py tests/test_run_split.py
+    tests/test_engram_model.py"
 declare -A TESTS=(
     [core/units]="tests/test_units.py tests/test_plan_units.py tests/test_profiles.py"
     [formats/dtypes]="tests/test_formats_roundtrip.py"
@@ -28,9 +33,16 @@ declare -A TESTS=(
     [validate/stats]="tests/test_metrics.py tests/test_gate.py tests/test_validate_stats_exact.py"
     [validate/metrics]="tests/test_metrics.py tests/test_validate_stats_exact.py"
     [validate/compressed]="tests/test_metrics_compressed.py tests/test_validate_compressed_exact.py"
+    [plan/costs]="$PLAN_TESTS tests/test_plan_costs_exact.py"
+    [plan/estimates]="$PLAN_TESTS tests/test_plan_estimates_exact.py"
+    [validate/gate]="tests/test_gate.py tests/test_validate_loader.py tests/test_validate_gate_exact.py"
+    [export/verify]="tests/test_export_static.py tests/test_validate_loader.py tests/test_export_verify_exact.py"
+    [model/inventory_deepseek]="tests/test_inventory.py tests/test_inventory_deepseek_exact.py"
+    [model/tensors]="tests/test_inventory.py tests/test_inventory_deepseek_exact.py"
 )
 ORDER=(core/units formats/dtypes formats/kernels_fp formats/kernels_int formats/kernels_nvfp4 formats/kernels_mnb
-       validate/stats validate/metrics validate/compressed)
+       validate/stats validate/metrics validate/compressed plan/costs plan/estimates validate/gate export/verify
+       model/inventory_deepseek model/tensors)
 
 toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${out%, }]"; }
 
@@ -49,7 +61,7 @@ source_paths = ["mv4deploy"]
 only_mutate = ["mv4deploy/$module.py"]
 pytest_add_cli_args_test_selection = $(toml_list "${tests[@]}")
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-q"]
-also_copy = ["profiles", "exporters", "tasks"]
+also_copy = ["profiles", "exporters", "tasks", "engines"]
 EOF
     (cd "$dir" && OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$python" -m mutmut run --max-children "$jobs" >mutmut.log 2>&1) || {
         tail -30 "$dir/mutmut.log" >&2; exit 1; }

@@ -77,9 +77,10 @@ def _swiglu_shapes(names: tuple[str, str, str], inter: int, h: int) -> tuple[tup
 
 
 def _swiglu(b: _Builder, prefix: str, names: tuple[str, str, str], inter: int, h: int, fmt: str, role: Role,
-            layer: int, expert: int | None = None) -> None:
+            layer: int) -> None:
+    """One (non-routed) SwiGLU MLP; routed experts go through ``_Builder.experts``."""
     for name, shape in _swiglu_shapes(names, inter, h):
-        b.add(f"{prefix}{name}.weight", shape, fmt, role, layer, expert)
+        b.add(f"{prefix}{name}.weight", shape, fmt, role, layer)
 
 
 V4_SWIGLU = ("w1", "w3", "w2")  # native names of gate, up, down
