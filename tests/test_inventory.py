@@ -147,6 +147,8 @@ def test_runs_cover_every_tensor_once_in_order():
     (["a"], ["layers.1.experts.", "layers.1.experts."], "layers.1.experts.*"),   # two blocks
     (["layers.1.experts.0.w1.weight"], ["layers.1.experts."], "layers.1.experts.0.w1.weight"),  # one under a block
     (["layers.1.experts_norm.weight"], ["layers.1.experts."], None),   # a name that only starts alike
+    (["layers.1.experts.2.w1.weight"], ["layers.1.experts."], None),   # expert 2 of a 2-expert block: not one
+    (["layers.1.experts.0.bias"], ["layers.1.experts."], None),        # no such row in the block
 ])
 def test_duplicate_names_are_found_without_expanding(names, prefixes, found):
     from mv4deploy.model.tensors import ExpertBlock, TensorInfo, TensorTable

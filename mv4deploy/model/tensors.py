@@ -138,14 +138,27 @@ class TensorTable(Sequence):
 
     def duplicate_name(self) -> str | None:
         """A name two tensors share (a builder bug), found without expanding the experts: single names are
-        unique, block prefixes are unique, and no single tensor is named under a block's prefix."""
+        unique, block prefixes are unique, and no single tensor has a name one of the blocks expands to."""
         singles = [x.name for x in self._items if type(x) is not ExpertBlock]
-        prefixes = tuple(x.prefix for x in self._items if type(x) is ExpertBlock)
+        blocks = {x.prefix: x for x in self._items if type(x) is ExpertBlock}
         if len(set(singles)) != len(singles):
             return next(name for name, count in Counter(singles).items() if count > 1)
-        if len(set(prefixes)) != len(prefixes):
+        if len(blocks) != len(self._items) - len(singles):
+            prefixes = [x.prefix for x in self._items if type(x) is ExpertBlock]
             return next(name for name, count in Counter(prefixes).items() if count > 1) + "*"
-        return next((name for name in singles if prefixes and name.startswith(prefixes)), None)
+        under = tuple(blocks)
+        return next((name for name in singles if under and name.startswith(under) and _expands_to(blocks, name)),
+                    None)
+
+
+def _expands_to(blocks: dict[str, ExpertBlock], name: str) -> bool:
+    """Whether a block names one of its tensors ``name``: ``{prefix}{e}.{tail}`` with e < count, tail a row's."""
+    for prefix, block in blocks.items():
+        if name.startswith(prefix):
+            expert, _, tail = name[len(prefix):].partition(".")
+            if expert.isdigit() and int(expert) < block.count and any(tail == row[0] for row in block.rows):
+                return True
+    return False
 
 
 @dataclass(frozen=True)
