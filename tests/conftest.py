@@ -10,6 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run unless asked to explore: CI must not fail on a draw that
+# an earlier run of the same code passed. `HYPOTHESIS_PROFILE=explore` (with PLAN_EXAMPLES=N) searches anew;
+# a counterexample it finds becomes an @example (docs/ci.md, "Property tests").
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "mv4deploy" / "model" / "presets"

@@ -106,7 +106,8 @@ class _KV:
 
 
 def test_a_decode_step_by_hand():
-    shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1), layers=2, moe_layers=2,
+    shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128),
+                       layers=2, moe_layers=2,
                        dense_bytes=4 * 10**9, dense_flops=0.0, dense_compute="bf16", expert_bytes=8 * 10**9,
                        expert_flops=0.0, expert_compute="bf16", experts=8, top_k=2, edge_bytes=0, head_bytes=0,
                        head_flops=0.0, table_bytes=0, kv=_KV(), _attention={(1000, False): 0.0})
@@ -126,6 +127,35 @@ def test_a_decode_step_by_hand():
     # memory: dense 4e9 / 2 + experts 8e9 / 2 = 6e9 B; KV: one head, replicated on both TP ranks: 3 seqs x 1e6 B
     assert weights_per_gpu(shape, ClusterLayout(2, 1, 1, "ep")) == 6e9
     assert kv_per_gpu(shape, ClusterLayout(2, 1, 1, "ep"), 3, 1000) == 3e6
+
+
+@pytest.mark.parametrize("heads, kv_heads, tp, padding", [
+    (128, 1, 1, 1.0), (128, 1, 2, 1.0),      # 128 / 64 rows per rank: whole tiles
+    (128, 1, 8, 4.0),                        # 16 rows in a 64-row tile: 4x the work its heads need
+    (64, 1, 4, 4.0), (64, 1, 8, 8.0),        # Kimi-K2 / V4-Flash's 64 heads: 16 and 8 rows
+    (128, 1, 3, 64 / 42),                    # 42 rows (128 // 3) in one 64-row tile
+    (32, 8, 8, 1.0),                         # several KV heads (GQA): no packing into one tile
+])
+def test_decode_tile_padding(heads, kv_heads, tp, padding):
+    shape = ModelShape(SimpleNamespace(num_attention_heads=heads, num_key_value_heads=kv_heads), 1, 0, 0, 0.0, "bf16",
+                       0, 0.0, "bf16", 0, 0, 0, 0, 0.0, 0, _KV())
+    assert shape.decode_tile_padding(tp) == pytest.approx(padding)
+
+
+def test_tensor_parallel_decode_attention_pays_the_empty_rows():
+    # 1e12 attention FLOPs per token (both layers), 4 sequences: at tp 2 (64 rows, full tile) 4e12 / 2 = 2e12 FLOPs
+    # = 2 ms at 1e15; at tp 8 (16 rows) 4e12 / 8 x 4 = 2e12: the same 2 ms; a prefill fills the tiles: 4e12 / 8
+    spec = SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128)
+    shape = ModelShape(spec, 2, 0, 0, 0.0, "bf16", 0, 0.0, "bf16", 0, 0, 0, 0, 0.0, 0, _KV(),
+                       _attention={(1000, False): 1e12, (1000, True): 1e12})
+    gpu = Tier("gpu:0", TierKind.GPU, ("gpu:0",), 1e18, MappingProxyType({"bf16": 1e15}), frozenset({"bf16"}))
+    links = Links(8, {"all_reduce": (0.0, 1e30), "all_to_all": (0.0, 1e30)},
+                  {"all_reduce": (0.0, 1e30), "all_to_all": (0.0, 1e30)}, (0.0, 1e30))
+    def compute_s(tp, prefill):
+        return step_cost(shape, ClusterLayout(tp, 1, 1, "tp"), gpu, links, StepCost(), 4, 1000, prefill) \
+            .by_resource["compute"]
+    assert compute_s(2, False) == pytest.approx(2e-3) and compute_s(8, False) == pytest.approx(2e-3)
+    assert compute_s(8, True) == pytest.approx(0.5e-3)
 
 
 def _commands(plan, model: str, gpus_per_node: int) -> dict:

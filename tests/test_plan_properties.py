@@ -2,7 +2,9 @@
 
 - every tensor is placed exactly once (or left out for a stated reason: MTP, vision);
 - no tier holds more than its capacity;
-- more GPU memory, or more host bandwidth, never predicts fewer decode tokens/s;
+- more GPU memory, or more host bandwidth, never makes an engine's verdict worse, nor, at the same verdict,
+  predicts fewer decode tokens/s (engine by engine: the automatic choice may switch to an engine that now fits,
+  a plan that does not fit has no speed to keep, and a better verdict ranks before speed);
 - the plan never predicts more tokens/s than its bound.
 
 Monotonicity is exact for a fixed prefill mode. When the planner chooses the mode itself it may trade up
@@ -13,13 +15,14 @@ with the mode free the test allows that much and no more.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mv4deploy.hardware.profile import parse_profile
 from mv4deploy.model.source import resolve_model
 from mv4deploy.plan.make import make_plan
 from mv4deploy.plan.planner import DECODE_TIE
+from mv4deploy.plan.verdict import Verdict
 from mv4deploy.plan.workload import make_workload
 
 TINY = ("tiny-deepseek-v4", "tiny-deepseek-v4.1", "tiny-deepseek-v3.2", "tiny-deepseek-v3", "tiny-qwen2")
@@ -75,6 +78,21 @@ def check_capacity(p) -> None:
             assert d.used_bytes <= d.capacity_bytes, d.name
 
 
+def check_no_worse(before, after, slack: float) -> None:
+    """Engine by engine, ``after`` (more memory or bandwidth) fits at least as well and, at the same verdict
+    (one that fits), predicts at least its decode speed; the chosen plan's verdict is at least as good. (A
+    better verdict may be slower: the planner ranks the verdict first, so all on the GPUs beats a faster
+    plan that offloads.)"""
+    assert Verdict(after.verdict).rank <= Verdict(before.verdict).rank
+    later = {w.engine: w for w in after.engine.weighed}
+    assert set(later) == {w.engine for w in before.engine.weighed}
+    for was in before.engine.weighed:
+        now = later[was.engine]
+        assert Verdict(now.verdict).rank <= Verdict(was.verdict).rank, was.engine
+        if now.verdict == was.verdict != Verdict.DOES_NOT_FIT:
+            assert now.decode_tokens_per_s >= was.decode_tokens_per_s * (1 - slack), was.engine
+
+
 common = dict(model=st.sampled_from(TINY), context=st.integers(16, 4096), batch=st.integers(1, 8),
               chunk=st.sampled_from([16, 64, 256]), gpu_kib=st.integers(256, 4096),
               host_kib=st.integers(512, 8192), host_gbps=st.floats(5, 400), gpus=st.sampled_from([1, 2, 4]),
@@ -94,25 +112,36 @@ def test_each_tensor_once_capacity_and_bound(model, context, batch, chunk, gpu_k
 
 @SETTINGS
 @given(**common, more=st.floats(1.0, 3.0), stream=st.sampled_from([None, False, True]))
+@example(model="tiny-deepseek-v4", context=54, batch=1, chunk=64, gpu_kib=256, host_kib=1809, host_gbps=5.0,
+         gpus=1, nvlink=False, nvme=False, more=3.0, stream=True)   # sglang did not fit, then ktransformers did
 def test_more_gpu_memory_never_predicts_fewer_tokens(model, context, batch, chunk, gpu_kib, host_kib, host_gbps,
                                                      gpus, nvlink, nvme, more, stream):
     profile = machine(gpu_kib, host_kib, host_gbps, gpus, nvlink, nvme)
     small = plan_on(model, profile, context, batch, chunk, util=0.3, prefill_stream=stream)
     large = plan_on(model, profile, context, batch, chunk, util=min(1.0, 0.3 * more), prefill_stream=stream)
-    slack = DECODE_TIE if stream is None else 1e-9
-    assert large.estimates.decode_tokens_per_s >= small.estimates.decode_tokens_per_s * (1 - slack)
+    check_no_worse(small, large, DECODE_TIE if stream is None else 1e-9)
 
 
 @SETTINGS
 @given(**common, faster=st.floats(1.0, 4.0), stream=st.sampled_from([None, False, True]))
+@example(model="tiny-qwen2", context=111, batch=1, chunk=16, gpu_kib=366, host_kib=512, host_gbps=5.0, gpus=4,
+         nvlink=False, nvme=False, faster=2.0, stream=None)    # llama.cpp: KV kept, MLPs sent down (the swap)
+# Known limits of filling by density (docs/planner.md, "Placement and the bound"): with host RAM within 4% of
+# full, a faster host reorders the GPU pass and what is left no longer fits below; a cut expert group leaves
+# a KTransformers plan 0.01% slower. Strict: when the planner learns these, the examples fail and go.
+@example(model="tiny-deepseek-v3.2", context=967, batch=1, chunk=16, gpu_kib=1133, host_kib=633, host_gbps=5.0,
+         gpus=1, nvlink=False, nvme=False, faster=2.0, stream=False).xfail(raises=AssertionError,
+                                                                         reason="greedy fill: host overflows")
+@example(model="tiny-deepseek-v3.2", context=967, batch=1, chunk=16, gpu_kib=1133, host_kib=655, host_gbps=5.0,
+         gpus=1, nvlink=False, nvme=False, faster=2.0, stream=False).xfail(raises=AssertionError,
+                                                                         reason="greedy fill: 0.01% slower")
 def test_more_host_bandwidth_never_predicts_fewer_tokens(model, context, batch, chunk, gpu_kib, host_kib,
                                                          host_gbps, gpus, nvlink, nvme, faster, stream):
     slow = plan_on(model, machine(gpu_kib, host_kib, host_gbps, gpus, nvlink, nvme), context, batch, chunk,
                    prefill_stream=stream)
     fast = plan_on(model, machine(gpu_kib, host_kib, host_gbps * faster, gpus, nvlink, nvme), context, batch,
                    chunk, prefill_stream=stream)
-    slack = DECODE_TIE if stream is None else 1e-9
-    assert fast.estimates.decode_tokens_per_s >= slow.estimates.decode_tokens_per_s * (1 - slack)
+    check_no_worse(slow, fast, DECODE_TIE if stream is None else 1e-9)
 
 
 @pytest.mark.parametrize("profile, host", [("rtx5090", None), ("rtx4090x2", None), ("b200", None),

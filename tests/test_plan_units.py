@@ -279,6 +279,34 @@ def test_greedy_by_density_cuts_divisible_items_and_meets_the_bound():
     assert sum(p.decode_s for p in cut.placed if p.item.name == "C") == pytest.approx(0.9 * 1 + 0.1 * 11)
 
 
+def test_a_skipped_item_that_saves_more_swaps_out_denser_pieces():
+    gpu, host = _tier("gpu:0", TierKind.GPU), _tier("host", TierKind.HOST)
+    tiers = (gpu, host)
+    # densities: D (3-0)/30 = 0.1, M (8-0)/100 = 0.08, E (1-0)/25 = 0.04. GPU 110 B: density takes D (80 B left),
+    # M (100 B) does not fit, E (25 B) does: 8 s on the host. Room for M: need 100 - 55 = 45 B; the cheapest
+    # single piece that frees 45 B does not exist (D 30, E 25); least dense first: E then D, 55 B, saving 1 + 3
+    # = 4 < 8: swap. M on the GPU alone: 3 + 1 = 4 s, where the greedy fill left 8 s.
+    items = [_item("D", 30, 0.0, 3.0, order_tiers=tiers), _item("M", 100, 0.0, 8.0, order_tiers=tiers),
+             _item("E", 25, 0.0, 1.0, order_tiers=tiers)]
+    placement = place(items, {"gpu:0": 110, "host": 1000})
+    where = {p.name: p.option.tier.name for p in placement.placed}
+    assert where == {"D": "host", "M": "gpu:0", "E": "host"}
+    assert sum(p.decode_s for p in placement.placed) == pytest.approx(4.0)
+    assert placement.free_bytes["gpu:0"] == 10
+    # the one cheapest piece can beat the least-dense walk: A 50 B saves 4 (0.08), B 20 B saves 1.8 (0.09),
+    # X 40 B saves 3 (0.075); GPU 95 B: B, A (25 B left), X skipped: 3 s. Room for X needs 15 B: the walk
+    # frees A (saves 4 >= 3: no), the single cheapest piece of >= 15 B is B (1.8 < 3): X in, B out: 1.8 s
+    pair = [_item("A", 50, 0.0, 4.0, order_tiers=tiers), _item("B", 20, 0.0, 1.8, order_tiers=tiers),
+            _item("X", 40, 0.0, 3.0, order_tiers=tiers)]
+    placement = place(pair, {"gpu:0": 95, "host": 1000})
+    assert {p.name: p.option.tier.name for p in placement.placed} == {"A": "gpu:0", "B": "host", "X": "gpu:0"}
+    assert sum(p.decode_s for p in placement.placed) == pytest.approx(1.8)
+    # an item that saves less than what it would push out stays where density put it: M saving 3 < D + E
+    cheap = [items[0], _item("M", 100, 0.0, 3.0, order_tiers=tiers), items[2]]
+    assert {p.name: p.option.tier.name for p in place(cheap, {"gpu:0": 110, "host": 1000}).placed} == \
+        {"D": "gpu:0", "M": "host", "E": "gpu:0"}
+
+
 def test_nothing_fits_leaves_items_unplaced():
     gpu, host = _tier("gpu:0", TierKind.GPU), _tier("host", TierKind.HOST)
     items = [_item("A", 60, 1.0, 5.0, order_tiers=(gpu, host))]

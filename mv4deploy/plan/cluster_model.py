@@ -11,7 +11,8 @@ sequences per DP rank and T = B x dp tokens entering the stage's MoE:
 
 - dense: ``max(dense_bytes / tp / BW, B x dense_flops / tp / FLOPS)`` (``costs.on_gpu``, the engine's kernel
   fractions); attention: ``B x attention_flops(ctx) / tp`` and the KV the B sequences read (MLA / V4 keep one KV
-  head, so every TP rank reads all of it);
+  head, so every TP rank reads all of it); in decode, with one KV head, ``x decode_tile_padding(tp)``: the
+  kernels fill 64-row tiles with a rank's query heads, so TP below 64 heads per rank does not shrink the work;
 - experts, expert parallel over e GPUs: the busiest GPU has u = ``costs.ep_imbalance(T x k, e)`` times the mean
   load: bytes ``min(all local experts, u x (E/e) x (1 - (1 - k/E)^T) experts)``, FLOPs ``u x T x expert_flops / e``;
   split by columns over s GPUs: ``touched experts / s`` bytes, ``T x expert_flops / s`` FLOPs;
@@ -25,7 +26,8 @@ sequences per DP rank and T = B x dp tokens entering the stage's MoE:
 - the engine's fixed cost: ``per_layer x layers of the stage + per_step``.
 
 A prefill of I tokens per DP rank is the same sum with T = I x dp, attention at the mean position
-(``costs.mean_attention_flops``), its roofline divided by the engine's ``prefill_efficiency``.
+(``costs.mean_attention_flops``; a prompt's tokens fill the tiles), its roofline divided by the engine's
+``prefill_efficiency``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from mv4deploy.plan.workload import ACTIVATION_BYTES
 
 EDGE = (GroupClass.EMBEDDING, GroupClass.HEAD)
 DISPATCH_BYTES = 1      # DeepEP dispatches FP8 activations and combines in BF16 (engine_facts.md §2)
+DECODE_TILE_ROWS = 64   # query rows per tile of the one-KV-head decode kernels (FlashMLA's kBlockM)
 HBM, COMPUTE, NVLINK, NETWORK, FIXED = "HBM", "compute", "NVLink", "network", "per-layer fixed cost"
 
 
@@ -106,6 +109,16 @@ class ModelShape:
             per_layer = mean_attention_flops if prefill else attention_flops
             self._attention[key] = sum(per_layer(self.spec, layer, context_tokens) for layer in range(self.layers))
         return self._attention[key]
+
+    def decode_tile_padding(self, tp: int) -> float:
+        """How much more attention-core work a decode step does than its heads need on a rank of ``tp``: with
+        one shared KV head (MLA, V4's sparse MLA) the decode kernels pack a rank's query heads into the rows of
+        a 64-row tile (FlashMLA's ``Flash_fwd_kernel_traits_mla<576, 64, 64>``, rows = s_q x h_q / h_kv), so
+        fewer than 64 heads per rank run a part-empty tile (V3's 128 heads at TP 8: 16 rows, 4x)."""
+        if (getattr(self.spec, "num_key_value_heads", 1) or 1) != 1:
+            return 1.0
+        rows = max(1, self.spec.num_attention_heads // tp)
+        return ceil(rows / DECODE_TILE_ROWS) * DECODE_TILE_ROWS / rows
 
 
 def _compute(groups) -> str:
@@ -233,7 +246,9 @@ def step_cost(shape: ModelShape, layout: ClusterLayout, gpu, links: Links, engin
                  rank_tokens * (shape.dense_flops * frac + shape.head_flops) / layout.tp, shape.dense_compute)
     _add(out, on_gpu(dense, gpu))
     kv_read = 0.0 if prefill else rank_tokens * shape.kv_read_bytes(context_tokens) * frac
-    attention = Work(kv_read, rank_tokens * shape.attention_flops(context_tokens, prefill) * frac / layout.tp, "kv")
+    padding = 1.0 if prefill else shape.decode_tile_padding(layout.tp)
+    attention = Work(kv_read, rank_tokens * shape.attention_flops(context_tokens, prefill) * frac / layout.tp * padding,
+                     "kv")
     _add(out, on_gpu(attention, gpu))
     _add(out, on_gpu(_experts_work(shape, layout, rank_tokens * layout.dp, frac), gpu))
     if prefill and engine_step.prefill_efficiency < 1:

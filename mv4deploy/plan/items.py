@@ -145,7 +145,10 @@ def _costs(decode: Work, prefill: Work, imbalance: float, spec, workload: Worklo
         out.append((gpu, scaled(on_gpu(decode, gpu), imbalance), on_gpu(prefill, gpu)))
     hop_d = workload.batch * spec.hidden_size * ACTIVATION_BYTES
     hop_p = workload.chunk_tokens * spec.hidden_size * ACTIVATION_BYTES
-    no_stream = NO_LINK if gpu is not None and not stream_prefill else None
+    # no stream buffer: prefill runs host-resident weights on the CPU, where the engine can (an engine that
+    # only streams offloaded weights, vLLM's --cpu-offload-gb, streams them for prefill as for decode)
+    no_stream = NO_LINK if gpu is not None and not stream_prefill and host is not None and host.can_execute \
+        else None
     if host is not None:
         out.append((host, on_host(decode, host, gpu, activation_bytes=hop_d),
                     on_host(prefill, host, gpu, activation_bytes=hop_p, stream_gpu=no_stream)))

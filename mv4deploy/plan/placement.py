@@ -58,23 +58,67 @@ def place(items: list[Item], capacity: dict[str, int]) -> Placement:
                 continue
             scored.append((-_density(option, _fallback_s(item, kind)), order, item, option, start, stop))
         scored.sort(key=lambda s: (s[0], s[1]))
-        taken = {}
+        taken, fresh, skipped = {}, [], []       # fresh: (density, order, piece) placed in this pass
         for neg_density, order, item, option, start, stop in scored:
             tier, available = option.tier.name, free.get(option.tier.name, 0)
             fit = _units_that_fit(option.bytes, item.units, start, stop, available)
             if fit < stop - start:
                 boundary.setdefault(tier, item)
             if fit <= 0:
+                skipped.append((-neg_density, order, item, option))
                 continue
             piece = Placed(item, option, start, start + fit)
             free[tier] -= piece.bytes
-            placed.append(piece)
+            fresh.append((-neg_density, order, piece))
             taken[order] = start + fit
+        _swap_in(skipped, fresh, free, taken)
+        placed += [piece for _, _, piece in fresh]
         waiting = [(o, it, taken.get(o, s), e) for o, it, s, e in waiting if taken.get(o, s) < e]
     unplaced = tuple(Placed(it, it.options[-1] if it.options else None, s, e) for _, it, s, e in waiting)
     order = {id(item): i for i, item in enumerate(items)}          # report in model order, not fill order
     placed.sort(key=lambda p: (order[id(p.item)], p.start))
     return Placement(tuple(placed), unplaced, free, boundary)
+
+
+def _swap_in(skipped: list, fresh: list, free: dict[str, int], taken: dict[int, int]) -> None:
+    """Filling by density can leave a tier's last bytes unused while an item that saves more than the denser
+    pieces in its way waits below (the knapsack's classic gap). For each whole item the pass skipped, in
+    density order, two ways to make room on its tier are priced: the one cheapest piece that frees enough,
+    and the least dense pieces in turn until enough is free; the cheaper is swapped out when it saves less
+    than the item does. Only pieces placed in this pass move (to the passes below), so by this pass's
+    prices the result is never worse than the greedy fill."""
+    for density, order, item, option in skipped:
+        if item.units != 1:
+            continue                                   # a divisible item was cut to fill the tier already
+        tier = option.tier.name
+        gain, need = density * max(option.bytes, 1), option.bytes - free.get(tier, 0)
+        here = sorted((e for e in fresh if e[2].option.tier.name == tier), key=lambda e: e[:2])
+        single = min((e for e in here if e[2].bytes >= need), key=_saving, default=None)
+        out, freed = [], 0
+        for entry in here:
+            if freed >= need:
+                break
+            out.append(entry)
+            freed += entry[2].bytes
+        if freed < need:
+            continue
+        if single is not None and _saving(single) < sum(map(_saving, out)):
+            out = [single]
+        if sum(map(_saving, out)) >= gain:
+            continue
+        for entry in out:
+            fresh.remove(entry)
+            taken.pop(entry[1])
+            free[tier] += entry[2].bytes
+        piece = Placed(item, option, 0, 1)
+        free[tier] -= piece.bytes
+        fresh.append((density, order, piece))
+        taken[order] = 1
+
+
+def _saving(entry) -> float:
+    """Decode seconds a placed piece saves over its item's best option below (density x bytes)."""
+    return entry[0] * entry[2].bytes
 
 
 def _units_that_fit(item_bytes: int, units: int, start: int, stop: int, available: int) -> int:
