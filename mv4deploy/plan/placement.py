@@ -92,7 +92,7 @@ def _swap_in(skipped: list, fresh: list, free: dict[str, int], taken: dict[int, 
             continue                                   # a divisible item was cut to fill the tier already
         tier = option.tier.name
         gain, need = density * max(option.bytes, 1), option.bytes - free.get(tier, 0)
-        here = sorted((e for e in fresh if e[2].option.tier.name == tier), key=lambda e: e[:2])
+        here = sorted((e for e in fresh if e[2].option.tier.name == tier and e[2].bytes), key=lambda e: e[:2])
         single = min((e for e in here if e[2].bytes >= need), key=_saving, default=None)
         out, freed = [], 0
         for entry in here:
