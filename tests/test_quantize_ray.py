@@ -81,3 +81,25 @@ def test_an_address_nobody_listens_on_is_one_line_at_once():
     with pytest.raises(InputError, match=r"--ray: '127.0.0.1:1': cannot connect to a Ray cluster"):
         _check_reachable("127.0.0.1:1")
     _check_reachable("auto")   # no HOST:PORT: ray.init decides
+
+
+def test_a_task_hashes_its_source_in_line(tmp_path, monkeypatch):
+    """A Ray task holds exactly ``options.workers`` CPUs: it starts no thread of its own to hash the source shard
+    (one would take a core from the task beside it: docs/quantization.md, "Spread over a Ray cluster")."""
+    import hashlib
+
+    from mv4deploy.quant import cluster, pipeline
+    from mv4deploy.quant.job import STAGING, plan_job
+
+    src = make_checkpoint(tmp_path / "src", preset_config("tiny-deepseek-v4"), shards=2)
+    job = plan_job(src, tmp_path / "out", get_recipe(RECIPE), {})
+    (job.out / STAGING).mkdir(parents=True)
+    shard = job.shards[0]
+
+    def no_threads(*args, **kwargs):
+        raise AssertionError("a task started a thread pool")
+    monkeypatch.setattr(pipeline, "ThreadPoolExecutor", no_threads)
+    entry = cluster.quantize_shard(job, shard.file, pipeline.Options(), "cpu")
+    assert entry["source_sha256"] == hashlib.sha256((src / shard.file).read_bytes()).hexdigest()
+    with pytest.raises(AssertionError, match="thread pool"):      # the one-process path does hash aside
+        pipeline.process_shard(job, shard, job.out / STAGING, pipeline.Options())

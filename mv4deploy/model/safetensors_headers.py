@@ -138,13 +138,16 @@ def shard_files(folder: Path) -> dict[str, list[str]]:
     by_file: dict[str, list[str]] = {}
     root = folder.resolve()
     for name, file in weight_map.items():
-        file_name(index_path, f"weight_map.{name}", file)
-        target = (folder / file).resolve()
-        if target.parent != root or Path(file).is_absolute() or ".." in Path(file).parts:
-            raise InputError(index_path, f"weight_map.{name}", file, "names a file outside the checkpoint folder")
-        if not target.is_file():
-            raise InputError(index_path, f"weight_map.{name}", file, "file does not exist")
-        by_file.setdefault(file, []).append(name)
+        names = by_file.get(file) if isinstance(file, str) else None
+        if names is None:            # each distinct file is checked once (an index names it per tensor)
+            file_name(index_path, f"weight_map.{name}", file)
+            target = (folder / file).resolve()
+            if target.parent != root or Path(file).is_absolute() or ".." in Path(file).parts:
+                raise InputError(index_path, f"weight_map.{name}", file, "names a file outside the checkpoint folder")
+            if not target.is_file():
+                raise InputError(index_path, f"weight_map.{name}", file, "file does not exist")
+            names = by_file[file] = []
+        names.append(name)
     return by_file
 
 

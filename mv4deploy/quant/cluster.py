@@ -119,7 +119,8 @@ def quantize_shard(job, file: str, options, device: str) -> dict:
     from mv4deploy.quant.pipeline import process_shard
     torch.set_num_threads(1)   # parallelism is options.workers threads per task (run.py says why)
     shard = next(s for s in job.shards if s.file == file)
-    options = dataclasses.replace(options, device=resolve_device(device))
+    # the task holds options.workers CPUs: no extra thread to hash the source beside them
+    options = dataclasses.replace(options, device=resolve_device(device), hash_aside=False)
     return process_shard(job, shard, job.out / STAGING, options)
 
 

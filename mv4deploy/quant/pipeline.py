@@ -41,6 +41,8 @@ class Options:
     workers: int = 1
     device: str = "cpu"            # "cpu" or "cuda": same bits either way
     quantizer: object = None       # callable(WeightJob, tensor) -> dict | None (GPTQ); None: round to nearest
+    hash_aside: bool = True        # hash the source shard on a thread of its own (a core beyond the workers);
+                                   # False: in line (a Ray task holds exactly its workers' CPUs)
 
 
 class Journal:
@@ -124,31 +126,41 @@ def process_shard(job: Job, shard: ShardJob, staging: Path, options: Options, ad
     tmp = staging / f"{shard.file}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)   # never through a planted link
     sources = _SourceFiles(job.src)
-    with ThreadPoolExecutor(1) as side:
-        source_sha = side.submit(sha256_file, job.src / shard.file)   # on another core, from the page cache
-        try:
-            os.pwrite(fd, header, 0)
-            out.hasher.add(0, header)
-            os.ftruncate(fd, total)
-            work = lambda w: (_process_weight(w, sources, fd, out, options), advance(w.source_bytes))  # noqa: E731
-            if options.workers > 1:
-                with ThreadPoolExecutor(options.workers) as pool:
-                    list(pool.map(work, shard.weights))
-            else:
-                for w in shard.weights:
-                    work(w)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            sources.close()
-        entry = {"sha256": out.hasher.hexdigest(total), "bytes": total, "source_sha256": source_sha.result(),
-                 "tensors": len(tensors)}
+    source_sha = _source_sha(job.src / shard.file, options.hash_aside)
+    try:
+        os.pwrite(fd, header, 0)
+        out.hasher.add(0, header)
+        os.ftruncate(fd, total)
+        work = lambda w: (_process_weight(w, sources, fd, out, options), advance(w.source_bytes))  # noqa: E731
+        if options.workers > 1:
+            with ThreadPoolExecutor(options.workers) as pool:
+                list(pool.map(work, shard.weights))
+        else:
+            for w in shard.weights:
+                work(w)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        sources.close()
+    entry = {"sha256": out.hasher.hexdigest(total), "bytes": total, "source_sha256": source_sha(),
+             "tensors": len(tensors)}
     outcomes = getattr(options.quantizer, "outcomes", None)
     if outcomes is not None:  # GPTQ or RTN fallback per INT4 weight, kept for the manifest
         entry["calibration"] = {w.weight.name: outcomes[w.weight.name] for w in shard.weights
                                 if w.weight.name in outcomes}
     os.replace(tmp, staging / shard.file)
     return entry
+
+
+def _source_sha(path: Path, aside: bool):
+    """A call that returns the source shard's sha256: started now on a thread of its own (another core, from the
+    page cache), or, with ``aside`` False, computed in line when called."""
+    if not aside:
+        return lambda: sha256_file(path)
+    side = ThreadPoolExecutor(1)
+    future = side.submit(sha256_file, path)
+    side.shutdown(wait=False)          # the thread finishes this one hash and exits
+    return future.result
 
 
 class _Output:
