@@ -35,13 +35,14 @@ declare -A TESTS=(
     [validate/compressed]="tests/test_metrics_compressed.py tests/test_validate_compressed_exact.py"
     [plan/costs]="$PLAN_TESTS tests/test_plan_costs_exact.py"
     [plan/estimates]="$PLAN_TESTS tests/test_plan_estimates_exact.py"
+    [plan/placement]="$PLAN_TESTS"
     [validate/gate]="tests/test_gate.py tests/test_validate_loader.py tests/test_validate_gate_exact.py"
     [export/verify]="tests/test_export_static.py tests/test_validate_loader.py tests/test_export_verify_exact.py"
     [model/inventory_deepseek]="tests/test_inventory.py tests/test_inventory_deepseek_exact.py"
     [model/tensors]="tests/test_inventory.py tests/test_inventory_deepseek_exact.py"
 )
 ORDER=(core/units formats/dtypes formats/kernels_fp formats/kernels_int formats/kernels_nvfp4 formats/kernels_mnb
-       validate/stats validate/metrics validate/compressed plan/costs plan/estimates validate/gate export/verify
+       validate/stats validate/metrics validate/compressed plan/costs plan/estimates plan/placement validate/gate export/verify
        model/inventory_deepseek model/tensors)
 
 toml_list() { local out="" x; for x in "$@"; do out+="\"$x\", "; done; echo "[${out%, }]"; }

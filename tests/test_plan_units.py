@@ -18,7 +18,7 @@ from mv4deploy.model.spec import Arch
 from mv4deploy.plan.costs import Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu, on_host
 from mv4deploy.plan.groups import GroupClass, build_groups
 from mv4deploy.plan.items import Item, ItemKind, Option
-from mv4deploy.plan.placement import Placement, lower_bound, multipliers, place
+from mv4deploy.plan.placement import Placement, _units_that_fit, lower_bound, multipliers, place
 from mv4deploy.plan.plan import DeviceUse
 from mv4deploy.plan.suggest import host_memory_needed
 from mv4deploy.plan.verdict import round_up_host
@@ -305,6 +305,83 @@ def test_a_skipped_item_that_saves_more_swaps_out_denser_pieces():
     cheap = [items[0], _item("M", 100, 0.0, 3.0, order_tiers=tiers), items[2]]
     assert {p.name: p.option.tier.name for p in place(cheap, {"gpu:0": 110, "host": 1000}).placed} == \
         {"D": "gpu:0", "M": "host", "E": "gpu:0"}
+
+
+def test_the_swap_takes_room_freed_exactly_and_goes_on_past_items_it_cannot_take():
+    gpu, host = _tier("gpu:0", TierKind.GPU), _tier("host", TierKind.HOST)
+    tiers = (gpu, host)
+    # densities: Z 500 B saves 100 (0.2), B 40 B saves 4 (0.1), C 15 B saves 1.125 (0.075), A 15 B saves 1.05
+    # (0.07), Y 64 B saves 3.9 (0.061), X 60 B saves 3.6 (0.06). GPU 100 B: Z does not fit; B, C, A (70 B);
+    # Y and X do not fit in the 30 B left. Skipped, in density order:
+    # - Z: even with every piece out 100 < 500 B: no room, next;
+    # - Y: needs 34 B: the one cheapest piece of >= 34 B is B (saves 4); the walk A, C, B saves 6.175: B, and
+    #   4 >= 3.9: no swap, next;
+    # - X: needs 30 B: only B is big enough alone (4); the walk A, C frees exactly 30 B and saves 2.175 < 3.6:
+    #   A and C go down, X comes up: B + X = 100 B on the GPU.
+    items = [_item("Z", 500, 0.0, 100.0, order_tiers=tiers), _item("B", 40, 0.0, 4.0, order_tiers=tiers),
+             _item("C", 15, 0.0, 1.125, order_tiers=tiers), _item("A", 15, 0.0, 1.05, order_tiers=tiers),
+             _item("Y", 64, 0.0, 3.9, order_tiers=tiers), _item("X", 60, 0.0, 3.6, order_tiers=tiers)]
+    placement = place(items, {"gpu:0": 100, "host": 1000})
+    assert {p.name for p in placement.placed if p.option.tier.name == "gpu:0"} == {"B", "X"}
+    assert placement.free_bytes["gpu:0"] == 0
+    assert sum(p.decode_s for p in placement.placed) == pytest.approx(100 + 1.125 + 1.05 + 3.9)
+    # the cheapest single piece may free exactly what is needed: X 50 B (3.5) needs 20 = B alone (1.8),
+    # where the walk (A, 50 B, saves 4) would cost more than X saves
+    pair = [_item("B", 20, 0.0, 1.8, order_tiers=tiers), _item("A", 50, 0.0, 4.0, order_tiers=tiers),
+            _item("X", 50, 0.0, 3.5, order_tiers=tiers)]
+    assert {p.name for p in place(pair, {"gpu:0": 100, "host": 1000}).placed
+            if p.option.tier.name == "gpu:0"} == {"A", "X"}
+    # one byte short is short: B 40 (4), C 14 (1.05), A 15 (1.05) leave 31 B; X 61 B (3.6) needs 30; A + C free
+    # 29, so the walk goes on to B (6.1 in all), and B alone saves 4 >= 3.6: X stays on the host, nothing overfills
+    short = [_item("B", 40, 0.0, 4.0, order_tiers=tiers), _item("C", 14, 0.0, 1.05, order_tiers=tiers),
+             _item("A", 15, 0.0, 1.05, order_tiers=tiers), _item("X", 61, 0.0, 3.6, order_tiers=tiers)]
+    placement = place(short, {"gpu:0": 100, "host": 1000})
+    assert {p.name: p.option.tier.name for p in placement.placed}["X"] == "host"
+    assert placement.free_bytes["gpu:0"] == 31
+
+
+def test_the_swap_makes_room_on_the_skipped_items_own_gpu_only():
+    gpu0, gpu1, host = _tier("gpu:0", TierKind.GPU), _tier("gpu:1", TierKind.GPU), _tier("host", TierKind.HOST)
+    # gpu:0 (50 B): D 30 B saves 3.5 (0.117) fits, X 40 B saves 3.2 (0.08) needs 20 more: only D can make room
+    # and it saves more (3.5 >= 3.2): X stays below. P on gpu:1 (25 B, saves 0.5) is cheaper but frees nothing
+    # on gpu:0.
+    items = [_item("D", 30, 0.0, 3.5, order_tiers=(gpu0, host)), _item("X", 40, 0.0, 3.2, order_tiers=(gpu0, host)),
+             _item("P", 25, 0.0, 0.5, order_tiers=(gpu1, host))]
+    placement = place(items, {"gpu:0": 50, "gpu:1": 25, "host": 1000})
+    assert {p.name: p.option.tier.name for p in placement.placed} == {"D": "gpu:0", "X": "host", "P": "gpu:1"}
+
+
+@pytest.mark.parametrize("item_bytes, units, start, stop, available, fit", [
+    (100, 10, 0, 10, 1000, 10),   # all of it
+    (100, 10, 3, 10, 70, 7),      # units 3-9: 100 - 30 = 70 B, exactly
+    (100, 10, 3, 10, 69, 6),      # 6 of them: 90 - 30 = 60 B; 7 need 70
+    (10, 4, 2, 3, 2, 1),          # unit 2 of 10 B in 4: bytes [5, 7): 2 B, exactly
+    (10, 3, 0, 3, 6, 2),          # units of 3, 3, 4 B: two take 6 B (a / (b / u) = 1.8 would say one)
+    (10, 2, 0, 2, 5, 1),          # half of a 2-unit item
+    (60, 1, 0, 1, 59, 0),         # a whole item that does not fit
+    (0, 1, 0, 1, 0, 1),           # nothing takes no room
+])
+def test_units_that_fit_by_hand(item_bytes, units, start, stop, available, fit):
+    assert _units_that_fit(item_bytes, units, start, stop, available) == fit
+
+
+def test_what_fits_nowhere_is_reported_as_its_remaining_units():
+    gpu, host = _tier("gpu:0", TierKind.GPU), _tier("host", TierKind.HOST)
+    # C: 10 units of 10 B; the GPU takes 9 (90 of 95 B), the host nothing: C[9:10] is left, priced at its
+    # last option (the host's)
+    placement = place([_item("C", 100, 1.0, 11.0, units=10, order_tiers=(gpu, host))], {"gpu:0": 95, "host": 0})
+    [left] = placement.unplaced
+    assert (left.name, left.start, left.stop, left.option.tier.name) == ("C[9:10]", 9, 10, "host")
+
+
+def test_an_item_without_a_gpu_option_does_not_stop_the_gpu_pass():
+    gpu, host = _tier("gpu:0", TierKind.GPU), _tier("host", TierKind.HOST)
+    host_only = Item("N", ItemKind.WEIGHTS, GroupClass.ATTENTION, None,
+                     (Option(host, "f", 10, Cost(1.0, "cpu"), Cost(0, "cpu"), 1.0),))
+    placement = place([host_only, _item("G", 10, 0.0, 1.0, order_tiers=(gpu, host))], {"gpu:0": 100, "host": 100})
+    assert {p.name: p.option.tier.name for p in placement.placed} == {"N": "host", "G": "gpu:0"}
+    # an item none of whose options is a tier with capacity has no finite bound: 0, not a guess
+    assert lower_bound([host_only], {"gpu:0": 100}, {}) == 0.0
 
 
 def test_nothing_fits_leaves_items_unplaced():

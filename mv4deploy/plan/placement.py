@@ -122,17 +122,13 @@ def _saving(entry) -> float:
 
 
 def _units_that_fit(item_bytes: int, units: int, start: int, stop: int, available: int) -> int:
-    """How many of units [start, stop) (``units`` sharing ``item_bytes``) fit in ``available`` bytes."""
-    def size(n: int) -> int:
-        return item_bytes * (start + n) // units - item_bytes * start // units
-    if size(stop - start) <= available:
+    """How many of units [start, stop) fit in ``available`` bytes. ``units`` share ``item_bytes``: unit i spans
+    bytes [floor(b i / u), floor(b (i + 1) / u)) (``Placed.bytes``: the pieces telescope), so n units from s take
+    floor(b (s + n) / u) - floor(b s / u) <= a bytes exactly when b (s + n) <= (a + floor(b s / u) + 1) u - 1."""
+    if item_bytes <= 0:
         return stop - start
-    if units == 1:
-        return 0
-    fit = min(stop - start, available * units // max(item_bytes, 1))
-    while fit > 0 and size(fit) > available:
-        fit -= 1
-    return fit
+    top = ((available + item_bytes * start // units + 1) * units - 1) // item_bytes
+    return max(0, min(stop, top) - start)
 
 
 def multipliers(placement: Placement, capacity: dict[str, int]) -> dict[str, float]:
