@@ -5,7 +5,9 @@ scored by the decode time it saves per byte if it lands here rather than in the 
 (seconds per byte: its *access density*), and items are taken in that order while they fit; an item
 that does not fit is skipped (a divisible one, routed experts, is cut at an expert boundary to fill the
 tier exactly). Ties break on the item order (embedding, layers in order, head), so the result is
-deterministic. Whatever no tier can hold is left unplaced (the plan does not fit).
+deterministic. After each pass, a whole item it skipped comes in when the pieces that must make room for it
+save less than it does (``_swap_in``: the knapsack's gap that filling by density leaves). Whatever no tier
+can hold is left unplaced (the plan does not fit).
 
 The bound relaxes the problem to fractional placement and prices each tier's bytes with a multiplier
 lambda >= 0 (Lagrangian / LP weak duality):
