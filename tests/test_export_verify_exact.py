@@ -6,7 +6,6 @@ mutation testing (docs/ci.md, "Mutation testing")."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from _support.progress import recorder
 import mv4deploy.export.verify as verify_module
 from mv4deploy.export.targets import Tolerance
 from mv4deploy.export.verify import (GREEDY_METRIC, compare_greedy, greedy, reference_source, tolerance_gate,
@@ -73,15 +73,9 @@ def test_greedy_runs_new_tokens_by_argmax():
 def test_compare_greedy_by_hand():
     # prompts [0 1 2], [3 4 0], [4 4 4]; reference 3 4 0 1 / 1 2 3 4 / 0 1 2 3;
     # candidate 3 0 1 2 / 1 2 3 0 / 0 1 2 3: prefixes 1, 3 and 4 (all four)
-    seen = []
-
-    @contextmanager
-    def progress(description, total):
-        steps = []
-        yield lambda n=1: steps.append(n)
-        seen.append((description, total, sum(steps)))
+    progress, bars = recorder()
     gen = compare_greedy(Successor(REFERENCE), Successor(CANDIDATE), TOKENS, tolerance(2.0), progress)
-    assert seen == [("validating: greedy runs", 3, 3)]
+    assert [(d, total, sum(steps)) for d, total, steps in bars] == [("validating: greedy runs", 3, 3)]
     assert gen == {"prompts": 3, "prompt_tokens": 3, "new_tokens": 4, "agreeing_prefix": [1, 3, 4],
                    "agreeing_prefix_mean": 8 / 3, "identical": 1,
                    "samples": [{"prompt": [0, 1, 2], "reference": [3, 4, 0, 1], "export": [3, 0, 1, 2]},

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 
+from _support.progress import recorder
 from conftest import REPO, run_cli
 
 MODELS = REPO / "tests" / "fixtures" / "models"
@@ -38,19 +38,14 @@ def test_export_validation_reports_progress_on_both_steps():
     from mv4deploy.export.verify import verify
     from mv4deploy.validate.backends import open_source
     from mv4deploy.validate.evaltext import tokenize_eval
-    seen = []
-
-    @contextmanager
-    def progress(description, total):
-        steps = []
-        yield lambda n=1: steps.append(n)
-        seen.append((description, total, len(steps)))
+    progress, bars = recorder()
     source = open_source(MODELS / "tiny-qwen2")
     tol = replace(load_target("cpu-fp32").tolerance, greedy_prompts=2, greedy_tokens=4)
     tokens = tokenize_eval(EVAL, source.tokenizer, 64, 3)
     result = verify(source, source, tokens, tol, progress=progress)
     assert result["stats"]["kld_max"] == 0 and result["greedy"]["identical"] == 2
-    assert seen == [("scoring chunks", 3, 3), ("validating: greedy runs", 2, 2)]
+    assert [(d, total, len(steps)) for d, total, steps in bars] == [("scoring chunks", 3, 3),
+                                                                     ("validating: greedy runs", 2, 2)]
 
 
 def test_a_checkpoint_fine_in_our_loader_fails_the_gate_as_transformers_loads_it(tmp_path):
