@@ -129,6 +129,25 @@ def test_a_decode_step_by_hand():
     assert kv_per_gpu(shape, ClusterLayout(2, 1, 1, "ep"), 3, 1000) == 3e6
 
 
+def test_dp_attention_with_the_moe_split_by_columns_gathers_the_tokens_first():
+    """tp 2 x dp 2 over 4 GPUs, MoE split over all 4, 3 sequences per DP rank (T = 6 tokens), 2 MoE layers:
+    attention all-reduce over 2 GPUs, 2 x (1/2) x 3 x 1000 x 2 B = 6000 B: 10.06 us per layer; the MoE's
+    all-reduce over 4, 2 x (3/4) x 6 x 1000 x 2 B = 18000 B: 10.18 us, and the gather before it, another 10.18 us.
+    Without DP-attention (tp 4, 6 sequences) there is no gather: the attention all-reduce over 4 carries the
+    same 18000 B."""
+    shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128),
+                       layers=2, moe_layers=2, dense_bytes=0, dense_flops=0.0, dense_compute="bf16", expert_bytes=0,
+                       expert_flops=0.0, expert_compute="bf16", experts=8, top_k=2, edge_bytes=0, head_bytes=0,
+                       head_flops=0.0, table_bytes=0, kv=_KV(), _attention={(1000, False): 0.0})
+    gpu = Tier("gpu:0", TierKind.GPU, ("gpu:0",), 1e12, MappingProxyType({"bf16": 1e15}), frozenset({"bf16"}))
+    links = Links(8, {"all_reduce": (1e-5, 1e11), "all_to_all": (2e-5, 1e11)},
+                  {"all_reduce": (5e-5, 5e10), "all_to_all": (6e-5, 4e10)}, (5e-6, 5e10))
+    dp = step_cost(shape, ClusterLayout(2, 2, 1, "tp"), gpu, links, StepCost(), 3, 1000, False)
+    assert dp.by_resource["NVLink"] == pytest.approx(2 * (10.06e-6 + 2 * 10.18e-6), rel=1e-9)
+    tp = step_cost(shape, ClusterLayout(4, 1, 1, "tp"), gpu, links, StepCost(), 6, 1000, False)
+    assert tp.by_resource["NVLink"] == pytest.approx(2 * (10.18e-6 + 10.18e-6), rel=1e-9)
+
+
 @pytest.mark.parametrize("heads, kv_heads, tp, padding", [
     (128, 1, 1, 1.0), (128, 1, 2, 1.0),      # 128 / 64 rows per rank: whole tiles
     (128, 1, 8, 4.0),                        # 16 rows in a 64-row tile: 4x the work its heads need

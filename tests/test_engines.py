@@ -9,11 +9,11 @@ from types import MappingProxyType
 import pytest
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.engines.engine import CpuKernels, StepCost, capability, list_engines, load_engine, parse_engine
+from mv4deploy.engines.engine import CpuKernels, Engine, StepCost, capability, list_engines, load_engine, parse_engine
 from mv4deploy.hardware.profile import load_profile, parse_profile
 from mv4deploy.model.kv import CacheFormat, KVLayout, KVPool
 from mv4deploy.model.source import resolve_model
-from mv4deploy.plan.costs import Work, on_gpu, on_host
+from mv4deploy.plan.costs import Work, graph_overhead_s, on_gpu, on_host
 from mv4deploy.plan.gates import format_gates, machine_gates
 from mv4deploy.plan.make import make_plan
 from mv4deploy.plan.multigpu import Layout, Mode, crossing_s
@@ -59,6 +59,9 @@ def test_every_shipped_engine_parses_with_its_gates():
     assert "deepseek_v41" not in vllm.architectures          # no serving engine runs V4.1's Engram
 
 
+GRAPH = {"nodes_per_layer": {"deepseek_v3": 80}, "cpu_node": "1us", "cpu_node_per_thread": "0.25us", "gpu_node": "2us"}
+
+
 @pytest.mark.parametrize("edit, field", [
     (lambda d: d.update(speed=1), "speed"),
     (lambda d: d["gates"].update(min_cc="eight"), "gates.min_cc"),
@@ -67,6 +70,10 @@ def test_every_shipped_engine_parses_with_its_gates():
     (lambda d: d.update(collectives={"ethernet": {}}), "collectives.ethernet"),
     (lambda d: d.update(gpu_efficiency={"fp8": 1.5}), "gpu_efficiency.fp8"),
     (lambda d: d["runs"].pop("cpu_execution"), "runs.cpu_execution"),
+    (lambda d: d.update(step={"graph": {**GRAPH, "nodes_per_layer": {"deepseek_v3": 0}}}),
+     "step.graph.nodes_per_layer.deepseek_v3"),
+    (lambda d: d.update(step={"graph": {k: v for k, v in GRAPH.items() if k != "gpu_node"}}), "step.graph.gpu_node"),
+    (lambda d: d.update(step={"graph": {**GRAPH, "cpu_node": "1"}}), "step.graph.cpu_node"),
 ])
 def test_a_bad_engine_file_names_the_field(edit, field):
     data = {"name": "x", "version": "1", "summary": "s",
@@ -166,6 +173,60 @@ def test_per_layer_cost_adds_exactly_layers_times_it():
     b = make_plan(tiny, profile, workload, engine=slow, suggest=False).estimates
     layers = tiny.spec.num_hidden_layers                             # tiny-deepseek-v3: 2 decoder layers
     assert 1 / b.decode_tokens_per_s - 1 / a.decode_tokens_per_s == pytest.approx(layers * 1e-3, rel=1e-9)
+
+
+def _graph_engine(**graph) -> Engine:
+    """llama.cpp with GRAPH (edited) as its only fixed cost, its CPU kernels at the host's full bandwidth."""
+    parsed = parse_engine({"name": "g", "version": "1", "summary": "s",
+                           "gates": {"needs_gpu": False, "architectures": {"deepseek_v3": {}}},
+                           "runs": {"layouts": ["single"], "cpu_execution": True, "streams_weights": False,
+                                    "reads_nvme": False},
+                           "step": {"graph": {**GRAPH, **graph}}}, "g.yaml")
+    return replace(load_engine("llama.cpp"), step=parsed.step, cpu_efficiency=MappingProxyType({}))
+
+
+def test_graph_nodes_cost_a_barrier_on_the_cpu_and_a_launch_on_the_gpu():
+    """80 nodes per layer, 4 layers: on the GPUs 4 x 80 x 2 us = 640 us; on 16 CPU threads a node is
+    1 + 16 x 0.25 = 5 us: 1.6 ms; on 48 threads 13 us: 4.16 ms."""
+    graph = _graph_engine().step.graph
+    assert graph_overhead_s(graph, "deepseek_v3", 4, True, 16) == pytest.approx(640e-6, rel=1e-12)
+    assert graph_overhead_s(graph, "deepseek_v3", 4, False, 16) == pytest.approx(1.6e-3, rel=1e-12)
+    assert graph_overhead_s(graph, "deepseek_v3", 4, False, 48) == pytest.approx(4.16e-3, rel=1e-12)
+    assert graph_overhead_s(graph, "llama", 4, True, 16) == 0.0            # no count given for it: no cost
+    assert graph_overhead_s(None, "deepseek_v3", 4, True, 16) == 0.0
+
+
+def test_a_cpu_only_plan_pays_every_layers_nodes_at_the_host_threads_barrier():
+    """tiny-deepseek-v3 (3 layers) on a 16-core host with no GPU: 3 x 80 x (1 + 16 x 0.25) us = 1.2 ms more per
+    token than the same engine without a graph; at 1.25 us per thread, 3 x 80 x (1 + 16 x 1.25) us = 5.04 ms."""
+    tiny, cpu, workload = resolve_model("tiny-deepseek-v3"), cpu_profile(), make_workload(context=256)
+    bare = replace(_graph_engine(), step=StepCost())
+    base = 1 / make_plan(tiny, cpu, workload, engine=bare, suggest=False).estimates.decode_tokens_per_s
+    assert tiny.spec.num_hidden_layers == 3
+    for per_thread, extra in (("0.25us", 1.2e-3), ("1.25us", 5.04e-3)):
+        engine = _graph_engine(cpu_node_per_thread=per_thread)
+        step = 1 / make_plan(tiny, cpu, workload, engine=engine, suggest=False).estimates.decode_tokens_per_s
+        assert step - base == pytest.approx(extra, rel=1e-9)
+
+
+def test_a_plan_with_gpus_pays_a_launch_per_node_wherever_its_experts_are():
+    """tiny-deepseek-v3 on one 80 GiB GPU holds everything: 3 x 80 x 2 us = 480 us more than without a graph.
+    With 900 KiB of GPU memory both MoE layers' routed experts go to the host: the layers still run on the GPU
+    (llama.cpp's -ngl 99), so the graph costs the same."""
+    tiny, workload = resolve_model("tiny-deepseek-v3"), make_workload(context=256)
+    bare = replace(_graph_engine(), step=StepCost())
+
+    def extra(host_experts: bool) -> tuple[float, set]:
+        profile = gpu_profile()
+        if host_experts:
+            profile = replace(profile, gpus=replace(profile.gpus, memory_bytes=900 << 10, usable_fraction=1.0,
+                                                    runtime_reserve_bytes=0))
+        plans = [make_plan(tiny, profile, workload, engine=e, suggest=False) for e in (bare, _graph_engine())]
+        off = {(g.layer, g.role) for g in plans[1].groups if g.tier == "host" and g.layer is not None}
+        return 1 / plans[1].estimates.decode_tokens_per_s - 1 / plans[0].estimates.decode_tokens_per_s, off
+
+    assert extra(False) == (pytest.approx(480e-6, rel=1e-9), set())
+    assert extra(True) == (pytest.approx(480e-6, rel=1e-9), {(1, "routed_experts"), (2, "routed_experts")})
 
 
 # ---- each engine term, by hand ------------------------------------------------------------------------

@@ -9,7 +9,8 @@ One YAML file per engine in ``engines/`` (shipped like the profiles) says, for a
   (KTransformers, llama.cpp) or stream to the GPU every forward (vLLM's ``--cpu-offload-gb``, accelerate),
   whether it reads weights from NVMe (llama.cpp's mmap);
 - what a step costs beside the roofline: a fixed time per decode step and per decoder layer (kernel
-  launches, small kernels, the scheduler), per routed-expert call, per prefill chunk layer;
+  launches, small kernels, the scheduler), per routed-expert call, per prefill chunk layer; for a ggml engine,
+  per node of its graph instead (``GraphCost``: a barrier of the CPU threads, or a GPU kernel);
 - how close its kernels come to the memory and the compute: a fraction of the GPU's achievable bandwidth and
   of its compute per compute format (``kv`` for the attention core over its cache, which sets how decode slows
   as the context fills and the batch grows), and a fraction of host bandwidth for CPU expert kernels per
@@ -31,7 +32,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from mv4deploy.core.errors import InputError
-from mv4deploy.core.schema import Section, boolean, fraction, latency, load_yaml, strings, text
+from mv4deploy.core.schema import Section, boolean, fraction, latency, load_yaml, positive_int, strings, text
 
 AUTO = "auto"
 COLLECTIVES = ("all_reduce", "all_to_all")
@@ -80,14 +81,32 @@ class Collective:
 
 
 @dataclass(frozen=True)
+class GraphCost:
+    """A ggml engine's fixed cost: a forward is a graph whose nodes run one after another, each costing a fixed
+    time on its backend beside its roofline (``plan.costs.graph_overhead_s``). On the CPU every thread meets
+    the others at a barrier after each node, so a node costs ``cpu_node_s + threads x cpu_node_per_thread_s``;
+    on a GPU it is a kernel launch, ``gpu_node_s``."""
+
+    nodes_per_layer: Mapping[str, int]      # architecture -> graph nodes of one decoder layer at batch 1
+    cpu_node_s: float
+    cpu_node_per_thread_s: float
+    gpu_node_s: float
+
+    def cpu_node_at(self, threads: int) -> float:
+        return self.cpu_node_s + threads * self.cpu_node_per_thread_s
+
+
+@dataclass(frozen=True)
 class StepCost:
-    """Fixed time beside the roofline (``plan.costs.overhead_s`` reads these by name)."""
+    """Fixed time beside the roofline (``plan.costs.overhead_s`` reads these by name; ``graph``:
+    ``plan.costs.graph_overhead_s``)."""
 
     per_step_s: float = 0.0
     per_layer_s: float = 0.0
     per_expert_s: float = 0.0
     prefill_per_layer_s: float = 0.0
     prefill_efficiency: float = 1.0
+    graph: GraphCost | None = None
 
 
 @dataclass(frozen=True)
@@ -196,8 +215,24 @@ def _step(section: Section | None) -> StepCost:
               (("per_step_s", "per_step"), ("per_layer_s", "per_layer"), ("per_expert_s", "per_expert"),
                ("prefill_per_layer_s", "prefill_per_layer"))}
     values["prefill_efficiency"] = section.get("prefill_efficiency", fraction, required=False, default=1.0)
+    values["graph"] = _graph(section.section("graph", required=False))
     section.done()
     return StepCost(**values)
+
+
+def _node_counts(section: Section) -> Mapping[str, int]:
+    out = {arch: section.get(arch, positive_int) for arch in list(section.data)}
+    section.done()
+    return MappingProxyType(out)
+
+
+def _graph(section: Section | None) -> GraphCost | None:
+    if section is None:
+        return None
+    graph = GraphCost(_node_counts(section.section("nodes_per_layer")), section.get("cpu_node", latency),
+                      section.get("cpu_node_per_thread", latency), section.get("gpu_node", latency))
+    section.done()
+    return graph
 
 
 def parse_engine(data: object, source: str) -> Engine:

@@ -20,7 +20,8 @@ sequences per DP rank and T = B x dp tokens entering the stage's MoE:
   ``2 (tp-1)/tp x B x hidden x 2 B`` over NVLink; expert parallel: a dispatch (FP8, 1 B per value) and a combine
   (BF16) of ``T/e x k x hidden x (e-1)/e`` per GPU, over NVLink within a node and the network beyond (the share
   ``(e - g_node)/e`` of it crosses nodes; the slower link sets the time); MoE split by columns: an all-reduce
-  over its s GPUs (network when s spans nodes);
+  over its s GPUs (network when s spans nodes), and with DP-attention another before it that gathers the DP
+  ranks' tokens to every GPU of the MoE (SGLang's ``dp_gather``: an all-reduce of the stage's token buffer);
 - pipeline: ``pp - 1`` point-to-point sends of ``T x hidden x hc_mult x 2 B`` per step (network latency +
   bytes / network bandwidth when stages are on different nodes);
 - the engine's fixed cost: ``per_layer x layers of the stage + per_step``.
@@ -221,7 +222,10 @@ def _collectives_s(shape, layout: ClusterLayout, links: Links, rank_tokens: int,
     tokens = rank_tokens * layout.dp
     if layout.moe == "tp":
         reduce_bytes = 2 * (s - 1) / s * tokens * hidden * ACTIVATION_BYTES
-        out[NETWORK if s > g_node else NVLINK] += moe_layers * links.collective_s("all_reduce", reduce_bytes, s > g_node)
+        per_layer = links.collective_s("all_reduce", reduce_bytes, s > g_node)
+        # DP-attention ranks gather their tokens to every GPU of the MoE first: an all-reduce of the stage's
+        # token buffer (SGLang's dp_gather), then the MoE's own all-reduce of its partial sums
+        out[NETWORK if s > g_node else NVLINK] += moe_layers * per_layer * (2 if layout.dp > 1 else 1)
         return out
     per_gpu = tokens / s * shape.top_k * hidden * (s - 1) / s
     for nbytes in (per_gpu * DISPATCH_BYTES, per_gpu * ACTIVATION_BYTES):    # dispatch, combine

@@ -132,6 +132,16 @@ def overhead_s(overhead, layers: int, calls: float) -> float:
     return overhead.per_step_s + overhead.per_layer_s * layers + overhead.per_expert_s * calls
 
 
+def graph_overhead_s(graph, arch: str, layers: int, on_gpu: bool, threads: int) -> float:
+    """Seconds a ggml engine's forward spends on its graph's nodes beside the roofline (``engines.engine.
+    GraphCost``; 0 without one, or for an architecture it gives no node count): on the GPUs when the layout has
+    any (llama.cpp's -ngl 99; routed experts overridden to the CPU take their few nodes per layer there, not
+    counted), else on the CPU's ``threads``."""
+    if graph is None or arch not in graph.nodes_per_layer:
+        return 0.0
+    return layers * graph.nodes_per_layer[arch] * (graph.gpu_node_s if on_gpu else graph.cpu_node_at(threads))
+
+
 def prefill_overhead_s(overhead, layers: int) -> float:
     """Seconds one prefill chunk spends beside its (efficiency-scaled) roofline: per decoder layer."""
     return overhead.prefill_per_layer_s * layers

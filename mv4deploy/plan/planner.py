@@ -15,7 +15,7 @@ from mv4deploy.engines.engine import Engine
 from mv4deploy.hardware.profile import HardwareProfile
 from mv4deploy.model.kv import kv_layout
 from mv4deploy.model.source import ResolvedModel
-from mv4deploy.plan.costs import expert_calls, overhead_s, prefill_overhead_s
+from mv4deploy.plan.costs import expert_calls, graph_overhead_s, overhead_s, prefill_overhead_s
 from mv4deploy.plan.engram import engram_item
 from mv4deploy.plan.estimates import Estimates, bound_tps, estimate
 from mv4deploy.plan.groups import GroupClass, Grouping, build_groups
@@ -107,8 +107,10 @@ def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buff
     cross_d = crossing_s(machine, layout, spec, workload.batch, moe_layers, len(layers))
     cross_p = crossing_s(machine, layout, spec, workload.chunk_tokens, moe_layers, len(layers))
     overhead = machine.overhead
-    over_d = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.batch))
-    over_p = prefill_overhead_s(overhead, len(layers))
+    graph_s = graph_overhead_s(getattr(overhead, "graph", None), spec.architecture.value, len(layers),
+                               bool(layout.gpus), machine.profile.host.cores or 1)
+    over_d = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.batch)) + graph_s
+    over_p = prefill_overhead_s(overhead, len(layers)) + graph_s
     est = estimate(placement, len(layers), workload, cross_d, cross_p, 0.0, over_d, over_p,
                    overhead.prefill_efficiency)
     return Candidate(layout, stream_buffer > 0, tuple(items), capacity, placement, est,

@@ -1,0 +1,69 @@
+"""benchmarks/published_runs.py's plumbing: constants set by dotted path, a run's own graph, a run's own layout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from published_runs import Predictor, get_field, load_inputs, set_field  # noqa: E402
+
+from mv4deploy.engines.engine import CpuKernels, load_engine  # noqa: E402
+from mv4deploy.hardware.profile import load_profile  # noqa: E402
+from mv4deploy.model.kv import kv_layout  # noqa: E402
+from mv4deploy.model.source import resolve_model  # noqa: E402
+from mv4deploy.plan.assemble import assemble_plan  # noqa: E402
+from mv4deploy.plan.cluster_model import ClusterLayout, links_of, shape_of, step_cost  # noqa: E402
+from mv4deploy.plan.policy import resolve_policy  # noqa: E402
+from mv4deploy.plan.tiers import build_machine  # noqa: E402
+from mv4deploy.plan.workload import make_workload  # noqa: E402
+
+
+def test_constants_by_dotted_path():
+    llama = load_engine("llama.cpp")
+    edited = set_field(llama, "step.graph.nodes_per_layer.deepseek_v4", 753)
+    assert get_field(edited, "step.graph.nodes_per_layer.deepseek_v4") == 753
+    assert get_field(edited, "step.graph.nodes_per_layer.deepseek_v3") == 82          # the rest as shipped
+    assert get_field(llama, "step.graph.nodes_per_layer.deepseek_v4") == 205          # the original untouched
+    assert get_field(set_field(llama, "step.graph.gpu_node_s", 1e-6), "step.graph.gpu_node_s") == 1e-6
+    halved = set_field(llama, "cpu_efficiency", 0.5)
+    assert set(halved.cpu_efficiency) == set(CpuKernels) and get_field(halved, "cpu_efficiency") == 0.5
+
+
+def test_every_check_names_inputs_that_exist():
+    spec, profiles, runs = load_inputs()
+    for check in spec["checks"]:
+        assert check["run"] in runs and check["engine"] in {"vllm", "sglang", "ktransformers", "llama.cpp"}
+        assert check["machine"] in profiles or load_profile(check["machine"])
+    assert {c["run"] for c in spec["checks"] if "layout" in c} == {"D02"}
+
+
+def test_a_runs_graph_and_layout_are_the_ones_it_ran():
+    """B16's build had 753 nodes per layer: more nodes, a slower token than the shipped 205. D02's DP-attention
+    layout is priced by the cluster model's step, one sequence per DP rank, not by the TP 8 planner."""
+    predictor = Predictor({})
+    b16 = {"model": "tiny-deepseek-v4", "machine": "rtx3090x8", "engine": "llama.cpp", "policy": "native",
+           "context": 128}
+    _, profiles, _ = load_inputs()
+    predictor.profiles.update(profiles)
+    llama = load_engine("llama.cpp")
+    shipped = predictor.decode(b16, llama)
+    older = predictor.decode({**b16, "graph_nodes": {"deepseek_v4": 753}}, llama)
+    layers = resolve_model("tiny-deepseek-v4").spec.num_hidden_layers
+    assert 1 / older - 1 / shipped == pytest.approx(layers * (753 - 205) * 3.0e-6, rel=1e-6)
+
+    sglang = load_engine("sglang")
+    d02 = {"model": "tiny-deepseek-v3", "machine": "b200x8", "engine": "sglang", "policy": "native", "context": 333}
+    tp8 = predictor.decode(d02, sglang)
+    dp = predictor.decode({**d02, "layout": {"tp": 2, "dp": 4, "moe": "tp"}}, sglang)
+    model, profile = resolve_model("tiny-deepseek-v3"), load_profile("b200x8")
+    _, _, grouping = assemble_plan(model, profile, make_workload(333, 1), "native", quick=True, engine=sglang)
+    machine = build_machine(profile, engine=sglang)
+    policy = resolve_policy("native", machine.device_kind, model.spec.architecture)
+    cost = step_cost(shape_of(model.spec, grouping, kv_layout(model.spec, policy.kv_cache)),
+                     ClusterLayout(2, 4, 1, "tp"), machine.gpus[0], links_of(profile, sglang), machine.overhead, 1,
+                     333, prefill=False)
+    assert dp == pytest.approx(1 / cost.stage_s, rel=1e-12) and dp != pytest.approx(tp8, rel=1e-3)
