@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from mv4deploy.engines.engine import CpuKernels, Engine, load_engine  # noqa: E402
 from mv4deploy.hardware.profile import load_profile, parse_profile  # noqa: E402
-from mv4deploy.model.source import resolve_model  # noqa: E402
 from mv4deploy.model.kv import kv_layout  # noqa: E402
+from mv4deploy.model.source import resolve_model  # noqa: E402
 from mv4deploy.plan.assemble import assemble_plan  # noqa: E402
 from mv4deploy.plan.cluster_model import ClusterLayout, links_of, shape_of, step_cost  # noqa: E402
 from mv4deploy.plan.policy import resolve_policy  # noqa: E402
