@@ -114,9 +114,10 @@ class Predictor:
 
     @staticmethod
     def cluster_decode(check: dict, model, profile, grouping, engine: Engine) -> float:
-        """A run whose layout the single-node planner does not take (DP-attention): the cluster model's decode
-        step for that layout, one sequence per DP rank (SGLang pads idle ranks to the same step)."""
-        layout = ClusterLayout(**{"pp": 1, **check["layout"]})
+        """A run whose layout the single-node planner does not take (DP-attention, a pipeline over nodes): the
+        cluster model's decode step for that layout, one sequence per DP rank (SGLang pads idle ranks to the
+        same step)."""
+        layout = ClusterLayout(**{"pp": 1, "dp": 1, **check["layout"]})
         machine = build_machine(profile, engine=engine)
         policy = resolve_policy(check["policy"], machine.device_kind, model.spec.architecture)
         shape = shape_of(model.spec, grouping, kv_layout(model.spec, policy.kv_cache))

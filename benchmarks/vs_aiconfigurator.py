@@ -278,7 +278,8 @@ def aic_same_layout(venv: Path, cluster: dict, model: str, backend: str, w: Work
 def compare(venv: Path, model: str, backend: str, gpus_list: list[int], w: Workload, record: bool,
             recorded: bool = False) -> int:
     live = aic_python(venv) is not None and not recorded
-    source = f"live from {venv}" if live else f"recorded outputs in {DATA.relative_to(REPO)} ({venv} absent)"
+    why = "--recorded" if recorded else f"{venv} absent"
+    source = f"live from {venv}" if live else f"recorded outputs in {DATA.relative_to(REPO)} ({why})"
     print(f"AIConfigurator: {source}", file=sys.stderr)
     header = ["GPUs", "tool", "layout", "tok/s/GPU", "tok/s/user", "TTFT ms", "TPOT ms", "search s", "CPU s"]
     rows, same = [], []

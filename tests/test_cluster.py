@@ -16,7 +16,8 @@ from mv4deploy.hardware.profile import load_profile, load_profile_dict, parse_pr
 from mv4deploy.model.source import resolve_model
 from mv4deploy.plan.cluster import Serving, layouts, plan_cluster
 from mv4deploy.plan.cluster_launch import launch_commands
-from mv4deploy.plan.cluster_model import ClusterLayout, Links, ModelShape, kv_per_gpu, step_cost, weights_per_gpu
+from mv4deploy.plan.cluster_model import (ClusterLayout, Links, ModelShape, kv_per_gpu, links_of, step_cost,
+                                          weights_per_gpu)
 from mv4deploy.plan.groups import build_groups
 from mv4deploy.plan.policy import resolve_policy
 from mv4deploy.plan.tiers import Tier, TierKind, build_machine
@@ -132,20 +133,33 @@ def test_a_decode_step_by_hand():
 def test_dp_attention_with_the_moe_split_by_columns_gathers_the_tokens_first():
     """tp 2 x dp 2 over 4 GPUs, MoE split over all 4, 3 sequences per DP rank (T = 6 tokens), 2 MoE layers:
     attention all-reduce over 2 GPUs, 2 x (1/2) x 3 x 1000 x 2 B = 6000 B: 10.06 us per layer; the MoE's
-    all-reduce over 4, 2 x (3/4) x 6 x 1000 x 2 B = 18000 B: 10.18 us, and the gather before it, another 10.18 us.
-    Without DP-attention (tp 4, 6 sequences) there is no gather: the attention all-reduce over 4 carries the
-    same 18000 B."""
+    tokens gathered to all 4, (3/4) x 6 x 1000 x 2 B = 9000 B at the all-gather's 15 us: 15.09 us, and its sums
+    scattered back, 9000 B at the reduce-scatter's 13 us: 13.09 us. Without DP-attention (tp 4, 6 sequences)
+    the MoE's all-reduce over 4 carries 2 x 9000 B: 10.18 us, as does the attention all-reduce over 4."""
     shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128),
                        layers=2, moe_layers=2, dense_bytes=0, dense_flops=0.0, dense_compute="bf16", expert_bytes=0,
                        expert_flops=0.0, expert_compute="bf16", experts=8, top_k=2, edge_bytes=0, head_bytes=0,
                        head_flops=0.0, table_bytes=0, kv=_KV(), _attention={(1000, False): 0.0})
     gpu = Tier("gpu:0", TierKind.GPU, ("gpu:0",), 1e12, MappingProxyType({"bf16": 1e15}), frozenset({"bf16"}))
-    links = Links(8, {"all_reduce": (1e-5, 1e11), "all_to_all": (2e-5, 1e11)},
+    links = Links(8, {"all_reduce": (1e-5, 1e11), "all_to_all": (2e-5, 1e11), "all_gather": (1.5e-5, 1e11),
+                      "reduce_scatter": (1.3e-5, 1e11)},
                   {"all_reduce": (5e-5, 5e10), "all_to_all": (6e-5, 4e10)}, (5e-6, 5e10))
     dp = step_cost(shape, ClusterLayout(2, 2, 1, "tp"), gpu, links, StepCost(), 3, 1000, False)
-    assert dp.by_resource["NVLink"] == pytest.approx(2 * (10.06e-6 + 2 * 10.18e-6), rel=1e-9)
+    assert dp.by_resource["NVLink"] == pytest.approx(2 * (10.06e-6 + 15.09e-6 + 13.09e-6), rel=1e-9)
     tp = step_cost(shape, ClusterLayout(4, 1, 1, "tp"), gpu, links, StepCost(), 6, 1000, False)
     assert tp.by_resource["NVLink"] == pytest.approx(2 * (10.18e-6 + 10.18e-6), rel=1e-9)
+
+
+def test_links_take_the_engine_figures_and_its_all_reduce_where_it_gives_no_gather():
+    """SGLang gives NCCL's all-gather and reduce-scatter (DP-attention); vLLM gives none, so its all-reduce
+    stands in: h200x16's NVLink is 450 GB/s per direction."""
+    profile = load_profile("h200x16")
+    sglang, vllm = links_of(profile, load_engine("sglang")), links_of(profile, load_engine("vllm"))
+    assert sglang.nvlink["all_reduce"] == pytest.approx((4.2e-6, 450e9 * 0.33))
+    assert sglang.nvlink["all_gather"] == pytest.approx((15.5e-6, 450e9 * 0.27))
+    assert sglang.nvlink["reduce_scatter"] == pytest.approx((13.3e-6, 450e9 * 0.29))
+    assert vllm.nvlink["all_gather"] == vllm.nvlink["reduce_scatter"] == vllm.nvlink["all_reduce"] == \
+        pytest.approx((5.7e-6, 450e9 * 0.33))
 
 
 @pytest.mark.parametrize("heads, kv_heads, tp, padding", [

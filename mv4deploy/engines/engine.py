@@ -35,7 +35,7 @@ from mv4deploy.core.errors import InputError
 from mv4deploy.core.schema import Section, boolean, fraction, latency, load_yaml, positive_int, strings, text
 
 AUTO = "auto"
-COLLECTIVES = ("all_reduce", "all_to_all")
+COLLECTIVES = ("all_reduce", "all_to_all", "all_gather", "reduce_scatter")
 LINKS = ("nvlink", "pcie", "network")          # the interconnect kinds an engine's collectives are given for
 
 

@@ -20,8 +20,9 @@ sequences per DP rank and T = B x dp tokens entering the stage's MoE:
   ``2 (tp-1)/tp x B x hidden x 2 B`` over NVLink; expert parallel: a dispatch (FP8, 1 B per value) and a combine
   (BF16) of ``T/e x k x hidden x (e-1)/e`` per GPU, over NVLink within a node and the network beyond (the share
   ``(e - g_node)/e`` of it crosses nodes; the slower link sets the time); MoE split by columns: an all-reduce
-  over its s GPUs (network when s spans nodes), and with DP-attention another before it that gathers the DP
-  ranks' tokens to every GPU of the MoE (SGLang's ``dp_gather``: an all-reduce of the stage's token buffer);
+  of ``2 (s-1)/s x T x hidden x 2 B`` over its s GPUs (network when s spans nodes), or, with DP-attention, an
+  all-gather of the DP ranks' tokens to every GPU of the MoE and a reduce-scatter of its sums back to their
+  ranks, ``(s-1)/s x T x hidden x 2 B`` each (SGLang's ``dp_attention``: NCCL, not its custom all-reduce);
 - pipeline: ``pp - 1`` point-to-point sends of ``T x hidden x hc_mult x 2 B`` per step (network latency +
   bytes / network bandwidth when stages are on different nodes);
 - the engine's fixed cost: ``per_layer x layers of the stage + per_step``.
@@ -36,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import ceil
 
+from mv4deploy.engines.engine import COLLECTIVES
 from mv4deploy.formats import FORMATS
 from mv4deploy.plan.costs import Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu
 from mv4deploy.plan.groups import GroupClass
@@ -164,8 +166,8 @@ class Links:
 def links_of(profile, engine) -> Links:
     def table(link: str, bandwidth: float, latency: float) -> dict:
         out = {}
-        for kind in ("all_reduce", "all_to_all"):
-            c = engine.collective(link, kind) if engine is not None else None
+        for kind in COLLECTIVES:     # an engine without its own gather or scatter figures: its all-reduce's
+            c = engine.collective(link, kind) or engine.collective(link, "all_reduce") if engine is not None else None
             out[kind] = (c.latency_s, bandwidth * c.bandwidth_fraction) if c else (latency, bandwidth)
         return out
     ic, net = profile.interconnect, profile.network
@@ -221,11 +223,13 @@ def _collectives_s(shape, layout: ClusterLayout, links: Links, rank_tokens: int,
         return out
     tokens = rank_tokens * layout.dp
     if layout.moe == "tp":
-        reduce_bytes = 2 * (s - 1) / s * tokens * hidden * ACTIVATION_BYTES
-        per_layer = links.collective_s("all_reduce", reduce_bytes, s > g_node)
-        # DP-attention ranks gather their tokens to every GPU of the MoE first: an all-reduce of the stage's
-        # token buffer (SGLang's dp_gather), then the MoE's own all-reduce of its partial sums
-        out[NETWORK if s > g_node else NVLINK] += moe_layers * per_layer * (2 if layout.dp > 1 else 1)
+        share = (s - 1) / s * tokens * hidden * ACTIVATION_BYTES
+        if layout.dp > 1:    # SGLang's DP-attention: all-gather the ranks' tokens, reduce-scatter the MoE's sums back
+            per_layer = links.collective_s("all_gather", share, s > g_node) + \
+                links.collective_s("reduce_scatter", share, s > g_node)
+        else:                # the MoE's all-reduce of its partial sums
+            per_layer = links.collective_s("all_reduce", 2 * share, s > g_node)
+        out[NETWORK if s > g_node else NVLINK] += moe_layers * per_layer
         return out
     per_gpu = tokens / s * shape.top_k * hidden * (s - 1) / s
     for nbytes in (per_gpu * DISPATCH_BYTES, per_gpu * ACTIVATION_BYTES):    # dispatch, combine
