@@ -18,7 +18,7 @@ from mv4deploy.model.spec import Arch
 from mv4deploy.plan.costs import Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu, on_host
 from mv4deploy.plan.groups import GroupClass, build_groups
 from mv4deploy.plan.items import Item, ItemKind, Option
-from mv4deploy.plan.placement import Placement, _units_that_fit, lower_bound, multipliers, place
+from mv4deploy.plan.placement import Placement, _Room, _saving, _units_that_fit, lower_bound, multipliers, place
 from mv4deploy.plan.plan import DeviceUse
 from mv4deploy.plan.suggest import host_memory_needed
 from mv4deploy.plan.verdict import round_up_host
@@ -305,6 +305,35 @@ def test_a_skipped_item_that_saves_more_swaps_out_denser_pieces():
     cheap = [items[0], _item("M", 100, 0.0, 3.0, order_tiers=tiers), items[2]]
     assert {p.name: p.option.tier.name for p in place(cheap, {"gpu:0": 110, "host": 1000}).placed} == \
         {"D": "gpu:0", "M": "host", "E": "gpu:0"}
+
+
+def test_the_room_index_frees_bytes_as_the_direct_rule_does():
+    """``_Room.cheapest`` (prefix sums and a suffix minimum) against the rule written out: walk the pieces least
+    dense first until ``need`` bytes are free, and take instead the one piece of at least ``need`` bytes that
+    saves least when it saves less than the walk (ties: the first in density order); densities and sizes
+    repeat on purpose."""
+    import random
+
+    def direct(entries, need):
+        here = sorted((e for e in entries if e[2].bytes), key=lambda e: e[:2])
+        out, freed = [], 0
+        for e in here:
+            if freed >= need:
+                break
+            out.append(e)
+            freed += e[2].bytes
+        if freed < need:
+            return None
+        single = min((e for e in here if e[2].bytes >= need), key=_saving, default=None)
+        return [single] if single is not None and _saving(single) < sum(map(_saving, out)) else out
+
+    rng = random.Random(16)
+    for _ in range(300):
+        entries = [(rng.choice([0.5, 1.0, 1.5, 2.0]), order, SimpleNamespace(bytes=rng.choice([0, 10, 20, 30, 45])))
+                   for order in rng.sample(range(100), rng.randint(0, 12))]
+        room = _Room(entries)
+        for need in (-5, 0, 1, 10, 25, 30, 46, 90, 200):
+            assert room.cheapest(need) == direct(entries, need)
 
 
 def test_the_swap_takes_room_freed_exactly_and_goes_on_past_items_it_cannot_take():

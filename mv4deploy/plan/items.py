@@ -123,17 +123,16 @@ def weight_item(group: Group, work: GroupWork, spec, workload: Workload, gpu: Ti
     """Options on the group's GPU, host RAM and NVMe with their roofline costs. ``shards`` > 1: the GPU tier
     is sharded over that many GPUs and routed experts spread whole over them pay the expert-parallel imbalance.
     ``stream_prefill`` False: no stream buffer on the GPU, so prefill runs host-resident weights on the CPU.
-    ``cache``: costs already computed for identical work on the same tiers (layers repeat; one machine)."""
+    ``cache``: options already priced for identical work on the same tiers (layers repeat; one machine)."""
     cache = {} if cache is None else cache
     imbalance = 1.0
     if group.experts and shards > 1:
         imbalance = ep_imbalance(round(workload.batch * group.expert_probability * group.experts), shards)
-    key = (work.decode, work.prefill, imbalance, gpu.name if gpu else None, stream_prefill)
-    costs = cache.get(key)
-    if costs is None:
-        costs = cache[key] = _costs(work.decode, work.prefill, imbalance, spec, workload, gpu, host, nvme,
-                                    stream_prefill)
-    options = tuple(Option(tier, work.format, work.resident, d, p, d.seconds) for tier, d, p in costs)
+    key = (work, imbalance, gpu.name if gpu else None, stream_prefill)
+    options = cache.get(key)
+    if options is None:
+        costs = _costs(work.decode, work.prefill, imbalance, spec, workload, gpu, host, nvme, stream_prefill)
+        options = cache[key] = tuple(Option(tier, work.format, work.resident, d, p, d.seconds) for tier, d, p in costs)
     units = group.experts if group.cls is GroupClass.ROUTED_EXPERTS and group.experts > 1 else 1
     return Item(group.name, ItemKind.WEIGHTS, group.cls, group.layer, options, units, group)
 

@@ -19,6 +19,7 @@ coordinate search; ``gap`` is how far the plan is from that bound.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from math import inf, isfinite
 
@@ -52,13 +53,19 @@ def place(items: list[Item], capacity: dict[str, int]) -> Placement:
     free = dict(capacity)
     waiting = [(i, item, 0, item.units) for i, item in enumerate(items)]  # (order, item, start, stop)
     placed, boundary = [], {}
+    scores: dict = {}           # (options, pass) -> (option, -density): layers repeat, and share their options
     for kind in PASSES:
         scored = []
         for order, item, start, stop in waiting:
-            option = item.option(kind)
+            score = scores.get((id(item.options), kind))
+            if score is None:
+                option = item.option(kind)
+                score = scores[id(item.options), kind] = \
+                    (option, -_density(option, _fallback_s(item, kind)) if option else None)
+            option, neg_density = score
             if option is None:
                 continue
-            scored.append((-_density(option, _fallback_s(item, kind)), order, item, option, start, stop))
+            scored.append((neg_density, order, item, option, start, stop))
         scored.sort(key=lambda s: (s[0], s[1]))
         taken, fresh, skipped = {}, [], []       # fresh: (density, order, piece) placed in this pass
         for neg_density, order, item, option, start, stop in scored:
@@ -89,24 +96,15 @@ def _swap_in(skipped: list, fresh: list, free: dict[str, int], taken: dict[int, 
     and the least dense pieces in turn until enough is free; the cheaper is swapped out when it saves less
     than the item does. Only pieces placed in this pass move (to the passes below), so by this pass's
     prices the result is never worse than the greedy fill."""
+    rooms: dict[str, _Room] = {}                       # per tier, rebuilt only after a swap there
     for density, order, item, option in skipped:
         if item.units != 1:
             continue                                   # a divisible item was cut to fill the tier already
         tier = option.tier.name
         gain, need = density * max(option.bytes, 1), option.bytes - free.get(tier, 0)
-        here = sorted((e for e in fresh if e[2].option.tier.name == tier and e[2].bytes), key=lambda e: e[:2])
-        single = min((e for e in here if e[2].bytes >= need), key=_saving, default=None)
-        out, freed = [], 0
-        for entry in here:
-            if freed >= need:
-                break
-            out.append(entry)
-            freed += entry[2].bytes
-        if freed < need:
-            continue
-        if single is not None and _saving(single) < sum(map(_saving, out)):
-            out = [single]
-        if sum(map(_saving, out)) >= gain:
+        room = rooms.get(tier) or rooms.setdefault(tier, _Room([e for e in fresh if e[2].option.tier.name == tier]))
+        out = room.cheapest(need)
+        if out is None or sum(map(_saving, out)) >= gain:
             continue
         for entry in out:
             fresh.remove(entry)
@@ -116,11 +114,43 @@ def _swap_in(skipped: list, fresh: list, free: dict[str, int], taken: dict[int, 
         free[tier] -= piece.bytes
         fresh.append((density, order, piece))
         taken[order] = 1
+        rooms.pop(tier)
 
 
 def _saving(entry) -> float:
     """Decode seconds a placed piece saves over its item's best option below (density x bytes)."""
     return entry[0] * entry[2].bytes
+
+
+class _Room:
+    """The pieces a pass placed on one tier, indexed for ``_swap_in``'s two ways to free ``need`` bytes: the
+    least dense pieces in turn (prefix sums along density order) and the one piece that frees enough at the
+    least saving (a suffix minimum along size order)."""
+
+    def __init__(self, entries: list):
+        self.by_density = sorted((e for e in entries if e[2].bytes), key=lambda e: e[:2])
+        self.freed, self.saved = [0], [0]
+        for e in self.by_density:
+            self.freed.append(self.freed[-1] + e[2].bytes)
+            self.saved.append(self.saved[-1] + _saving(e))
+        rank = {id(e): i for i, e in enumerate(self.by_density)}
+        by_size = sorted(self.by_density, key=lambda e: e[2].bytes)
+        self.sizes = [e[2].bytes for e in by_size]
+        self.best_from: list = [None] * (len(by_size) + 1)          # the least saving at this size or more
+        for i in range(len(by_size) - 1, -1, -1):
+            e, after = by_size[i], self.best_from[i + 1]
+            key = (_saving(e), rank[id(e)])                         # ties: the first in density order
+            self.best_from[i] = (key, e) if after is None or key < after[0] else after
+
+    def cheapest(self, need: int) -> list | None:
+        """The pieces to swap out to free ``need`` bytes (None: even all of them do not)."""
+        k = bisect_left(self.freed, need)
+        if k == len(self.freed):
+            return None
+        single = self.best_from[bisect_left(self.sizes, need)]
+        if single is not None and single[0][0] < self.saved[k]:
+            return [single[1]]
+        return self.by_density[:k]
 
 
 def _units_that_fit(item_bytes: int, units: int, start: int, stop: int, available: int) -> int:
