@@ -3,6 +3,9 @@
     python benchmarks/engine_floors.py            # recorded AIConfigurator steps
     python benchmarks/engine_floors.py --record   # re-price them with AIConfigurator (its own venv: AIC_VENV)
 
+The V4 path takes V3's floors; it is checked here against AIConfigurator's SGLang kernels for V4-Flash (FP8
+experts) at TP 4 and 8 on H200 and TP 8 on B200, plus our per-step cost.
+
 AIConfigurator (pip `aiconfigurator`, 0.12.0) times a decode step from per-kernel measurements of each engine
 on each GPU. For DeepSeek-V3 (FP8, TP 8 with the MoE split by TP, batch 1, 1,000 tokens of context) its step
 is what the engine's kernels take; the planner's own step for the same model, machine and layout without a
@@ -47,20 +50,34 @@ POINTS = [("h200_sxm", "h200x8", "sglang"), ("b200_sxm", "b200x8", "sglang"), ("
 CONTEXT = 1000
 
 
-def record(venv: Path) -> dict:
+V4_POINTS = [("h200_sxm", "h200x8", 4), ("h200_sxm", "h200x8", 8), ("b200_sxm", "b200x8", 8)]   # system, ours, TP
+V4_MODEL = "sgl-project/DeepSeek-V4-Flash-FP8"        # AIConfigurator's V4-Flash (FP8 experts)
+
+
+def _generation_ops(venv: Path, **kwargs) -> dict:
     probe = ROOT / "benchmarks" / "_aic_probe.py"
-    steps = {}
-    for system, _, backend in POINTS:
-        kwargs = {"model_path": "deepseek-ai/DeepSeek-V3", "system_name": system, "mode": "static_gen",
-                  "backend_name": backend, "isl": CONTEXT, "osl": 2, "batch_size": 1, "tp_size": 8,
-                  "attention_dp_size": 1, "moe_tp_size": 8, "moe_ep_size": 1}
-        out = subprocess.run([str(venv / "bin" / "python"), str(probe), "estimate", json.dumps(kwargs)],
-                             capture_output=True, text=True, check=True)
-        ops = json.loads(out.stdout)["generation_ops_ms"]
-        steps[f"{system}/{backend}"] = {"step_ms": round(sum(ops.values()), 3), "ops_ms": ops}
-    RECORDED.write_text(json.dumps({"aiconfigurator": "0.12.0", "model": "deepseek-ai/DeepSeek-V3",
-                                    "layout": "tp8, moe tp8, batch 1", "isl": CONTEXT, "steps": steps}, indent=1))
-    return json.loads(RECORDED.read_text())
+    kwargs = {"mode": "static_gen", "isl": CONTEXT, "osl": 2, "batch_size": 1, "attention_dp_size": 1,
+              "moe_ep_size": 1, **kwargs}
+    out = subprocess.run([str(venv / "bin" / "python"), str(probe), "estimate", json.dumps(kwargs)],
+                         capture_output=True, text=True, check=True)
+    ops = json.loads(out.stdout)["generation_ops_ms"]
+    return {"step_ms": round(sum(ops.values()), 3), "ops_ms": ops}
+
+
+def record(venv: Path) -> dict:
+    """Re-price the V3 steps and the V4-Flash cross-check with AIConfigurator; the rest of the file is kept."""
+    data = json.loads(RECORDED.read_text()) if RECORDED.exists() else {}
+    data.update(aiconfigurator="0.12.0", model="deepseek-ai/DeepSeek-V3", layout="tp8, moe tp8, batch 1",
+                isl=CONTEXT)
+    data["steps"] = {f"{system}/{backend}": _generation_ops(venv, model_path="deepseek-ai/DeepSeek-V3",
+                                                            system_name=system, backend_name=backend, tp_size=8,
+                                                            moe_tp_size=8)
+                     for system, _, backend in POINTS}
+    data["v4_flash_fp8"] = {f"{system}/tp{tp}": _generation_ops(venv, model_path=V4_MODEL, system_name=system,
+                                                               backend_name="sglang", tp_size=tp, moe_tp_size=tp)
+                            for system, _, tp in V4_POINTS}
+    RECORDED.write_text(json.dumps(data, indent=1))
+    return data
 
 
 def main() -> int:
@@ -81,7 +98,23 @@ def main() -> int:
         aic_ms = data["steps"][f"{system}/{backend}"]["step_ms"]
         print(f"{backend:7} {machine:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
     attention_fractions(v3, machines["h200x8"], data["attention"])
+    v4_check(machines, data["v4_flash_fp8"])
     return 0
+
+
+def v4_check(machines: dict, aic: dict) -> None:
+    """The V4 path (floors taken from V3) against AIConfigurator's SGLang kernels for V4-Flash with FP8 experts,
+    plus our per-step cost: ``plan --engine sglang --policy fp8`` on as many of the GPUs as the TP."""
+    sglang, v4 = load_engine("sglang"), resolve_model("deepseek-v4-flash")
+    print(f"\nV4-Flash, FP8 experts, SGLang, batch 1, {CONTEXT} tokens: AIC kernels + our per-step cost, and ours")
+    for system, machine, tp in V4_POINTS:
+        profile = machines.get(machine) or load_profile(machine)
+        profile = replace(profile, gpus=replace(profile.gpus, count=tp))
+        plan, _, _ = assemble_plan(v4, profile, make_workload(CONTEXT, 1), "fp8", quick=True, engine=sglang)
+        ours_ms = 1e3 / plan.estimates.decode_tokens_per_s
+        aic_ms = aic[f"{system}/tp{tp}"]["step_ms"] + sglang.step.per_step_s * 1e3
+        print(f"{system} tp{tp}: AIC {aic_ms:.2f} ms, ours {ours_ms:.2f} ms ({plan.decisions.parallelism.mode}), "
+              f"ours / AIC {ours_ms / aic_ms:.2f}")
 
 
 def attention_fractions(model, profile, aic: dict, batch: int = 32, context: int = 4000) -> None:
