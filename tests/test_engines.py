@@ -57,6 +57,7 @@ def test_every_shipped_engine_parses_with_its_gates():
     assert vllm.streams_weights and not vllm.cpu_execution and not vllm.reads_nvme
     assert load_engine("ktransformers").cpu_execution and not load_engine("ktransformers").streams_weights
     assert "deepseek_v41" not in vllm.architectures          # no serving engine runs V4.1's Engram
+    assert load_engine("ktransformers").collectives == load_engine("sglang").collectives     # collectives_of
 
 
 GRAPH = {"nodes_per_layer": {"deepseek_v3": 80}, "cpu_node": "1us", "cpu_node_per_thread": "0.25us", "gpu_node": "2us"}
@@ -74,6 +75,8 @@ GRAPH = {"nodes_per_layer": {"deepseek_v3": 80}, "cpu_node": "1us", "cpu_node_pe
      "step.graph.nodes_per_layer.deepseek_v3"),
     (lambda d: d.update(step={"graph": {k: v for k, v in GRAPH.items() if k != "gpu_node"}}), "step.graph.gpu_node"),
     (lambda d: d.update(step={"graph": {**GRAPH, "cpu_node": "1"}}), "step.graph.cpu_node"),
+    (lambda d: d.update(collectives_of="sglang", collectives={"nvlink": {}}), "collectives_of"),
+    (lambda d: d.update(collectives_of="nccl"), "engine"),
 ])
 def test_a_bad_engine_file_names_the_field(edit, field):
     data = {"name": "x", "version": "1", "summary": "s",
