@@ -240,7 +240,8 @@ def parse_engine(data: object, source: str) -> Engine:
     gates = top.section("gates")
     runs = top.section("runs")
     same = top.get("collectives_of", text, required=False)     # another shipped engine's collectives, by name
-    if same and top.data.get("collectives") is not None:
+    collectives = _collectives(top.section("collectives", required=False))
+    if same and collectives:
         raise InputError(source, "collectives_of", same, "give collectives or collectives_of, not both")
     engine = Engine(
         name=top.get("name", text), version=str(top.get("version", lambda v: v)),
@@ -264,8 +265,7 @@ def parse_engine(data: object, source: str) -> Engine:
         gpu_efficiency=MappingProxyType(_fractions(top.section("gpu_efficiency", required=False))),
         compute_efficiency=MappingProxyType(_fractions(top.section("compute_efficiency", required=False))),
         cpu_efficiency=MappingProxyType(_fractions(top.section("cpu_efficiency", required=False), _cpu_kernels)),
-        collectives=load_engine(same).collectives if same else _collectives(top.section("collectives",
-                                                                                       required=False)),
+        collectives=load_engine(same).collectives if same else collectives,
         launch=top.get("launch", text, required=False, default=""),
         sources=top.get("sources", strings, required=False, default=()))
     gates.done()
