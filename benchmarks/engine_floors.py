@@ -92,9 +92,7 @@ def main() -> int:
     print(f"{'engine':7} {'machine':7} {'AIC step ms':>11} {'ours, no floor':>14} {'floor us/layer':>14}")
     for system, machine, backend in POINTS:
         bare = replace(load_engine(backend), step=StepCost())
-        profile = machines.get(machine) or load_profile(machine)
-        plan, _, _ = assemble_plan(v3, profile, make_workload(CONTEXT, 1), "native", quick=True, engine=bare)
-        ours_ms = 1e3 / plan.estimates.decode_tokens_per_s
+        ours_ms, _ = _our_step_ms(v3, machines.get(machine) or load_profile(machine), "native", bare)
         aic_ms = data["steps"][f"{system}/{backend}"]["step_ms"]
         print(f"{backend:7} {machine:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
     attention_fractions(v3, machines["h200x8"], data["attention"])
@@ -109,12 +107,16 @@ def v4_check(machines: dict, aic: dict) -> None:
     print(f"\nV4-Flash, FP8 experts, SGLang, batch 1, {CONTEXT} tokens: AIC kernels + our per-step cost, and ours")
     for system, machine, tp in V4_POINTS:
         profile = machines.get(machine) or load_profile(machine)
-        profile = replace(profile, gpus=replace(profile.gpus, count=tp))
-        plan, _, _ = assemble_plan(v4, profile, make_workload(CONTEXT, 1), "fp8", quick=True, engine=sglang)
-        ours_ms = 1e3 / plan.estimates.decode_tokens_per_s
+        ours_ms, mode = _our_step_ms(v4, replace(profile, gpus=replace(profile.gpus, count=tp)), "fp8", sglang)
         aic_ms = aic[f"{system}/tp{tp}"]["step_ms"] + sglang.step.per_step_s * 1e3
-        print(f"{system} tp{tp}: AIC {aic_ms:.2f} ms, ours {ours_ms:.2f} ms ({plan.decisions.parallelism.mode}), "
+        print(f"{system} tp{tp}: AIC {aic_ms:.2f} ms, ours {ours_ms:.2f} ms ({mode}), "
               f"ours / AIC {ours_ms / aic_ms:.2f}")
+
+
+def _our_step_ms(model, profile, policy: str, engine) -> tuple[float, str]:
+    """The planner's decode step (ms) at batch 1 and CONTEXT tokens, and the parallel layout it chose."""
+    plan, _, _ = assemble_plan(model, profile, make_workload(CONTEXT, 1), policy, quick=True, engine=engine)
+    return 1e3 / plan.estimates.decode_tokens_per_s, plan.decisions.parallelism.mode
 
 
 def attention_fractions(model, profile, aic: dict, batch: int = 32, context: int = 4000) -> None:

@@ -6,6 +6,7 @@ Arithmetic is written beside each expected value; the shapes are those of the sh
 from __future__ import annotations
 
 import math
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -312,8 +313,6 @@ def test_the_room_index_frees_bytes_as_the_direct_rule_does():
     dense first until ``need`` bytes are free, and take instead the one piece of at least ``need`` bytes that
     saves least when it saves less than the walk (ties: the first in density order); densities and sizes
     repeat on purpose."""
-    import random
-
     def direct(entries, need):
         here = sorted((e for e in entries if e[2].bytes), key=lambda e: e[:2])
         out, freed = [], 0
