@@ -3,7 +3,8 @@
     python benchmarks/engine_floors.py            # recorded AIConfigurator steps
     python benchmarks/engine_floors.py --record   # re-price them with AIConfigurator (its own venv: AIC_VENV)
 
-The V4 path takes V3's floors; it is checked here against AIConfigurator's SGLang kernels for V4-Flash (FP8
+A dense layer (the Qwen2 / Llama distillates) has a floor of its own, from Llama-3.1-8B on one GPU (H100, H200,
+B200). The V4 path takes V3's floors; it is checked here against AIConfigurator's SGLang kernels for V4-Flash (FP8
 experts) at TP 4 and 8 on H200 and TP 8 on B200, plus our per-step cost.
 
 AIConfigurator (pip `aiconfigurator`, 0.12.0) times a decode step from per-kernel measurements of each engine
@@ -52,6 +53,11 @@ CONTEXT = 1000
 
 V4_POINTS = [("h200_sxm", "h200x8", 4), ("h200_sxm", "h200x8", 8), ("b200_sxm", "b200x8", 8)]   # system, ours, TP
 V4_MODEL = "sgl-project/DeepSeek-V4-Flash-FP8"        # AIConfigurator's V4-Flash (FP8 experts)
+# A dense layer (GQA attention, SwiGLU MLP) on one GPU: Llama-3.1-8B, whose shape is the R1-Llama-8B distillate's
+DENSE_POINTS = [(system, machine, backend) for system, machine in (("h100_sxm", "h100x8"), ("h200_sxm", "h200x8"),
+                                                                     ("b200_sxm", "b200x8"))
+                for backend in ("vllm", "sglang")]
+DENSE_MODEL = "meta-llama/Meta-Llama-3.1-8B"
 
 
 def _generation_ops(venv: Path, **kwargs) -> dict:
@@ -73,6 +79,9 @@ def record(venv: Path) -> dict:
                                                             system_name=system, backend_name=backend, tp_size=8,
                                                             moe_tp_size=8)
                      for system, _, backend in POINTS}
+    data["dense_llama_8b"] = {f"{system}/{backend}": _generation_ops(venv, model_path=DENSE_MODEL, system_name=system,
+                                                                     backend_name=backend, tp_size=1, moe_tp_size=1)
+                              for system, _, backend in DENSE_POINTS}
     data["v4_flash_fp8"] = {f"{system}/tp{tp}": _generation_ops(venv, model_path=V4_MODEL, system_name=system,
                                                                backend_name="sglang", tp_size=tp, moe_tp_size=tp)
                             for system, _, tp in V4_POINTS}
@@ -95,9 +104,25 @@ def main() -> int:
         ours_ms, _ = _our_step_ms(v3, machines.get(machine) or load_profile(machine), "native", bare)
         aic_ms = data["steps"][f"{system}/{backend}"]["step_ms"]
         print(f"{backend:7} {machine:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
+    dense_floors(machines, data["dense_llama_8b"])
     attention_fractions(v3, machines["h200x8"], data["attention"])
     v4_check(machines, data["v4_flash_fp8"])
     return 0
+
+
+def dense_floors(machines: dict, aic: dict) -> None:
+    """A dense layer's floor (``step.per_layer.dense``): AIConfigurator's one-GPU step for Llama-3.1-8B less ours
+    without a floor for the same shape (the R1-Llama-8B distillate, BF16), over its 32 layers."""
+    model = resolve_model("deepseek-r1-distill-llama-8b")
+    layers = model.spec.num_hidden_layers
+    print(f"\nA dense layer, one GPU: Llama-3.1-8B, BF16, batch 1, {CONTEXT} tokens")
+    print(f"{'engine':7} {'machine':7} {'AIC step ms':>11} {'ours, no floor':>14} {'floor us/layer':>14}")
+    for system, machine, backend in DENSE_POINTS:
+        profile = machines.get(machine) or load_profile(machine)
+        bare = replace(load_engine(backend), step=StepCost())
+        ours_ms, _ = _our_step_ms(model, replace(profile, gpus=replace(profile.gpus, count=1)), "native", bare)
+        aic_ms = aic[f"{system}/{backend}"]["step_ms"]
+        print(f"{backend:7} {system[:4]:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
 
 
 def v4_check(machines: dict, aic: dict) -> None:

@@ -100,7 +100,8 @@ class Predictor:
     def decode(self, check: dict, engine: Engine) -> float:
         for arch, nodes in check.get("graph_nodes", {}).items():     # the graph of the build the run used
             engine = set_field(engine, f"step.graph.nodes_per_layer.{arch}", nodes)
-        model = self.models.get(check["model"]) or self.models.setdefault(check["model"], resolve_model(check["model"]))
+        model = self.models.get(check["model"]) or self.models.setdefault(check["model"], resolve_model(
+            str(DATA / check["model"]) if check["model"].endswith(".json") else check["model"]))
         workload = make_workload(check["context"], check.get("batch", 1))
         key = (check["model"], check["context"])
         machine = self.profiles.get(check["machine"]) or self.profiles.setdefault(check["machine"],
@@ -183,6 +184,11 @@ def fit(predictor, checks, fitted: dict, shared: dict, rounds: int = 3, only=Non
     return derived(engines, shared)
 
 
+def _shown(model: str) -> str:
+    """A preset's name, or a shipped config's file name without its folder and suffix."""
+    return Path(model).stem if model.endswith(".json") else model
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fit", action="store_true", help="print the constants fitted on every run")
@@ -208,11 +214,11 @@ def main() -> int:
             ratio = loo / c["published"]
             hits += abs(ratio - 1) <= WITHIN
             rows.append((c, runs[run_id], now, loo, ratio))
-    print(f"{'run':4} {'engine':13} {'model':17} {'machine':19} {'ctx':>6} {'published':>9} {'shipped':>8} "
+    print(f"{'run':4} {'engine':13} {'model':28} {'machine':19} {'ctx':>6} {'published':>9} {'shipped':>8} "
           f"{'LOO':>7} {'LOO/pub':>7}")
     for c, run, now, loo, ratio in rows:
-        print(f"{c['run']:4} {c['engine']:13} {c['model']:17} {c['machine']:19} {c['context']:>6} "
-              f"{c['published']:>9.2f} {now:>8.2f} {loo:>7.2f} {ratio:>7.2f}")
+        print(f"{c['run']:4} {c['engine']:13} {_shown(c['model']):28} {c['machine']:19} {c['context']:>6} "
+              f"{c['published']:>9.2f} {now:>8.2f} {loo:>7.2f} {ratio:>7.3f}")
     shipped_hits = sum(abs(now / c["published"] - 1) <= WITHIN for c, _, now, _, _ in rows)
     print(f"within ±{WITHIN:.0%} (leave-one-out): {hits} of {len(rows)}; with the shipped constants: {shipped_hits}")
     return 0

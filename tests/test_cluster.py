@@ -107,7 +107,8 @@ class _KV:
 
 
 def test_a_decode_step_by_hand():
-    shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128),
+    shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128,
+                                     layer_family="deepseek"),
                        layers=2, moe_layers=2,
                        dense_bytes=4 * 10**9, dense_flops=0.0, dense_compute="bf16", expert_bytes=8 * 10**9,
                        expert_flops=0.0, expert_compute="bf16", experts=8, top_k=2, edge_bytes=0, head_bytes=0,
@@ -136,7 +137,8 @@ def test_dp_attention_with_the_moe_split_by_columns_gathers_the_tokens_first():
     tokens gathered to all 4, (3/4) x 6 x 1000 x 2 B = 9000 B at the all-gather's 15 us: 15.09 us, and its sums
     scattered back, 9000 B at the reduce-scatter's 13 us: 13.09 us. Without DP-attention (tp 4, 6 sequences)
     the MoE's all-reduce over 4 carries 2 x 9000 B: 10.18 us, as does the attention all-reduce over 4."""
-    shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128),
+    shape = ModelShape(SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128,
+                                     layer_family="deepseek"),
                        layers=2, moe_layers=2, dense_bytes=0, dense_flops=0.0, dense_compute="bf16", expert_bytes=0,
                        expert_flops=0.0, expert_compute="bf16", experts=8, top_k=2, edge_bytes=0, head_bytes=0,
                        head_flops=0.0, table_bytes=0, kv=_KV(), _attention={(1000, False): 0.0})
@@ -170,7 +172,7 @@ def test_links_take_the_engine_figures_and_its_all_reduce_where_it_gives_no_gath
     (32, 8, 8, 1.0),                         # several KV heads (GQA): no packing into one tile
 ])
 def test_decode_tile_padding(heads, kv_heads, tp, padding):
-    shape = ModelShape(SimpleNamespace(num_attention_heads=heads, num_key_value_heads=kv_heads), 1, 0, 0, 0.0, "bf16",
+    shape = ModelShape(SimpleNamespace(num_attention_heads=heads, num_key_value_heads=kv_heads, layer_family="deepseek"), 1, 0, 0, 0.0, "bf16",
                        0, 0.0, "bf16", 0, 0, 0, 0, 0.0, 0, _KV())
     assert shape.decode_tile_padding(tp) == pytest.approx(padding)
 
@@ -178,7 +180,8 @@ def test_decode_tile_padding(heads, kv_heads, tp, padding):
 def test_tensor_parallel_decode_attention_pays_the_empty_rows():
     # 1e12 attention FLOPs per token (both layers), 4 sequences: at tp 2 (64 rows, full tile) 4e12 / 2 = 2e12 FLOPs
     # = 2 ms at 1e15; at tp 8 (16 rows) 4e12 / 8 x 4 = 2e12: the same 2 ms; a prefill fills the tiles: 4e12 / 8
-    spec = SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128)
+    spec = SimpleNamespace(hidden_size=1000, hc_mult=1, num_key_value_heads=1, num_attention_heads=128,
+                                     layer_family="deepseek")
     shape = ModelShape(spec, 2, 0, 0, 0.0, "bf16", 0, 0.0, "bf16", 0, 0, 0, 0, 0.0, 0, _KV(),
                        _attention={(1000, False): 1e12, (1000, True): 1e12})
     gpu = Tier("gpu:0", TierKind.GPU, ("gpu:0",), 1e18, MappingProxyType({"bf16": 1e15}), frozenset({"bf16"}))

@@ -77,6 +77,10 @@ GRAPH = {"nodes_per_layer": {"deepseek_v3": 80}, "cpu_node": "1us", "cpu_node_pe
     (lambda d: d.update(step={"graph": {**GRAPH, "cpu_node": "1"}}), "step.graph.cpu_node"),
     (lambda d: d.update(collectives_of="sglang", collectives={"nvlink": {}}), "collectives_of"),
     (lambda d: d.update(collectives_of="nccl"), "engine"),
+    (lambda d: d.update(step={"per_layer": {"deepseek": "90us"}}), "step.per_layer.dense"),
+    (lambda d: d.update(step={"per_layer": {"deepseek": "90us", "dense": "30us", "mamba": "1us"}}),
+     "step.per_layer.mamba"),
+    (lambda d: d.update(step={"per_step_multi_gpu": "1"}), "step.per_step_multi_gpu"),
 ])
 def test_a_bad_engine_file_names_the_field(edit, field):
     data = {"name": "x", "version": "1", "summary": "s",
@@ -176,6 +180,41 @@ def test_per_layer_cost_adds_exactly_layers_times_it():
     b = make_plan(tiny, profile, workload, engine=slow, suggest=False).estimates
     layers = tiny.spec.num_hidden_layers                             # tiny-deepseek-v3: 2 decoder layers
     assert 1 / b.decode_tokens_per_s - 1 / a.decode_tokens_per_s == pytest.approx(layers * 1e-3, rel=1e-9)
+
+
+@pytest.mark.parametrize("model, family", [("tiny-deepseek-v3", "deepseek"), ("tiny-llama", "dense")])
+def test_each_layer_family_pays_its_own_floor(model, family):
+    """vLLM's floor per layer is by what the layer is: an MLA + MoE layer 220 us, a GQA + MLP layer 36 us (what
+    AIConfigurator's kernels take beyond our roofline, benchmarks/engine_floors.py). Raising one family's floor
+    by 1 ms moves only that family's plans, by layers x 1 ms."""
+    vllm = load_engine("vllm")
+    assert (vllm.step.layer_s("deepseek"), vllm.step.layer_s("dense")) == pytest.approx((220e-6, 36e-6))
+    tiny = resolve_model(model)
+    assert tiny.spec.layer_family == family
+    base = vllm.step.family_layer_s
+    profile, workload = gpu_profile(), make_workload(context=256)
+    speeds = {}
+    for raised in ("deepseek", "dense"):
+        step = replace(vllm.step, family_layer_s={**base, raised: base[raised] + 1e-3})
+        speeds[raised] = make_plan(tiny, profile, workload, engine=replace(vllm, step=step),
+                                   suggest=False).estimates.decode_tokens_per_s
+    other = "dense" if family == "deepseek" else "deepseek"
+    assert 1 / speeds[family] - 1 / speeds[other] == pytest.approx(tiny.spec.num_hidden_layers * 1e-3, rel=1e-9)
+
+
+def test_a_step_on_several_gpus_pays_the_multi_process_cost():
+    """vLLM and SGLang run one process per GPU that meets the others every step: on 4 GPUs a step costs
+    per_step + per_step_multi_gpu, on one GPU per_step alone."""
+    vllm = load_engine("vllm")
+    assert vllm.step.step_s(1) == pytest.approx(0.48e-3)
+    assert vllm.step.step_s(4) == pytest.approx(0.48e-3 + 1.32e-3)
+    tiny, workload = resolve_model("tiny-deepseek-v3"), make_workload(context=256)
+    gone = replace(vllm, step=replace(vllm.step, per_step_multi_gpu_s=0.0))
+    for count, extra in ((1, 0.0), (4, 1.32e-3)):
+        profile = gpu_profile(count=count, nvlink=count > 1)
+        a = make_plan(tiny, profile, workload, engine=gone, suggest=False).estimates.decode_tokens_per_s
+        b = make_plan(tiny, profile, workload, engine=vllm, suggest=False).estimates.decode_tokens_per_s
+        assert 1 / b - 1 / a == pytest.approx(extra, abs=1e-12)
 
 
 def _graph_engine(**graph) -> Engine:

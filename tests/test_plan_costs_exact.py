@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mv4deploy.engines.engine import StepCost
 from mv4deploy.hardware.profile import RuntimeOverhead
 from mv4deploy.model.spec import Arch
 from mv4deploy.plan.costs import (UNAVAILABLE, Cost, Work, _p_max_at_most, _roofline, attention_flops, ep_imbalance,
@@ -169,7 +170,11 @@ def test_expert_calls_and_overheads_by_hand():
     # 4 x (1 - 0.5^2) + 8 x 0.5 = 3 + 4 = 7
     assert expert_calls(groups, 2) == 7.0
     overhead = RuntimeOverhead(per_step_s=1.0, per_layer_s=0.5, per_expert_s=0.25, prefill_per_layer_s=2.0)
-    assert overhead_s(overhead, 10, 8.0) == 1.0 + 0.5 * 10 + 0.25 * 8      # 8 s
+    assert overhead_s(overhead, 10, 8.0, "dense", 4) == 1.0 + 0.5 * 10 + 0.25 * 8   # 8 s: any layer, any GPUs
+    # an engine's: per step, more on several GPUs; per layer by the layer's family
+    step = StepCost(per_step_s=1.0, per_step_multi_gpu_s=3.0, family_layer_s={"deepseek": 0.5, "dense": 0.1})
+    assert overhead_s(step, 10, 0.0, "dense", 1) == pytest.approx(1.0 + 0.1 * 10)            # 2 s
+    assert overhead_s(step, 10, 0.0, "deepseek", 2) == pytest.approx(1.0 + 3.0 + 0.5 * 10)   # 9 s
     assert prefill_overhead_s(overhead, 10) == 20.0
 
 

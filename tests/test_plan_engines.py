@@ -109,10 +109,10 @@ def test_the_hand_sizes_are_the_models():
 # ---- 1. one GPU, everything resident ----------------------------------------------------------------------
 # GPU 1 GB/s (slowed so the roofline, ~1-4 ms, weighs as much as vLLM's fixed ~2.4 ms), 500 GFLOPS: every
 # decode item is bandwidth-bound (the heaviest, attention at batch 4: 4 x (69,632 + 640 x 256) = 0.93 MFLOP
-# = 1.9 us against 34,836 B = 35 us). vLLM: no GPU efficiency table (every read at 1.0), per step 1.8 ms, per
-# layer 220 us, no per-expert cost.
+# = 1.9 us against 34,836 B = 35 us). vLLM: no GPU efficiency table (every read at 1.0), per step 0.48 ms on one
+# GPU (1.32 ms more on several), per DeepSeek layer 220 us, no per-expert cost.
 
-@pytest.mark.parametrize("batch, expected_step_s", [(1, 3.021948e-3), (4, 3.41447925e-3)])
+@pytest.mark.parametrize("batch, expected_step_s", [(1, 1.701948e-3), (4, 2.09447925e-3)])
 def test_one_gpu_vllm_decode(tiny, batch, expected_step_s):
     vllm = load_engine("vllm")
     p = plan(tiny, profile("1GB/s", "500GFLOPS"), "vllm", batch)
@@ -121,12 +121,12 @@ def test_one_gpu_vllm_decode(tiny, batch, expected_step_s):
     # bytes per step: dense 389,612 + B embedding rows x 256 + 2 MoE layers x experts_read(B) + KV B x 3 x 256 x 96
     #   B=1: 389,612 + 256 + 98,352 + 73,728 = 561,948 B -> 0.561948 ms
     #   B=4: 389,612 + 1,024 + 268,931.25 + 294,912 = 954,479.25 B -> 0.95447925 ms
-    fixed = vllm.step.per_step_s + LAYERS * vllm.step.per_layer_s             # 1.8 ms + 3 x 220 us = 2.46 ms
+    fixed = vllm.step.step_s(1) + LAYERS * vllm.step.layer_s("deepseek")     # 0.48 ms + 3 x 220 us = 1.14 ms
     step = (DENSE + batch * EMBED_ROW + MOE_LAYERS * experts_read(batch) + kv_read(batch)) / 1e9 + fixed
-    assert fixed == pytest.approx(2.46e-3, rel=REL)
+    assert fixed == pytest.approx(1.14e-3, rel=REL)
     assert step == pytest.approx(expected_step_s, rel=REL)
     assert p.estimates.decode_tokens_per_s == pytest.approx(batch / step, rel=REL)
-    # B=1: 1 / 3.021948 ms = 330.91 tok/s; B=4: 4 / 3.41447925 ms = 1,171.5 tok/s
+    # B=1: 1 / 1.701948 ms = 587.56 tok/s; B=4: 4 / 2.09447925 ms = 1,909.8 tok/s
 
 
 def test_one_gpu_vllm_prefill(tiny):
@@ -159,7 +159,8 @@ def test_four_gpus_tensor_parallel_vllm_decode(tiny, batch):
     assert {g.tier for g in p.groups} == {"gpu:0-3"}
     weights = DENSE + batch * EMBED_ROW + MOE_LAYERS * experts_read(batch)
     reduce_s = ar.latency_s + 2 * 3 / 4 * batch * HIDDEN * 2 / (100e9 * ar.bandwidth_fraction)
-    fixed = vllm.step.per_step_s + LAYERS * vllm.step.per_layer_s
+    fixed = vllm.step.step_s(4) + LAYERS * vllm.step.layer_s("deepseek")     # 0.48 + 1.32 ms + 3 x 220 us = 2.46 ms
+    assert fixed == pytest.approx(2.46e-3, rel=REL)
     step = weights / 4e9 + kv_read(batch) / 1e9 + LAYERS * 2 * reduce_s + fixed
     # B=1: 488,220 B / 4 GB/s = 122.055 us + 73,728 B / 1 GB/s = 73.728 us + 6 x (5.7 us + 11.64 ns) + 2.46 ms
     #      = 2.690053 ms -> 371.74 tok/s
@@ -174,9 +175,9 @@ def test_four_gpus_tensor_parallel_vllm_decode(tiny, batch):
 
 # ---- 3. routed experts on the CPU (KTransformers) ----------------------------------------------------------
 # GPU 10 GB/s (5 TFLOPS), host 1 GB/s, host link 0.1 GB/s (slow, so the KV cache stays on the GPU: KTransformers
-# reads it at 0.053 of the GPU bandwidth, 530 MB/s, still faster than fetching it over the link), 10 us latency.
+# reads it at 0.052 of the GPU bandwidth, 520 MB/s, still faster than fetching it over the link), 10 us latency.
 # The GPU holds everything but the routed experts and the embedding (too small for one more expert): those run
-# on the CPU at the host bandwidth x KTransformers' AVX-512 fraction (0.48), each call paying an activation
+# on the CPU at the host bandwidth x KTransformers' AVX-512 fraction (0.47), each call paying an activation
 # round trip: 2 x (10 us + B x 128 x 2 B / 0.1 GB/s).
 
 def _offload_profile(tiny, batch: int) -> dict:
@@ -191,24 +192,24 @@ def test_cpu_experts_ktransformers_decode(tiny, batch):
     kt = load_engine("ktransformers")
     fraction = kt.cpu_fraction(("avx2", "avx512f"))
     kv_fraction = kt.gpu_efficiency["kv"]
-    assert (fraction, kv_fraction) == pytest.approx((0.48, 0.053))
+    assert (fraction, kv_fraction) == pytest.approx((0.47, 0.052))
     p = plan(tiny, _offload_profile(tiny, batch), "ktransformers", batch)
     tiers = {g.name: g.tier for g in p.groups}
     assert {n for n, t in tiers.items() if t == "host"} == {"embedding", "layers.1.routed_experts",
                                                            "layers.2.routed_experts"}
     assert {x.tier for x in p.kv_cache.pools} == {"gpu:0"}
     assert p.decisions.routed_experts.offloaded_decode == ("cpu",)
-    host_bw = 1e9 * fraction                                              # 480 MB/s
+    host_bw = 1e9 * fraction                                              # 470 MB/s
     round_trip = 2 * (10e-6 + batch * HIDDEN * 2 / 0.1e9)                 # B=1: 25.12 us; B=4: 40.48 us
     cpu = (MOE_LAYERS * experts_read(batch) + batch * EMBED_ROW) / host_bw + (MOE_LAYERS + 1) * round_trip
     gpu = DENSE / 10e9 + kv_read(batch) / (10e9 * kv_fraction)
-    fixed = kt.step.per_step_s + LAYERS * kt.step.per_layer_s             # 1.8 ms + 3 x 98 us = 2.094 ms
+    fixed = kt.step.step_s(1) + LAYERS * kt.step.layer_s("deepseek")     # 0.48 ms + 3 x 98 us = 0.774 ms
     step = cpu + gpu + fixed
-    # B=1: CPU 98,608 B / 480 MB/s = 205.433 us + 3 round trips x 25.12 us = 75.36 us; GPU 389,612 B / 10 GB/s
-    #      = 38.961 us + KV 73,728 B / 530 MB/s = 139.109 us; fixed 2,094 us -> 2.552864 ms = 391.72 tok/s
-    # B=4: CPU 269,955.25 B / 480 MB/s = 562.407 us + 3 x 40.48 us = 121.44 us; GPU 38.961 us + 294,912 B /
-    #      530 MB/s = 556.438 us; fixed 2,094 us -> 3.373246 ms = 1,185.80 tok/s
-    assert step == pytest.approx({1: 2.552863967296e-3, 4: 3.373245706682e-3}[batch], rel=1e-12)
+    # B=1: CPU 98,608 B / 470 MB/s = 209.804 us + 3 round trips x 25.12 us = 75.36 us; GPU 389,612 B / 10 GB/s
+    #      = 38.961 us + KV 73,728 B / 520 MB/s = 141.785 us; fixed 774 us -> 1.239910 ms = 806.51 tok/s
+    # B=4: CPU 269,955.25 B / 470 MB/s = 574.373 us + 3 x 40.48 us = 121.44 us; GPU 38.961 us + 294,912 B /
+    #      520 MB/s = 567.138 us; fixed 774 us -> 2.075913 ms = 1,926.86 tok/s
+    assert step == pytest.approx({1: 1.239910070704e-3, 4: 2.075912533879e-3}[batch], rel=1e-12)
     assert p.estimates.decode_tokens_per_s == pytest.approx(batch / step, rel=REL)
 
 
@@ -224,7 +225,7 @@ def test_batch_speedup_is_bounded_on_both_sides(tiny, engine, count):
     non-zero; one that drops the batch from tokens/s fails the upper. On top, since the GPUs hold everything,
     tokens/s(B) <= B / (fixed + dense / bandwidth + B x KV(1) / bandwidth): the bytes no step can skip."""
     e = load_engine(engine)
-    fixed = e.step.per_step_s + LAYERS * e.step.per_layer_s
+    fixed = e.step.step_s(count) + LAYERS * e.step.layer_s("deepseek")
     data = profile("1GB/s", "500GFLOPS", count=count)
     one = plan(tiny, data, engine, 1).estimates.decode_tokens_per_s
     var1 = 1 / one - fixed

@@ -5,6 +5,7 @@ Arithmetic is written beside each expected value; the shapes are those of the sh
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ import pytest
 from mv4deploy.core.errors import InputError
 from mv4deploy.hardware.profile import DeviceKind, parse_profile
 from mv4deploy.core.units import parse_seconds, parse_tokens
-from mv4deploy.model.source import resolve_model
+from mv4deploy.model.source import PRESETS_DIR, resolve_model
 from mv4deploy.model.spec import Arch
 from mv4deploy.plan.costs import Cost, Work, attention_flops, ep_imbalance, mean_attention_flops, on_gpu, on_host
 from mv4deploy.plan.groups import GroupClass, build_groups
@@ -94,6 +95,18 @@ def test_embedding_reads_one_row_per_token(flash_groups):
     assert g.native_bytes == 129280 * 4096 * 2                # BF16 [vocab, hidden]
     assert g.touched_fraction(1) == pytest.approx(1 / 129280)
     assert g.flops_per_token == 0
+
+
+def test_a_tied_embedding_is_read_whole_as_the_head(tmp_path):
+    """With tie_word_embeddings the embedding is the head too (Qwen2.5-0.5B): every step reads all of it for the
+    logits, so it is no longer read one row per token, and its FLOPs are the head's 2 x vocab x hidden."""
+    config = json.loads((PRESETS_DIR / "tiny-qwen2.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    untied = by_name(build_groups(resolve_model("tiny-qwen2").inventory), "embedding")
+    tied = by_name(build_groups(resolve_model(str(tmp_path / "config.json")).inventory), "embedding")
+    assert untied.touched_fraction(1) == pytest.approx(1 / 512) and untied.flops_per_token == 0
+    assert tied.native_bytes == untied.native_bytes == 512 * 128 * 2          # BF16 [vocab 512, hidden 128]
+    assert tied.touched_fraction(1) == 1.0 and tied.flops_per_token == 2 * 512 * 128
 
 
 def test_every_flash_tensor_is_in_one_group_or_excluded(flash, flash_groups):

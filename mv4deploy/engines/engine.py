@@ -37,6 +37,7 @@ from mv4deploy.core.schema import Section, boolean, fraction, latency, load_yaml
 AUTO = "auto"
 COLLECTIVES = ("all_reduce", "all_to_all", "all_gather", "reduce_scatter")
 LINKS = ("nvlink", "pcie", "network")          # the interconnect kinds an engine's collectives are given for
+LAYER_FAMILIES = ("deepseek", "dense")         # decoder layers with a fixed cost of their own (ModelSpec.layer_family)
 
 
 class CpuKernels(str, Enum):
@@ -102,11 +103,23 @@ class StepCost:
     ``plan.costs.graph_overhead_s``)."""
 
     per_step_s: float = 0.0
-    per_layer_s: float = 0.0
+    per_step_multi_gpu_s: float = 0.0               # more per step where the step runs on several GPU processes
+    per_layer_s: float = 0.0                        # per decoder layer of a family ``family_layer_s`` omits
     per_expert_s: float = 0.0
     prefill_per_layer_s: float = 0.0
     prefill_efficiency: float = 1.0
     graph: GraphCost | None = None
+    family_layer_s: Mapping[str, float] = field(default_factory=dict)   # LAYER_FAMILIES -> per decoder layer
+
+    def step_s(self, gpus: int) -> float:
+        """The fixed cost of one decode step on ``gpus`` GPUs: one process, or several whose schedulers meet every
+        step (SGLang broadcasts the step's requests over the TP ranks' CPU group; vLLM's multiprocess executor
+        sends each step to its workers)."""
+        return self.per_step_s + (self.per_step_multi_gpu_s if gpus > 1 else 0.0)
+
+    def layer_s(self, family: str) -> float:
+        """The fixed cost of one decode step per decoder layer of ``family`` (``ModelSpec.layer_family``)."""
+        return self.family_layer_s.get(family, self.per_layer_s)
 
 
 @dataclass(frozen=True)
@@ -211,13 +224,24 @@ def _collectives(section: Section | None) -> Mapping[str, Mapping[str, Collectiv
 def _step(section: Section | None) -> StepCost:
     if section is None:
         return StepCost()
+    by_family = isinstance(section.data.get("per_layer"), dict)
     values = {name: section.get(key, latency, required=False, default=0.0) for name, key in
-              (("per_step_s", "per_step"), ("per_layer_s", "per_layer"), ("per_expert_s", "per_expert"),
-               ("prefill_per_layer_s", "prefill_per_layer"))}
+              (("per_step_s", "per_step"), ("per_step_multi_gpu_s", "per_step_multi_gpu"),
+               ("per_layer_s", "per_layer"), ("per_expert_s", "per_expert"),
+               ("prefill_per_layer_s", "prefill_per_layer")) if not (by_family and key == "per_layer")}
+    if by_family:
+        values["family_layer_s"] = _family_layers(section.section("per_layer"))
     values["prefill_efficiency"] = section.get("prefill_efficiency", fraction, required=False, default=1.0)
     values["graph"] = _graph(section.section("graph", required=False))
     section.done()
     return StepCost(**values)
+
+
+def _family_layers(section: Section) -> Mapping[str, float]:
+    """``per_layer`` given per layer family: every family of LAYER_FAMILIES, nothing else."""
+    out = {family: section.get(family, latency) for family in LAYER_FAMILIES}
+    section.done()
+    return MappingProxyType(out)
 
 
 def _node_counts(section: Section) -> Mapping[str, int]:

@@ -81,6 +81,14 @@ class RuntimeOverhead:
     engine: str = ""             # what was measured ("mv4deploy run: eager PyTorch 2.13, bf16")
     source: str = ""             # which runs it was fitted on
 
+    def step_s(self, gpus: int) -> float:
+        """Per step, on any number of GPUs (mv4deploy's runtime runs in one process)."""
+        return self.per_step_s
+
+    def layer_s(self, family: str) -> float:
+        """Per decoder layer, whatever the layer (``engines.engine.StepCost.layer_s`` gives one per family)."""
+        return self.per_layer_s
+
     def engine_host_bytes(self, batch: int, context_tokens: int) -> int:
         """The RSS the engine adds beside the model's bytes for ``batch`` sequences of ``context_tokens``."""
         return self.host_bytes + self.host_bytes_per_token * batch * context_tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import ClassVar
 
 
 class Arch(str, Enum):
@@ -48,12 +49,16 @@ class ModelSpec:
     formats: StoredFormats = field(default_factory=StoredFormats)
     hc_mult: int = 1  # residual streams per token (mHC widens the residual stream; 1 = plain residual)
     unknown_keys: tuple[str, ...] = ()
+    # What a decoder layer is made of, for the engines' fixed cost per layer (``engines.engine.LAYER_FAMILIES``):
+    # the DeepSeek families' MLA / CSA attention and routed MoE; ``DenseSpec``: GQA attention and an MLP.
+    layer_family: ClassVar[str] = "deepseek"
 
 
 @dataclass(frozen=True, kw_only=True)
 class DenseSpec(ModelSpec):
     """Qwen2 / Llama: GQA attention and a SwiGLU MLP in every layer."""
 
+    layer_family: ClassVar[str] = "dense"
     intermediate_size: int
     num_attention_heads: int
     num_key_value_heads: int

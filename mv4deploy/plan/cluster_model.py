@@ -25,7 +25,7 @@ sequences per DP rank and T = B x dp tokens entering the stage's MoE:
   ranks, ``(s-1)/s x T x hidden x 2 B`` each (SGLang's ``dp_attention``: NCCL, not its custom all-reduce);
 - pipeline: ``pp - 1`` point-to-point sends of ``T x hidden x hc_mult x 2 B`` per step (network latency +
   bytes / network bandwidth when stages are on different nodes);
-- the engine's fixed cost: ``per_layer x layers of the stage + per_step``.
+- the engine's fixed cost: ``per_layer x layers of the stage + per_step`` (``per_step_multi_gpu`` more on several GPUs).
 
 A prefill of I tokens per DP rank is the same sum with T = I x dp, attention at the mean position
 (``costs.mean_attention_flops``; a prompt's tokens fill the tiles), its roofline divided by the engine's
@@ -264,9 +264,10 @@ def step_cost(shape: ModelShape, layout: ClusterLayout, gpu, links: Links, engin
     for link, seconds in _collectives_s(shape, layout, links, rank_tokens, stage_layers, moe_layers).items():
         if seconds:
             out[link] = seconds
-    fixed = (engine_step.prefill_per_layer_s if prefill else engine_step.per_layer_s) * stage_layers
-    if fixed or (not prefill and engine_step.per_step_s):
-        out[FIXED] = fixed + (0.0 if prefill else engine_step.per_step_s)
+    per_layer = engine_step.prefill_per_layer_s if prefill else engine_step.layer_s(shape.spec.layer_family)
+    fixed = per_layer * stage_layers + (0.0 if prefill else engine_step.step_s(layout.gpus))
+    if fixed:
+        out[FIXED] = fixed
     crossing = 0.0
     if layout.pp > 1:
         latency, rate = links.network_p2p if layout.stage_gpus >= links.gpus_per_node else links.nvlink["all_reduce"]

@@ -126,10 +126,11 @@ def expert_calls(groups, tokens: int) -> float:
     return sum(g.experts * g.touched_fraction(tokens) for g in groups if g.experts)
 
 
-def overhead_s(overhead, layers: int, calls: float) -> float:
-    """Seconds one decode step spends beside the roofline (``hardware.profile.RuntimeOverhead``): per step,
-    per decoder layer, per routed-expert call. Zero for a profile that does not model it."""
-    return overhead.per_step_s + overhead.per_layer_s * layers + overhead.per_expert_s * calls
+def overhead_s(overhead, layers: int, calls: float, family: str, gpus: int) -> float:
+    """Seconds one decode step spends beside the roofline (an engine's ``StepCost`` or the profile's
+    ``RuntimeOverhead``): per step on ``gpus`` GPUs, per decoder layer of ``family`` (``ModelSpec.layer_family``),
+    per routed-expert call. Zero for a profile that does not model it."""
+    return overhead.step_s(gpus) + overhead.layer_s(family) * layers + overhead.per_expert_s * calls
 
 
 def graph_overhead_s(graph, arch: str, layers: int, on_gpu: bool, threads: int) -> float:

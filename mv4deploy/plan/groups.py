@@ -244,7 +244,8 @@ def _group(spec, key, acc: _Acc, skew: ExpertSkew | None) -> Group:
         nbytes = tensor_nbytes(dtype, shape) * count
         native, params = native + nbytes, params + n_params * count
         by_format[fmt] += nbytes
-        if _row_read(fmt, role):
+        tied_head = role is Role.EMBEDDING and spec.tie_word_embeddings    # the head reads it whole every step
+        if _row_read(fmt, role) and not tied_head:
             row_bytes, row_params = row_bytes + nbytes, row_params + n_params * count
             if n_params or fmt == RAW_FORMAT:
                 rows, rows_per_token = shape[0], engram_columns if role is Role.ENGRAM_TABLE else 1

@@ -51,6 +51,11 @@ class Layout:
     shards: int = 1
 
     @property
+    def gpu_count(self) -> int:
+        """GPUs the layout runs on (a pipeline's stages, or the shards of one sharded tier)."""
+        return max(len(self.gpus), self.shards)
+
+    @property
     def expert_shards(self) -> int:
         """GPUs the routed experts are spread over whole (expert parallel: the busiest sets the pace)."""
         return self.shards if self.mode is Mode.TENSOR_EXPERT else 1

@@ -109,7 +109,8 @@ def _evaluate(resolved, grouping, policy, workload, machine, layout, stream_buff
     overhead = machine.overhead
     graph_s = graph_overhead_s(getattr(overhead, "graph", None), spec.architecture.value, len(layers),
                                bool(layout.gpus), machine.profile.host.cores or 1)
-    over_d = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.batch)) + graph_s
+    over_d = overhead_s(overhead, len(layers), expert_calls(grouping.groups, workload.batch),
+                        spec.layer_family, layout.gpu_count) + graph_s
     over_p = prefill_overhead_s(overhead, len(layers)) + graph_s
     est = estimate(placement, len(layers), workload, cross_d, cross_p, 0.0, over_d, over_p,
                    overhead.prefill_efficiency)
