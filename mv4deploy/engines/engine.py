@@ -8,9 +8,10 @@ One YAML file per engine in ``engines/`` (shipped like the profiles) says, for a
 - how it spreads a model: the multi-GPU layouts it implements, whether offloaded weights run on the CPU
   (KTransformers, llama.cpp) or stream to the GPU every forward (vLLM's ``--cpu-offload-gb``, accelerate),
   whether it reads weights from NVMe (llama.cpp's mmap);
-- what a step costs beside the roofline: a fixed time per decode step and per decoder layer (kernel
-  launches, small kernels, the scheduler), per routed-expert call, per prefill chunk layer; for a ggml engine,
-  per node of its graph instead (``GraphCost``: a barrier of the CPU threads, or a GPU kernel);
+- what a step costs beside the roofline: a fixed time per decode step (more when the step spans several GPU
+  processes) and per decoder layer, one figure or one per layer family (kernel launches, small kernels, the
+  scheduler), per routed-expert call, per prefill chunk layer; for a ggml engine, per node of its graph instead
+  (``GraphCost``: a barrier of the CPU threads, or a GPU kernel);
 - how close its kernels come to the memory and the compute: a fraction of the GPU's achievable bandwidth and
   of its compute per compute format (``kv`` for the attention core over its cache, which sets how decode slows
   as the context fills and the batch grows), and a fraction of host bandwidth for CPU expert kernels per
