@@ -97,32 +97,33 @@ def main() -> int:
         json.loads(RECORDED.read_text())
     _, machines, _ = load_inputs()
     v3 = resolve_model("deepseek-v3")
-    layers = v3.spec.num_hidden_layers
-    print(f"{'engine':7} {'machine':7} {'AIC step ms':>11} {'ours, no floor':>14} {'floor us/layer':>14}")
-    for system, machine, backend in POINTS:
-        bare = replace(load_engine(backend), step=StepCost())
-        ours_ms, _ = _our_step_ms(v3, machines.get(machine) or load_profile(machine), "native", bare)
-        aic_ms = data["steps"][f"{system}/{backend}"]["step_ms"]
-        print(f"{backend:7} {machine:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
-    dense_floors(machines, data["dense_llama_8b"])
+    print_floors(v3, [(backend, machine, _machine(machines, machine), data["steps"][f"{system}/{backend}"]["step_ms"])
+                      for system, machine, backend in POINTS])
+    # a dense layer (``step.per_layer.dense``): Llama-3.1-8B's shape is the R1-Llama-8B distillate's, BF16
+    print(f"\nA dense layer, one GPU: Llama-3.1-8B, BF16, batch 1, {CONTEXT} tokens")
+    print_floors(resolve_model("deepseek-r1-distill-llama-8b"),
+                 [(backend, system[:4], _machine(machines, machine, gpus=1),
+                   data["dense_llama_8b"][f"{system}/{backend}"]["step_ms"]) for system, machine, backend in DENSE_POINTS])
     attention_fractions(v3, machines["h200x8"], data["attention"])
     v4_check(machines, data["v4_flash_fp8"])
     return 0
 
 
-def dense_floors(machines: dict, aic: dict) -> None:
-    """A dense layer's floor (``step.per_layer.dense``): AIConfigurator's one-GPU step for Llama-3.1-8B less ours
-    without a floor for the same shape (the R1-Llama-8B distillate, BF16), over its 32 layers."""
-    model = resolve_model("deepseek-r1-distill-llama-8b")
+def _machine(machines: dict, name: str, gpus: int | None = None):
+    """A published run's machine (run_machines.yaml) or a shipped profile, on ``gpus`` of its GPUs if given."""
+    profile = machines.get(name) or load_profile(name)
+    return profile if gpus is None else replace(profile, gpus=replace(profile.gpus, count=gpus))
+
+
+def print_floors(model, rows: list) -> None:
+    """Per (engine, label, profile, AIConfigurator's step in ms): our step for ``model`` with no fixed cost at
+    batch 1, and what is left of AIConfigurator's over the model's layers: the engine's floor per layer."""
     layers = model.spec.num_hidden_layers
-    print(f"\nA dense layer, one GPU: Llama-3.1-8B, BF16, batch 1, {CONTEXT} tokens")
     print(f"{'engine':7} {'machine':7} {'AIC step ms':>11} {'ours, no floor':>14} {'floor us/layer':>14}")
-    for system, machine, backend in DENSE_POINTS:
-        profile = machines.get(machine) or load_profile(machine)
+    for backend, label, profile, aic_ms in rows:
         bare = replace(load_engine(backend), step=StepCost())
-        ours_ms, _ = _our_step_ms(model, replace(profile, gpus=replace(profile.gpus, count=1)), "native", bare)
-        aic_ms = aic[f"{system}/{backend}"]["step_ms"]
-        print(f"{backend:7} {system[:4]:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
+        ours_ms, _ = _our_step_ms(model, profile, "native", bare)
+        print(f"{backend:7} {label:7} {aic_ms:>11.2f} {ours_ms:>14.2f} {(aic_ms - ours_ms) / layers * 1e3:>14.0f}")
 
 
 def v4_check(machines: dict, aic: dict) -> None:
@@ -131,9 +132,8 @@ def v4_check(machines: dict, aic: dict) -> None:
     sglang, v4 = load_engine("sglang"), resolve_model("deepseek-v4-flash")
     print(f"\nV4-Flash, FP8 experts, SGLang, batch 1, {CONTEXT} tokens: AIC kernels + our per-step cost, and ours")
     for system, machine, tp in V4_POINTS:
-        profile = machines.get(machine) or load_profile(machine)
-        ours_ms, mode = _our_step_ms(v4, replace(profile, gpus=replace(profile.gpus, count=tp)), "fp8", sglang)
-        aic_ms = aic[f"{system}/tp{tp}"]["step_ms"] + sglang.step.per_step_s * 1e3
+        ours_ms, mode = _our_step_ms(v4, _machine(machines, machine, gpus=tp), "fp8", sglang)
+        aic_ms = aic[f"{system}/tp{tp}"]["step_ms"] + sglang.step.step_s(tp) * 1e3
         print(f"{system} tp{tp}: AIC {aic_ms:.2f} ms, ours {ours_ms:.2f} ms ({mode}), "
               f"ours / AIC {ours_ms / aic_ms:.2f}")
 

@@ -225,13 +225,13 @@ def _collectives(section: Section | None) -> Mapping[str, Mapping[str, Collectiv
 def _step(section: Section | None) -> StepCost:
     if section is None:
         return StepCost()
-    by_family = isinstance(section.data.get("per_layer"), dict)
     values = {name: section.get(key, latency, required=False, default=0.0) for name, key in
               (("per_step_s", "per_step"), ("per_step_multi_gpu_s", "per_step_multi_gpu"),
-               ("per_layer_s", "per_layer"), ("per_expert_s", "per_expert"),
-               ("prefill_per_layer_s", "prefill_per_layer")) if not (by_family and key == "per_layer")}
-    if by_family:
+               ("per_expert_s", "per_expert"), ("prefill_per_layer_s", "prefill_per_layer"))}
+    if isinstance(section.data.get("per_layer"), dict):       # one figure per layer family
         values["family_layer_s"] = _family_layers(section.section("per_layer"))
+    else:
+        values["per_layer_s"] = section.get("per_layer", latency, required=False, default=0.0)
     values["prefill_efficiency"] = section.get("prefill_efficiency", fraction, required=False, default=1.0)
     values["graph"] = _graph(section.section("graph", required=False))
     section.done()
